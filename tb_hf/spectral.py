@@ -1,0 +1,620 @@
+"""Eigenvalue spectra of weight matrices and their power-law exponent α.
+
+Pure torch, no Hugging Face imports. Data flows one way::
+
+    weight -> esd()/farms_esd() -> eigenvalues -> fit_power_law() -> PowerLawFit
+
+and `analyze()` runs that whole chain for many matrices at once: equal shapes share one batched
+eigen-solve on the weights' own device, all fits of a group run as tensor operations, and results come
+back to the host once per group.
+
+Conventions (`../shared/docs/ALGORITHM.md`, sections 2-4):
+
+* The ESD of an m×n matrix W is the min(m, n) eigenvalues of its smaller Gram matrix (W Wᵀ or Wᵀ W),
+  i.e. the squared singular values, with no 1/N normalisation, clamped at 0.
+* The eigen-solve runs in ``dtype`` (float32 by default). The fit statistics (logarithms, suffix sums,
+  Kolmogorov-Smirnov distances) are O(N) or O(N²) elementwise work and always accumulate in float64, so
+  the choice of ``dtype`` only changes the eigenvalues themselves.
+* α is the Hill / maximum-likelihood estimate of a continuous power law above xmin, with xmin chosen
+  either at a fixed quantile (``"median"``, TempBalance) or by the Kolmogorov-Smirnov scan
+  (``"ks"``, WeightWatcher).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+__all__ = [
+    "EVALS_THRESH",
+    "LayerSpectrum",
+    "PowerLawFit",
+    "analyze",
+    "esd",
+    "farms_esd",
+    "farms_grid",
+    "fit_power_law",
+]
+
+#: Eigenvalues at or below this are dropped when ``filter_zeros=True`` (WeightWatcher's threshold).
+EVALS_THRESH = 1e-5
+
+#: Fit outcomes. Everything but "ok" leaves ``alpha`` at NaN.
+STATUSES = ("ok", "too_small", "non_finite", "zero", "degenerate")
+
+XMIN_METHODS = ("median", "ks")
+ESTIMATORS = ("plain", "farms")
+
+# Elements per chunk of the Kolmogorov-Smirnov scan (float64: 128 MiB).
+_KS_CHUNK_ELEMENTS = 1 << 24
+# Smallest default FARMS window: below this a matrix is analysed whole.
+_MIN_DEFAULT_WINDOW = 32
+
+
+@dataclass(frozen=True, kw_only=True)
+class PowerLawFit:
+    """Power-law fit of one ESD.
+
+    Attributes:
+        alpha: Hill/MLE exponent of p(λ) ∝ λ^-α above ``xmin``; NaN unless ``status == "ok"``.
+        xmin: Eigenvalue where the tail starts (NaN if not fitted).
+        ks_distance: Kolmogorov-Smirnov distance between the tail and the fitted law (NaN if not fitted).
+        num_evals: Eigenvalues in the ESD (after the optional zero filter).
+        num_tail: Eigenvalues at or above ``xmin`` (0 if not fitted).
+        alpha_hat: ``alpha * log10(spectral_norm)`` (WeightWatcher's ``alpha_weighted``).
+        spectral_norm: Largest eigenvalue λmax (the squared largest singular value).
+        stable_rank: Σλ / λmax.
+        status: "ok", "too_small" (fewer than ``min_evals`` eigenvalues), "non_finite" (NaN/Inf in the
+            input), "zero" (all eigenvalues zero) or "degenerate" (no valid xmin: the tail is constant).
+    """
+
+    alpha: float
+    xmin: float
+    ks_distance: float
+    num_evals: int
+    num_tail: int
+    alpha_hat: float
+    spectral_norm: float
+    stable_rank: float
+    status: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerSpectrum(PowerLawFit):
+    """The fit of one named matrix, as returned by `analyze`.
+
+    Attributes:
+        name: Key of the matrix in the mapping given to `analyze` (``"name[e]"`` for matrix ``e`` of a
+            3-D batch).
+        shape: Shape of the analysed matrix (for a 4-D kernel, the whole kernel shape).
+        estimator: "plain" or "farms".
+        num_windows: FARMS windows pooled into the ESD (1 for the plain estimator, and for a matrix
+            smaller than the FARMS window, which is analysed whole).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    estimator: str = "plain"
+    num_windows: int = 1
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        return d
+
+
+# --------------------------------------------------------------------------------------------------
+# Input checks
+
+
+def _check_matrix(weight, *, name: str = "weight") -> torch.Tensor:
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(weight).__name__}")
+    if weight.ndim not in (2, 3, 4):
+        raise ValueError(
+            f"{name} must be a 2-D matrix, a 3-D batch of matrices or a 4-D convolution kernel; "
+            f"got a {weight.ndim}-D tensor of shape {tuple(weight.shape)}"
+        )
+    if weight.is_complex():
+        raise TypeError(f"{name} must be real, got dtype {weight.dtype}")
+    if weight.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(weight.shape)})")
+    return weight
+
+
+def _check_options(xmin_method: str, xmin_pos: float, min_evals: int) -> None:
+    if xmin_method not in XMIN_METHODS:
+        raise ValueError(f"xmin_method must be one of {XMIN_METHODS}, got {xmin_method!r}")
+    if not xmin_pos > 1:
+        raise ValueError(f"xmin_pos must be > 1 (xmin = evals[floor(N / xmin_pos)]), got {xmin_pos}")
+    if min_evals < 2:
+        raise ValueError(f"min_evals must be at least 2 (a fit needs two eigenvalues), got {min_evals}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Eigenvalues
+
+
+def _gram(mats: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The smaller Gram matrix (W Wᵀ or Wᵀ W) of each matrix in a (B, m, n) batch, in ``dtype``."""
+    x = mats.to(dtype)
+    return x @ x.mT if x.shape[-2] <= x.shape[-1] else x.mT @ x
+
+
+def _gram_eigvals(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ascending eigenvalues of a (B, k, k) stack of Gram matrices, clamped at 0.
+
+    Returns ``(evals, finite)`` with a (B,) mask of matrices without NaN/Inf. A Gram matrix's diagonal holds
+    the squared row norms of its matrix, so a NaN or Inf anywhere in the matrix (or an overflow in the
+    Gram) shows on the diagonal: the check costs O(k), not O(k²). Non-finite Grams are zeroed in place
+    rather than failing the eigen-solve of the whole batch; callers read ``finite``.
+    """
+    finite = torch.isfinite(gram.diagonal(dim1=-2, dim2=-1).sum(-1))
+    gram.masked_fill_(~finite[:, None, None], 0)
+    return torch.linalg.eigvalsh(gram).clamp_min_(0), finite
+
+
+def _as_batch(weight: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """View a 2-D/3-D/4-D weight as a (B, m, n) batch and the eigenvalue scale of its slices."""
+    if weight.ndim == 2:
+        return weight.unsqueeze(0), 1.0
+    if weight.ndim == 3:
+        return weight, 1.0
+    # (out, in, kh, kw) -> kh·kw slices of out×in, each scaled by √0.5: eigenvalues × 0.5.
+    out_ch, in_ch = weight.shape[:2]
+    return weight.permute(2, 3, 0, 1).reshape(-1, out_ch, in_ch), 0.5
+
+
+def esd(weight: torch.Tensor, *, dtype: torch.dtype = torch.float32, filter_zeros: bool = False) -> torch.Tensor:
+    """Ascending eigenvalues of WᵀW, computed through the smaller Gram matrix on the weight's device.
+
+    Args:
+        weight: A 2-D matrix (m×n: min(m, n) eigenvalues), a 3-D batch of matrices (one ESD per matrix,
+            shape (B, min(m, n))) or a 4-D convolution kernel (out, in, kh, kw: the kh·kw slices, each
+            scaled by √0.5, pooled into one ESD). bf16/fp16 input is upcast to ``dtype``.
+        dtype: Precision of the eigen-solve (float32 or float64).
+        filter_zeros: Drop eigenvalues ≤ `EVALS_THRESH` (1e-5), as WeightWatcher does. Not available for
+            a 3-D batch, whose ESDs would then differ in length.
+
+    Returns:
+        A 1-D tensor (2-D and 4-D input) or a 2-D tensor (3-D input) of eigenvalues on ``weight.device``.
+        Non-finite matrices give NaN eigenvalues.
+    """
+    _check_matrix(weight)
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    if filter_zeros and weight.ndim == 3:
+        raise ValueError(
+            "filter_zeros=True would give ESDs of different lengths for a 3-D batch; "
+            "filter each matrix instead: [esd(w, filter_zeros=True) for w in weight]"
+        )
+    with torch.no_grad():
+        batch, scale = _as_batch(weight.detach())
+        evals, finite = _gram_eigvals(_gram(batch, dtype))
+        evals = torch.where(finite[:, None], evals, torch.full((), math.nan, dtype=dtype, device=evals.device))
+        if scale != 1.0:
+            evals = evals * scale
+        if weight.ndim == 3:
+            return evals
+        evals = evals.flatten().sort().values
+        if filter_zeros:
+            evals = evals[~(evals <= EVALS_THRESH)]  # keeps NaN, so a non-finite input stays visible
+        return evals
+
+
+def farms_grid(
+    shape: tuple[int, int], *, window: int | None = None, aspect_ratio: float = 1.0, grid: int = 9
+) -> tuple[tuple[int, int], list[int], list[int]]:
+    """FARMS window size and start positions for an m×n matrix (ALGORITHM.md section 4).
+
+    Windows are ``r`` rows × ``round(r·aspect_ratio)`` columns. Along each dimension of length ``dim``
+    there are up to ``grid`` starts ``min(k·step, dim − w)`` with ``step = max(1, (dim − w) // (grid − 1))``;
+    duplicates are removed. A matrix smaller than the window gets one window: the whole matrix.
+
+    ``window=None`` uses ``r = min(m, n // aspect_ratio) // 2``; if that is below 32 the matrix is
+    analysed whole.
+
+    Returns:
+        ``((rows, cols), row_starts, col_starts)``; the windows are all (row, col) start pairs.
+    """
+    m, n = int(shape[0]), int(shape[1])
+    if aspect_ratio <= 0:
+        raise ValueError(f"aspect_ratio must be > 0, got {aspect_ratio}")
+    if grid < 1:
+        raise ValueError(f"grid must be >= 1, got {grid}")
+    if window is None:
+        window = int(min(m, n / aspect_ratio)) // 2
+        if window < _MIN_DEFAULT_WINDOW:
+            return (m, n), [0], [0]
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    rows, cols = window, max(1, round(window * aspect_ratio))
+    if rows > m or cols > n:
+        return (m, n), [0], [0]
+
+    def starts(dim: int, w: int) -> list[int]:
+        if grid == 1 or dim == w:
+            return [0]
+        step = max(1, (dim - w) // (grid - 1))
+        return sorted({min(k * step, dim - w) for k in range(grid)})
+
+    return (rows, cols), starts(m, rows), starts(n, cols)
+
+
+def farms_esd(
+    weight: torch.Tensor,
+    *,
+    window: int | None = None,
+    aspect_ratio: float = 1.0,
+    grid: int = 9,
+    dtype: torch.dtype = torch.float32,
+    filter_zeros: bool = False,
+) -> torch.Tensor:
+    """FARMS pooled ESD: eigenvalues of all fixed-aspect-ratio windows of a matrix, pooled and sorted.
+
+    See `farms_grid` for the window placement. A 4-D kernel is analysed slice by slice (each slice's
+    windows scaled by √0.5, as in `esd`); a 3-D batch pools the windows of all its matrices.
+    """
+    _check_matrix(weight)
+    weight = weight.detach()
+    with torch.no_grad():
+        mats = weight if weight.ndim == 3 else weight[None]
+        grid_ = farms_grid(tuple(weight.shape[-2:] if weight.ndim == 3 else weight.shape[:2]),
+                           window=window, aspect_ratio=aspect_ratio, grid=grid)
+        items = [_Item("", tuple(m.shape), m, grid_) for m in mats]
+        evals, finite = _gram_eigvals(torch.cat([_gram(item.source(), dtype) for item in items]))
+        if not bool(finite.all()):
+            return torch.full((evals.numel(),), math.nan, dtype=dtype, device=evals.device)
+        evals = (evals * items[0].scale).flatten().sort().values
+        if filter_zeros:
+            evals = evals[evals > EVALS_THRESH]
+        return evals
+
+
+# --------------------------------------------------------------------------------------------------
+# Power-law fits (batched)
+
+
+@dataclass(frozen=True)
+class _BatchFit:
+    """Fit results for a batch of ESDs, as float64/long tensors of shape (B,) on the ESDs' device."""
+
+    alpha: torch.Tensor
+    xmin: torch.Tensor
+    ks_distance: torch.Tensor
+    num_evals: torch.Tensor
+    num_tail: torch.Tensor
+    spectral_norm: torch.Tensor
+    stable_rank: torch.Tensor
+    status: torch.Tensor  # index into STATUSES
+
+    def rows(self) -> list[PowerLawFit]:
+        """Move everything to the host in one transfer and build one `PowerLawFit` per row."""
+        floats = torch.stack([self.alpha, self.xmin, self.ks_distance, self.spectral_norm, self.stable_rank])
+        ints = torch.stack([self.num_evals, self.num_tail, self.status])
+        floats, ints = floats.cpu().tolist(), ints.cpu().tolist()
+        out = []
+        for alpha, xmin, ks, lmax, srank, n_ev, n_tail, st in zip(*floats, *ints, strict=True):
+            fitted = STATUSES[st] == "ok"
+            out.append(
+                PowerLawFit(
+                    alpha=alpha if fitted else math.nan,
+                    xmin=xmin if fitted else math.nan,
+                    ks_distance=ks if fitted else math.nan,
+                    num_evals=int(n_ev),
+                    num_tail=int(n_tail) if fitted else 0,
+                    alpha_hat=alpha * math.log10(lmax) if fitted and lmax > 0 else math.nan,
+                    spectral_norm=lmax,
+                    stable_rank=srank,
+                    status=STATUSES[st],
+                )
+            )
+        return out
+
+
+def _ks_distance_at(logs: torch.Tensor, alpha: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """KS distance of the tail beginning at index ``idx`` (per row) for exponent ``alpha`` (per row)."""
+    n_all = logs.shape[-1]
+    j = torch.arange(n_all, device=logs.device)
+    n = (n_all - idx).to(logs.dtype)
+    rel = (logs - logs.gather(-1, idx[:, None])).clamp_min(0)
+    theo = 1 - torch.exp((1 - alpha)[:, None] * rel)
+    emp = (j[None, :] - idx[:, None]).to(logs.dtype) / n[:, None]
+    dist = torch.where(j[None, :] >= idx[:, None], (theo - emp).abs(), torch.zeros((), dtype=logs.dtype))
+    return dist.amax(-1)
+
+
+def _ks_scan(logs: torch.Tensor, alphas: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """D(i) for every candidate cut i of every row, chunked over i so memory stays bounded.
+
+    D(i) = max_{k=0..n-1} |1 − (λ_{i+k}/λ_i)^(1−α(i)) − k/n|, n = N − i. Invalid candidates get +inf,
+    candidates with α ≤ 1 get D = 1 (WeightWatcher's convention).
+
+    A chunk of rows i ∈ [c0, c1) is compared with every j ≥ c0. For j < i both terms are made 0 (the
+    log-ratio is clamped at 0 and the empirical CDF at 0), so no mask is needed; all work is in place.
+    """
+    batch, n_all = logs.shape
+    n_cand = alphas.shape[-1]
+    dev, dt = logs.device, logs.dtype
+    dists = torch.empty(batch, n_cand, dtype=dt, device=dev)
+    chunk = max(1, _KS_CHUNK_ELEMENTS // max(1, batch * n_all))
+    j = torch.arange(n_all, device=dev, dtype=dt)
+    for c0 in range(0, n_cand, chunk):
+        c1 = min(n_cand, c0 + chunk)
+        i = torch.arange(c0, c1, device=dev, dtype=dt)[:, None]
+        emp = ((j[None, c0:] - i) / (n_all - i)).clamp_min_(0)  # (c, N − c0): k / n, 0 for j < i
+        x = logs[:, None, c0:] - logs[:, c0:c1, None]  # (B, c, N − c0): ln(λ_j / λ_i)
+        x.clamp_min_(0).mul_(1 - alphas[:, c0:c1, None]).exp_()  # (λ_j / λ_i)^(1 − α)
+        x.neg_().add_(1).sub_(emp).abs_()
+        dists[:, c0:c1] = x.amax(-1)
+    dists = torch.where(alphas > 1, dists, torch.ones((), dtype=dt, device=dev))
+    return torch.where(valid, dists, torch.full((), math.inf, dtype=dt, device=dev))
+
+
+def _fit_batch(
+    evals: torch.Tensor,
+    finite: torch.Tensor,
+    *,
+    xmin_method: str,
+    xmin_pos: float,
+    min_evals: int,
+    filter_zeros: bool,
+) -> _BatchFit:
+    """Fit every row of an ascending (B, N) eigenvalue tensor. No host synchronisation."""
+    dev = evals.device
+    ev = evals.to(torch.float64)
+    batch, n_all = ev.shape
+    # Filtering drops the smallest values, so the kept eigenvalues are a suffix of each sorted row:
+    # row b keeps indices >= offset[b].
+    if filter_zeros:
+        offset = (ev <= EVALS_THRESH).sum(-1)
+    else:
+        offset = torch.zeros(batch, dtype=torch.long, device=dev)
+    num_evals = n_all - offset
+    lmax = ev[:, -1]
+    total = torch.where(torch.arange(n_all, device=dev)[None, :] >= offset[:, None], ev, 0).sum(-1)
+    stable_rank = torch.where(lmax > 0, total / lmax.clamp_min(torch.finfo(ev.dtype).tiny), math.nan)
+
+    positive = ev > 0
+    logs = torch.log(torch.where(positive, ev, 1.0))
+    # suffix[b, i] = Σ_{j ≥ i} ln λ_j
+    suffix = logs.flip(-1).cumsum(-1).flip(-1)
+    tail_n = (n_all - torch.arange(n_all, device=dev)).to(ev.dtype)  # n(i) = N − i
+    denom = suffix - tail_n * logs
+    alphas = 1 + tail_n / denom  # +inf where the tail is constant (denom = 0)
+
+    if xmin_method == "median":
+        # xmin = λ[offset + floor(N_kept / xmin_pos)]; the tail is every λ ≥ xmin (ties included, as
+        # powerlaw.Fit does), i.e. starts at the first index holding that value.
+        pos = (offset + torch.floor(num_evals.to(ev.dtype) / xmin_pos).long()).clamp(max=n_all - 1)
+        xmin_val = ev.gather(-1, pos[:, None])
+        idx = torch.searchsorted(ev.contiguous(), xmin_val.contiguous(), right=False).squeeze(-1)
+        idx = torch.maximum(idx, offset).clamp(max=n_all - 1)
+        alpha = alphas.gather(-1, idx[:, None]).squeeze(-1)
+        ks = _ks_distance_at(logs, alpha, idx)
+        valid_cut = positive.gather(-1, idx[:, None]).squeeze(-1) & torch.isfinite(alpha) & (alpha > 1)
+    else:
+        # Every cut i in [offset, N − 2] with λ_i > 0 is a candidate; take the smallest D (first on ties).
+        cand = torch.arange(n_all - 1, device=dev)
+        valid = (cand[None, :] >= offset[:, None]) & positive[:, :-1] & torch.isfinite(alphas[:, :-1])
+        if n_all > 1:
+            ks, idx = _ks_scan(logs, alphas[:, :-1], valid).min(-1)
+        else:  # a single eigenvalue: no cut to scan
+            ks = torch.full((batch,), math.inf, dtype=ev.dtype, device=dev)
+            idx = torch.zeros(batch, dtype=torch.long, device=dev)
+        alpha = alphas.gather(-1, idx[:, None]).squeeze(-1)
+        valid_cut = torch.isfinite(ks) & (alpha > 1)
+    xmin = ev.gather(-1, idx[:, None]).squeeze(-1)
+
+    status = torch.full((batch,), STATUSES.index("ok"), dtype=torch.long, device=dev)
+    status = torch.where(valid_cut, status, STATUSES.index("degenerate"))
+    status = torch.where(num_evals < min_evals, STATUSES.index("too_small"), status)
+    status = torch.where(lmax <= 0, STATUSES.index("zero"), status)
+    status = torch.where(finite & torch.isfinite(ev).all(-1), status, STATUSES.index("non_finite"))
+    return _BatchFit(
+        alpha=alpha,
+        xmin=xmin,
+        ks_distance=ks,
+        num_evals=num_evals,
+        num_tail=n_all - idx,
+        spectral_norm=lmax,
+        stable_rank=stable_rank,
+        status=status,
+    )
+
+
+def fit_power_law(
+    evals: torch.Tensor,
+    *,
+    xmin_method: str = "median",
+    xmin_pos: float = 2.0,
+    min_evals: int = 50,
+    filter_zeros: bool = False,
+) -> PowerLawFit:
+    """Hill / maximum-likelihood power-law fit of one ESD.
+
+    For a cut index i of the ascending eigenvalues (xmin = λ_i, n = N − i points):
+    α(i) = 1 + n / Σ_{j≥i} ln(λ_j / λ_i).
+
+    Args:
+        evals: 1-D tensor of eigenvalues (any order; sorted here).
+        xmin_method: ``"median"``: i = floor(N / xmin_pos), one fit (TempBalance); ``"ks"``: the i that
+            minimises the Kolmogorov-Smirnov distance over every i < N − 1 (WeightWatcher).
+        xmin_pos: Position of xmin for ``"median"`` (2 = top half, 1.5 = top third).
+        min_evals: Fewer eigenvalues than this (after filtering) gives status "too_small".
+        filter_zeros: Drop eigenvalues ≤ 1e-5 first (WeightWatcher's convention).
+
+    Degenerate input never raises: the status says what went wrong and alpha is NaN.
+    """
+    if not isinstance(evals, torch.Tensor):
+        raise TypeError(f"evals must be a torch.Tensor, got {type(evals).__name__}")
+    if evals.ndim != 1:
+        raise ValueError(f"evals must be 1-D, got shape {tuple(evals.shape)}; use esd() to get eigenvalues")
+    _check_options(xmin_method, xmin_pos, min_evals)
+    if evals.numel() == 0:
+        return PowerLawFit(
+            alpha=math.nan, xmin=math.nan, ks_distance=math.nan, num_evals=0, num_tail=0,
+            alpha_hat=math.nan, spectral_norm=math.nan, stable_rank=math.nan, status="too_small",
+        )  # fmt: skip
+    ev = evals.detach().to(torch.float64)
+    finite = torch.isfinite(ev).all().reshape(1)
+    ev = torch.where(torch.isfinite(ev), ev, 0.0).clamp_min(0).sort().values[None, :]
+    fit = _fit_batch(
+        ev, finite, xmin_method=xmin_method, xmin_pos=xmin_pos, min_evals=min_evals, filter_zeros=filter_zeros
+    )
+    return fit.rows()[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# The whole-model pass
+
+
+@dataclass(frozen=True)
+class _Item:
+    """One ESD of the pass: the pooled eigenvalues of the (B, m, n) batch that `source()` builds."""
+
+    name: str
+    shape: tuple[int, ...]
+    weight: torch.Tensor  # 2-D matrix or 4-D kernel
+    windows: tuple | None  # FARMS ((rows, cols), row_starts, col_starts), None for the plain ESD
+
+    @property
+    def scale(self) -> float:
+        return 0.5 if self.weight.ndim == 4 else 1.0
+
+    @property
+    def num_windows(self) -> int:
+        return 1 if self.windows is None else len(self.windows[1]) * len(self.windows[2])
+
+    @property
+    def source_shape(self) -> tuple[int, int, int]:
+        slices = 1 if self.weight.ndim == 2 else self.weight.shape[2] * self.weight.shape[3]
+        rows, cols = self.weight.shape[:2] if self.windows is None else self.windows[0]
+        return slices * self.num_windows, rows, cols
+
+    def source(self) -> torch.Tensor:
+        batch, _ = _as_batch(self.weight)
+        if self.windows is None:
+            return batch
+        (rows, cols), row_starts, col_starts = self.windows
+        return torch.stack(
+            [mat[r : r + rows, c : c + cols] for mat in batch for r in row_starts for c in col_starts]
+        )
+
+
+def _plan(matrices: Mapping[str, torch.Tensor], estimator, window, aspect_ratio, grid) -> list[_Item]:
+    items = []
+    for name, weight in matrices.items():
+        _check_matrix(weight, name=f"matrices[{name!r}]")
+        weight = weight.detach()
+        if weight.ndim == 3:
+            parts = [(f"{name}[{e}]", weight[e]) for e in range(weight.shape[0])]
+        else:
+            parts = [(name, weight)]
+        for part_name, w in parts:
+            windows = None
+            if estimator == "farms":
+                windows = farms_grid(tuple(w.shape[:2]), window=window, aspect_ratio=aspect_ratio, grid=grid)
+            items.append(_Item(part_name, tuple(w.shape), w, windows))
+    return items
+
+
+def analyze(
+    matrices: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]],
+    *,
+    estimator: str = "plain",
+    xmin_method: str = "median",
+    xmin_pos: float = 2.0,
+    min_evals: int = 50,
+    filter_zeros: bool = False,
+    dtype: torch.dtype = torch.float32,
+    farms_window: int | None = None,
+    farms_aspect_ratio: float = 1.0,
+    farms_grid_size: int = 9,
+    max_batch_bytes: int = 1 << 30,
+    progress: bool = False,
+) -> dict[str, LayerSpectrum]:
+    """Spectral analysis of many matrices at once: the pass the Trainer runs every few steps.
+
+    Matrices are grouped by device and shape; each group's Gram matrices go through one batched
+    ``torch.linalg.eigvalsh`` on that device (split only to keep a group's Gram stack under
+    ``max_batch_bytes``), the fits of a group run as tensor operations on the same device, and each
+    group's results reach the host in one transfer.
+
+    Args:
+        matrices: name → tensor (2-D matrix, 3-D batch of matrices or 4-D kernel), on any device. A 3-D
+            tensor gives one result per matrix, named ``"name[e]"``.
+        estimator: ``"plain"`` (ESD of the whole matrix) or ``"farms"`` (pooled fixed-aspect windows).
+        xmin_method, xmin_pos, min_evals, filter_zeros: see `fit_power_law`.
+        dtype: Precision of the eigen-solve; float64 only when asked for.
+        farms_window, farms_aspect_ratio, farms_grid_size: FARMS window rows r (None: per-matrix default,
+            see `farms_grid`), column/row ratio Q and grid size P.
+        max_batch_bytes: Upper bound on the Gram matrices stacked for one eigen-solve call.
+        progress: Show a tqdm bar over the eigen-solve groups.
+
+    Returns:
+        name → `LayerSpectrum`, in input order.
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    _check_options(xmin_method, xmin_pos, min_evals)
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    if not isinstance(matrices, Mapping):
+        matrices = dict(matrices)
+
+    with torch.no_grad():
+        items = _plan(matrices, estimator, farms_window, farms_aspect_ratio, farms_grid_size)
+        # Items whose ESDs come from equally shaped sources on one device share one eigen-solve.
+        groups: dict[tuple, list[_Item]] = defaultdict(list)
+        for item in items:
+            groups[(item.weight.device, item.source_shape, item.scale)].append(item)
+
+        itemsize = torch.tensor([], dtype=dtype).element_size()
+        results: dict[str, PowerLawFit] = {}
+        bar = tqdm(total=len(items), desc="spectra", unit="matrix", disable=not progress)
+        for (_device, (per_item, m, n), scale), members in groups.items():
+            gram_bytes = per_item * min(m, n) ** 2 * itemsize
+            per_call = max(1, max_batch_bytes // max(1, gram_bytes))
+            for c0 in range(0, len(members), per_call):
+                chunk = members[c0 : c0 + per_call]
+                # Grams one item at a time (the upcast copy of a weight never outlives its matmul),
+                # then one batched eigen-solve.
+                evals, finite = _gram_eigvals(torch.cat([_gram(item.source(), dtype) for item in chunk]))
+                evals = evals.reshape(len(chunk), -1)
+                if per_item > 1:
+                    evals = evals.sort(-1).values
+                if scale != 1.0:
+                    evals = evals * scale
+                fit = _fit_batch(
+                    evals,
+                    finite.reshape(len(chunk), -1).all(-1),
+                    xmin_method=xmin_method,
+                    xmin_pos=xmin_pos,
+                    min_evals=min_evals,
+                    filter_zeros=filter_zeros,
+                )
+                for item, row in zip(chunk, fit.rows(), strict=True):
+                    results[item.name] = row
+                bar.update(len(chunk))
+        bar.close()
+
+    return {
+        item.name: LayerSpectrum(
+            **asdict(results[item.name]),
+            name=item.name,
+            shape=item.shape,
+            estimator=estimator,
+            num_windows=item.num_windows,
+        )
+        for item in items
+    }
