@@ -89,7 +89,9 @@ def bench_roberta(repeats: int, whole_model: bool) -> None:
     logging.getLogger("weightwatcher").setLevel(logging.ERROR)
     torch.manual_seed(0)
     model = RobertaForSequenceClassification(RobertaConfig(**ROBERTA_BASE)).eval()
-    print(f"roberta-base shapes, random init, CPU, {torch.get_num_threads()} threads, best of {repeats} interleaved runs")
+    print(
+        f"roberta-base shapes, random init, CPU, {torch.get_num_threads()} threads, best of {repeats} interleaved runs"
+    )
     linears = {name: m.weight for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     for dtype in (torch.float32, torch.float64):
         compare("Linear weights", model, linears, [ww.LAYER_TYPE.DENSE], repeats, dtype)
@@ -98,8 +100,14 @@ def bench_roberta(repeats: int, whole_model: bool) -> None:
         everything = {
             name: m.weight for name, m in model.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Embedding))
         }
-        compare("WeightWatcher(model).analyze() defaults: Linear + Embedding", model, everything, [], repeats,
-                torch.float32)
+        compare(
+            "WeightWatcher(model).analyze() defaults: Linear + Embedding",
+            model,
+            everything,
+            [],
+            repeats,
+            torch.float32,
+        )
 
 
 def bench_llama(device: torch.device, blocks: int, dtype: torch.dtype, repeats: int) -> None:

@@ -268,8 +268,12 @@ def farms_esd(
     weight = weight.detach()
     with torch.no_grad():
         mats = weight if weight.ndim == 3 else weight[None]
-        grid_ = farms_grid(tuple(weight.shape[-2:] if weight.ndim == 3 else weight.shape[:2]),
-                           window=window, aspect_ratio=aspect_ratio, grid=grid)
+        grid_ = farms_grid(
+            tuple(weight.shape[-2:] if weight.ndim == 3 else weight.shape[:2]),
+            window=window,
+            aspect_ratio=aspect_ratio,
+            grid=grid,
+        )
         items = [_Item("", tuple(m.shape), m, grid_) for m in mats]
         evals, finite = _gram_eigvals(torch.cat([_gram(item.source(), dtype) for item in items]))
         if not bool(finite.all()):
@@ -506,9 +510,7 @@ class _Item:
         if self.windows is None:
             return batch
         (rows, cols), row_starts, col_starts = self.windows
-        return torch.stack(
-            [mat[r : r + rows, c : c + cols] for mat in batch for r in row_starts for c in col_starts]
-        )
+        return torch.stack([mat[r : r + rows, c : c + cols] for mat in batch for r in row_starts for c in col_starts])
 
 
 def _plan(matrices: Mapping[str, torch.Tensor], estimator, window, aspect_ratio, grid) -> list[_Item]:

@@ -1,0 +1,304 @@
+"""From α per unit to a learning-rate factor per unit, and from factors to the optimizer's groups.
+
+Data flows one way (``../shared/docs/ALGORITHM.md``, section 5)::
+
+    spectra -> unit_metrics() -> metric per unit -> compute_factors() -> factor per unit -> apply_factors()
+
+* `unit_metrics` averages a spectral metric (α by default) over the fitted matrices of each unit.
+* `compute_factors` maps the metrics to learning-rate factors: ``"linear"`` (TempBalance) or ``"sigmoid"``
+  (Model Balancing). Both give higher factors to higher α. Units without a finite metric keep factor 1.
+* `apply_factors` writes the factors into the optimizer's param groups so that, under the Trainer's
+  ordinary schedule, a unit's learning rate is ``tb_base_lr × factor × schedule(t)``.
+
+The first two are pure functions of plain mappings; only `apply_factors` touches torch objects.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+from transformers.utils import logging
+
+from .spectral import LayerSpectrum
+
+logger = logging.get_logger(__name__)
+
+__all__ = ["MAPPINGS", "METRICS", "apply_factors", "compute_factors", "unit_metrics"]
+
+#: Maps from a unit's metric to its learning-rate factor.
+MAPPINGS = ("linear", "sigmoid")
+
+#: `LayerSpectrum` fields that can drive the mapping (α is the paper's choice; the others are ablations).
+METRICS = ("alpha", "alpha_hat", "spectral_norm", "stable_rank")
+
+# "name[3]" -> ("name", "3"): the names `analyze` gives to the matrices of a 3-D batch.
+_BATCH_ITEM = re.compile(r"(?P<base>.*)\[(?P<index>\d+)\]")
+
+
+class _UnitLike(Protocol):
+    """What `unit_metrics` needs from a unit (`tb_hf.layers` units satisfy it)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def matrices(self) -> tuple[str, ...]: ...
+
+
+# --------------------------------------------------------------------------------------------------
+# Metric per unit
+
+
+def _spectra_by_matrix(spectra: Mapping[str, LayerSpectrum]) -> dict[str, list[LayerSpectrum]]:
+    """Matrix name → its spectra: ``"x"`` itself and every ``"x[e]"`` of a 3-D batch ``x``."""
+    index: dict[str, list[LayerSpectrum]] = defaultdict(list)
+    for key, spectrum in spectra.items():
+        index[key].append(spectrum)
+        match = _BATCH_ITEM.fullmatch(key)
+        if match is not None:
+            index[match["base"]].append(spectrum)
+    return index
+
+
+def unit_metrics(
+    spectra: Mapping[str, LayerSpectrum], units: Iterable[_UnitLike], *, metric: str = "alpha"
+) -> dict[str, float]:
+    """The mean of a spectral metric over the fitted matrices of each unit.
+
+    Args:
+        spectra: Matrix name → `LayerSpectrum`, as returned by `tb_hf.spectral.analyze`. A 3-D weight
+            ``"x"`` appears as ``"x[0]"``, ``"x[1]"``, ...; all of them count for a unit listing ``"x"``.
+        units: Objects with ``.name`` and ``.matrices`` (a tuple of matrix names), such as the units of
+            `tb_hf.layers`.
+        metric: One of `METRICS`.
+
+    Returns:
+        Unit name → mean metric over the unit's matrices whose fit succeeded (``status == "ok"``) and
+        whose metric is finite; NaN for a unit with no such matrix. Units keep their input order.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    by_matrix = _spectra_by_matrix(spectra)
+    out: dict[str, float] = {}
+    for unit in units:
+        if unit.name in out:
+            raise ValueError(f"duplicate unit name {unit.name!r}")
+        values = [
+            value
+            for matrix in unit.matrices
+            for spectrum in by_matrix.get(matrix, ())
+            if spectrum.status == "ok" and math.isfinite(value := float(getattr(spectrum, metric)))
+        ]
+        out[unit.name] = math.fsum(values) / len(values) if values else math.nan
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Factor per unit
+
+
+def _check_factor_options(mapping: str, lr_min: float, lr_max: float, tau: float, s_low: float, s_high: float):
+    if mapping not in MAPPINGS:
+        raise ValueError(f"mapping must be one of {MAPPINGS}, got {mapping!r}")
+    if not lr_min > 0:
+        raise ValueError(f"lr_min must be > 0, got {lr_min}")
+    if not lr_min <= lr_max:
+        raise ValueError(f"lr_min must be <= lr_max, got lr_min={lr_min}, lr_max={lr_max}")
+    if not tau > 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    if not (s_low >= 0 and s_high >= 0):
+        raise ValueError(f"s_low and s_high must be >= 0, got s_low={s_low}, s_high={s_high}")
+
+
+def _sigmoid(x: float) -> float:
+    """Logistic function without overflow for large |x|."""
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
+
+
+def _linear_factors(fitted: Mapping[str, float], lr_min: float, lr_max: float) -> dict[str, float]:
+    lo, hi = min(fitted.values()), max(fitted.values())
+    if hi == lo:
+        return dict.fromkeys(fitted, 1.0)
+    return {name: lr_min + (lr_max - lr_min) * (value - lo) / (hi - lo) for name, value in fitted.items()}
+
+
+def _sigmoid_factors(fitted: Mapping[str, float], tau: float, s_low: float, s_high: float) -> dict[str, float]:
+    mean = math.fsum(fitted.values()) / len(fitted)
+    out = {}
+    for name, value in fitted.items():
+        s = s_low if value <= mean else s_high
+        out[name] = 10.0 ** (s * (_sigmoid(tau * (value - mean)) - 0.5))
+    return out
+
+
+def _normalized(factors: Mapping[str, float], weights: Mapping[str, float] | None) -> dict[str, float]:
+    """Rescale ``factors`` so that their ``weights``-weighted mean is 1 (equal weights if None)."""
+    if weights is None:
+        weights = dict.fromkeys(factors, 1.0)
+    missing = [name for name in factors if name not in weights]
+    if missing:
+        raise ValueError(f"weights has no entry for the fitted units {missing}")
+    if any(not (math.isfinite(weights[name]) and weights[name] >= 0) for name in factors):
+        raise ValueError("weights must be finite and >= 0")
+    total = math.fsum(weights[name] for name in factors)
+    if not total > 0:
+        raise ValueError("the weights of the fitted units sum to 0; cannot normalize")
+    mean = math.fsum(weights[name] * factor for name, factor in factors.items()) / total
+    return {name: factor / mean for name, factor in factors.items()}
+
+
+def compute_factors(
+    metrics: Mapping[str, float],
+    *,
+    mapping: str = "linear",
+    lr_min: float = 0.5,
+    lr_max: float = 1.5,
+    tau: float = 10.0,
+    s_low: float = 2.0,
+    s_high: float = 1.0,
+    weights: Mapping[str, float] | None = None,
+    normalize: bool = False,
+) -> dict[str, float]:
+    """Learning-rate factor per unit from its metric (ALGORITHM.md section 5).
+
+    Only *fitted* units (finite metric) take part; the others get factor 1.0 and are left out of the
+    minimum, maximum and mean below.
+
+    * ``"linear"`` (TempBalance): ``factor = lr_min + (lr_max − lr_min)·(α − α_min)/(α_max − α_min)``, so the
+      lowest α gets ``lr_min`` and the highest ``lr_max``; if all α are equal every factor is 1.
+    * ``"sigmoid"`` (Model Balancing's TB_Sigmoid): ``factor = 10^φ``, ``φ = s·(σ(τ·(α − ᾱ)) − 0.5)`` with ᾱ the
+      mean α and ``s = s_low`` for α ≤ ᾱ, ``s_high`` above. Factors lie in ``(10^(−s_low/2), 10^(s_high/2))``
+      and the unit at the mean gets 1. ``lr_min``/``lr_max`` do not apply.
+
+    Args:
+        metrics: Unit name → metric (e.g. from `unit_metrics`); NaN/inf for units that could not be fitted.
+        mapping: One of `MAPPINGS`.
+        lr_min, lr_max: Factor range of the linear map (``0 < lr_min <= lr_max``).
+        tau: Sigmoid temperature (> 0).
+        s_low, s_high: Sigmoid scales below/above the mean (>= 0).
+        weights: Unit name → weight for ``normalize`` (typically the unit's parameter count); equal weights
+            if None.
+        normalize: Rescale the fitted units' factors so that their weighted mean is exactly 1, keeping the
+            average learning rate of the model at the base rate.
+
+    Returns:
+        Unit name → factor, in the order of ``metrics``.
+    """
+    _check_factor_options(mapping, lr_min, lr_max, tau, s_low, s_high)
+    fitted = {name: float(value) for name, value in metrics.items() if math.isfinite(value)}
+    factors: dict[str, float] = {}
+    if fitted:
+        if mapping == "linear":
+            factors = _linear_factors(fitted, lr_min, lr_max)
+        else:
+            factors = _sigmoid_factors(fitted, tau, s_low, s_high)
+        if normalize:
+            factors = _normalized(factors, weights)
+    return {name: factors.get(name, 1.0) for name in metrics}
+
+
+# --------------------------------------------------------------------------------------------------
+# Factors into the optimizer
+
+
+def _set_value(container: dict | list, key: Any, value: float) -> None:
+    """``container[key] = value``, filling a tensor in place (as torch's schedulers do) instead of replacing it."""
+    current = container.get(key) if isinstance(container, dict) else container[key]
+    if isinstance(current, torch.Tensor):
+        current.fill_(value)
+    else:
+        container[key] = value
+
+
+def _scale_value(container: dict | list, key: Any, ratio: float) -> None:
+    current = container[key]
+    if isinstance(current, torch.Tensor):
+        current.mul_(ratio)
+    else:
+        container[key] = current * ratio
+
+
+def apply_factors(optimizer, scheduler, factors: Mapping[str, float]) -> None:
+    """Give each unit's param groups the learning rate ``tb_base_lr × factor × schedule(t)``.
+
+    Param groups carry three keys (set when the optimizer is built, see `tb_hf.layers`): ``"tb_unit"``
+    (unit name, or None for groups that are never scaled), ``"tb_base_lr"`` (the group's unscaled learning
+    rate) and ``"tb_factor"`` (the factor in effect, updated here). Groups whose unit is not in
+    ``factors`` are left alone.
+
+    How the factor reaches the learning rate depends on the scheduler:
+
+    * `torch.optim.lr_scheduler.LambdaLR` (every schedule of ``transformers.get_scheduler`` but
+      ``"reduce_lr_on_plateau"``): the group's base rate becomes ``new_base = tb_base_lr × factor`` in
+      ``scheduler.base_lrs[i]`` and ``group["initial_lr"]``, and ``group["lr"]`` (and the scheduler's last
+      lr) becomes ``new_base × lr_lambdas[i](last_epoch)``. The lr is then exact now and after every later
+      ``scheduler.step()``, and survives ``state_dict()``/``load_state_dict()`` of both objects. The lr
+      lambdas are not wrapped, so ``scheduler.pt`` still loads with ``weights_only=True``.
+    * ``None`` (no scheduler): ``group["lr"] = new_base``, a constant schedule.
+    * Any other scheduler (``ReduceLROnPlateau``, ``SequentialLR``, ...) — fallback: the current
+      ``group["lr"]`` (and ``group["initial_lr"]`` and ``scheduler.base_lrs[i]`` where present) is multiplied
+      by ``new_factor / old_factor``. This is exact only for schedulers that update the lr multiplicatively
+      from its current value; for others the factor may be lost or distorted at the scheduler's next step.
+
+    Args:
+        optimizer: A torch optimizer, or any object with ``.param_groups`` (e.g. accelerate's
+            ``AcceleratedOptimizer``).
+        scheduler: The scheduler driving ``optimizer``, or None. An accelerate ``AcceleratedScheduler`` is
+            unwrapped through its ``.scheduler`` attribute.
+        factors: Unit name → factor (finite, > 0), e.g. from `compute_factors`.
+    """
+    bad = {name: factor for name, factor in factors.items() if not (math.isfinite(factor) and factor > 0)}
+    if bad:
+        raise ValueError(f"factors must be finite and > 0, got {bad}")
+    scheduler = getattr(scheduler, "scheduler", scheduler)
+    groups = optimizer.param_groups
+    is_lambda = isinstance(scheduler, LambdaLR)
+    if is_lambda and len(scheduler.base_lrs) != len(groups):
+        raise ValueError(
+            f"the scheduler has {len(scheduler.base_lrs)} base lrs but the optimizer {len(groups)} param groups"
+        )
+    if scheduler is not None and not is_lambda:
+        logger.info_once(
+            f"apply_factors: {type(scheduler).__name__} is not a LambdaLR; learning-rate factors are applied by "
+            "rescaling each group's current lr by new_factor / old_factor."
+        )
+
+    for i, group in enumerate(groups):
+        unit = group.get("tb_unit")
+        if unit is None or unit not in factors:
+            continue
+        if "tb_base_lr" not in group:
+            raise KeyError(f"param group {i} (unit {unit!r}) has no 'tb_base_lr'")
+        factor = float(factors[unit])
+        new_base = float(group["tb_base_lr"]) * factor
+        if is_lambda:
+            lr = new_base * scheduler.lr_lambdas[i](scheduler.last_epoch)
+            _set_value(group, "initial_lr", new_base)
+            _set_value(scheduler.base_lrs, i, new_base)
+            _set_value(group, "lr", lr)
+            last_lr = getattr(scheduler, "_last_lr", None)
+            if last_lr is not None and i < len(last_lr):
+                _set_value(last_lr, i, lr)
+        elif scheduler is None:
+            _set_value(group, "lr", new_base)
+        else:
+            ratio = factor / float(group.get("tb_factor", 1.0))
+            _scale_value(group, "lr", ratio)
+            if "initial_lr" in group:
+                _scale_value(group, "initial_lr", ratio)
+            base_lrs = getattr(scheduler, "base_lrs", None)
+            if base_lrs is not None and i < len(base_lrs):
+                _scale_value(base_lrs, i, ratio)
+            last_lr = getattr(scheduler, "_last_lr", None)
+            if last_lr is not None and i < len(last_lr):
+                _set_value(last_lr, i, float(group["lr"]))
+        group["tb_factor"] = factor

@@ -1,0 +1,501 @@
+"""Tests for tb_hf.layers: block finder, units, LoRA effective weights, optimizer groups.
+
+Tiny random models built in-process from configs (hidden 32, 2 layers, vocab 100); no Hub access.
+"""
+
+from __future__ import annotations
+
+import math
+
+import peft
+import pytest
+import torch
+import transformers as tf
+from torch import nn
+from transformers import Trainer
+
+from tb_hf.layers import (
+    UNIT_KINDS,
+    Partition,
+    build_param_groups,
+    find_blocks,
+    partition_model,
+    unit_matrices,
+)
+from tb_hf.spectral import analyze
+
+LR = 1e-3
+WD = 0.1
+GROUP_KEYS = {"params", "lr", "weight_decay", "tb_unit", "tb_base_lr", "tb_factor"}
+
+_LLAMA_LIKE = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+    vocab_size=100, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+)  # fmt: skip
+_BERT_LIKE = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=100)
+
+# Tail of the matrix names of one block, in model order.
+_BERT_MATS = (
+    "attention.self.query.weight",
+    "attention.self.key.weight",
+    "attention.self.value.weight",
+    "attention.output.dense.weight",
+    "intermediate.dense.weight",
+    "output.dense.weight",
+)
+_LLAMA_MATS = tuple(f"self_attn.{p}_proj.weight" for p in "qkvo") + tuple(
+    f"mlp.{p}_proj.weight" for p in ("gate", "up", "down")
+)
+_T5_ENC_MATS = tuple(f"layer.0.SelfAttention.{p}.weight" for p in "qkvo") + (
+    "layer.1.DenseReluDense.wi.weight",
+    "layer.1.DenseReluDense.wo.weight",
+)
+_T5_DEC_MATS = (
+    tuple(f"layer.0.SelfAttention.{p}.weight" for p in "qkvo")
+    + tuple(f"layer.1.EncDecAttention.{p}.weight" for p in "qkvo")
+    + ("layer.2.DenseReluDense.wi.weight", "layer.2.DenseReluDense.wo.weight")
+)
+
+
+def _blocks(stack: str, n: int = 2) -> list[str]:
+    return [f"{stack}.{i}" for i in range(n)]
+
+
+# name: (model factory, block paths, matrix-name tails of each block, matrix-mode units per block)
+ARCHS = {
+    "bert": (
+        lambda: tf.BertForSequenceClassification(tf.BertConfig(**_BERT_LIKE)),
+        _blocks("bert.encoder.layer"),
+        [_BERT_MATS] * 2,
+        6,
+    ),
+    "roberta": (
+        lambda: tf.RobertaForSequenceClassification(tf.RobertaConfig(**_BERT_LIKE, pad_token_id=1)),
+        _blocks("roberta.encoder.layer"),
+        [_BERT_MATS] * 2,
+        6,
+    ),
+    "deberta-v2": (
+        lambda: tf.DebertaV2ForSequenceClassification(
+            tf.DebertaV2Config(  # DeBERTa-v3-like: relative attention with shared position keys
+                **_BERT_LIKE,
+                relative_attention=True,
+                pos_att_type=["p2c", "c2p"],
+                share_att_key=True,
+                position_buckets=16,
+                norm_rel_ebd="layer_norm",
+            )
+        ),
+        _blocks("deberta.encoder.layer"),
+        [
+            tuple(
+                m.replace("query", "query_proj").replace("key", "key_proj").replace("value", "value_proj")
+                for m in _BERT_MATS
+            )
+        ]
+        * 2,
+        6,
+    ),
+    "distilbert": (
+        lambda: tf.DistilBertForSequenceClassification(
+            tf.DistilBertConfig(dim=32, hidden_dim=64, n_layers=2, n_heads=4, vocab_size=100)
+        ),
+        _blocks("distilbert.transformer.layer"),
+        [tuple(f"attention.{p}_lin.weight" for p in ("q", "k", "v", "out")) + ("ffn.lin1.weight", "ffn.lin2.weight")]
+        * 2,
+        6,
+    ),
+    "gpt2": (
+        lambda: tf.GPT2LMHeadModel(
+            tf.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=100, bos_token_id=0, eos_token_id=0)
+        ),
+        _blocks("transformer.h"),
+        [("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")] * 2,
+        4,
+    ),
+    "llama": (
+        lambda: tf.LlamaForCausalLM(tf.LlamaConfig(**_LLAMA_LIKE)),
+        _blocks("model.layers"),
+        [_LLAMA_MATS] * 2,
+        7,
+    ),
+    "mistral": (
+        lambda: tf.MistralForCausalLM(tf.MistralConfig(**_LLAMA_LIKE)),
+        _blocks("model.layers"),
+        [_LLAMA_MATS] * 2,
+        7,
+    ),
+    "qwen2": (
+        lambda: tf.Qwen2ForCausalLM(tf.Qwen2Config(**_LLAMA_LIKE)),
+        _blocks("model.layers"),
+        [_LLAMA_MATS] * 2,
+        7,
+    ),
+    "gemma": (
+        lambda: tf.GemmaForCausalLM(tf.GemmaConfig(**_LLAMA_LIKE, head_dim=8)),
+        _blocks("model.layers"),
+        [_LLAMA_MATS] * 2,
+        7,
+    ),
+    "phi3": (
+        lambda: tf.Phi3ForCausalLM(tf.Phi3Config(**_LLAMA_LIKE)),
+        _blocks("model.layers"),
+        [("self_attn.o_proj.weight", "self_attn.qkv_proj.weight", "mlp.gate_up_proj.weight", "mlp.down_proj.weight")]
+        * 2,
+        4,
+    ),
+    "t5": (
+        lambda: tf.T5ForConditionalGeneration(
+            tf.T5Config(d_model=32, d_ff=64, d_kv=8, num_layers=2, num_heads=4, vocab_size=100)
+        ),
+        _blocks("encoder.block") + _blocks("decoder.block"),
+        [_T5_ENC_MATS] * 2 + [_T5_DEC_MATS] * 2,
+        None,  # encoder and decoder blocks differ: checked in test_t5_and_mixtral_matrix_units
+    ),
+    "mixtral": (
+        lambda: tf.MixtralForCausalLM(tf.MixtralConfig(**_LLAMA_LIKE, num_local_experts=4, num_experts_per_tok=2)),
+        _blocks("model.layers"),
+        [
+            tuple(f"self_attn.{p}_proj.weight" for p in "qkvo")
+            + ("mlp.gate.weight", "mlp.experts.gate_up_proj", "mlp.experts.down_proj")
+        ]
+        * 2,
+        6,  # q, k, v, o, router gate, experts (gate_up_proj and down_proj in one unit)
+    ),
+}
+
+
+@pytest.fixture(scope="module", params=list(ARCHS))
+def arch(request):
+    torch.manual_seed(0)
+    factory, blocks, mats, per_block = ARCHS[request.param]
+    return request.param, factory(), blocks, mats, per_block
+
+
+def _decay_names(model: nn.Module) -> list[str]:
+    return Trainer.get_decay_parameter_names(None, model)  # does not use `self`
+
+
+def _check_groups(model: nn.Module, partition: Partition) -> list[dict]:
+    """Build the groups and check the invariants every model must satisfy."""
+    groups = build_param_groups(
+        model, partition, learning_rate=LR, weight_decay=WD, decay_parameter_names=_decay_names(model)
+    )
+    assert groups[0]["tb_unit"] is None
+    assert groups[0]["tb_factor"] == 1.0
+    seen = [id(p) for g in groups for p in g["params"]]
+    trainable = [id(p) for p in model.parameters() if p.requires_grad]
+    assert len(seen) == len(set(seen)), "a parameter is in two groups"
+    assert set(seen) == set(trainable), "a trainable parameter is in no group (or a frozen one in a group)"
+    unit_names = {u.name for u in partition.units}
+    decay = set(_decay_names(model))
+    names = {id(p): n for n, p in model.named_parameters()}
+    for i, g in enumerate(groups):
+        assert set(g) == GROUP_KEYS
+        assert g["lr"] == g["tb_base_lr"] == LR and g["tb_factor"] == 1.0
+        assert g["params"] or i == 0, "only group 0 may be empty"
+        assert g["tb_unit"] is None or g["tb_unit"] in unit_names
+        assert g["weight_decay"] in (WD, 0.0)
+        assert all((names[id(p)] in decay) == (g["weight_decay"] == WD) for p in g["params"])
+    torch.optim.AdamW(groups)  # the optimizer accepts the layout
+    return groups
+
+
+# --------------------------------------------------------------------------------------------------
+# Architectures
+
+
+def test_blocks_found(arch):
+    _, model, blocks, _, _ = arch
+    found = find_blocks(model)
+    assert [path for path, _ in found] == blocks
+    assert all(model.get_submodule(path) is block for path, block in found)
+
+
+def test_block_units(arch):
+    _, model, blocks, mats, _ = arch
+    partition = partition_model(model)
+    assert partition.blocks == tuple(blocks)
+    assert [u.name for u in partition.units] == blocks
+    for unit, tails in zip(partition.units, mats, strict=True):
+        assert unit.matrices == tuple(f"{unit.name}.{t}" for t in tails)
+        assert all(p.startswith(unit.name + ".") for p in unit.params)
+        assert set(unit.matrices) <= set(unit.params)  # nothing frozen in a plain model
+    # everything else (embeddings, final norm, head) is outside
+    in_blocks = {n for n, _ in model.named_parameters() if any(n.startswith(b + ".") for b in blocks)}
+    assert set(partition.outside) == {n for n, _ in model.named_parameters()} - in_blocks
+    assert len(partition.params) == len(set(partition.params)) == len(list(model.parameters()))
+
+
+def test_block_groups(arch):
+    _, model, blocks, _, _ = arch
+    groups = _check_groups(model, partition_model(model))
+    # outside decay + no-decay, then (decay, no-decay) per block
+    assert [g["tb_unit"] for g in groups] == [None, None] + [b for b in blocks for _ in range(2)]
+
+
+def test_matrix_units(arch):
+    name, model, blocks, mats, per_block = arch
+    partition = partition_model(model, unit="matrix")
+    matrices = [m for u in partition.units for m in u.matrices]
+    assert matrices == [f"{b}.{t}" for b, tails in zip(blocks, mats, strict=True) for t in tails]
+    if per_block is not None:
+        assert len(partition.units) == per_block * len(blocks)
+    for unit in partition.units:
+        assert all(m.startswith(unit.name + ".") for m in unit.matrices)
+        assert all(p.startswith(unit.name + ".") for p in unit.params)
+        assert all(p.rsplit(".", 1)[0] == unit.name for p in unit.params)  # its weights and biases only
+    # parameters inside blocks but in no matrix unit (norms) are outside in matrix mode
+    units = {u.name for u in partition.units}
+    loose = [
+        n for n, _ in model.named_parameters() if n.startswith(blocks[0] + ".") and n.rsplit(".", 1)[0] not in units
+    ]
+    assert loose and set(loose) <= set(partition.outside)
+    _check_groups(model, partition)
+
+
+def test_unit_matrices_plain(arch):
+    _, model, _, _, _ = arch
+    partition = partition_model(model)
+    matrices = unit_matrices(model, partition)
+    params = dict(model.named_parameters())
+    assert list(matrices) == [m for u in partition.units for m in u.matrices]
+    for name, w in matrices.items():
+        assert not w.requires_grad
+        assert torch.equal(w, params[name])
+    assert unit_matrices(model, partition, lora_view="delta") == {}  # no LoRA, no deltas
+
+
+def test_t5_and_mixtral_matrix_units():
+    t5 = ARCHS["t5"][0]()
+    partition = partition_model(t5, unit="matrix")
+    assert len(partition.units) == 2 * 6 + 2 * 10
+    assert not any("relative_attention_bias" in m for u in partition.units for m in u.matrices)
+    assert "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight" in partition.outside
+    partition = partition_model(t5)
+    assert not any("relative_attention_bias" in m for u in partition.units for m in u.matrices)
+    # the (trainable) relative attention bias still takes its block's factor
+    assert "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight" in partition.units[0].params
+
+    mixtral = ARCHS["mixtral"][0]()
+    partition = partition_model(mixtral, unit="matrix")
+    experts = next(u for u in partition.units if u.name == "model.layers.0.mlp.experts")
+    assert experts.matrices == ("model.layers.0.mlp.experts.gate_up_proj", "model.layers.0.mlp.experts.down_proj")
+    matrices = unit_matrices(mixtral, partition)
+    assert matrices["model.layers.0.mlp.experts.gate_up_proj"].shape == (4, 128, 32)
+    results = analyze({k: v for k, v in matrices.items() if k.startswith("model.layers.0.mlp.experts")})
+    assert set(results) >= {f"model.layers.0.mlp.experts.gate_up_proj[{e}]" for e in range(4)}
+
+
+# --------------------------------------------------------------------------------------------------
+# Models without blocks, nesting, errors
+
+
+class _Nested(nn.Module):
+    """Blocks holding lists themselves: only the outer list is found."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(10, 8)
+        self.layers = nn.ModuleList(
+            nn.ModuleDict({"heads": nn.ModuleList(nn.Linear(8, 8) for _ in range(3)), "norm": nn.LayerNorm(8)})
+            for _ in range(2)
+        )
+
+
+class _Mixed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(4, 4), nn.Conv1d(4, 4, 1)])  # two classes
+        self.single = nn.ModuleList([nn.Linear(4, 4)])  # too short
+        self.norms = nn.ModuleList([nn.LayerNorm(4), nn.LayerNorm(4)])  # no matrix
+
+
+def test_nested_lists():
+    model = _Nested()
+    assert [p for p, _ in find_blocks(model)] == ["layers.0", "layers.1"]
+    partition = partition_model(model)
+    assert partition.units[0].matrices == tuple(f"layers.0.heads.{i}.weight" for i in range(3))
+    assert partition.outside == ("embed.weight",)
+    assert len(partition_model(model, unit="matrix").units) == 6
+
+
+@pytest.mark.parametrize("model", [nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)), _Mixed()])
+def test_no_blocks(model):
+    with pytest.raises(ValueError, match="nn.ModuleList of at least 2") as info:
+        find_blocks(model)
+    assert type(model).__name__ in str(info.value)
+    assert "2 or more dimensions" in str(info.value)
+    with pytest.raises(ValueError, match="no transformer blocks"):
+        partition_model(model)
+
+
+def test_bad_arguments():
+    model = _Nested()
+    with pytest.raises(ValueError, match="unit must be one of"):
+        partition_model(model, unit="layer")
+    assert UNIT_KINDS == ("block", "matrix")
+    with pytest.raises(ValueError, match="lora_view must be one of"):
+        unit_matrices(model, partition_model(model), lora_view="both")
+
+
+def test_frozen_and_stale():
+    model = ARCHS["llama"][0]()
+    for name, p in model.named_parameters():
+        p.requires_grad_(".layers." in name and not name.startswith("model.layers.1."))
+    partition = partition_model(model)
+    assert [u.name for u in partition.units] == ["model.layers.0"]  # frozen block 1 is dropped
+    assert partition.outside == ()
+    groups = _check_groups(model, partition)
+    assert groups[0]["params"] == [] and groups[0]["tb_unit"] is None  # placeholder keeps group 0 unscaled
+    optimizer = torch.optim.AdamW(groups)
+    torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+    model.lm_head.weight.requires_grad_(True)  # changed after partitioning
+    with pytest.raises(ValueError, match="does not match"):
+        build_param_groups(model, partition, learning_rate=LR, weight_decay=WD, decay_parameter_names=[])
+
+
+# --------------------------------------------------------------------------------------------------
+# peft LoRA
+
+
+def _randomize_lora_b(model: nn.Module) -> None:
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+
+
+def _lora_layers(model: nn.Module) -> dict[str, peft.tuners.lora.LoraLayer]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, peft.tuners.lora.LoraLayer)}
+
+
+def _check_lora_matrices(model: nn.Module, partition: Partition, scaling: float, fan_in_fan_out: bool = False):
+    effective = unit_matrices(model, partition)
+    delta = unit_matrices(model, partition, lora_view="delta")
+    layers = _lora_layers(model)
+    assert layers and set(delta) == {f"{n}.base_layer.weight" for n in layers}
+    for name, layer in layers.items():
+        assert layer.scaling["default"] == pytest.approx(scaling)
+        a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+        expected = (b @ a).T if fan_in_fan_out else b @ a
+        base = layer.base_layer.weight
+        key = f"{name}.base_layer.weight"
+        assert effective[key].shape == base.shape
+        torch.testing.assert_close(delta[key], expected * scaling)
+        torch.testing.assert_close(effective[key], base + expected * scaling)
+        assert delta[key].abs().max() > 0.1
+    return effective, delta
+
+
+def test_lora_roberta_seq_cls():
+    torch.manual_seed(0)
+    base = ARCHS["roberta"][0]()
+    config = peft.LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["query", "value"])
+    model = peft.get_peft_model(base, config)
+    _randomize_lora_b(model)
+    blocks = _blocks("base_model.model.roberta.encoder.layer")
+    assert [p for p, _ in find_blocks(model)] == blocks
+    assert [p for p, _ in find_blocks(model.base_model)] == _blocks("model.roberta.encoder.layer")  # LoraModel
+
+    partition = partition_model(model)
+    assert [u.name for u in partition.units] == blocks
+    unit = partition.units[0]
+    prefix = f"{blocks[0]}.attention.self"
+    assert f"{prefix}.query.base_layer.weight" in unit.matrices and len(unit.matrices) == 6
+    assert not any("lora_" in m for m in unit.matrices)
+    assert set(unit.params) == {f"{prefix}.{m}.lora_{ab}.default.weight" for m in ("query", "value") for ab in "AB"}
+    # the classifier's trainable copy is outside; the frozen original is nowhere
+    assert set(partition.outside) == {
+        f"base_model.model.classifier.modules_to_save.default.{n}"
+        for n in ("dense.weight", "dense.bias", "out_proj.weight", "out_proj.bias")
+    }
+    _check_groups(model, partition)
+    _check_lora_matrices(model, partition, scaling=8 / 4)
+
+    matrix = partition_model(model, unit="matrix")
+    assert [u.name for u in matrix.units] == [f"{b}.attention.self.{m}" for b in blocks for m in ("query", "value")]
+    assert matrix.units[0].matrices == (f"{prefix}.query.base_layer.weight",)
+    assert set(matrix.units[0].params) == {f"{prefix}.query.lora_{ab}.default.weight" for ab in "AB"}
+    _check_groups(model, matrix)
+
+
+def test_lora_llama_rslora_merge_disable():
+    torch.manual_seed(0)
+    base = ARCHS["llama"][0]()
+    config = peft.LoraConfig(
+        task_type="CAUSAL_LM",
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "v_proj"],
+        use_rslora=True,
+        modules_to_save=["o_proj"],  # inside the blocks: the trainable copy is analysed, not the original
+    )
+    model = peft.get_peft_model(base, config)
+    _randomize_lora_b(model)
+    blocks = _blocks("base_model.model.model.layers")
+    partition = partition_model(model)
+    assert [u.name for u in partition.units] == blocks
+    assert len(partition.units[0].matrices) == 7
+    o_proj = f"{blocks[0]}.self_attn.o_proj"
+    assert f"{o_proj}.modules_to_save.default.weight" in partition.units[0].matrices
+    assert f"{o_proj}.modules_to_save.default.weight" in partition.units[0].params
+    assert not any("original_module" in m for u in partition.units for m in u.matrices)
+    assert partition.outside == ()
+    groups = _check_groups(model, partition)
+    assert groups[0]["params"] == []
+    effective, delta = _check_lora_matrices(model, partition, scaling=8 / math.sqrt(4))
+
+    # merged: the base weight already holds ΔW, so the effective weight is unchanged
+    model.merge_adapter()
+    for key, w in unit_matrices(model, partition).items():
+        torch.testing.assert_close(w, effective[key])
+    for key, w in unit_matrices(model, partition, lora_view="delta").items():
+        torch.testing.assert_close(w, delta[key])
+    model.unmerge_adapter()
+
+    # disabled: the forward pass uses W₀ only
+    params = dict(model.named_parameters())
+    with model.disable_adapter():
+        for key, w in unit_matrices(model, partition).items():
+            torch.testing.assert_close(w, params[key])
+        assert all(not w.any() for w in unit_matrices(model, partition, lora_view="delta").values())
+
+
+def test_lora_gpt2_fan_in_fan_out():
+    torch.manual_seed(0)
+    base = ARCHS["gpt2"][0]()
+    config = peft.LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=4, target_modules=["c_attn"], fan_in_fan_out=True)
+    model = peft.get_peft_model(base, config)
+    _randomize_lora_b(model)
+    partition = partition_model(model)
+    assert [u.name for u in partition.units] == _blocks("base_model.model.transformer.h")
+    effective, _ = _check_lora_matrices(model, partition, scaling=1.0, fan_in_fan_out=True)
+    assert effective["base_model.model.transformer.h.0.attn.c_attn.base_layer.weight"].shape == (32, 96)  # in×out
+
+
+def test_lora_mixtral_target_parameters():
+    """LoRA on 3-D expert tensors (peft's nested ParamWrapper): W₀ + ΔW equals what merging writes."""
+    torch.manual_seed(0)
+    base = ARCHS["mixtral"][0]()
+    targets = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], target_parameters=targets)
+    model = peft.get_peft_model(base, config)
+    _randomize_lora_b(model)
+    experts = "base_model.model.model.layers.0.mlp.experts"
+    partition = partition_model(model, unit="matrix")
+    unit = next(u for u in partition.units if u.name == experts)
+    assert unit.matrices == tuple(f"{experts}.base_layer.base_layer.{p}" for p in ("gate_up_proj", "down_proj"))
+    assert len(unit.params) == 4  # lora_A and lora_B of both wrappers
+    _check_groups(model, partition)
+
+    effective = unit_matrices(model, partition)
+    delta = unit_matrices(model, partition, lora_view="delta")
+    assert set(delta) == set(effective)  # every matrix unit here has LoRA
+    assert effective[unit.matrices[0]].shape == (4, 128, 32)
+    params = dict(model.named_parameters())
+    model.merge_adapter()
+    for name in unit.matrices:
+        torch.testing.assert_close(params[name], effective[name])
+        torch.testing.assert_close(unit_matrices(model, partition)[name], effective[name])
