@@ -80,7 +80,9 @@ def unit_metrics(
 
     Returns:
         Unit name → mean metric over the unit's matrices whose fit succeeded (``status == "ok"``) and
-        whose metric is finite; NaN for a unit with no such matrix. Units keep their input order.
+        whose metric is finite (matrices too small or degenerate to fit are left out); NaN for a unit with
+        no such matrix, and for a unit with NaN/Inf in any of its matrices (``status == "non_finite"``).
+        Units keep their input order.
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
@@ -89,10 +91,13 @@ def unit_metrics(
     for unit in units:
         if unit.name in out:
             raise ValueError(f"duplicate unit name {unit.name!r}")
+        unit_spectra = [spectrum for matrix in unit.matrices for spectrum in by_matrix.get(matrix, ())]
+        if any(spectrum.status == "non_finite" for spectrum in unit_spectra):
+            out[unit.name] = math.nan  # NaN/Inf weights: the whole unit is broken, not just one matrix
+            continue
         values = [
             value
-            for matrix in unit.matrices
-            for spectrum in by_matrix.get(matrix, ())
+            for spectrum in unit_spectra
             if spectrum.status == "ok" and math.isfinite(value := float(getattr(spectrum, metric)))
         ]
         out[unit.name] = math.fsum(values) / len(values) if values else math.nan

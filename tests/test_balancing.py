@@ -50,18 +50,22 @@ def test_unit_metrics_mean_over_fitted_matrices():
         "b1.experts[1]": spectrum("b1.experts[1]", 3.0),
         "b1.experts[2]": spectrum("b1.experts[2]", 7.0),
         "b2.q": spectrum("b2.q", math.nan, status="degenerate"),
+        "b4.q": spectrum("b4.q", 3.0),
+        "b4.k": spectrum("b4.k", math.nan, status="non_finite"),
     }
     units = [
         Unit("b0", ("b0.q", "b0.k", "b0.v")),
         Unit("b1", ("b1.o", "b1.experts")),
         Unit("b2", ("b2.q",)),
         Unit("b3", ("b3.not_analysed",)),
+        Unit("b4", ("b4.q", "b4.k")),
     ]
     out = unit_metrics(spectra, units)
-    assert list(out) == ["b0", "b1", "b2", "b3"]
+    assert list(out) == ["b0", "b1", "b2", "b3", "b4"]
     assert out["b0"] == 3.0
     assert out["b1"] == 4.0  # (4 + 2 + 3 + 7) / 4
     assert math.isnan(out["b2"]) and math.isnan(out["b3"])
+    assert math.isnan(out["b4"])  # one non-finite matrix disqualifies its unit
 
 
 def test_unit_metrics_other_metric_ignores_unfitted_matrices():

@@ -10,7 +10,7 @@ import math
 import peft
 import pytest
 import torch
-import transformers as tf
+from tiny_models import ARCHS, stack_blocks
 from torch import nn
 from transformers import Trainer
 
@@ -27,142 +27,6 @@ from tb_hf.spectral import analyze
 LR = 1e-3
 WD = 0.1
 GROUP_KEYS = {"params", "lr", "weight_decay", "tb_unit", "tb_base_lr", "tb_factor"}
-
-_LLAMA_LIKE = dict(
-    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-    vocab_size=100, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-)  # fmt: skip
-_BERT_LIKE = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=100)
-
-# Tail of the matrix names of one block, in model order.
-_BERT_MATS = (
-    "attention.self.query.weight",
-    "attention.self.key.weight",
-    "attention.self.value.weight",
-    "attention.output.dense.weight",
-    "intermediate.dense.weight",
-    "output.dense.weight",
-)
-_LLAMA_MATS = tuple(f"self_attn.{p}_proj.weight" for p in "qkvo") + tuple(
-    f"mlp.{p}_proj.weight" for p in ("gate", "up", "down")
-)
-_T5_ENC_MATS = tuple(f"layer.0.SelfAttention.{p}.weight" for p in "qkvo") + (
-    "layer.1.DenseReluDense.wi.weight",
-    "layer.1.DenseReluDense.wo.weight",
-)
-_T5_DEC_MATS = (
-    tuple(f"layer.0.SelfAttention.{p}.weight" for p in "qkvo")
-    + tuple(f"layer.1.EncDecAttention.{p}.weight" for p in "qkvo")
-    + ("layer.2.DenseReluDense.wi.weight", "layer.2.DenseReluDense.wo.weight")
-)
-
-
-def _blocks(stack: str, n: int = 2) -> list[str]:
-    return [f"{stack}.{i}" for i in range(n)]
-
-
-# name: (model factory, block paths, matrix-name tails of each block, matrix-mode units per block)
-ARCHS = {
-    "bert": (
-        lambda: tf.BertForSequenceClassification(tf.BertConfig(**_BERT_LIKE)),
-        _blocks("bert.encoder.layer"),
-        [_BERT_MATS] * 2,
-        6,
-    ),
-    "roberta": (
-        lambda: tf.RobertaForSequenceClassification(tf.RobertaConfig(**_BERT_LIKE, pad_token_id=1)),
-        _blocks("roberta.encoder.layer"),
-        [_BERT_MATS] * 2,
-        6,
-    ),
-    "deberta-v2": (
-        lambda: tf.DebertaV2ForSequenceClassification(
-            tf.DebertaV2Config(  # DeBERTa-v3-like: relative attention with shared position keys
-                **_BERT_LIKE,
-                relative_attention=True,
-                pos_att_type=["p2c", "c2p"],
-                share_att_key=True,
-                position_buckets=16,
-                norm_rel_ebd="layer_norm",
-            )
-        ),
-        _blocks("deberta.encoder.layer"),
-        [
-            tuple(
-                m.replace("query", "query_proj").replace("key", "key_proj").replace("value", "value_proj")
-                for m in _BERT_MATS
-            )
-        ]
-        * 2,
-        6,
-    ),
-    "distilbert": (
-        lambda: tf.DistilBertForSequenceClassification(
-            tf.DistilBertConfig(dim=32, hidden_dim=64, n_layers=2, n_heads=4, vocab_size=100)
-        ),
-        _blocks("distilbert.transformer.layer"),
-        [tuple(f"attention.{p}_lin.weight" for p in ("q", "k", "v", "out")) + ("ffn.lin1.weight", "ffn.lin2.weight")]
-        * 2,
-        6,
-    ),
-    "gpt2": (
-        lambda: tf.GPT2LMHeadModel(
-            tf.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=100, bos_token_id=0, eos_token_id=0)
-        ),
-        _blocks("transformer.h"),
-        [("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")] * 2,
-        4,
-    ),
-    "llama": (
-        lambda: tf.LlamaForCausalLM(tf.LlamaConfig(**_LLAMA_LIKE)),
-        _blocks("model.layers"),
-        [_LLAMA_MATS] * 2,
-        7,
-    ),
-    "mistral": (
-        lambda: tf.MistralForCausalLM(tf.MistralConfig(**_LLAMA_LIKE)),
-        _blocks("model.layers"),
-        [_LLAMA_MATS] * 2,
-        7,
-    ),
-    "qwen2": (
-        lambda: tf.Qwen2ForCausalLM(tf.Qwen2Config(**_LLAMA_LIKE)),
-        _blocks("model.layers"),
-        [_LLAMA_MATS] * 2,
-        7,
-    ),
-    "gemma": (
-        lambda: tf.GemmaForCausalLM(tf.GemmaConfig(**_LLAMA_LIKE, head_dim=8)),
-        _blocks("model.layers"),
-        [_LLAMA_MATS] * 2,
-        7,
-    ),
-    "phi3": (
-        lambda: tf.Phi3ForCausalLM(tf.Phi3Config(**_LLAMA_LIKE)),
-        _blocks("model.layers"),
-        [("self_attn.o_proj.weight", "self_attn.qkv_proj.weight", "mlp.gate_up_proj.weight", "mlp.down_proj.weight")]
-        * 2,
-        4,
-    ),
-    "t5": (
-        lambda: tf.T5ForConditionalGeneration(
-            tf.T5Config(d_model=32, d_ff=64, d_kv=8, num_layers=2, num_heads=4, vocab_size=100)
-        ),
-        _blocks("encoder.block") + _blocks("decoder.block"),
-        [_T5_ENC_MATS] * 2 + [_T5_DEC_MATS] * 2,
-        None,  # encoder and decoder blocks differ: checked in test_t5_and_mixtral_matrix_units
-    ),
-    "mixtral": (
-        lambda: tf.MixtralForCausalLM(tf.MixtralConfig(**_LLAMA_LIKE, num_local_experts=4, num_experts_per_tok=2)),
-        _blocks("model.layers"),
-        [
-            tuple(f"self_attn.{p}_proj.weight" for p in "qkvo")
-            + ("mlp.gate.weight", "mlp.experts.gate_up_proj", "mlp.experts.down_proj")
-        ]
-        * 2,
-        6,  # q, k, v, o, router gate, experts (gate_up_proj and down_proj in one unit)
-    ),
-}
 
 
 @pytest.fixture(scope="module", params=list(ARCHS))
@@ -395,9 +259,9 @@ def test_lora_roberta_seq_cls():
     config = peft.LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["query", "value"])
     model = peft.get_peft_model(base, config)
     _randomize_lora_b(model)
-    blocks = _blocks("base_model.model.roberta.encoder.layer")
+    blocks = stack_blocks("base_model.model.roberta.encoder.layer")
     assert [p for p, _ in find_blocks(model)] == blocks
-    assert [p for p, _ in find_blocks(model.base_model)] == _blocks("model.roberta.encoder.layer")  # LoraModel
+    assert [p for p, _ in find_blocks(model.base_model)] == stack_blocks("model.roberta.encoder.layer")  # LoraModel
 
     partition = partition_model(model)
     assert [u.name for u in partition.units] == blocks
@@ -434,7 +298,7 @@ def test_lora_llama_rslora_merge_disable():
     )
     model = peft.get_peft_model(base, config)
     _randomize_lora_b(model)
-    blocks = _blocks("base_model.model.model.layers")
+    blocks = stack_blocks("base_model.model.model.layers")
     partition = partition_model(model)
     assert [u.name for u in partition.units] == blocks
     assert len(partition.units[0].matrices) == 7
@@ -470,7 +334,7 @@ def test_lora_gpt2_fan_in_fan_out():
     model = peft.get_peft_model(base, config)
     _randomize_lora_b(model)
     partition = partition_model(model)
-    assert [u.name for u in partition.units] == _blocks("base_model.model.transformer.h")
+    assert [u.name for u in partition.units] == stack_blocks("base_model.model.transformer.h")
     effective, _ = _check_lora_matrices(model, partition, scaling=1.0, fan_in_fan_out=True)
     assert effective["base_model.model.transformer.h.0.attn.c_attn.base_layer.weight"].shape == (32, 96)  # in×out
 

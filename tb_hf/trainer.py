@@ -1,0 +1,60 @@
+"""TempBalanceTrainer: `transformers.Trainer` with TempBalance, changing only what it must."""
+
+from __future__ import annotations
+
+from transformers import Trainer
+
+from .callback import TempBalanceCallback, optimizer_from_groups, tempbalance_param_groups
+from .config import TempBalanceArguments
+from .layers import find_blocks
+
+__all__ = ["TempBalanceTrainer"]
+
+
+class TempBalanceTrainer(Trainer):
+    """A drop-in `transformers.Trainer` that balances learning rates across transformer blocks.
+
+    It builds the optimizer over per-unit param groups (`create_optimizer`), registers a
+    `TempBalanceCallback` that recomputes α before the first step and every ``tb_update_steps`` optimizer
+    steps, and merges the callback's metrics into the Trainer's logs (`log`) so TensorBoard/W&B get them.
+    Everything else is the Trainer: the schedule (warmup and decay are kept: lr = base × factor ×
+    schedule(t)), gradient accumulation, mixed precision, ``resume_from_checkpoint``, peft models, any
+    ``optim`` whose optimizer takes param groups.
+
+    Args:
+        *args, **kwargs: As for `transformers.Trainer`. ``args`` may be a `tb_hf.TempBalanceConfig` (its
+            ``tb_*`` fields are the options) or plain `TrainingArguments` (default options).
+        tb_args: TempBalance options, overriding those of ``args``.
+
+    Example:
+        ```python
+        from tb_hf import TempBalanceConfig, TempBalanceTrainer
+
+        args = TempBalanceConfig(output_dir="out", learning_rate=2e-5, warmup_steps=0.06, tb_xmin_pos=1.5)
+        trainer = TempBalanceTrainer(model=model, args=args, train_dataset=train, eval_dataset=dev)
+        trainer.train()
+        ```
+    """
+
+    def __init__(self, *args, tb_args: TempBalanceArguments | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.model is not None:
+            find_blocks(self.model)  # a model without transformer blocks fails here, before any training
+        self.tempbalance = TempBalanceCallback(tb_args)
+        self.add_callback(self.tempbalance)
+
+    def create_optimizer(self, model=None):
+        opt_model = self.model if model is None else model
+        if self.optimizer is None:
+            groups = tempbalance_param_groups(
+                opt_model,
+                self.args,
+                self.tempbalance.user_tb_args,
+                decay_parameter_names=self.get_decay_parameter_names(opt_model),
+            )
+            self.optimizer = optimizer_from_groups(groups, self.args, opt_model, self.optimizer_cls_and_kwargs)
+        return super().create_optimizer(model)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        logs.update(self.tempbalance.pop_pending_logs())
+        super().log(logs, start_time)
