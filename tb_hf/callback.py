@@ -4,6 +4,8 @@ The callback wires the library's one-way data flow into the Trainer's events::
 
     model -> unit_matrices() -> analyze() -> unit_metrics() -> compute_factors() -> apply_factors()
 
+(the first two as `tb_hf.distributed.spectral_pass`, which shares them between the ranks of a distributed job).
+
 * ``on_train_begin``: check that the optimizer has TempBalance groups, resolve the update interval, and
   (on a fresh start) run the first spectral pass before the first optimizer step. On
   ``resume_from_checkpoint`` the factors come back with the optimizer and scheduler state, so nothing is
@@ -30,14 +32,23 @@ from transformers.utils import logging
 
 from .balancing import apply_factors, compute_factors, unit_metrics
 from .config import TempBalanceArguments
-from .layers import Partition, build_param_groups, partition_model, unit_matrices
-from .spectral import analyze
+from .distributed import check_supported, deepspeed_config_sections, spectral_pass
+from .layers import Partition, build_param_groups, full_shape, partition_model
 
 logger = logging.get_logger(__name__)
 
 __all__ = ["TempBalanceCallback", "create_tempbalance_optimizer", "tempbalance_param_groups"]
 
 HISTORY_FILE = os.path.join("tempbalance", "history.jsonl")
+
+DEEPSPEED_OPTIMIZER_MESSAGE = (
+    "TempBalance cannot run with a DeepSpeed config that defines its own 'optimizer' (or 'scheduler'): DeepSpeed "
+    "then builds the optimizer itself, with no per-block param groups (and its schedulers give every group the same "
+    "learning rate), so training would run without balancing. Remove the 'optimizer' and 'scheduler' sections from "
+    "the DeepSpeed config and set them through the TrainingArguments (optim, learning_rate, weight_decay, "
+    "lr_scheduler_type, warmup_steps): the Trainer then creates TempBalance's optimizer and schedule and DeepSpeed "
+    "wraps them."
+)
 
 
 def _tb_arguments(args: TrainingArguments | None, tb_args: TempBalanceArguments | None) -> TempBalanceArguments:
@@ -58,6 +69,7 @@ def tempbalance_param_groups(
 ) -> list[dict]:
     """Optimizer param groups for TempBalance: per unit a decay and a no-decay group, unscaled group first."""
     tb = _tb_arguments(args, tb_args)
+    check_supported(model)  # FSDP1's flat shards hide the blocks: say so instead of "no blocks found"
     if decay_parameter_names is None:
         # The Trainer's own no-decay rule (biases, LayerNorm/RMSNorm, *norm* names); it does not use `self`.
         decay_parameter_names = Trainer.get_decay_parameter_names(None, model)
@@ -150,10 +162,13 @@ class TempBalanceCallback(TrainerCallback):
     @torch.no_grad()
     def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
         self.tb = _tb_arguments(args, self.user_tb_args)
+        check_supported(model)
         self.partition = partition_model(model, self.tb.tb_unit)
-        self._check_optimizer(optimizer)
+        self._check_optimizer(optimizer, args)
         params = dict(model.named_parameters())
-        self.unit_weights = {u.name: float(sum(params[p].numel() for p in u.params)) for u in self.partition.units}
+        self.unit_weights = {
+            u.name: float(sum(math.prod(full_shape(params[p])) for p in u.params)) for u in self.partition.units
+        }  # full sizes, also under ZeRO-3
         self.interval = self.tb.update_interval(self._steps_per_epoch(args, state, kwargs.get("train_dataloader")))
         logger.info(
             f"TempBalance: {len(self.partition.units)} {self.tb.tb_unit} units, alpha recomputed every "
@@ -191,8 +206,9 @@ class TempBalanceCallback(TrainerCallback):
         start = time.perf_counter()
         units = self.partition.units
         try:
-            spectra = analyze(
-                unit_matrices(model, self.partition, lora_view=self.tb.tb_lora_view), **self.tb.spectral_options()
+            # Shared between the ranks of a distributed job (every rank gets every result); alone, a plain pass.
+            spectra = spectral_pass(
+                model, self.partition, lora_view=self.tb.tb_lora_view, **self.tb.spectral_options()
             )
             metrics = unit_metrics(spectra, units, metric=self.tb.tb_metric)
         except Exception as err:  # noqa: BLE001 - a failed pass must never stop training
@@ -229,7 +245,9 @@ class TempBalanceCallback(TrainerCallback):
     # Helpers
 
     @staticmethod
-    def _check_optimizer(optimizer) -> None:
+    def _check_optimizer(optimizer, args=None) -> None:
+        if deepspeed_config_sections(args) & {"optimizer", "scheduler"}:
+            raise ValueError(DEEPSPEED_OPTIMIZER_MESSAGE)
         if optimizer is None or not any("tb_unit" in group for group in optimizer.param_groups):
             raise ValueError(
                 "TempBalanceCallback needs an optimizer with TempBalance's per-unit param groups, and this one has "

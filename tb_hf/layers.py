@@ -95,8 +95,14 @@ class Partition:
 # Blocks
 
 
+def full_shape(param: torch.Tensor) -> tuple[int, ...]:
+    """A parameter's full shape, also when DeepSpeed ZeRO-3 has partitioned it (``ds_shape``; the local tensor is
+    then empty). A DTensor (FSDP2) reports its full shape itself."""
+    return tuple(getattr(param, "ds_shape", param.shape))
+
+
 def _has_matrix(module: nn.Module) -> bool:
-    return any(p.ndim >= 2 for p in module.parameters())
+    return any(len(full_shape(p)) >= 2 for p in module.parameters())
 
 
 def _is_block_list(module: nn.Module) -> bool:
@@ -155,7 +161,7 @@ def _innermost(name: str, paths: Collection[str]) -> str | None:
 
 def _is_analysed(name: str, param: torch.Tensor, modules: dict[str, nn.Module]) -> bool:
     """Whether a parameter inside a block is one of the matrices whose spectrum is analysed."""
-    if param.ndim < 2:
+    if len(full_shape(param)) < 2:
         return False
     owner = name.rsplit(".", 1)[0]
     if isinstance(modules.get(owner), nn.Embedding):

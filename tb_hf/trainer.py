@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from transformers import Trainer
 
-from .callback import TempBalanceCallback, optimizer_from_groups, tempbalance_param_groups
+from .callback import DEEPSPEED_OPTIMIZER_MESSAGE, TempBalanceCallback, optimizer_from_groups, tempbalance_param_groups
 from .config import TempBalanceArguments
+from .distributed import deepspeed_config_sections
 from .layers import find_blocks
 
 __all__ = ["TempBalanceTrainer"]
@@ -38,6 +39,8 @@ class TempBalanceTrainer(Trainer):
 
     def __init__(self, *args, tb_args: TempBalanceArguments | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        if deepspeed_config_sections(self.args) & {"optimizer", "scheduler"}:
+            raise ValueError(DEEPSPEED_OPTIMIZER_MESSAGE)  # DeepSpeed would build an optimizer without our groups
         if self.model is not None:
             find_blocks(self.model)  # a model without transformer blocks fails here, before any training
         self.tempbalance = TempBalanceCallback(tb_args)

@@ -1,0 +1,245 @@
+"""Helper for tests/test_distributed.py: run under ``torchrun --nproc_per_node 2``; each rank writes JSON.
+
+    OMP_NUM_THREADS=1 python -m torch.distributed.run --standalone --nproc_per_node 2 tests/dist_train.py train OUT
+    OMP_NUM_THREADS=1 python -m torch.distributed.run --standalone --nproc_per_node 2 tests/dist_train.py fsdp2 OUT
+
+``train``: TempBalanceTrainer (DDP on CPU, gloo) on a tiny Mixtral (2-D and 3-D expert weights, matrix units);
+records every spectral update with the single-process reference on the same weights, the learning rate of every
+group at every step, which matrices this rank analysed; then a NaN matrix in rank 1's share, and a pass that raises
+on rank 1 only.
+
+``fsdp2``: raw ``fully_shard`` on a 2-process CPU gloo mesh, a tiny LLaMA and a peft LoRA LLaMA: gathered matrices
+against the unsharded weights, `spectral_pass` against the single-process α.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+from datasets import Dataset
+from tiny_models import ARCHS, batch_for
+from transformers import TrainerCallback
+
+import tb_hf.distributed as tbd
+from tb_hf import TempBalanceConfig, TempBalanceTrainer, compute_factors, partition_model, unit_matrices, unit_metrics
+from tb_hf.spectral import analyze
+
+OPTIONS = dict(min_evals=8)
+
+
+def spectra_json(spectra) -> dict:
+    return {name: {"alpha": s.alpha, "status": s.status, "num_evals": s.num_evals} for name, s in spectra.items()}
+
+
+def nan_to_none(d: dict) -> dict:
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
+
+
+class Recorder(TrainerCallback):
+    """Every spectral update (with the single-process reference on the same weights) and every group's lr."""
+
+    def __init__(self, trainer_ref: list):
+        self.trainer_ref = trainer_ref
+        self.updates: list[dict] = []
+        self.lrs: list[list[float]] = []
+
+    def reference(self, model) -> dict:
+        tb = self.trainer_ref[0].tempbalance
+        spectra = analyze(unit_matrices(model, tb.partition, lora_view=tb.tb.tb_lora_view), **tb.tb.spectral_options())
+        metrics = unit_metrics(spectra, tb.partition.units, metric=tb.tb.tb_metric)
+        factors = compute_factors(metrics, weights=tb.unit_weights, **tb.tb.factor_options())
+        return {"alpha": nan_to_none(metrics), "factors": factors, "spectra": spectra_json(spectra)}
+
+    def record(self, step, model):
+        tb = self.trainer_ref[0].tempbalance
+        alphas = {k.removeprefix("tb/alpha/"): v for k, v in tb._pending_logs.items() if k.startswith("tb/alpha/")}
+        self.updates.append(
+            {
+                "step": step,
+                "factors": dict(tb.factors),
+                "alpha": nan_to_none(alphas),
+                "reference": self.reference(model),
+            }
+        )
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 0:  # the first pass ran in on_train_begin, on these weights
+            self.record(0, model)
+
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        self.lrs.append([g["lr"] for g in optimizer.param_groups])
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        tb = self.trainer_ref[0].tempbalance
+        if state.global_step % tb.interval == 0 and state.global_step < state.max_steps:
+            self.record(state.global_step, model)
+
+
+def train(out: str) -> dict:
+    rank = int(os.environ["RANK"])
+    torch.manual_seed(0)
+    model = ARCHS["mixtral"][0]()
+    data = batch_for(model, batch_size=32, seed=0)
+    dataset = Dataset.from_dict({k: v.tolist() for k, v in data.items()})
+    args = TempBalanceConfig(
+        output_dir=os.path.join(out, "run"),
+        max_steps=6,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        tb_update_steps="2",
+        tb_min_evals=8,
+        tb_unit="matrix",
+        seed=0,
+    )
+    analysed: list[str] = []
+    real_analyze = tbd.analyze
+
+    def counting_analyze(matrices, **options):
+        analysed.extend(matrices)
+        return real_analyze(matrices, **options)
+
+    tbd.analyze = counting_analyze
+    trainer_ref: list = []
+    recorder = Recorder(trainer_ref)
+    trainer = TempBalanceTrainer(model=model, args=args, train_dataset=dataset, callbacks=[recorder])
+    trainer_ref.append(trainer)
+    trainer.train()
+    passes = len(recorder.updates)
+    result = {
+        "rank": rank,
+        "world_size": dist.get_world_size(),
+        "backend": dist.get_backend(),
+        "updates": recorder.updates,
+        "lrs": recorder.lrs,
+        "final_lrs": [g["lr"] for g in trainer.optimizer.param_groups],
+        "tb_factors": [g["tb_factor"] for g in trainer.optimizer.param_groups],
+        "analysed": list(analysed),  # names this rank analysed in the training passes
+        "passes": passes,
+        "weights_sum": float(sum(p.detach().double().sum() for p in model.parameters())),
+    }
+    tb = trainer.tempbalance
+    tasks = tbd._plan(model, tb.partition, "effective", OPTIONS)
+    owners = tbd.assign_by_cost([t.cost for t in tasks], dist.get_world_size())
+    result["tasks"] = [t.name for t in tasks]
+    result["owners"] = owners
+
+    # A NaN matrix in rank 1's share: rank 1 reports status "non_finite", every rank must agree.
+    victim = next(t for t, o in zip(tasks, owners, strict=True) if o == 1 and t.index is None)
+    with torch.no_grad():
+        dict(model.named_parameters())[victim.param].fill_(float("nan"))
+    analysed.clear()
+    factors = tb.update(model, trainer.optimizer, trainer.lr_scheduler, args, trainer.state, step=100)
+    alphas = {k.removeprefix("tb/alpha/"): v for k, v in tb._pending_logs.items() if k.startswith("tb/alpha/")}
+    result["nan"] = {
+        "victim": victim.name,
+        "analysed": list(analysed),
+        "factors": factors,
+        "alpha": nan_to_none(alphas),
+        "tb_factors": [g["tb_factor"] for g in trainer.optimizer.param_groups],
+        "reference": recorder.reference(model),
+    }
+
+    # A pass whose local computation raises on rank 1 only: every rank must fail it the same way (factor 1).
+    def failing_analyze(matrices, **options):
+        raise RuntimeError("injected failure")
+
+    if rank == 1:
+        tbd.analyze = failing_analyze
+    factors = tb.update(model, trainer.optimizer, trainer.lr_scheduler, args, trainer.state, step=101)
+    result["failure"] = {"factors": factors, "tb_factors": [g["tb_factor"] for g in trainer.optimizer.param_groups]}
+    try:
+        tbd.distributed_analyze({"a": torch.randn(8, 8), "b": torch.randn(16, 8)}, min_evals=4)
+        result["failure"]["raised"] = None
+    except RuntimeError as err:
+        result["failure"]["raised"] = str(err)
+    tbd.analyze = real_analyze
+    return result
+
+
+def fsdp2(out: str) -> dict:
+    import peft
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    dist.init_process_group("gloo")
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    result = {"rank": dist.get_rank()}
+    for variant in ("plain", "lora"):
+        torch.manual_seed(0)
+        model = ARCHS["llama"][0]()
+        if variant == "lora":
+            config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
+            model = peft.get_peft_model(model, config)
+            with torch.no_grad():  # make ΔW non-zero so that W0 + ΔW differs from W0
+                for name, p in model.named_parameters():
+                    if "lora_B" in name:
+                        p.normal_(0, 0.5)
+        reference = copy.deepcopy(model)
+        ref_partition = partition_model(reference, "block")
+        ref_matrices = unit_matrices(reference, ref_partition)
+        ref_spectra = analyze(ref_matrices, **OPTIONS)
+
+        for block in ref_partition.blocks:
+            fully_shard(model.get_submodule(block), mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        partition = partition_model(model, "block")
+        sharded = all(isinstance(p, DTensor) for p in model.parameters())
+        local_numel = sum(p.to_local().numel() for p in model.parameters())
+
+        equal, seen = True, []
+        for _block, mats in tbd.gathered_blocks(model, partition):
+            for name, tensor in mats.items():
+                seen.append(name)
+                equal &= not isinstance(tensor, DTensor) and torch.equal(tensor, ref_matrices[name])
+        spectra = tbd.spectral_pass(model, partition, **OPTIONS)
+        still_sharded = all(isinstance(p, DTensor) for p in model.parameters())
+        # FSDP still works after the pass: one forward/backward.
+        loss = model(**batch_for(reference)).loss
+        loss.backward()
+        result[variant] = {
+            "sharded": sharded,
+            "still_sharded": still_sharded,
+            "local_numel": local_numel,
+            "full_numel": sum(p.numel() for p in reference.parameters()),
+            "same_partition": partition == ref_partition,
+            "gathered_equal": bool(equal),
+            "gathered_names": seen,
+            "reference_names": list(ref_matrices),
+            "alpha": {k: s.alpha for k, s in spectra.items()},
+            "reference_alpha": {k: s.alpha for k, s in ref_spectra.items()},
+            "loss_finite": bool(torch.isfinite(loss).item()),
+        }
+
+    # FSDP1 flattens parameters into 1-D shards: refused with a clear message, not "no blocks found".
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    from tb_hf.callback import tempbalance_param_groups
+
+    fsdp1 = FullyShardedDataParallel(ARCHS["llama"][0](), device_id=torch.device("cpu"), use_orig_params=True)
+    try:
+        tempbalance_param_groups(fsdp1, TempBalanceConfig(output_dir=out, use_cpu=True))
+        result["fsdp1_error"] = None
+    except ValueError as err:
+        result["fsdp1_error"] = str(err)
+    return result
+
+
+if __name__ == "__main__":
+    mode, out = sys.argv[1], sys.argv[2]
+    result = {"train": train, "fsdp2": fsdp2}[mode](out)
+    with open(os.path.join(out, f"{mode}_rank{dist.get_rank()}.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    dist.barrier()
+    dist.destroy_process_group()

@@ -1,0 +1,228 @@
+"""tb_hf.distributed: cost-balanced assignment, the shared spectral pass, sharded weights, DeepSpeed checks.
+
+The multi-process tests launch 2 real CPU processes (gloo) with ``torchrun --standalone`` (a free port is chosen
+by the rendezvous) running ``tests/dist_train.py``; each rank writes a JSON file that the test compares.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import peft
+import pytest
+import torch
+import torch.distributed as dist
+from tiny_models import ARCHS
+
+from tb_hf import TempBalanceCallback, analyze, partition_model, unit_matrices
+from tb_hf.callback import DEEPSPEED_OPTIMIZER_MESSAGE
+from tb_hf.distributed import (
+    FSDP1_MESSAGE,
+    _plan,
+    assign_by_cost,
+    deepspeed_config_sections,
+    distributed_analyze,
+    gathered_blocks,
+    is_distributed,
+    matrix_cost,
+    sharding_kind,
+    spectral_pass,
+)
+
+HERE = Path(__file__).parent
+LLAMA_7B_BLOCK = [(4096, 4096)] * 4 + [(11008, 4096), (11008, 4096), (4096, 11008)]
+
+
+def same(a, b) -> bool:
+    """Equality that treats NaN (JSON null) as equal to itself."""
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b
+
+
+def same_spectra(a: dict, b: dict) -> bool:
+    """Two `analyze` results are equal, field by field, in the same order (NaN equal to NaN)."""
+    if list(a) != list(b):
+        return False
+    return all(same(x, y) for k in a for x, y in zip(a[k].to_dict().values(), b[k].to_dict().values(), strict=True))
+
+
+# --------------------------------------------------------------------------------------------------
+# In-process
+
+
+def test_cost_is_gram_eigensolve_plus_product():
+    assert matrix_cost((768, 768)) == 768**3 + 768 * 768 * 768
+    assert matrix_cost((4096, 11008)) == matrix_cost((11008, 4096)) == 4096**3 + 4096 * 11008 * 4096
+    assert matrix_cost((8, 4, 3, 3)) == 9 * (4**3 + 8 * 4 * 4)
+    assert matrix_cost((4096, 11008)) > 200 * matrix_cost((768, 768))  # balance by cost, not by count
+    farms = matrix_cost((256, 512), estimator="farms", farms_window=64, farms_grid_size=3)
+    assert farms == 9 * (64**3 + 64 * 64 * 64)
+    with pytest.raises(ValueError, match="2-D or 4-D"):
+        matrix_cost((4, 4, 4))
+
+
+def test_assignment_is_lpt_balanced_and_deterministic():
+    # One LLaMA-7B-shaped block and twelve small matrices: by count the split would be 10/10 but very unequal.
+    shapes = LLAMA_7B_BLOCK + [(768, 768)] * 12 + [(32, 4096)]
+    costs = [matrix_cost(s) for s in shapes]
+    for world in (1, 2, 3, 4, 8):
+        owners = assign_by_cost(costs, world)
+        assert owners == assign_by_cost(costs, world)  # a pure function: every rank computes the same
+        assert set(owners) <= set(range(world))
+        loads = [sum(c for c, o in zip(costs, owners, strict=True) if o == r) for r in range(world)]
+        # LPT bound: max load <= 4/3 of the optimum, and the optimum >= max(mean load, largest task).
+        assert max(loads) <= 4 / 3 * max(sum(costs) / world, max(costs)) + 1e-9
+    owners = assign_by_cost(costs, 2)
+    loads = [sum(c for c, o in zip(costs, owners, strict=True) if o == r) for r in range(2)]
+    assert max(loads) / min(loads) < 1.2
+    assert assign_by_cost([], 2) == []
+    assert assign_by_cost([1, 1, 1, 1], 2) == [0, 1, 0, 1]
+    with pytest.raises(ValueError):
+        assign_by_cost([1], 0)
+
+
+@pytest.mark.parametrize("name", ["llama", "mixtral", "gpt2"])
+def test_single_process_pass_is_the_plain_pass(name):
+    assert not is_distributed()
+    torch.manual_seed(0)
+    model = ARCHS[name][0]()
+    partition = partition_model(model, "matrix")
+    assert sharding_kind(model) is None
+    expected = analyze(unit_matrices(model, partition), min_evals=8)
+    assert same_spectra(spectral_pass(model, partition, min_evals=8), expected)
+    assert same_spectra(distributed_analyze(unit_matrices(model, partition), min_evals=8), expected)
+    blocks = list(gathered_blocks(model, partition))
+    assert [b for b, _ in blocks] == list(partition.blocks)
+    gathered = {k: v for _, mats in blocks for k, v in mats.items()}
+    if name == "mixtral":  # 3-D expert weights come as one matrix per expert, named as analyze names them
+        assert "model.layers.0.mlp.experts.down_proj[3]" in gathered
+    assert set(gathered) == set(expected)
+
+
+def test_lora_views_go_through_unchanged():
+    torch.manual_seed(0)
+    model = peft.get_peft_model(ARCHS["llama"][0](), peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    partition = partition_model(model, "block")
+    for view in ("effective", "delta"):
+        expected = analyze(unit_matrices(model, partition, lora_view=view), min_evals=4)
+        assert same_spectra(spectral_pass(model, partition, lora_view=view, min_evals=4), expected)
+
+
+def test_zero3_partitioned_parameters_keep_their_partition():
+    """ZeRO-3 leaves an empty local tensor and the full shape in ``ds_shape`` (simulated: deepspeed is not needed)."""
+    torch.manual_seed(0)
+    model = ARCHS["llama"][0]()
+    expected = partition_model(model, "matrix")
+    plan = [(t.name, t.shape, t.cost) for t in _plan(model, expected, "effective", {})]
+    for p in model.parameters():
+        p.ds_id, p.ds_shape = 0, tuple(p.shape)
+        p.data = torch.empty(0)
+    assert sharding_kind(model) == "zero3"
+    assert partition_model(model, "matrix") == expected
+    assert [(t.name, t.shape, t.cost) for t in _plan(model, expected, "effective", {})] == plan
+
+
+def test_deepspeed_config_with_its_own_optimizer_fails_clearly(tmp_path):
+    config = {"zero_optimization": {"stage": 3}, "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}}}
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(config))
+    assert deepspeed_config_sections(SimpleNamespace(deepspeed=config)) == {"zero_optimization", "optimizer"}
+    assert deepspeed_config_sections(SimpleNamespace(deepspeed=str(path))) == {"zero_optimization", "optimizer"}
+    hf = SimpleNamespace(hf_deepspeed_config=SimpleNamespace(config={"scheduler": {}}), deepspeed=None)
+    assert deepspeed_config_sections(hf) == {"scheduler"}
+    assert deepspeed_config_sections(SimpleNamespace(deepspeed=None)) == set()
+    assert deepspeed_config_sections(None) == set()
+
+    # What the callback sees under DeepSpeed with an "optimizer" section: DeepSpeed's optimizer, no TempBalance groups.
+    ds_optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))])
+    with pytest.raises(ValueError, match="DeepSpeed config that defines its own 'optimizer'") as err:
+        TempBalanceCallback._check_optimizer(ds_optimizer, SimpleNamespace(deepspeed=config))
+    assert str(err.value) == DEEPSPEED_OPTIMIZER_MESSAGE
+    # A "scheduler" section would give every group DeepSpeed's one learning rate: refused too.
+    tb_optimizer = torch.optim.AdamW([{"params": [torch.nn.Parameter(torch.zeros(2))], "tb_unit": "u"}])
+    with pytest.raises(ValueError, match="DeepSpeed"):
+        TempBalanceCallback._check_optimizer(tb_optimizer, SimpleNamespace(deepspeed={"scheduler": {}}))
+    TempBalanceCallback._check_optimizer(tb_optimizer, SimpleNamespace(deepspeed={"zero_optimization": {}}))
+
+
+# --------------------------------------------------------------------------------------------------
+# Two real processes
+
+
+def torchrun(mode: str, out: Path, timeout: float = 300) -> list[dict]:
+    """Run tests/dist_train.py on 2 CPU processes (gloo); the JSON that each rank wrote."""
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("torch.distributed with gloo is not available")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "TOKENIZERS_PARALLELISM": "false"}
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += [str(HERE / "dist_train.py"), mode, str(out)]
+    proc = subprocess.run(cmd, cwd=out, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+    return [json.loads((out / f"{mode}_rank{r}.json").read_text()) for r in range(2)]
+
+
+def test_two_process_training_shares_the_pass_and_agrees(tmp_path):
+    r0, r1 = torchrun("train", tmp_path)
+    assert (r0["rank"], r1["rank"], r0["world_size"], r0["backend"]) == (0, 1, 2, "gloo")
+    assert r0["weights_sum"] == r1["weights_sum"]  # DDP: the same weights on both ranks
+
+    # Several updates, identical on both ranks and equal to a single-process pass on the same weights.
+    assert [u["step"] for u in r0["updates"]] == [0, 2, 4] == [u["step"] for u in r1["updates"]]
+    for u0, u1 in zip(r0["updates"], r1["updates"], strict=True):
+        assert u0["factors"] == u1["factors"] == u0["reference"]["factors"] == u1["reference"]["factors"]
+        assert u0["alpha"] == u1["alpha"] == u0["reference"]["alpha"]
+        assert len(set(u0["factors"].values())) > 3  # matrix units: the factors really differ
+    assert r0["lrs"] == r1["lrs"] and len(r0["lrs"]) == 6  # every group's lr at every optimizer step
+    assert r0["final_lrs"] == r1["final_lrs"] and r0["tb_factors"] == r1["tb_factors"]
+    assert len(set(r0["tb_factors"])) > 3
+
+    # The work was shared: disjoint shares that cover every matrix (3-D experts split per expert), each pass.
+    tasks = r0["tasks"]
+    assert r0["owners"] == r1["owners"] and set(r0["owners"]) == {0, 1}
+    assert any(name.endswith("experts.down_proj[3]") for name in tasks)
+    for rank, result in enumerate((r0, r1)):
+        share = [t for t, o in zip(tasks, r0["owners"], strict=True) if o == rank]
+        assert sorted(result["analysed"]) == sorted(share * r0["passes"])
+    assert not set(r0["analysed"]) & set(r1["analysed"])
+
+    # A NaN matrix in rank 1's share: both ranks agree with each other and with the single-process pass.
+    n0, n1 = r0["nan"], r1["nan"]
+    victim = n0["victim"]
+    assert victim in n1["analysed"] and victim not in n0["analysed"]
+    assert n0["reference"]["spectra"][victim]["status"] == "non_finite"
+    assert n0["factors"] == n1["factors"] == n0["reference"]["factors"]
+    assert n0["alpha"] == n1["alpha"] == n0["reference"]["alpha"]
+    victim_unit = victim.rsplit(".", 1)[0]
+    assert n0["alpha"][victim_unit] is None and n0["factors"][victim_unit] == 1.0
+    assert n0["tb_factors"] == n1["tb_factors"]
+
+    # A local failure on rank 1 only: every rank fails the pass the same way and keeps factor 1.
+    f0, f1 = r0["failure"], r1["failure"]
+    assert f0["factors"] == f1["factors"] and set(f0["factors"].values()) == {1.0}
+    assert f0["tb_factors"] == f1["tb_factors"] and set(f0["tb_factors"]) == {1.0}
+    assert "failed on rank(s) [1]" in f0["raised"] and "injected failure" in f1["raised"]
+
+
+def test_fsdp2_gathers_full_matrices_and_matches_single_process(tmp_path):
+    r0, r1 = torchrun("fsdp2", tmp_path)
+    for result in (r0, r1):
+        for variant in ("plain", "lora"):
+            v = result[variant]
+            assert v["sharded"] and v["still_sharded"]  # DTensor parameters before and after the pass
+            assert v["local_numel"] * 2 == v["full_numel"]  # each rank really holds half
+            assert v["same_partition"]
+            assert v["gathered_equal"] and v["gathered_names"] == v["reference_names"]
+            assert v["alpha"].keys() == v["reference_alpha"].keys()
+            assert all(same(v["alpha"][k], v["reference_alpha"][k]) for k in v["alpha"])
+            assert v["loss_finite"]  # FSDP still runs forward/backward after the pass
+    assert r0["lora"]["alpha"] == r1["lora"]["alpha"]
+    assert r0["fsdp1_error"] == r1["fsdp1_error"] == FSDP1_MESSAGE
+    assert r0["plain"]["alpha"] != r0["lora"]["alpha"]  # the LoRA view really used W0 + ΔW
