@@ -152,6 +152,7 @@ class TempBalanceCallback(TrainerCallback):
         self.tb: TempBalanceArguments | None = None
         self.partition: Partition | None = None
         self.interval: int | None = None
+        self.steps_per_epoch: int | None = None
         self.unit_weights: dict[str, float] = {}
         self.factors: dict[str, float] = {}
         self._pending_logs: dict[str, float] = {}
@@ -169,7 +170,8 @@ class TempBalanceCallback(TrainerCallback):
         self.unit_weights = {
             u.name: float(sum(math.prod(full_shape(params[p])) for p in u.params)) for u in self.partition.units
         }  # full sizes, also under ZeRO-3
-        self.interval = self.tb.update_interval(self._steps_per_epoch(args, state, kwargs.get("train_dataloader")))
+        self.steps_per_epoch = self._steps_per_epoch(args, state, kwargs.get("train_dataloader"))
+        self.interval = self.tb.update_interval(self.steps_per_epoch)
         logger.info(
             f"TempBalance: {len(self.partition.units)} {self.tb.tb_unit} units, alpha recomputed every "
             f"{self.interval} optimizer steps ({self.tb.tb_xmin_method} xmin, {self.tb.tb_estimator} ESD, "
@@ -234,7 +236,8 @@ class TempBalanceCallback(TrainerCallback):
             **{f"tb/lr_scale/{name}": value for name, value in factors.items()},
         }
         if state.is_world_process_zero:
-            self._append_history(args.output_dir, step, state, seconds, metrics, factors, skipped)
+            epoch = step / self.steps_per_epoch if self.steps_per_epoch else (state.epoch or 0.0)
+            self._append_history(args.output_dir, step, epoch, seconds, metrics, factors, skipped)
         return factors
 
     def pop_pending_logs(self) -> dict[str, float]:
@@ -275,14 +278,14 @@ class TempBalanceCallback(TrainerCallback):
             f.writelines(kept)
 
     @staticmethod
-    def _append_history(output_dir, step, state, seconds, metrics: Mapping, factors: Mapping, skipped) -> None:
+    def _append_history(output_dir, step, epoch, seconds, metrics: Mapping, factors: Mapping, skipped) -> None:
         if output_dir is None:
             return
         path = os.path.join(output_dir, HISTORY_FILE)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         record = {
             "step": step,
-            "epoch": state.epoch or 0.0,
+            "epoch": epoch,  # at the moment of the update (the Trainer's state.epoch lags one step here)
             "spectral_seconds": seconds,
             "skipped": skipped,
             "alpha": {k: _finite_or_none(v) for k, v in metrics.items()},

@@ -135,7 +135,9 @@ def test_auto_interval_is_a_tenth_of_an_epoch(tmp_path):
     trainer = TempBalanceTrainer(model=model, args=args, train_dataset=dataset_for(model, n=64))
     trainer.train()
     assert trainer.tempbalance.interval == 3  # 32 steps per epoch // 10
-    assert [r["step"] for r in history(tmp_path)] == list(range(0, 32, 3))
+    records = history(tmp_path)
+    assert [r["step"] for r in records] == list(range(0, 32, 3))
+    assert [r["epoch"] for r in records] == [step / 32 for step in range(0, 32, 3)]
 
 
 def test_resume_is_bit_identical(tmp_path):
