@@ -1,50 +1,254 @@
-"""`tb-hf analyze` on a tiny model saved to a temporary folder."""
+"""`tb-hf analyze` and `tb-hf plot-history` on tiny models saved to temporary folders (no Hub)."""
 
 from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
-from transformers import BertConfig, BertModel
+from peft import LoraConfig, get_peft_model
+from transformers import BertConfig, BertForSequenceClassification, BertModel
 
 from tb_hf import cli
 from tb_hf.config import TempBalanceArguments
 from tb_hf.spectral import analyze
 
+pytest.importorskip("matplotlib")
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TINY_BERT = dict(vocab_size=200, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
+
+
+def is_png(path) -> bool:
+    data = path.read_bytes()
+    return len(data) > 1000 and data.startswith(PNG_MAGIC)
+
 
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
     torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=200, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128
-    )
     path = tmp_path_factory.mktemp("tiny-bert")
-    BertModel(config).save_pretrained(path)
+    BertModel(BertConfig(**TINY_BERT)).save_pretrained(path)
     return path
 
 
-def test_analyze_writes_table_equal_to_spectral_core(saved_model, tmp_path, capsys):
-    cli.main(["analyze", str(saved_model), "--out", str(tmp_path), "--tb_xmin_method", "ks", "--tb_min_evals", "20"])
+def save_adapter(model, path, seed: int = 1):
+    """A LoRA adapter on query/value with random (non-zero) A and B, saved to ``path``."""
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"]))
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.normal_(0, 0.3)
+    peft_model.save_pretrained(path)
+    return peft_model
+
+
+@pytest.fixture(scope="module")
+def saved_adapter(saved_model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-bert-lora")
+    save_adapter(BertModel.from_pretrained(saved_model), path)
+    return path
+
+
+def test_analyze_writes_table_json_and_figures(saved_model, tmp_path, capsys):
+    out = tmp_path / "report"
+    cli.main(["analyze", str(saved_model), "--out", str(out), "--tb_xmin_method", "ks", "--tb_min_evals", "20"])
     printed = capsys.readouterr().out
-    assert "encoder.layer.1.output.dense.weight" in printed
-    rows = list(csv.DictReader(open(tmp_path / "alpha.csv")))
+    assert "encoder.layer.1" in printed and "output.dense.weight" in printed and "factor" in printed
+    rows = list(csv.DictReader((out / "alpha.csv").read_text().splitlines()))
     assert len(rows) == 12  # 2 blocks x (q, k, v, attention out, intermediate, output)
     assert {r["unit"] for r in rows} == {"encoder.layer.0", "encoder.layer.1"}
+    assert {"alpha", "xmin", "ks_distance", "status", "factor", "shape"} <= set(rows[0])
+
+    # The α of the table are the spectral core's on the same weights.
     model = BertModel.from_pretrained(saved_model)
-    weights = {r["matrix"]: dict(model.named_parameters())[r["matrix"]] for r in rows}
-    expected = analyze(weights, xmin_method="ks", min_evals=20)
-    for r in json.load(open(tmp_path / "alpha.json")):
+    params = dict(model.named_parameters())
+    expected = analyze({r["matrix"]: params[r["matrix"]] for r in rows}, xmin_method="ks", min_evals=20)
+    report = json.loads((out / "alpha.json").read_text())
+    assert report["options"]["tb_xmin_method"] == "ks" and report["model_class"] == "BertModel"
+    for r in report["matrices"]:
         assert r["alpha"] == pytest.approx(expected[r["matrix"]].alpha, abs=1e-12)
-    factors = {r["unit"]: float(r["factor"]) for r in rows}
+        assert r["xmin"] == pytest.approx(expected[r["matrix"]].xmin, rel=1e-12)
+    for r in rows:
+        assert float(r["alpha"]) == pytest.approx(expected[r["matrix"]].alpha, rel=1e-12)
+    factors = {u["unit"]: u["factor"] for u in report["units"]}
     assert sorted(factors.values()) == pytest.approx([0.5, 1.5])  # linear map over two units
+    for name in ("esd.png", "alpha.png", "factors.png"):
+        assert is_png(out / name), name
 
 
-def test_analyze_bad_input(tmp_path):
-    with pytest.raises(SystemExit, match="Could not load"):
+def test_analyze_options_reach_the_pass(saved_model, tmp_path):
+    """Trainer options change the pass exactly as in training: matrix units, sigmoid map, FARMS, float64."""
+    out = tmp_path / "r"
+    args = ["--tb_unit", "matrix", "--tb_mapping", "sigmoid", "--tb_estimator", "farms", "--tb_esd_dtype", "float64"]
+    cli.main(["analyze", str(saved_model), "--out", str(out), "--no-figures", "--tb_min_evals", "20", *args])
+    report = json.loads((out / "alpha.json").read_text())
+    assert len(report["units"]) == 12 and not (out / "alpha.png").exists()
+    model = BertModel.from_pretrained(saved_model)
+    params = dict(model.named_parameters())
+    expected = analyze(
+        {r["matrix"]: params[r["matrix"]] for r in report["matrices"]},
+        estimator="farms",
+        min_evals=20,
+        dtype=torch.float64,
+    )
+    for r in report["matrices"]:
+        assert r["alpha"] == pytest.approx(expected[r["matrix"]].alpha, rel=1e-12)
+    assert all(0.1 < u["factor"] < 10**0.5 for u in report["units"])
+    assert len({round(u["factor"], 9) for u in report["units"]}) > 2  # per-matrix factors, not two values
+
+
+def test_analyze_esd_matrices_glob(saved_model, tmp_path):
+    out = tmp_path / "r"
+    analysis = cli.cmd_analyze(
+        [
+            str(saved_model),
+            "--out",
+            str(out),
+            "--esd-matrices",
+            "*.1.*query*",
+            "layer.0.intermediate.dense",
+            "--tb_min_evals",
+            "20",
+        ]
+    )
+    assert list(analysis.esds) == [
+        "encoder.layer.0.intermediate.dense.weight",
+        "encoder.layer.1.attention.self.query.weight",
+    ]
+    for name, evals in analysis.esds.items():
+        assert evals.numel() == 64 and analysis.spectra[name].num_evals == 64
+    assert is_png(out / "esd.png")
+    with pytest.raises(SystemExit, match="matched none"):
+        cli.main(["analyze", str(saved_model), "--out", str(out), "--esd-matrices", "*.lm_head*"])
+
+
+@pytest.mark.parametrize("view", ["effective", "delta"])
+def test_analyze_with_adapter(saved_model, saved_adapter, tmp_path, view):
+    out = tmp_path / view
+    cli.main(
+        ["analyze", str(saved_model), "--adapter", str(saved_adapter), "--tb_lora_view", view, "--out", str(out),
+         "--tb_min_evals", "20", "--tb_xmin_method", "ks"]
+    )  # fmt: skip
+    report = json.loads((out / "alpha.json").read_text())
+    rows = {r["matrix"]: r for r in report["matrices"]}
+    # The expected matrices, built by hand from the saved tensors: W0 + (lora_alpha / r)·B·A, or the ΔW alone.
+    from safetensors.torch import load_file
+
+    lora = load_file(saved_adapter / "adapter_model.safetensors")
+    base = dict(BertModel.from_pretrained(saved_model).named_parameters())
+    expected = {}
+    for layer in range(2):
+        for proj in ("query", "value"):
+            stem = f"encoder.layer.{layer}.attention.self.{proj}"
+            delta = (
+                2.0 * lora[f"base_model.model.{stem}.lora_B.weight"] @ lora[f"base_model.model.{stem}.lora_A.weight"]
+            )
+            expected[f"base_model.model.{stem}.base_layer.weight"] = (
+                base[f"{stem}.weight"].detach() + delta if view == "effective" else delta
+            )
+    fits = analyze(expected, xmin_method="ks", min_evals=20)
+    for name, fit in fits.items():
+        assert rows[name]["status"] == fit.status
+        if fit.ok:
+            assert rows[name]["alpha"] == pytest.approx(fit.alpha, rel=1e-6)
+    assert len(rows) == (12 if view == "effective" else 4)  # ΔW only exists for the adapted matrices
+    assert report["adapter"] == str(saved_adapter) and report["options"]["tb_lora_view"] == view
+    if view == "effective":
+        assert is_png(out / "esd.png") and is_png(out / "alpha.png")
+
+
+def test_analyze_bad_inputs(saved_model, saved_adapter, tmp_path):
+    with pytest.raises(SystemExit, match="Could not load .*no such folder"):
         cli.main(["analyze", str(tmp_path / "missing")])
-    with pytest.raises(SystemExit, match="model class"):
-        cli.main(["analyze", str(tmp_path), "--model-class", "NoSuchClass"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="no config.json.*save_pretrained"):
+        cli.main(["analyze", str(tmp_path / "empty")])
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(SystemExit, match="it is a file"):
+        cli.main(["analyze", str(tmp_path / "weights.bin")])
+    with pytest.raises(SystemExit, match="is a peft adapter, not a model.*--adapter"):
+        cli.main(["analyze", str(saved_adapter)])
+    with pytest.raises(SystemExit, match="not a transformers model class"):
+        cli.main(["analyze", str(saved_model), "--model-class", "NoSuchClass"])
+    with pytest.raises(SystemExit, match="--adapter .*no such folder"):
+        cli.main(["analyze", str(saved_model), "--adapter", str(tmp_path / "nope")])
+    with pytest.raises(SystemExit, match="not a peft adapter folder"):
+        cli.main(["analyze", str(saved_model), "--adapter", str(tmp_path / "empty")])
     with pytest.raises(ValueError, match="tb_mapping"):
         TempBalanceArguments(tb_mapping="cubic")
+
+
+def test_adapter_that_does_not_match_the_model(saved_model, saved_adapter, tmp_path):
+    # Trained on a model of another width: the LoRA shapes do not fit.
+    torch.manual_seed(0)
+    wide = tmp_path / "wide-lora"
+    save_adapter(BertModel(BertConfig(**{**TINY_BERT, "hidden_size": 32})), wide)
+    with pytest.raises(SystemExit, match="(?s)does not match.*size mismatch.*base model it was trained on"):
+        cli.main(["analyze", str(saved_model), "--adapter", str(wide)])
+    # Trained on BertForSequenceClassification (paths "bert.encoder..."), loaded onto BertModel ("encoder..."):
+    # peft would only warn and analyse a zero ΔW.
+    cls_adapter = tmp_path / "cls-lora"
+    save_adapter(BertForSequenceClassification(BertConfig(**TINY_BERT)), cls_adapter)
+    with pytest.raises(SystemExit, match="(?s)tensors have no place in the model.*--model-class"):
+        cli.main(["analyze", str(saved_model), "--adapter", str(cls_adapter)])
+
+
+@pytest.fixture(scope="module")
+def training_run(tmp_path_factory):
+    """A real history.jsonl: TempBalanceTrainer on a tiny BERT for 6 steps, updating every 2."""
+    from datasets import Dataset
+    from tiny_models import ARCHS, batch_for
+
+    from tb_hf import TempBalanceConfig, TempBalanceTrainer
+
+    torch.manual_seed(0)
+    model = ARCHS["bert"][0]()
+    batch = batch_for(model, batch_size=24)
+    args = TempBalanceConfig(
+        output_dir=str(tmp_path_factory.mktemp("run")),
+        max_steps=6,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+        tb_update_steps="2",
+        tb_min_evals=8,
+    )
+    trainer = TempBalanceTrainer(
+        model=model, args=args, train_dataset=Dataset.from_dict({k: v.tolist() for k, v in batch.items()})
+    )
+    trainer.train()
+    return Path(args.output_dir)
+
+
+def test_plot_history_from_a_training_run(training_run, tmp_path, capsys):
+    cli.main(["plot-history", str(training_run)])
+    assert "3 updates (steps 0..4)" in capsys.readouterr().out
+    for key in ("alpha", "factor"):
+        assert is_png(training_run / "tempbalance" / f"{key}_history.png")
+    cli.main(["plot-history", str(training_run / "tempbalance" / "history.jsonl"), "--out", str(tmp_path)])
+    assert is_png(tmp_path / "alpha_history.png") and is_png(tmp_path / "factor_history.png")
+
+
+def test_plot_history_bad_inputs(tmp_path):
+    with pytest.raises(SystemExit, match="No TempBalance history.*TempBalanceTrainer"):
+        cli.main(["plot-history", str(tmp_path)])
+    (tmp_path / "tempbalance").mkdir()
+    (tmp_path / "tempbalance" / "history.jsonl").write_text("")
+    with pytest.raises(SystemExit, match="no records"):
+        cli.main(["plot-history", str(tmp_path)])
+    (tmp_path / "tempbalance" / "history.jsonl").write_text('{"foo": 1}\n')
+    with pytest.raises(SystemExit, match="not a TempBalance record"):
+        cli.main(["plot-history", str(tmp_path)])
+
+
+def test_usage():
+    with pytest.raises(SystemExit) as info:
+        cli.main(["frobnicate"])
+    assert info.value.code == 2
