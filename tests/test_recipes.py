@@ -1,0 +1,334 @@
+"""recipes/: run_glue end to end on tiny in-process models, configs, bad requests, the sweep and its aggregation."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers as tf
+from scipy.stats import ttest_rel
+
+from tb_hf.baselines import LLRDTrainer, llrd_depths, llrd_param_groups
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "recipes"))
+sys.path.insert(0, str(ROOT / "recipes" / "glue"))
+import run_glue  # noqa: E402
+import sweep  # noqa: E402
+
+GLUE_DIR = ROOT.parent / "shared" / "data" / "glue"
+needs_glue = pytest.mark.skipif(
+    not (GLUE_DIR / "RTE" / "train.tsv").is_file(),
+    reason=f"the local GLUE release files are not at {GLUE_DIR} (../shared/data/glue beside the checkout)",
+)
+
+WORDS = "the a of and to is in it that film movie good bad not was he she man woman said . , ' s".split()
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    """A tiny word-level BERT tokenizer built from a vocab file (no Hub)."""
+    vocab = tmp_path_factory.mktemp("tok") / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    return tf.BertTokenizerFast(vocab_file=str(vocab))
+
+
+def tiny_bert(num_labels: int, vocab_size: int) -> tf.BertForSequenceClassification:
+    config = tf.BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+        problem_type="regression" if num_labels == 1 else None,
+    )
+    torch.manual_seed(0)
+    return tf.BertForSequenceClassification(config)
+
+
+def recipe_args(tmp_path, **overrides):
+    args = dict(
+        glue_dir=str(GLUE_DIR),
+        max_train_samples=24,
+        max_seq_length=32,
+        num_train_epochs=2,
+        learning_rate=1e-3,
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=128,
+        eval_strategy="epoch",
+        logging_strategy="epoch",
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        dataloader_pin_memory=False,
+        output_dir=str(tmp_path / "out"),
+        tb_update_steps=2,
+    )
+    return run_glue.parse_args(run_glue.config_to_argv(args | overrides))
+
+
+@needs_glue
+@pytest.mark.parametrize(
+    "task, method, extra",
+    [
+        ("sst2", "tempbalance", dict(stratify=True)),  # single sentence
+        ("rte", "llrd", dict(shots_per_class=8, max_train_samples=None)),  # sentence pair, string labels
+        ("stsb", "ft", dict(max_eval_samples=300)),  # regression
+        ("mrpc", "tempbalance", dict(lora_r=4, lora_alpha=8, use_rslora=True, tb_estimator="farms")),
+    ],
+)
+def test_run_glue_end_to_end(tmp_path, tokenizer, task, method, extra):
+    margs, dargs, targs = recipe_args(tmp_path, task_name=task, method=method, **extra)
+    num_labels = 1 if task == "stsb" else 2
+    results = run_glue.main(margs, dargs, targs, model=tiny_bert(num_labels, len(tokenizer)), tokenizer=tokenizer)
+
+    out = Path(targs.output_dir)
+    for name in ("all_results.json", "eval_results.json", "train_results.json", "trainer_state.json"):
+        assert (out / name).is_file(), name
+    main = {"sst2": "accuracy", "rte": "accuracy", "stsb": "combined_score", "mrpc": "combined_score"}[task]
+    assert results["main_metric"] == main and results["method"] == method
+    assert len(results["epoch_scores"]) == 2
+    assert results[f"best_eval_{main}"] == max(results["epoch_scores"])
+    assert results[f"eval_{main}"] == results["epoch_scores"][-1]
+    assert results["eval_samples"] == {"sst2": 872, "rte": 277, "stsb": 300, "mrpc": 408}[task]
+    assert results["train_samples"] == (16 if task == "rte" else 24)
+    subset = json.loads((out / "train_subset.json").read_text())
+    assert len(subset["indices"]) == results["train_samples"] and subset["seed"] == targs.seed
+    history = out / "tempbalance" / "history.jsonl"
+    assert history.is_file() == (method == "tempbalance")
+    assert results["lora"] == ("lora_r" in extra)
+    if task == "stsb":
+        assert {"eval_pearson", "eval_spearmanr"} <= results.keys()
+
+
+@needs_glue
+def test_same_seed_same_subset(tmp_path, tokenizer):
+    picks = []
+    for seed in (13, 13, 37):
+        _, dargs, targs = recipe_args(
+            tmp_path, task_name="rte", train_fraction=0.01, seed=seed, max_train_samples=None
+        )
+        raw, task = run_glue.load_task("rte", glue_dir=dargs.glue_dir)
+        picks.append(run_glue.select_train_indices(raw["train"]["label"], fraction=0.01, seed=targs.seed))
+    assert picks[0] == picks[1] != picks[2]
+
+
+@needs_glue
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(task_name="rte", train_fraction=1.5, max_train_samples=None), r"must be in \(0, 1\]"),
+        (dict(task_name="rte", train_fraction=0.0, max_train_samples=None), r"must be in \(0, 1\]"),
+        (dict(task_name="rte", shots_per_class=5000, max_train_samples=None), "more than some classes have"),
+        (dict(task_name="stsb", stratify=True), "regression task has no classes"),
+        (dict(task_name="glue-sst9"), "Unknown task"),
+    ],
+)
+def test_bad_requests_fail_before_any_model_is_loaded(tmp_path, overrides, message):
+    margs, dargs, targs = recipe_args(tmp_path, model_name_or_path=str(tmp_path / "no-such-model"), **overrides)
+    with pytest.raises(ValueError, match=message):
+        run_glue.main(margs, dargs, targs)
+    assert not (Path(targs.output_dir) / "trainer_state.json").exists()
+
+
+def test_bad_custom_column_and_bad_flags(tmp_path):
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\ngood,1\nbad,0\n")
+    margs, dargs, targs = recipe_args(
+        tmp_path, train_file=str(data), validation_file=str(data), text_columns=["review"], max_train_samples=None
+    )
+    with pytest.raises(ValueError, match=r"no column\(s\) \['review'\].*--text_columns"):
+        run_glue.main(margs, dargs, targs)
+    with pytest.raises(ValueError, match="--method must be one of"):
+        run_glue.ModelArguments(method="sgd")
+    with pytest.raises(ValueError, match="--llrd_decay"):
+        run_glue.ModelArguments(llrd_decay=0.0)
+
+
+def test_custom_task_end_to_end(tmp_path, tokenizer):
+    rows = [("a good film", "pos"), ("a bad film", "neg")] * 6
+    (tmp_path / "train.csv").write_text("review,stars\n" + "\n".join(f"{t},{s}" for t, s in rows) + "\n")
+    margs, dargs, targs = recipe_args(
+        tmp_path,
+        train_file=str(tmp_path / "train.csv"),
+        validation_file=str(tmp_path / "train.csv"),
+        text_columns=["review"],
+        label_column="stars",
+        max_train_samples=None,
+        method="tempbalance",
+    )
+    results = run_glue.main(margs, dargs, targs, model=tiny_bert(2, len(tokenizer)), tokenizer=tokenizer)
+    assert results["task"] == "custom" and results["eval_samples"] == 12 and "eval_f1" in results
+
+
+def test_llama_lora_sets_pad_token(tmp_path, tokenizer):
+    """A LLaMA-style decoder with LoRA: no pad token in the tokenizer, the recipe sets one."""
+    rows = [("a good film", 1), ("a bad film", 0)] * 4
+    (tmp_path / "t.csv").write_text("text,label\n" + "\n".join(f"{t},{s}" for t, s in rows) + "\n")
+    tok = tf.BertTokenizerFast(vocab_file=tokenizer.vocab_file, pad_token=None)
+    tok.eos_token = "[SEP]"
+    assert tok.pad_token is None
+    config = tf.LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, num_labels=2, pad_token_id=None,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = tf.LlamaForSequenceClassification(config)
+    margs, dargs, targs = recipe_args(
+        tmp_path,
+        train_file=str(tmp_path / "t.csv"),
+        validation_file=str(tmp_path / "t.csv"),
+        text_columns=["text"],
+        max_train_samples=None,
+        method="tempbalance",
+        lora_r=4,
+        lora_target_modules=["q_proj", "v_proj"],
+    )
+    results = run_glue.main(margs, dargs, targs, model=model, tokenizer=tok)
+    assert tok.pad_token == "[SEP]" and model.config.pad_token_id == tok.pad_token_id
+    assert results["lora"] is True
+
+
+def test_configs_start_with_their_command_and_parse():
+    configs = sorted((ROOT / "recipes").rglob("*.yaml"))
+    assert len(configs) >= 6
+    for path in configs:
+        first = path.read_text().splitlines()[0]
+        assert first.startswith("# python") and str(path.relative_to(ROOT)) in path.read_text(), path
+        if "glue/configs" in str(path):
+            margs, dargs, targs = run_glue.parse_args([str(path), "--seed", "7"])
+            assert targs.seed == 7 and dargs.task_name
+        else:
+            assert sweep.expand_grid(sweep.load_config(path))
+
+
+# --------------------------------------------------------------------------------------------------
+# LLRD
+
+
+def test_llrd_groups():
+    model = tiny_bert(2, 40)
+    depths = llrd_depths(model)
+    assert depths["bert.embeddings.word_embeddings.weight"] == 2
+    assert depths["bert.encoder.layer.0.attention.self.query.weight"] == 1
+    assert depths["bert.encoder.layer.1.output.dense.bias"] == 0
+    assert depths["classifier.weight"] == 0 and depths["bert.pooler.dense.weight"] == 0
+    groups = llrd_param_groups(model, learning_rate=1e-3, decay=0.5, weight_decay=0.1)
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    params = dict(model.named_parameters())
+    for name, depth in depths.items():
+        assert lr_of[id(params[name])] == pytest.approx(1e-3 * 0.5**depth)
+    assert sum(len(g["params"]) for g in groups) == len(params)
+    assert groups[0]["lr"] == 1e-3
+
+
+def test_llrd_trainer_optimizer(tmp_path):
+    model = tiny_bert(2, 40)
+    args = tf.TrainingArguments(output_dir=str(tmp_path), learning_rate=2e-3, report_to="none", use_cpu=True)
+    trainer = LLRDTrainer(model=model, args=args, llrd_decay=0.8)
+    trainer.create_optimizer()
+    assert sorted({g["lr"] for g in trainer.optimizer.param_groups}) == pytest.approx(
+        [2e-3 * 0.8**2, 2e-3 * 0.8, 2e-3]
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Sweep
+
+
+def sweep_config(tmp_path) -> dict:
+    return {
+        "output_dir": str(tmp_path / "sweep"),
+        "tasks": {"rte": {"fractions": [0.1, 0.2]}, "stsb": {"fractions": [0.1], "stratify": False}},
+        "seeds": [1, 2, 3],
+        "methods": ["ft", "tempbalance"],
+        "baseline": "ft",
+        "args": {"glue_dir": "x", "stratify": True, "num_train_epochs": 3},
+        "method_args": {"tempbalance": {"tb_mapping": "sigmoid"}},
+    }
+
+
+def fake_results(task: str, score: float) -> dict:
+    main = "accuracy" if task == "rte" else "combined_score"
+    return {
+        "main_metric": main,
+        f"best_eval_{main}": score,
+        f"eval_{main}": score - 0.01,
+        "train_samples": 249,
+        "eval_samples": 277,
+        "best_epoch": 2.0,
+    }
+
+
+def test_grid_skip_finished_and_retry_failed(tmp_path, monkeypatch):
+    config = sweep_config(tmp_path)
+    runs = sweep.expand_grid(config)
+    assert len(runs) == 3 * 3 * 2  # (2 + 1 fractions) x 3 seeds x 2 methods
+    tb = next(r for r in runs if r.method == "tempbalance" and r.task == "stsb")
+    assert tb.args["tb_mapping"] == "sigmoid" and tb.args["stratify"] is False and tb.args["task_name"] == "stsb"
+    assert tb.args["output_dir"].endswith("runs/stsb/frac0.1/tempbalance/seed1")
+
+    calls = []
+
+    def fake_run(run):
+        calls.append(run.name)
+        if run.seed == 3 and run.method == "ft":
+            raise RuntimeError("out of memory")
+        return fake_results(run.task, 0.5)
+
+    monkeypatch.setattr(sweep, "_run_inprocess", fake_run)
+    counts = sweep.execute(runs)
+    assert counts == {"done": 0, "ok": 15, "failed": 3} and len(calls) == 18
+    failed = Path(runs[0].args["output_dir"]).parents[1] / "ft" / "seed3" / "error.txt"
+    assert "out of memory" in failed.read_text()
+
+    calls.clear()
+    monkeypatch.setattr(sweep, "_run_inprocess", lambda run: calls.append(run.name) or fake_results(run.task, 0.5))
+    assert sweep.execute(runs) == {"done": 15, "ok": 3, "failed": 0}
+    assert sorted(calls) == sorted(r.name for r in runs if r.seed == 3 and r.method == "ft")
+    assert not failed.exists()
+    assert sweep.execute(runs) == {"done": 18, "ok": 0, "failed": 0}
+
+
+def test_aggregation_table(tmp_path):
+    config = sweep_config(tmp_path)
+    config["tasks"] = {"rte": {"fractions": [0.1]}}
+    scores = {"ft": [0.50, 0.55, 0.60], "tempbalance": [0.54, 0.56, 0.65]}
+    for run in sweep.expand_grid(config):
+        out = Path(run.args["output_dir"])
+        out.mkdir(parents=True)
+        record = {"task": run.task, "fraction": run.fraction, "method": run.method, "lora": False, "seed": run.seed}
+        record["results"] = fake_results("rte", scores[run.method][run.seed - 1])
+        (out / sweep.RESULT_FILE).write_text(json.dumps(record))
+
+    table = sweep.aggregate(config)
+    out = Path(config["output_dir"])
+    assert {"results.csv", "summary.csv", "summary.md", "scores.png"} <= {p.name for p in out.iterdir()}
+    p = ttest_rel(scores["tempbalance"], scores["ft"]).pvalue
+    header, rule, row = table.splitlines()
+    assert header == "| task | fraction | n train | metric | ft | tempbalance | tempbalance − ft (p) |"
+    assert row == f"| rte | 0.1 | 249 | accuracy | 55.00 ± 5.00 | 58.33 ± 5.86 | +3.33 ({p:.2f}) |"
+    summary = sweep.summarize(sweep.collect(out))
+    tb = summary[summary["method"] == "tempbalance"].iloc[0]
+    assert tb["diff_vs_baseline"] == pytest.approx(0.1 / 3) and tb["p_value"] == pytest.approx(p)
+    assert math.isnan(summary[summary["method"] == "ft"].iloc[0]["p_value"])
+
+
+def test_shards_split_the_grid(tmp_path, capsys):
+    import yaml
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep_config(tmp_path)))
+    listed = []
+    for shard in ("0/2", "1/2"):
+        assert sweep.main([str(path), "--dry-run", "--shard", shard]) == 0
+        listed.append(capsys.readouterr().out.split())
+    names = [r.name for r in sweep.expand_grid(sweep.load_config(path))]
+    assert sorted(listed[0][1::2] + listed[1][1::2]) == sorted(names) and len(listed[0]) == len(listed[1])
