@@ -55,7 +55,9 @@ def run(kind: str, model_path: str, train: Dataset, dev: Dataset, tokenizer, epo
         use_cpu=True,
     )
     if kind == "plain":
-        trainer = Trainer(model=model, args=TrainingArguments(**common), train_dataset=train, processing_class=tokenizer)
+        trainer = Trainer(
+            model=model, args=TrainingArguments(**common), train_dataset=train, processing_class=tokenizer
+        )
     else:
         args = TempBalanceConfig(**common, tb_update_steps="auto" if kind == "tempbalance" else "1")
         trainer = TempBalanceTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
