@@ -30,15 +30,7 @@ import sys
 import tempfile
 import time
 
-LLAMA_7B_BLOCK = {
-    "self_attn.q_proj": (4096, 4096),
-    "self_attn.k_proj": (4096, 4096),
-    "self_attn.v_proj": (4096, 4096),
-    "self_attn.o_proj": (4096, 4096),
-    "mlp.gate_proj": (11008, 4096),
-    "mlp.up_proj": (11008, 4096),
-    "mlp.down_proj": (4096, 11008),
-}
+from bench_spectral import LLAMA_7B_BLOCK  # scripts/ is on sys.path when run as a script
 
 
 def worker(args) -> None:
