@@ -22,8 +22,7 @@ import sys
 
 import torch
 import torch.distributed as dist
-from datasets import Dataset
-from tiny_models import ARCHS, batch_for
+from tiny_models import ARCHS, batch_for, dataset_for, tiny_training_args
 from transformers import TrainerCallback
 
 import tb_hf.distributed as tbd
@@ -85,23 +84,8 @@ def train(out: str) -> dict:
     rank = int(os.environ["RANK"])
     torch.manual_seed(0)
     model = ARCHS["mixtral"][0]()
-    data = batch_for(model, batch_size=32, seed=0)
-    dataset = Dataset.from_dict({k: v.tolist() for k, v in data.items()})
-    args = TempBalanceConfig(
-        output_dir=os.path.join(out, "run"),
-        max_steps=6,
-        per_device_train_batch_size=4,
-        learning_rate=1e-3,
-        report_to="none",
-        use_cpu=True,
-        save_strategy="no",
-        logging_steps=1,
-        disable_tqdm=True,
-        tb_update_steps="2",
-        tb_min_evals=8,
-        tb_unit="matrix",
-        seed=0,
-    )
+    dataset = dataset_for(model, n=32)
+    args = tiny_training_args(os.path.join(out, "run"), max_steps=6, tb_unit="matrix")
     analysed: list[str] = []
     real_analyze = tbd.analyze
 

@@ -200,29 +200,14 @@ def test_adapter_that_does_not_match_the_model(saved_model, saved_adapter, tmp_p
 @pytest.fixture(scope="module")
 def training_run(tmp_path_factory):
     """A real history.jsonl: TempBalanceTrainer on a tiny BERT for 6 steps, updating every 2."""
-    from datasets import Dataset
-    from tiny_models import ARCHS, batch_for
+    from tiny_models import ARCHS, dataset_for, tiny_training_args
 
-    from tb_hf import TempBalanceConfig, TempBalanceTrainer
+    from tb_hf import TempBalanceTrainer
 
     torch.manual_seed(0)
     model = ARCHS["bert"][0]()
-    batch = batch_for(model, batch_size=24)
-    args = TempBalanceConfig(
-        output_dir=str(tmp_path_factory.mktemp("run")),
-        max_steps=6,
-        per_device_train_batch_size=4,
-        learning_rate=1e-2,
-        report_to="none",
-        use_cpu=True,
-        save_strategy="no",
-        disable_tqdm=True,
-        tb_update_steps="2",
-        tb_min_evals=8,
-    )
-    trainer = TempBalanceTrainer(
-        model=model, args=args, train_dataset=Dataset.from_dict({k: v.tolist() for k, v in batch.items()})
-    )
+    args = tiny_training_args(tmp_path_factory.mktemp("run"), max_steps=6, learning_rate=1e-2, logging_steps=500)
+    trainer = TempBalanceTrainer(model=model, args=args, train_dataset=dataset_for(model, n=24))
     trainer.train()
     return Path(args.output_dir)
 

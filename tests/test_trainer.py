@@ -10,8 +10,7 @@ import peft
 import pytest
 import torch
 import transformers as tf
-from datasets import Dataset
-from tiny_models import ARCHS, LLAMA_LIKE, batch_for
+from tiny_models import ARCHS, LLAMA_LIKE, dataset_for, tiny_training_args
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments, get_scheduler
 
@@ -24,28 +23,8 @@ from tb_hf import (
 )
 
 
-def dataset_for(model: nn.Module, n: int = 16, seed: int = 0) -> Dataset:
-    batch = batch_for(model, batch_size=n, seed=seed)
-    return Dataset.from_dict({k: v.tolist() for k, v in batch.items()})
-
-
 def config(tmp_path, **overrides) -> TempBalanceConfig:
-    options = dict(
-        output_dir=str(tmp_path),
-        max_steps=3,
-        per_device_train_batch_size=4,
-        learning_rate=1e-3,
-        report_to="none",
-        use_cpu=True,
-        save_strategy="no",
-        logging_steps=1,
-        disable_tqdm=True,
-        tb_update_steps="2",
-        tb_min_evals=8,
-        seed=0,
-    )
-    options.update(overrides)
-    return TempBalanceConfig(**options)
+    return tiny_training_args(tmp_path, **overrides)
 
 
 def history(tmp_path) -> list[dict]:

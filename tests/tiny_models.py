@@ -166,3 +166,32 @@ def batch_for(model: torch.nn.Module, batch_size: int = 4, seq_len: int = 12, se
     if "ConditionalGeneration" in name:
         return {"input_ids": ids, "labels": torch.randint(3, vocab, (batch_size, 6), generator=g)}
     return {"input_ids": ids, "labels": ids.clone()}
+
+
+def dataset_for(model: torch.nn.Module, n: int = 16, seed: int = 0):
+    """A `datasets.Dataset` of ``n`` random examples of the right kind for ``model``."""
+    from datasets import Dataset
+
+    batch = batch_for(model, batch_size=n, seed=seed)
+    return Dataset.from_dict({k: v.tolist() for k, v in batch.items()})
+
+
+def tiny_training_args(output_dir, **overrides):
+    """`TempBalanceConfig` for a few quiet CPU steps of a tiny model (3 steps, α every 2, min_evals 8)."""
+    from tb_hf import TempBalanceConfig
+
+    options = dict(
+        output_dir=str(output_dir),
+        max_steps=3,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        tb_update_steps="2",
+        tb_min_evals=8,
+        seed=0,
+    )
+    return TempBalanceConfig(**{**options, **overrides})
