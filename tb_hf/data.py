@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 from collections.abc import Sequence
@@ -187,26 +188,65 @@ def _read_tsv(path: Path, header: tuple[str, ...] | None):
     )
 
 
-def _to_dataset(frame, task: TaskSpec, where: str) -> Dataset:
-    """A DataFrame with the text columns and ``label`` -> a Dataset with class ids (names or digits accepted,
-    every value checked) or float labels."""
+def _where(where: str, row: int, first_line: int | None) -> str:
+    """``file, row 3 (line 4)``: ``row`` is the 0-based position in the frame, ``first_line`` the file line of
+    row 0 (None when rows are not lines, e.g. a JSON array)."""
+    at = f"{where}, row {row + 1}"
+    return at + (f" (line {row + first_line})" if first_line is not None else "")
+
+
+def _check_labels(frame, where: str, first_line: int | None) -> None:
+    """Refuse empty label cells (an empty string, whitespace, or a missing value), naming the rows."""
+    labels = frame["label"]
+    empty = np.flatnonzero((labels.isna() | (labels.astype(str).str.strip() == "")).to_numpy())
+    if len(empty):
+        rows = ", ".join(_where("", int(i), first_line).removeprefix(", ") for i in empty[:5])
+        more = f" and {len(empty) - 5} more" if len(empty) > 5 else ""
+        raise ValueError(
+            f"{where}: empty label in {rows}{more}. Every row needs a label: fill it in or delete the row "
+            "(an empty label is not a class)."
+        )
+
+
+def _to_dataset(
+    frame, task: TaskSpec, where: str, *, accept_ids: bool = True, first_line: int | None = 2
+) -> Dataset:
+    """A DataFrame with the text columns and ``label`` -> a Dataset with class ids or float labels.
+
+    A class label is looked up by name (``task.label_names``); with ``accept_ids`` also by its id written as a
+    number (``"0"``, ``"1"``: GLUE release files), names taking precedence. Every value is checked; rows are
+    reported as ``row N (line M)`` with ``first_line`` the file line of the first row.
+    """
     text = {c: Value("string") for c in task.text_columns}
     frame = frame[[*task.text_columns, "label"]].copy()
+    _check_labels(frame, where, first_line)
     for c in task.text_columns:
-        frame[c] = frame[c].astype(str)
+        frame[c] = frame[c].fillna("").astype(str)
     if task.is_regression:
-        try:
-            frame["label"] = frame["label"].astype("float32")
-        except ValueError as err:
-            raise ValueError(f"{where}: the label column of a regression task must hold numbers ({err}).") from err
+        import pandas as pd
+
+        values = pd.to_numeric(frame["label"], errors="coerce")
+        bad = np.flatnonzero(values.isna().to_numpy())
+        if len(bad):
+            raise ValueError(
+                f"{_where(where, int(bad[0]), first_line)}: label {frame['label'].iloc[bad[0]]!r} is not a number; "
+                "the label column of a regression task must hold numbers."
+            )
+        frame["label"] = values.astype("float32")
         features = Features(text | {"label": Value("float32")})
     else:
         names = list(task.label_names)
-        lookup = {n: i for i, n in enumerate(names)} | {str(i): i for i in range(len(names))}
+        lookup = {str(i): i for i in range(len(names))} if accept_ids else {}
+        lookup |= {n: i for i, n in enumerate(names)}  # names win over ids ('1' is the class named '1')
         labels = frame["label"].astype(str)
         bad = sorted(set(labels) - lookup.keys())
         if bad:
-            raise ValueError(f"{where}: label values {bad[:5]} are not among the classes {names} (or their ids).")
+            first = int(np.flatnonzero(~labels.isin(lookup.keys()).to_numpy())[0])
+            ids = " (or their ids)" if accept_ids else ""
+            raise ValueError(
+                f"{where}: label values {bad[:5]} are not among the classes {names}{ids}; first at "
+                f"{_where('', first, first_line).removeprefix(', ')}."
+            )
         frame["label"] = labels.map(lookup).astype("int64")
         features = Features(text | {"label": ClassLabel(names=names)})
     return Dataset.from_pandas(frame.reset_index(drop=True), features=features, preserve_index=False)
@@ -251,22 +291,73 @@ def load_glue(task_name: str, glue_dir: str | os.PathLike | None = None) -> tupl
         missing = [c for c in files.columns if c not in frame.columns]
         if missing:
             raise ValueError(f"{path}: columns {missing} not found (has {list(frame.columns)}); is it the GLUE file?")
-        splits[split] = _to_dataset(frame.rename(columns=files.columns), task, str(path))
+        first_line = 1 if files.header else 2
+        splits[split] = _to_dataset(frame.rename(columns=files.columns), task, str(path), first_line=first_line)
     return DatasetDict(splits), task
 
 
-def _read_table(path: str | os.PathLike):
-    """A CSV/TSV (read as text) or JSON/JSONL file as a pandas DataFrame."""
+def _read_json_records(path: Path):
+    """A JSON array of objects, an object of columns, or JSON Lines (one object per line) as a DataFrame; a
+    syntax error names the file and its line."""
     import pandas as pd
 
-    suffix = Path(path).suffix.lower()
-    if not Path(path).is_file():
+    text = path.read_text(encoding="utf-8-sig")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as whole:
+        data = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                data.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                if lineno == 1 and path.suffix.lower() == ".json":
+                    err = whole  # not JSON Lines either: report the JSON error
+                raise ValueError(
+                    f"{path}, line {err.lineno if err is whole else lineno}: not valid JSON ({err.msg}). Use a JSON "
+                    "array of objects or JSON Lines (one object per line)."
+                ) from err
+    if isinstance(data, dict):
+        data = data if all(isinstance(v, list) for v in data.values()) else [data]
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise ValueError(f"{path}: expected JSON objects (one per example), e.g. {{\"text\": \"...\", \"label\": 1}}.")
+    return pd.DataFrame(data)
+
+
+def _read_table(path: str | os.PathLike):
+    """A CSV (read as text, quoting as usual), TSV (as the GLUE files: quoting disabled) or JSON/JSONL file as a
+    pandas DataFrame. A file that is not a well-formed table raises ValueError naming it (and the line)."""
+    import pandas as pd
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if not path.is_file():
         raise ValueError(f"Data file {path} does not exist.")
-    if suffix in (".csv", ".tsv"):
-        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", keep_default_na=False, dtype=str)
     if suffix in (".json", ".jsonl"):
-        return Dataset.from_json(str(path)).to_pandas()
-    raise ValueError(f"Data file {path}: use a .csv, .tsv, .json or .jsonl file.")
+        return _read_json_records(path)
+    if suffix not in (".csv", ".tsv"):
+        raise ValueError(f"Data file {path}: use a .csv, .tsv, .json or .jsonl file.")
+    try:
+        if suffix == ".tsv":
+            return _read_tsv(path, None)
+        return pd.read_csv(path, keep_default_na=False, dtype=str, encoding="utf-8-sig")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        how = (
+            "a .tsv file has one row per line and tab-separated fields; quotes are read as text"
+            if suffix == ".tsv"
+            else "a .csv file has comma-separated fields; a field holding commas, quotes or line breaks must be "
+            'in double quotes, with quotes inside it doubled ("")'
+        )
+        detail = " ".join(str(err).split())
+        raise ValueError(f"{path} is not a well-formed {suffix[1:].upper()} table ({detail}): {how}.") from err
+
+
+def _label_key(x: str):
+    """What makes two label values the same class for a reader: the number, or the text without case and
+    surrounding spaces."""
+    key = _natural(x)
+    return key[1] if key[0] == 0 else x.strip().casefold()
 
 
 def load_files(
@@ -281,18 +372,21 @@ def load_files(
     """A custom task from CSV/TSV/JSON(L) files with one or two named text columns and a label column.
 
     Args:
-        train_file, validation_file: The two splits (CSV/TSV are read as text, quoting as usual).
+        train_file, validation_file: The two splits (read as text; CSV with the usual quoting, TSV as the GLUE
+            files, quoting disabled).
         text_columns: One column (single-sentence task) or two (sentence pairs).
-        label_column: Class name or id per row, or a number for regression.
+        label_column: Class name per row (the id of a class is accepted only with ``label_names``), or a
+            number for regression. Empty labels, and labels that differ only in case or spaces, are refused.
         is_regression: Predict a float (metric: Pearson/Spearman) instead of a class (metric: accuracy, F1).
-        label_names: Class names in id order; default: the sorted distinct labels of the training file.
+        label_names: Class names in id order; default: the sorted distinct labels of the training file,
+            numbers in numeric order (labels 1..5 become ids 0..4; ``id2label`` shows the mapping).
     """
     text_columns = tuple(text_columns)
     if not 1 <= len(text_columns) <= 2:
         raise ValueError(f"--text_columns takes one or two column names, got {list(text_columns)}.")
     if label_column in text_columns:
         raise ValueError(f"--label_column {label_column!r} is also a text column.")
-    raw = {}
+    raw, first_lines = {}, {}
     for split, path in (("train", train_file), ("validation", validation_file)):
         frame = _read_table(path)
         missing = [c for c in (*text_columns, label_column) if c not in frame.columns]
@@ -301,26 +395,58 @@ def load_files(
                 f"{path} has no column(s) {missing}; its columns are {list(frame.columns)}. Set --text_columns "
                 "and --label_column to columns that exist."
             )
-        raw[split] = frame[[*text_columns, label_column]].rename(columns={label_column: "label"})
+        frame = frame[[*text_columns, label_column]].rename(columns={label_column: "label"})
+        first_lines[split] = {".json": None, ".jsonl": 1}.get(Path(path).suffix.lower(), 2)  # file line of row 1
+        _check_labels(frame, str(path), first_lines[split])
+        if not is_regression:
+            frame["label"] = frame["label"].astype(str)
+        raw[split] = frame
     if is_regression:
         names: tuple[str, ...] = ()
         metric = "regression"
     else:
-        found = {str(x) for x in raw["train"]["label"]}
+        found = set(raw["train"]["label"])
+        seen: dict = {}
+        for value in sorted(found | set(raw["validation"]["label"]), key=_natural):
+            seen.setdefault(_label_key(value), []).append(value)
+        clashes = [values for values in seen.values() if len(values) > 1]
+        if clashes:
+            same = Path(train_file) == Path(validation_file)
+            files = str(train_file) if same else f"{train_file}, {validation_file}"
+            counts = {v: int((raw["train"]["label"] == v).sum()) for values in clashes for v in values}
+            raise ValueError(
+                f"{files}: labels {' / '.join(map(repr, clashes[0]))} differ only in case, spaces or number "
+                f"format, so they would be different classes (training rows per label: {counts}; all labels "
+                f"found: {sorted(found, key=_natural)}). Write each class the same way in both files."
+            )
         names = tuple(label_names) if label_names else tuple(sorted(found, key=_natural))
         if len(names) < 2:
             raise ValueError(f"{train_file}: found {len(names)} class(es) in '{label_column}'; need at least 2.")
         metric = "classification"
+        logger.info(
+            f"Custom task: {len(names)} classes from '{label_column}', label value -> id: "
+            + ", ".join(f"{n!r} -> {i}" for i, n in enumerate(names))
+        )
     task = TaskSpec("custom", text_columns, names, metric, "combined_score" if is_regression else "accuracy")
-    return DatasetDict({s: _to_dataset(frame, task, f"{s} file") for s, frame in raw.items()}), task
+    # File values are class names; ids ("0", "1") are read as ids only when label_names were given and no name
+    # looks like one.
+    accept_ids = bool(label_names) and not {str(i) for i in range(len(names))} & set(names)
+    paths = {"train": train_file, "validation": validation_file}
+    return DatasetDict(
+        {
+            s: _to_dataset(frame, task, str(paths[s]), accept_ids=accept_ids, first_line=first_lines[s])
+            for s, frame in raw.items()
+        }
+    ), task
 
 
 def _natural(x: str):
     """Sort key: numbers numerically ('2' < '10'), then strings."""
     try:
-        return (0, float(x), "")
+        value = float(x)
     except ValueError:
         return (1, 0.0, x)
+    return (0, value, x) if math.isfinite(value) else (1, 0.0, x)
 
 
 def load_rotten_tomatoes(eval_size: int = 1000, seed: int = 0) -> tuple[DatasetDict, TaskSpec]:

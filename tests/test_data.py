@@ -165,3 +165,90 @@ def test_regression_subsets():
     assert len(select_train_indices(scores, fraction=0.1, is_regression=True, seed=0)) == 10
     with pytest.raises(ValueError, match="regression task has no classes"):
         select_train_indices(scores, fraction=0.1, stratify=True, is_regression=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad or unusual label values and malformed files (custom tasks)
+
+
+def _custom(tmp_path, content: str, name: str = "d.csv", **kwargs):
+    path = tmp_path / name
+    path.write_text(content)
+    return load_task(None, train_file=path, validation_file=path, text_columns=["text"], **kwargs)
+
+
+def test_numeric_labels_are_names_in_numeric_order(tmp_path, caplog):
+    with caplog.at_level("INFO", logger="tb_hf.data"):
+        raw, task = _custom(tmp_path, "text,label\na,1\nb,2\nc,3\nd,4\ne,5\n")
+    assert task.label_names == ("1", "2", "3", "4", "5")  # labels 1..5 -> ids 0..4, none merged
+    assert raw["train"]["label"] == [0, 1, 2, 3, 4]
+    assert raw["train"].features["label"].names == ["1", "2", "3", "4", "5"]
+    assert "'1' -> 0, '2' -> 1, '3' -> 2, '4' -> 3, '5' -> 4" in caplog.text
+    raw, task = _custom(tmp_path, "text,label\na,10\nb,2\nc,3\nd,2\n")
+    assert task.label_names == ("2", "3", "10") and raw["train"]["label"] == [2, 0, 1, 0]  # 2 < 10
+    # A value that is an id but not a name is not silently read as an id.
+    (tmp_path / "dev.csv").write_text("text,label\na,0\n")
+    with pytest.raises(ValueError, match=r"dev.csv: label values \['0'\] are not among the classes.*row 1 \(line 2\)"):
+        load_task(None, train_file=tmp_path / "d.csv", validation_file=tmp_path / "dev.csv", text_columns=["text"])
+    # With explicit class names, ids are accepted (and names still win).
+    (tmp_path / "d.csv").write_text("text,label\na,y\nb,x\n")
+    raw, task = load_files(tmp_path / "d.csv", tmp_path / "dev.csv", text_columns=["text"], label_names=["x", "y"])
+    assert raw["train"]["label"] == [1, 0] and raw["validation"]["label"] == [0]
+
+
+def test_glue_files_keep_the_official_label_ids(tmp_path):
+    (tmp_path / "SST-2").mkdir()
+    (tmp_path / "RTE").mkdir()
+    for split in ("train", "dev"):
+        (tmp_path / "SST-2" / f"{split}.tsv").write_text('sentence\tlabel\n"great\t1\nawful\t0\nfine\t1\n')
+        (tmp_path / "RTE" / f"{split}.tsv").write_text(
+            "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tnot_entailment\n1\tc\td\tentailment\n"
+        )
+    sst2, task = load_glue("sst2", tmp_path)
+    assert task.label_names == ("negative", "positive") and sst2["train"]["label"] == [1, 0, 1]
+    assert sst2["train"]["sentence"][0] == '"great'  # quoting disabled, as in the release files
+    rte, task = load_glue("rte", tmp_path)
+    assert task.label_names == ("entailment", "not_entailment") and rte["validation"]["label"] == [1, 0]
+
+
+@pytest.mark.parametrize(
+    "content, name, message",
+    [
+        ("text,label\na,pos\nb,\nc,neg\n", "d.csv", r"d.csv: empty label in row 2 \(line 3\).*fill it in or delete"),
+        ("text,label\na,pos\nb,  \nc,neg\n", "d.csv", r"empty label in row 2 \(line 3\)"),
+        ("text,label\na,pos\nb\nc,neg\n", "d.csv", r"empty label in row 2 \(line 3\)"),  # a short row
+        ('{"text": "a", "label": 1}\n{"text": "b", "label": null}\n', "d.jsonl", r"empty label in row 2 \(line 2\)"),
+        (
+            "text,label\na,pos\nb,Pos\nc,neg\n",
+            "d.csv",
+            r"labels 'Pos' / 'pos' differ only in case.*all labels found: \['Pos', 'neg', 'pos'\]",
+        ),
+        ("text,label\na,pos\nb,pos \nc,neg\n", "d.csv", r"labels 'pos' / 'pos ' differ only in case, spaces"),
+        ("text,label\na,1\nb,1.0\nc,2\n", "d.csv", r"labels '1' / '1.0' differ only in .*number format"),
+    ],
+)
+def test_empty_and_ambiguous_labels_are_refused(tmp_path, content, name, message):
+    with pytest.raises(ValueError, match=message):
+        _custom(tmp_path, content, name)
+
+
+def test_custom_tsv_reads_quotes_as_text(tmp_path):
+    raw, task = _custom(tmp_path, 'text\tlabel\n"quoted" start\tpos\n"open quote\tneg\n', "d.tsv")
+    assert raw["train"]["text"] == ['"quoted" start', '"open quote'] and task.label_names == ("neg", "pos")
+
+
+@pytest.mark.parametrize(
+    "content, name, message",
+    [
+        ("text\tlabel\na\tpos\nb\tneg\textra\n", "d.tsv", r"d.tsv is not a well-formed TSV table.*line 3"),
+        ('text,label\na,pos\n"b,neg\n', "d.csv", r"d.csv is not a well-formed CSV table.*double quotes"),
+        ("text,label\na,pos\nb,neg,x\n", "d.csv", r"d.csv is not a well-formed CSV table.*line 3"),
+        ("", "d.csv", r"d.csv is not a well-formed CSV table"),
+        ('{"text": "a", "label": 1}\n{"text": "b", "label": \n', "d.jsonl", r"d.jsonl, line 2: not valid JSON"),
+        ('[{"text": "a", "label": 1},\n {"text": "b", "label": }]', "d.json", r"d.json, line 2: not valid JSON"),
+        ("text,label\na,1.5\nb,x\n", "d.csv", r"d.csv, row 2 \(line 3\): label 'x' is not a number"),
+    ],
+)
+def test_malformed_files_name_the_file_and_line(tmp_path, content, name, message):
+    with pytest.raises(ValueError, match=message):
+        _custom(tmp_path, content, name, is_regression=name == "d.csv" and "1.5" in content)
