@@ -5,7 +5,7 @@ from .callback import TempBalanceCallback, create_tempbalance_optimizer
 from .config import TempBalanceArguments, TempBalanceConfig
 from .layers import Partition, Unit, build_param_groups, find_blocks, partition_model, unit_matrices
 from .spectral import LayerSpectrum, PowerLawFit, analyze, esd, farms_esd, fit_power_law
-from .trainer import TempBalanceTrainer
+from .trainer import TempBalanceMixin, TempBalanceTrainer
 
 __version__ = "0.1.0"
 
@@ -16,6 +16,7 @@ __all__ = [
     "TempBalanceArguments",
     "TempBalanceCallback",
     "TempBalanceConfig",
+    "TempBalanceMixin",
     "TempBalanceTrainer",
     "Unit",
     "analyze",

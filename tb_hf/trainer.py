@@ -1,4 +1,4 @@
-"""TempBalanceTrainer: `transformers.Trainer` with TempBalance, changing only what it must."""
+"""TempBalanceMixin and TempBalanceTrainer: TempBalance for any `transformers.Trainer`, changing only what it must."""
 
 from __future__ import annotations
 
@@ -9,30 +9,37 @@ from .config import TempBalanceArguments
 from .distributed import deepspeed_config_sections
 from .layers import find_blocks
 
-__all__ = ["TempBalanceTrainer"]
+__all__ = ["TempBalanceMixin", "TempBalanceTrainer"]
 
 
-class TempBalanceTrainer(Trainer):
-    """A drop-in `transformers.Trainer` that balances learning rates across transformer blocks.
+class TempBalanceMixin:
+    """TempBalance for any `transformers.Trainer` subclass: put it first in the bases.
 
-    It builds the optimizer over per-unit param groups (`create_optimizer`), registers a
+    ``class SFTTempBalanceTrainer(TempBalanceMixin, trl.SFTTrainer)`` (or ``Seq2SeqTrainer``, or your own
+    Trainer) builds the optimizer over per-unit param groups (`create_optimizer`), registers a
     `TempBalanceCallback` that recomputes α before the first step and every ``tb_update_steps`` optimizer
-    steps, and merges the callback's metrics into the Trainer's logs (`log`) so TensorBoard/W&B get them.
-    Everything else is the Trainer: the schedule (warmup and decay are kept: lr = base × factor ×
-    schedule(t)), gradient accumulation, mixed precision, ``resume_from_checkpoint``, peft models, any
-    ``optim`` whose optimizer takes param groups.
+    steps, and merges the callback's metrics into the Trainer's logs (`log`). The blocks are looked up on
+    ``self.model`` after the wrapped Trainer's ``__init__``, so a model that the Trainer itself wraps (trl's
+    ``SFTTrainer`` with ``peft_config``) is checked as it will be trained.
 
     Args:
-        *args, **kwargs: As for `transformers.Trainer`. ``args`` may be a `tb_hf.TempBalanceConfig` (its
-            ``tb_*`` fields are the options) or plain `TrainingArguments` (default options).
-        tb_args: TempBalance options, overriding those of ``args``.
+        *args, **kwargs: As for the Trainer class it is mixed into. ``args`` may be a
+            `tb_hf.TempBalanceConfig` (its ``tb_*`` fields are the options) or the Trainer's own arguments
+            (``SFTConfig``, ``Seq2SeqTrainingArguments``, ...: default options unless ``tb_args`` is given).
+        tb_args: TempBalance options (keyword only), overriding those of ``args``.
 
     Example:
         ```python
-        from tb_hf import TempBalanceConfig, TempBalanceTrainer
+        from trl import SFTConfig, SFTTrainer
+        from tb_hf import TempBalanceArguments, TempBalanceMixin
 
-        args = TempBalanceConfig(output_dir="out", learning_rate=2e-5, warmup_steps=0.06, tb_xmin_pos=1.5)
-        trainer = TempBalanceTrainer(model=model, args=args, train_dataset=train, eval_dataset=dev)
+        class TempBalanceSFTTrainer(TempBalanceMixin, SFTTrainer):
+            pass
+
+        trainer = TempBalanceSFTTrainer(
+            model=model, args=SFTConfig(output_dir="out"), train_dataset=train, peft_config=lora_config,
+            tb_args=TempBalanceArguments(tb_update_steps="auto"),
+        )
         trainer.train()
         ```
     """
@@ -61,3 +68,29 @@ class TempBalanceTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         logs.update(self.tempbalance.pop_pending_logs())
         super().log(logs, start_time)
+
+
+class TempBalanceTrainer(TempBalanceMixin, Trainer):
+    """A drop-in `transformers.Trainer` that balances learning rates across transformer blocks.
+
+    It builds the optimizer over per-unit param groups (`create_optimizer`), registers a
+    `TempBalanceCallback` that recomputes α before the first step and every ``tb_update_steps`` optimizer
+    steps, and merges the callback's metrics into the Trainer's logs (`log`) so TensorBoard/W&B get them.
+    Everything else is the Trainer: the schedule (warmup and decay are kept: lr = base × factor ×
+    schedule(t)), gradient accumulation, mixed precision, ``resume_from_checkpoint``, peft models, any
+    ``optim`` whose optimizer takes param groups.
+
+    Args:
+        *args, **kwargs: As for `transformers.Trainer`. ``args`` may be a `tb_hf.TempBalanceConfig` (its
+            ``tb_*`` fields are the options) or plain `TrainingArguments` (default options).
+        tb_args: TempBalance options, overriding those of ``args``.
+
+    Example:
+        ```python
+        from tb_hf import TempBalanceConfig, TempBalanceTrainer
+
+        args = TempBalanceConfig(output_dir="out", learning_rate=2e-5, warmup_steps=0.06, tb_xmin_pos=1.5)
+        trainer = TempBalanceTrainer(model=model, args=args, train_dataset=train, eval_dataset=dev)
+        trainer.train()
+        ```
+    """
