@@ -212,6 +212,7 @@ def training_run(tmp_path_factory):
     return Path(args.output_dir)
 
 
+@pytest.mark.slow  # a training run and four figures: ~6 s
 def test_plot_history_from_a_training_run(training_run, tmp_path, capsys):
     cli.main(["plot-history", str(training_run)])
     assert "3 updates (steps 0..4)" in capsys.readouterr().out

@@ -169,6 +169,7 @@ def torchrun(mode: str, out: Path, timeout: float = 300) -> list[dict]:
     return [json.loads((out / f"{mode}_rank{r}.json").read_text()) for r in range(2)]
 
 
+@pytest.mark.slow  # two torchrun processes: ~12 s
 def test_two_process_training_shares_the_pass_and_agrees(tmp_path):
     r0, r1 = torchrun("train", tmp_path)
     assert (r0["rank"], r1["rank"], r0["world_size"], r0["backend"]) == (0, 1, 2, "gloo")
@@ -211,6 +212,7 @@ def test_two_process_training_shares_the_pass_and_agrees(tmp_path):
     assert "failed on rank(s) [1]" in f0["raised"] and "injected failure" in f1["raised"]
 
 
+@pytest.mark.slow  # two torchrun processes: ~11 s
 def test_fsdp2_gathers_full_matrices_and_matches_single_process(tmp_path):
     r0, r1 = torchrun("fsdp2", tmp_path)
     for result in (r0, r1):

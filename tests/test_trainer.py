@@ -119,6 +119,7 @@ def test_auto_interval_is_a_tenth_of_an_epoch(tmp_path):
     assert [r["epoch"] for r in records] == [step / 32 for step in range(0, 32, 3)]
 
 
+@pytest.mark.slow  # two training runs and a checkpoint
 def test_resume_is_bit_identical(tmp_path):
     def run(out, resume=None, save=False):
         torch.manual_seed(0)
