@@ -25,10 +25,13 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from transformers.utils import logging
+
+if TYPE_CHECKING:  # datasets is imported where it is used: a recipe's --help and argument errors stay fast
+    from datasets import Dataset, DatasetDict
 
 __all__ = [
     "GLUE_TASKS",
@@ -208,15 +211,15 @@ def _check_labels(frame, where: str, first_line: int | None) -> None:
         )
 
 
-def _to_dataset(
-    frame, task: TaskSpec, where: str, *, accept_ids: bool = True, first_line: int | None = 2
-) -> Dataset:
+def _to_dataset(frame, task: TaskSpec, where: str, *, accept_ids: bool = True, first_line: int | None = 2) -> Dataset:
     """A DataFrame with the text columns and ``label`` -> a Dataset with class ids or float labels.
 
     A class label is looked up by name (``task.label_names``); with ``accept_ids`` also by its id written as a
     number (``"0"``, ``"1"``: GLUE release files), names taking precedence. Every value is checked; rows are
     reported as ``row N (line M)`` with ``first_line`` the file line of the first row.
     """
+    from datasets import ClassLabel, Dataset, Features, Value
+
     text = {c: Value("string") for c in task.text_columns}
     frame = frame[[*task.text_columns, "label"]].copy()
     _check_labels(frame, where, first_line)
@@ -263,6 +266,8 @@ def load_glue(task_name: str, glue_dir: str | os.PathLike | None = None) -> tupl
     Returns:
         The splits (columns: the task's text columns with their Hub names, and ``label``) and the task.
     """
+    from datasets import DatasetDict
+
     task = glue_task(task_name)
     text, _, _, files = _GLUE[task.name]
     if glue_dir is None:
@@ -311,7 +316,7 @@ def _read_json_records(path: Path):
                 continue
             try:
                 data.append(json.loads(line))
-            except json.JSONDecodeError as err:
+            except json.JSONDecodeError:
                 if lineno == 1 and path.suffix.lower() == ".json":
                     err = whole  # not JSON Lines either: report the JSON error
                 raise ValueError(
@@ -321,7 +326,7 @@ def _read_json_records(path: Path):
     if isinstance(data, dict):
         data = data if all(isinstance(v, list) for v in data.values()) else [data]
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-        raise ValueError(f"{path}: expected JSON objects (one per example), e.g. {{\"text\": \"...\", \"label\": 1}}.")
+        raise ValueError(f'{path}: expected JSON objects (one per example), e.g. {{"text": "...", "label": 1}}.')
     return pd.DataFrame(data)
 
 
@@ -427,6 +432,8 @@ def load_files(
             f"Custom task: {len(names)} classes from '{label_column}', label value -> id: "
             + ", ".join(f"{n!r} -> {i}" for i, n in enumerate(names))
         )
+    from datasets import DatasetDict
+
     task = TaskSpec("custom", text_columns, names, metric, "combined_score" if is_regression else "accuracy")
     # File values are class names; ids ("0", "1") are read as ids only when label_names were given and no name
     # looks like one.
@@ -470,6 +477,8 @@ def load_rotten_tomatoes(eval_size: int = 1000, seed: int = 0) -> tuple[DatasetD
     ds = _to_dataset(frame[frame["source"] == "rotten_tomatoes"], task, str(path))
     if not 0 < eval_size < len(ds):
         raise ValueError(f"eval_size must be in (0, {len(ds)}), got {eval_size}.")
+    from datasets import DatasetDict
+
     split = ds.train_test_split(test_size=eval_size, seed=seed, stratify_by_column="label")
     return DatasetDict(train=split["train"], validation=split["test"]), task
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+import re
+import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -194,6 +198,110 @@ def test_llama_lora_sets_pad_token(tmp_path, tokenizer):
     results = run_glue.main(margs, dargs, targs, model=model, tokenizer=tok)
     assert tok.pad_token == "[SEP]" and model.config.pad_token_id == tok.pad_token_id
     assert results["lora"] is True
+
+
+# --------------------------------------------------------------------------------------------------
+# The command line: user errors, imports, quiet output
+
+
+def _custom_csv(tmp_path) -> str:
+    path = tmp_path / "d.csv"
+    path.write_text("text,label\n" + "a good film,pos\na bad film,neg\n" * 6)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--train_fraction", "2"], r"--train_fraction must be in \(0, 1\], got 2.0"),
+        (["--train_fraction", "0.01"], "keeps none"),
+        (["--shots_per_class", "7"], "more than some classes have"),
+        (["--text_columns", "review"], r"no column\(s\) \['review'\]"),
+        (["--method", "sgd"], "invalid choice: 'sgd'"),
+        (["--llrd_decay", "0"], r"--llrd_decay must be in \(0, 1\]"),
+        (["--task_nme", "rte"], "unrecognized arguments: --task_nme rte"),
+        (["--task_name", "rte"], "Give either --task_name"),
+        ([], "--model_name_or_path .*no-such-model: no such folder"),  # the data is fine: the model is next
+    ],
+)
+def test_cli_user_errors_print_one_line_and_exit_2(tmp_path, capsys, flags, message):
+    data = _custom_csv(tmp_path)
+    argv = ["--train_file", data, "--validation_file", data, "--text_columns", "text"]
+    argv += ["--model_name_or_path", str(tmp_path / "no-such-model"), "--output_dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit_:
+        run_glue.cli(argv + flags)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert re.search(f": error: .*{message}", err) and "Traceback" not in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()  # nothing written, no model loaded
+
+
+def test_cli_bad_config_file(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run_glue.cli([str(tmp_path / "missing.yaml")])
+    assert exit_.value.code == 2 and "cannot read the config file" in capsys.readouterr().err
+
+
+def test_help_and_argument_errors_answer_before_the_training_stack_loads(tmp_path):
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import json, runpy, sys\n"
+        "out = {}\n"
+        "for argv in (['--help'], ['--train_fraction', '2', '--task_name', 'sst9']):\n"
+        "    sys.argv = ['run_glue.py', *argv]\n"
+        "    try:\n"
+        f"        runpy.run_path({str(ROOT / 'recipes' / 'glue' / 'run_glue.py')!r}, run_name='__main__')\n"
+        "    except SystemExit as e:\n"
+        "        out[argv[0]] = e.code\n"
+        "heavy = ['tb_hf.baselines', 'tb_hf.metrics', 'evaluate']\n"
+        "print(json.dumps({'codes': out, 'loaded': [m for m in heavy if m in sys.modules]}))\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    probe = json.loads(proc.stdout.splitlines()[-1])
+    assert probe["codes"] == {"--help": 0, "--train_fraction": 2}, proc.stderr
+    assert "error: Unknown task 'sst9'" in proc.stderr and "Traceback" not in proc.stderr
+    assert probe["loaded"] == []  # (tb_hf/__init__ still imports its Trainer, which imports datasets)
+
+
+def test_pin_memory_off_without_cuda_unless_asked():
+    _, _, targs = run_glue.parse_args(["--output_dir", "x"])
+    assert targs.dataloader_pin_memory is torch.cuda.is_available()
+    _, _, targs = run_glue.parse_args(["--output_dir", "x", "--dataloader_pin_memory", "true"])
+    assert targs.dataloader_pin_memory is True
+
+
+def test_peft_wrapping_does_not_warn_about_transformers_internals():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_glue._peft_model(tiny_bert(2, 40), run_glue.ModelArguments(lora_r=4))
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
+
+
+def test_model_load_report_has_no_escape_codes_and_epochs_are_ints(tmp_path, tokenizer, caplog):
+    """A real from_pretrained of an encoder without a classifier head: transformers reports the new head."""
+    folder = tmp_path / "encoder"
+    tiny_bert(2, len(tokenizer)).bert.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    margs, dargs, targs = recipe_args(
+        tmp_path,
+        model_name_or_path=str(folder),
+        train_file=_custom_csv(tmp_path),
+        validation_file=_custom_csv(tmp_path),
+        text_columns=["text"],
+        max_train_samples=None,
+        method="ft",
+    )
+    transformers_logger = logging.getLogger("transformers")
+    transformers_logger.addHandler(caplog.handler)  # transformers' loggers do not propagate to the root
+    try:
+        tf.logging.set_verbosity_warning()
+        results = run_glue.main(margs, dargs, targs)
+    finally:
+        transformers_logger.removeHandler(caplog.handler)
+    report = [r.getMessage() for r in caplog.records if "LOAD REPORT" in r.getMessage()]
+    assert report and "\x1b[" not in report[0] and "classifier" in report[0]
+    assert results["best_epoch"] in (1, 2) and isinstance(results["best_epoch"], int)
+    assert isinstance(results["final_epoch"], int)
 
 
 def test_configs_start_with_their_command_and_parse():

