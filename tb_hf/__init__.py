@@ -1,18 +1,51 @@
-"""tb_hf: TempBalance for the Hugging Face fine-tuning stack."""
+"""tb_hf: TempBalance for the Hugging Face fine-tuning stack.
 
-from .balancing import apply_factors, compute_factors, unit_metrics
-from .callback import TempBalanceCallback, create_tempbalance_optimizer
-from .config import TempBalanceArguments, TempBalanceConfig
-from .layers import Partition, Unit, build_param_groups, find_blocks, partition_model, unit_matrices
-from .spectral import LayerSpectrum, PowerLawFit, analyze, esd, farms_esd, fit_power_law
-from .trainer import TempBalanceMixin, TempBalanceTrainer
+Names are imported on first use (PEP 562), so ``import tb_hf`` and ``tb-hf --help`` do not pay for torch and
+transformers' training stack until something needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
+_EXPORTS = {
+    "apply_factors": "balancing",
+    "compute_factors": "balancing",
+    "unit_metrics": "balancing",
+    "TempBalanceCallback": "callback",
+    "TempBalanceConfig": "config",
+    "PassResult": "engine",
+    "SpectralEngine": "engine",
+    "Partition": "layers",
+    "Unit": "layers",
+    "find_blocks": "layers",
+    "partition_model": "layers",
+    "unit_matrices": "layers",
+    "build_param_groups": "optim",
+    "create_tempbalance_optimizer": "optim",
+    "tempbalance_param_groups": "optim",
+    "TempBalanceArguments": "options",
+    "LayerSpectrum": "spectral",
+    "MatrixKey": "spectral",
+    "PowerLawFit": "spectral",
+    "analyze": "spectral",
+    "esd": "spectral",
+    "farms_esd": "spectral",
+    "fit_power_law": "spectral",
+    "TempBalanceMixin": "trainer",
+    "TempBalanceTrainer": "trainer",
+}
+
 __all__ = [
     "LayerSpectrum",
+    "MatrixKey",
     "Partition",
+    "PassResult",
     "PowerLawFit",
+    "SpectralEngine",
     "TempBalanceArguments",
     "TempBalanceCallback",
     "TempBalanceConfig",
@@ -29,6 +62,31 @@ __all__ = [
     "find_blocks",
     "fit_power_law",
     "partition_model",
+    "tempbalance_param_groups",
     "unit_matrices",
     "unit_metrics",
 ]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:
+    from .balancing import apply_factors, compute_factors, unit_metrics
+    from .callback import TempBalanceCallback
+    from .config import TempBalanceConfig
+    from .engine import PassResult, SpectralEngine
+    from .layers import Partition, Unit, find_blocks, partition_model, unit_matrices
+    from .optim import build_param_groups, create_tempbalance_optimizer, tempbalance_param_groups
+    from .options import TempBalanceArguments
+    from .spectral import LayerSpectrum, MatrixKey, PowerLawFit, analyze, esd, farms_esd, fit_power_law
+    from .trainer import TempBalanceMixin, TempBalanceTrainer

@@ -16,7 +16,6 @@ The first two are pure functions of plain mappings; only `apply_factors` touches
 from __future__ import annotations
 
 import math
-import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
@@ -25,20 +24,12 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from transformers.utils import logging
 
-from .spectral import LayerSpectrum
+from .options import MAPPINGS, METRICS, check_factor_options
+from .spectral import LayerSpectrum, MatrixKey
 
 logger = logging.get_logger(__name__)
 
 __all__ = ["MAPPINGS", "METRICS", "apply_factors", "compute_factors", "unit_metrics"]
-
-#: Maps from a unit's metric to its learning-rate factor.
-MAPPINGS = ("linear", "sigmoid")
-
-#: `LayerSpectrum` fields that can drive the mapping (α is the paper's choice; the others are ablations).
-METRICS = ("alpha", "alpha_hat", "spectral_norm", "stable_rank")
-
-# "name[3]" -> ("name", "3"): the names `analyze` gives to the matrices of a 3-D batch.
-_BATCH_ITEM = re.compile(r"(?P<base>.*)\[(?P<index>\d+)\]")
 
 
 class _UnitLike(Protocol):
@@ -55,14 +46,11 @@ class _UnitLike(Protocol):
 # Metric per unit
 
 
-def _spectra_by_matrix(spectra: Mapping[str, LayerSpectrum]) -> dict[str, list[LayerSpectrum]]:
-    """Matrix name → its spectra: ``"x"`` itself and every ``"x[e]"`` of a 3-D batch ``x``."""
+def _spectra_by_matrix(spectra: Mapping) -> dict[str, list[LayerSpectrum]]:
+    """Parameter name → its spectra: the matrix itself, or every ``MatrixKey(x, e)`` of a 3-D weight ``x``."""
     index: dict[str, list[LayerSpectrum]] = defaultdict(list)
     for key, spectrum in spectra.items():
-        index[key].append(spectrum)
-        match = _BATCH_ITEM.fullmatch(key)
-        if match is not None:
-            index[match["base"]].append(spectrum)
+        index[key.param if isinstance(key, MatrixKey) else key].append(spectrum)
     return index
 
 
@@ -72,8 +60,9 @@ def unit_metrics(
     """The mean of a spectral metric over the fitted matrices of each unit.
 
     Args:
-        spectra: Matrix name → `LayerSpectrum`, as returned by `tb_hf.spectral.analyze`. A 3-D weight
-            ``"x"`` appears as ``"x[0]"``, ``"x[1]"``, ...; all of them count for a unit listing ``"x"``.
+        spectra: Matrix key → `LayerSpectrum`, as returned by `tb_hf.spectral.analyze` or the engine: a
+            parameter name or a `MatrixKey`. A 3-D weight ``"x"`` appears as ``MatrixKey("x", 0)``,
+            ``MatrixKey("x", 1)``, ...; all of them count for a unit listing ``"x"``.
         units: Objects with ``.name`` and ``.matrices`` (a tuple of matrix names), such as the units of
             `tb_hf.layers`.
         metric: One of `METRICS`.
@@ -109,16 +98,7 @@ def unit_metrics(
 
 
 def _check_factor_options(mapping: str, lr_min: float, lr_max: float, tau: float, s_low: float, s_high: float):
-    if mapping not in MAPPINGS:
-        raise ValueError(f"mapping must be one of {MAPPINGS}, got {mapping!r}")
-    if not lr_min > 0:
-        raise ValueError(f"lr_min must be > 0, got {lr_min}")
-    if not lr_min <= lr_max:
-        raise ValueError(f"lr_min must be <= lr_max, got lr_min={lr_min}, lr_max={lr_max}")
-    if not tau > 0:
-        raise ValueError(f"tau must be > 0, got {tau}")
-    if not (s_low >= 0 and s_high >= 0):
-        raise ValueError(f"s_low and s_high must be >= 0, got s_low={s_low}, s_high={s_high}")
+    check_factor_options(mapping, lr_min=lr_min, lr_max=lr_max, tau=tau, s_low=s_low, s_high=s_high)
 
 
 def _sigmoid(x: float) -> float:

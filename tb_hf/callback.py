@@ -2,20 +2,22 @@
 
 The callback wires the library's one-way data flow into the Trainer's events::
 
-    model -> unit_matrices() -> analyze() -> unit_metrics() -> compute_factors() -> apply_factors()
+    model -> SpectralEngine (tb_hf.engine: the pass, shared between ranks) -> unit metrics
+          -> compute_factors() -> apply_factors()
 
-(the first two as `tb_hf.distributed.spectral_pass`, which shares them between the ranks of a distributed job).
-
-* ``on_train_begin``: check that the optimizer has TempBalance groups, resolve the update interval, and
-  (on a fresh start) run the first spectral pass before the first optimizer step. On
-  ``resume_from_checkpoint`` the factors come back with the optimizer and scheduler state, so nothing is
-  recomputed and the run continues bit for bit.
-* ``on_optimizer_step`` (after ``optimizer.step()``, before ``scheduler.step()``): every ``interval``
-  optimizer steps, recompute. Between updates the factors are held.
+* ``on_train_begin``: check that the optimizer has TempBalance groups and (on a fresh start) run the first
+  pass before the first optimizer step. On ``resume_from_checkpoint`` the factors, the chosen interval and any
+  pass in flight come back with the optimizer state, so nothing is recomputed and the run continues bit for bit.
+* When to recompute (``tb_update_steps``): an integer N — every N optimizer steps, exactly; ``"once"`` — never
+  again; ``"auto"`` — Model Balancing's interval (about ten passes per epoch), but never more often than the
+  budget ``tb_max_overhead`` allows: after `DECIDE_STEP` steps the callback knows the cost of a pass and of a
+  step, and fixes ``interval = max(rule, ceil(pass / (budget × step)))`` for the rest of the run.
+* ``tb_async``: a pass after the first snapshots the matrices at step s (training thread), computes them in a
+  background thread, and applies the factors at step s + lag, waiting there only if the result is late.
+  A checkpoint saved while a pass is in flight waits for it and stores its result, so resuming is exact.
 
 Results go to the Trainer's logs (``tb/alpha/<unit>``, ``tb/lr_scale/<unit>``, ``tb/skipped_units``,
-``tb/spectral_seconds``: TensorBoard, W&B and ``trainer_state.json`` get them) and, on the main process,
-to ``<output_dir>/tempbalance/history.jsonl``, one JSON line per update.
+``tb/spectral_seconds``) and, on the main process, to ``<output_dir>/tempbalance/history.jsonl``.
 """
 
 from __future__ import annotations
@@ -25,21 +27,28 @@ import math
 import os
 import time
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import TrainerCallback
 from transformers.utils import logging
 
-from .balancing import apply_factors, compute_factors, unit_metrics
-from .config import TempBalanceArguments
-from .distributed import check_supported, deepspeed_config_sections, spectral_pass
-from .layers import Partition, build_param_groups, full_shape, partition_model
+from .balancing import apply_factors, compute_factors
+from .config import TempBalanceArguments, tb_arguments
+from .distributed import check_supported, deepspeed_config_sections
+from .engine import PassResult, SpectralEngine
+from .layers import Partition, full_shape, partition_model
+from .optim import create_tempbalance_optimizer, optimizer_from_args, tempbalance_param_groups
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["TempBalanceCallback", "create_tempbalance_optimizer", "tempbalance_param_groups"]
+__all__ = ["TempBalanceCallback", "create_tempbalance_optimizer", "optimizer_from_args", "tempbalance_param_groups"]
 
 HISTORY_FILE = os.path.join("tempbalance", "history.jsonl")
+
+#: With tb_update_steps="auto", the interval is fixed after this many optimizer steps (steps 2..DECIDE_STEP
+#: are timed; the first step carries one-time costs).
+DECIDE_STEP = 3
 
 DEEPSPEED_OPTIMIZER_MESSAGE = (
     "TempBalance cannot run with a DeepSpeed config that defines its own 'optimizer' (or 'scheduler'): DeepSpeed "
@@ -51,65 +60,6 @@ DEEPSPEED_OPTIMIZER_MESSAGE = (
 )
 
 
-def _tb_arguments(args: TrainingArguments | None, tb_args: TempBalanceArguments | None) -> TempBalanceArguments:
-    """Explicit TempBalance options, else those of a `TempBalanceConfig`, else the defaults."""
-    if tb_args is not None:
-        return tb_args
-    if isinstance(args, TempBalanceArguments):
-        return args.tempbalance_arguments()
-    return TempBalanceArguments()
-
-
-def tempbalance_param_groups(
-    model: torch.nn.Module,
-    args: TrainingArguments,
-    tb_args: TempBalanceArguments | None = None,
-    *,
-    decay_parameter_names: list[str] | None = None,
-) -> list[dict]:
-    """Optimizer param groups for TempBalance: per unit a decay and a no-decay group, unscaled group first."""
-    tb = _tb_arguments(args, tb_args)
-    check_supported(model)  # FSDP1's flat shards hide the blocks: say so instead of "no blocks found"
-    if decay_parameter_names is None:
-        # The Trainer's own no-decay rule (biases, LayerNorm/RMSNorm, *norm* names); it does not use `self`.
-        decay_parameter_names = Trainer.get_decay_parameter_names(None, model)
-    return build_param_groups(
-        model,
-        partition_model(model, tb.tb_unit),
-        learning_rate=args.learning_rate,
-        weight_decay=args.weight_decay,
-        decay_parameter_names=decay_parameter_names,
-    )
-
-
-def optimizer_from_groups(
-    groups: list[dict], args: TrainingArguments, model: torch.nn.Module, optimizer_cls_and_kwargs=None
-):
-    """Instantiate the optimizer that ``args.optim`` names over TempBalance's param groups."""
-    from transformers.trainer_optimizer import is_optimizer_factory
-
-    cls, kwargs = optimizer_cls_and_kwargs or Trainer.get_optimizer_cls_and_kwargs(args, model)
-    if is_optimizer_factory(cls) or "params" in kwargs or "model" in kwargs:
-        raise ValueError(
-            f"optim={args.optim!r} builds its own parameter groups, so TempBalance cannot give each block its own "
-            "learning rate with it. Choose an optimizer that takes param groups (e.g. adamw_torch_fused, adamw_torch, "
-            "sgd, adafactor)."
-        )
-    return cls(groups, **kwargs)
-
-
-def create_tempbalance_optimizer(
-    model: torch.nn.Module, args: TrainingArguments, tb_args: TempBalanceArguments | None = None
-) -> torch.optim.Optimizer:
-    """The optimizer ``args.optim`` names, over TempBalance's per-unit param groups.
-
-    For a plain `transformers.Trainer` with `TempBalanceCallback`; pass it as ``optimizers=(optimizer, None)``
-    so the Trainer still builds its usual scheduler around it (not allowed with FSDP or ``model_init``: use
-    `tb_hf.TempBalanceTrainer` there).
-    """
-    return optimizer_from_groups(tempbalance_param_groups(model, args, tb_args), args, model)
-
-
 def _finite_or_none(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
@@ -118,7 +68,8 @@ class TempBalanceCallback(TrainerCallback):
     """Layer-wise learning-rate balancing from weight spectra, for any `transformers.Trainer`.
 
     The optimizer must hold TempBalance's param groups: `tb_hf.TempBalanceTrainer` builds them itself; with a
-    plain Trainer pass ``optimizers=(create_tempbalance_optimizer(model, args), None)``.
+    plain Trainer pass ``optimizers=(create_tempbalance_optimizer(model, torch.optim.AdamW, lr=...), None)``
+    (or ``create_tempbalance_optimizer(model, args)`` for the optimizer ``args.optim`` names).
 
     Args:
         tb_args: TempBalance options. If None, the ``tb_*`` fields of the Trainer's args are used when they
@@ -128,11 +79,12 @@ class TempBalanceCallback(TrainerCallback):
 
     Example:
         ```python
+        import torch
         from transformers import Trainer, TrainingArguments
         from tb_hf import TempBalanceCallback, create_tempbalance_optimizer
 
         args = TrainingArguments(output_dir="out", learning_rate=2e-5, warmup_steps=0.06)
-        optimizer = create_tempbalance_optimizer(model, args)
+        optimizer = create_tempbalance_optimizer(model, torch.optim.AdamW, lr=2e-5, weight_decay=0.01)
         trainer = Trainer(model=model, args=args, train_dataset=train, optimizers=(optimizer, None),
                           callbacks=[TempBalanceCallback(mapping="linear", update_steps="auto")])
         trainer.train()
@@ -140,55 +92,109 @@ class TempBalanceCallback(TrainerCallback):
     """
 
     def __init__(self, tb_args: TempBalanceArguments | None = None, **options):
-        unknown = [k for k in options if f"tb_{k}" not in TempBalanceArguments.__dataclass_fields__]
+        fields = TempBalanceArguments.__dataclass_fields__
+        unknown = [k for k in options if f"tb_{k}" not in fields]
         if unknown:
-            valid = [name.removeprefix("tb_") for name in TempBalanceArguments.__dataclass_fields__]
+            valid = [name.removeprefix("tb_") for name in fields]
             raise TypeError(f"unknown TempBalance options {unknown}; valid: {valid}")
+        if tb_args is not None:
+            tb_args = tb_arguments(tb_args=tb_args)  # only the tb_* fields, also of a whole TempBalanceConfig
         if options:  # validated now, not at the first training step
-            base = vars(tb_args) if tb_args is not None else {}
+            base = {name: getattr(tb_args, name) for name in fields} if tb_args is not None else {}
             tb_args = TempBalanceArguments(**{**base, **{f"tb_{k}": v for k, v in options.items()}})
         self.user_tb_args = tb_args
         # Internal state, set in on_train_begin.
         self.tb: TempBalanceArguments | None = None
         self.partition: Partition | None = None
-        self.interval: int | None = None
+        self.engine: SpectralEngine | None = None
         self.steps_per_epoch: int | None = None
+        self.rule_interval: int | None = None  # before the budget: tb_update_steps, or Model Balancing's rule
+        self.interval: int | None = None  # in force: None = no more passes (or "auto" not yet decided)
+        self.lag: int = 0
+        self.decided = False
+        self.pass_seconds = math.nan  # cost of the step-0 pass
+        self.step_seconds = math.nan  # measured cost of a training step (for tb_update_steps="auto")
+        self.step_times: dict[int, float] = {}
         self.unit_weights: dict[str, float] = {}
         self.factors: dict[str, float] = {}
         self._pending_logs: dict[str, float] = {}
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: dict | None = None  # async pass in flight: snapshot/apply steps, future or result
 
     # ------------------------------------------------------------------------------------------------
     # Events
 
     @torch.no_grad()
     def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
-        self.tb = _tb_arguments(args, self.user_tb_args)
+        self.tb = tb_arguments(args, self.user_tb_args)
         check_supported(model)
         self.partition = partition_model(model, self.tb.tb_unit)
         self._check_optimizer(optimizer, args)
+        self._check_units(optimizer)
+        self.engine = SpectralEngine(model, self.partition, self.tb)
         params = dict(model.named_parameters())
         self.unit_weights = {
             u.name: float(sum(math.prod(full_shape(params[p])) for p in u.params)) for u in self.partition.units
         }  # full sizes, also under ZeRO-3
         self.steps_per_epoch = self._steps_per_epoch(args, state, kwargs.get("train_dataloader"))
-        self.interval = self.tb.update_interval(self.steps_per_epoch)
-        logger.info(
-            f"TempBalance: {len(self.partition.units)} {self.tb.tb_unit} units, alpha recomputed every "
-            f"{self.interval} optimizer steps ({self.tb.tb_xmin_method} xmin, {self.tb.tb_estimator} ESD, "
-            f"{self.tb.tb_mapping} map)."
-        )
+        self.rule_interval = self.tb.update_interval(self.steps_per_epoch)
+        self.step_times = {}
+        self._pending = None
         if state.is_world_process_zero:
             self._trim_history(args.output_dir, state.global_step)
+        group0 = optimizer.param_groups[0]
         if state.global_step == 0:
             self.update(model, optimizer, lr_scheduler, args, state)
-        else:  # resumed: the factors were restored with the optimizer's param groups
+            self.decided = self.tb.tb_update_steps != "auto"
+            if self.decided:
+                self._fix_interval(optimizer, self.rule_interval, why=f"tb_update_steps={self.tb.tb_update_steps}")
+        else:  # resumed: factors, interval and any pass in flight come back with the optimizer's param groups
             self.factors = {g["tb_unit"]: g["tb_factor"] for g in optimizer.param_groups if g.get("tb_unit")}
+            self.decided = "tb_interval" in group0
+            self.interval, self.lag = group0.get("tb_interval"), group0.get("tb_lag", 0)
+            if group0.get("tb_pending") is not None:
+                self._pending = {**group0["tb_pending"], "factors": self._stored_pending_factors(optimizer)}
+        logger.info(
+            f"TempBalance: {len(self.partition.units)} {self.tb.tb_unit} units, {self.tb.tb_xmin_method} xmin, "
+            f"{self.tb.tb_estimator} ESD in {str(self.engine.options['dtype']).removeprefix('torch.')}, "
+            f"{self.tb.tb_mapping} map; {self._schedule_text()}."
+        )
 
     @torch.no_grad()
     def on_optimizer_step(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
         done = state.global_step + 1  # optimizer steps completed, this one included
-        if done % self.interval == 0 and done < state.max_steps:
+        if self._pending is not None and done == self._pending["apply_step"]:
+            self._apply_pending(optimizer, lr_scheduler, args, state)
+        if not self.decided:
+            self.step_times[done] = time.perf_counter()
+            if done >= min(DECIDE_STEP, max(1, state.max_steps - 1)):
+                self._decide(optimizer, state)
+        if self.interval is None or done % self.interval != 0 or done >= state.max_steps:
+            return
+        if self.tb.tb_async and self._pending is None and done + self.lag < state.max_steps:
+            self._start_async(model, done)
+        elif not self.tb.tb_async:
             self.update(model, optimizer, lr_scheduler, args, state, step=done)
+
+    def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+        # A checkpoint is written right after this event: store a pass in flight, finished, so that resuming
+        # applies exactly the factors this run will apply.
+        if control.should_save and self._pending is not None:
+            self._resolve_pending()
+            group0 = optimizer.param_groups[0]
+            pending = self._pending
+            group0["tb_pending"] = {
+                k: pending[k] for k in ("snapshot_step", "apply_step", "metrics", "seconds", "skipped")
+            }
+            for group in optimizer.param_groups:
+                if group.get("tb_unit") is not None:
+                    group["tb_pending_factor"] = pending["factors"][group["tb_unit"]]
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+        self._pending = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         # `TempBalanceTrainer.log` merges the pending values before the integrations see them. With a plain
@@ -200,45 +206,126 @@ class TempBalanceCallback(TrainerCallback):
                 state.log_history[-1].update(pending)
 
     # ------------------------------------------------------------------------------------------------
+    # When to recompute
+
+    def _decide(self, optimizer, state) -> None:
+        """Fix the 'auto' interval from the measured cost of the first pass and of a training step."""
+        timed = sorted(self.step_times)
+        if len(timed) >= 2:
+            step_seconds = (self.step_times[timed[-1]] - self.step_times[timed[0]]) / (timed[-1] - timed[0])
+        else:  # a run too short to time: nothing more to decide
+            step_seconds = math.inf
+        self.step_seconds = step_seconds
+        budget = self.tb.tb_max_overhead
+        needed = math.ceil(self.pass_seconds / (budget * step_seconds)) if step_seconds > 0 else 1
+        interval = max(self.rule_interval or 1, needed if math.isfinite(needed) else 1)
+        why = (
+            f"a pass costs {self.pass_seconds:.3g} s and a step {step_seconds:.3g} s: every {interval} steps keeps "
+            f"passes within tb_max_overhead={budget:g} (Model Balancing's rule alone: every {self.rule_interval})"
+        )
+        self._fix_interval(optimizer, interval, why=why, total_steps=state.max_steps)
+
+    def _fix_interval(self, optimizer, interval: int | None, *, why: str, total_steps: int | None = None) -> None:
+        self.interval, self.decided = interval, True
+        self.lag = max(1, interval // 2) if (interval and self.tb.tb_async) else 0
+        group0 = optimizer.param_groups[0]
+        group0["tb_interval"], group0["tb_lag"] = interval, self.lag  # saved with the optimizer: resume keeps them
+        if total_steps and interval and interval >= total_steps:
+            why += f"; the run has {total_steps} steps, so the step-0 factors hold throughout"
+        logger.info(f"TempBalance: {self._schedule_text()} ({why}).")
+
+    def _schedule_text(self) -> str:
+        if not self.decided:
+            return f"recompute interval fixed after step {DECIDE_STEP} from the measured costs (tb_max_overhead)"
+        if self.interval is None:
+            return "alpha computed once, before the first step"
+        lag = f", applied {self.lag} steps later (async)" if self.tb.tb_async else ""
+        return f"alpha recomputed every {self.interval} optimizer steps{lag}"
+
+    # ------------------------------------------------------------------------------------------------
+    # Asynchronous passes
+
+    def _start_async(self, model, step: int) -> None:
+        snapshot = self.engine.snapshot(model)  # training thread: gathering may be a collective
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tempbalance")
+        start = time.perf_counter()
+        future: Future = self._executor.submit(self.engine.compute, snapshot)
+        self._pending = {"snapshot_step": step, "apply_step": step + self.lag, "future": future, "start": start}
+
+    def _resolve_pending(self) -> None:
+        """Wait for the pass in flight and exchange its results (every rank joins, at the same step)."""
+        pending = self._pending
+        if "factors" in pending:
+            return
+        local, error = None, None
+        try:
+            local = pending.pop("future").result()
+        except Exception as err:  # noqa: BLE001 - joined below, then every unit keeps its factor
+            error = err
+        result = self._finish(lambda: self.engine.finish(local, error), pending["snapshot_step"])
+        pending.update(self._factors_of(result), seconds=time.perf_counter() - pending.pop("start"))
+
+    def _apply_pending(self, optimizer, lr_scheduler, args, state) -> None:
+        self._resolve_pending()
+        pending, self._pending = self._pending, None
+        apply_factors(optimizer, lr_scheduler, pending["factors"])
+        self.factors = pending["factors"]
+        for group in optimizer.param_groups:
+            group.pop("tb_pending_factor", None)
+        optimizer.param_groups[0].pop("tb_pending", None)
+        self._report(args, state, pending["apply_step"], pending, snapshot_step=pending["snapshot_step"])
+
+    @staticmethod
+    def _stored_pending_factors(optimizer) -> dict[str, float]:
+        return {g["tb_unit"]: g["tb_pending_factor"] for g in optimizer.param_groups if "tb_pending_factor" in g}
+
+    # ------------------------------------------------------------------------------------------------
     # The update
 
-    def update(self, model, optimizer, lr_scheduler, args, state, step: int = 0) -> dict[str, float]:
-        """One spectral pass and the new factors, applied to ``optimizer``/``lr_scheduler``. Never raises
-        because of a fit: units that could not be fitted keep factor 1 and a warning names them."""
-        start = time.perf_counter()
-        units = self.partition.units
+    def _finish(self, run, step: int) -> PassResult | None:
         try:
-            # Shared between the ranks of a distributed job (every rank gets every result); alone, a plain pass.
-            spectra = spectral_pass(
-                model, self.partition, lora_view=self.tb.tb_lora_view, **self.tb.spectral_options()
-            )
-            metrics = unit_metrics(spectra, units, metric=self.tb.tb_metric)
+            return run()
         except Exception as err:  # noqa: BLE001 - a failed pass must never stop training
             logger.warning(f"TempBalance: spectral pass failed at step {step} ({err!r}); every unit keeps factor 1.")
-            spectra, metrics = {}, {u.name: math.nan for u in units}
-        factors = compute_factors(metrics, weights=self.unit_weights, **self.tb.factor_options())
-        apply_factors(optimizer, lr_scheduler, factors)
-        self.factors = factors
-        seconds = time.perf_counter() - start
+            return None
 
+    def _factors_of(self, result: PassResult | None) -> dict:
+        units = self.partition.units
+        metrics = result.metrics if result is not None else {u.name: math.nan for u in units}
+        factors = compute_factors(metrics, weights=self.unit_weights, **self.tb.factor_options())
         skipped = [name for name, value in metrics.items() if not math.isfinite(value)]
-        if skipped:
-            why = {
-                unit.name: sorted({s.status for key, s in spectra.items() if key.split("[")[0] in unit.matrices})
-                for unit in units
-                if unit.name in skipped
-            }
-            logger.warning(f"TempBalance: step {step}: {len(skipped)} unit(s) not fitted keep factor 1: {why}")
+        if skipped and result is not None:
+            why = {u.name: result.statuses(u) for u in units if u.name in skipped}
+            logger.warning(f"TempBalance: {len(skipped)} unit(s) not fitted keep factor 1: {why}")
+        return {"metrics": metrics, "factors": factors, "skipped": skipped}
+
+    def update(self, model, optimizer, lr_scheduler, args, state, step: int = 0) -> dict[str, float]:
+        """One synchronous spectral pass and the new factors, applied to ``optimizer``/``lr_scheduler``. Never
+        raises because of a fit: units that could not be fitted keep factor 1 and a warning names them."""
+        start = time.perf_counter()
+        outcome = self._factors_of(self._finish(lambda: self.engine.run(model), step))
+        apply_factors(optimizer, lr_scheduler, outcome["factors"])
+        self.factors = outcome["factors"]
+        outcome["seconds"] = time.perf_counter() - start
+        if step == 0:
+            self.pass_seconds = outcome["seconds"]
+        self._report(args, state, step, outcome)
+        return self.factors
+
+    def _report(self, args, state, step: int, outcome: Mapping, snapshot_step: int | None = None) -> None:
+        metrics, factors, skipped = outcome["metrics"], outcome["factors"], outcome["skipped"]
         self._pending_logs = {
-            "tb/spectral_seconds": seconds,
+            "tb/spectral_seconds": outcome["seconds"],
             "tb/skipped_units": float(len(skipped)),
             **{f"tb/alpha/{name}": value for name, value in metrics.items()},
             **{f"tb/lr_scale/{name}": value for name, value in factors.items()},
         }
         if state.is_world_process_zero:
             epoch = step / self.steps_per_epoch if self.steps_per_epoch else (state.epoch or 0.0)
-            self._append_history(args.output_dir, step, epoch, seconds, metrics, factors, skipped)
-        return factors
+            self._append_history(
+                args.output_dir, step, epoch, outcome["seconds"], metrics, factors, skipped, snapshot_step
+            )
 
     def pop_pending_logs(self) -> dict[str, float]:
         pending, self._pending_logs = self._pending_logs, {}
@@ -255,7 +342,19 @@ class TempBalanceCallback(TrainerCallback):
             raise ValueError(
                 "TempBalanceCallback needs an optimizer with TempBalance's per-unit param groups, and this one has "
                 "none. Either use tb_hf.TempBalanceTrainer instead of Trainer, or build the optimizer with "
-                "tb_hf.create_tempbalance_optimizer(model, args) and pass Trainer(..., optimizers=(optimizer, None))."
+                "tb_hf.create_tempbalance_optimizer(model, torch.optim.AdamW, lr=...) and pass "
+                "Trainer(..., optimizers=(optimizer, None))."
+            )
+
+    def _check_units(self, optimizer) -> None:
+        in_optimizer = {g["tb_unit"] for g in optimizer.param_groups if g.get("tb_unit") is not None}
+        expected = {u.name for u in self.partition.units}
+        if in_optimizer != expected:
+            raise ValueError(
+                f"The optimizer's TempBalance groups ({len(in_optimizer)} units, e.g. {sorted(in_optimizer)[:2]}) "
+                f"do not match the callback's {len(expected)} {self.tb.tb_unit} units (e.g. {sorted(expected)[:2]}): "
+                f"build the optimizer with the same unit (create_tempbalance_optimizer(..., "
+                f"unit={self.tb.tb_unit!r})) after freezing or wrapping the model."
             )
 
     @staticmethod
@@ -264,7 +363,14 @@ class TempBalanceCallback(TrainerCallback):
             return math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
         except TypeError:  # no dataloader, or an iterable one without a length
             epochs = state.num_train_epochs or 1
-            return state.max_steps // epochs if state.max_steps else None
+            per_epoch = state.max_steps // epochs if state.max_steps and epochs < state.max_steps else 0
+            if per_epoch < 1:  # an IterableDataset: the run is max_steps long, count it as one epoch
+                per_epoch = state.max_steps or None
+            logger.warning_once(
+                f"TempBalance: the training data has no length (an IterableDataset?), so 'auto' intervals count "
+                f"{per_epoch} steps per epoch (from max_steps={state.max_steps})."
+            )
+            return per_epoch
 
     @staticmethod
     def _trim_history(output_dir, global_step: int) -> None:
@@ -278,7 +384,9 @@ class TempBalanceCallback(TrainerCallback):
             f.writelines(kept)
 
     @staticmethod
-    def _append_history(output_dir, step, epoch, seconds, metrics: Mapping, factors: Mapping, skipped) -> None:
+    def _append_history(
+        output_dir, step, epoch, seconds, metrics: Mapping, factors: Mapping, skipped, snapshot_step=None
+    ) -> None:
         if output_dir is None:
             return
         path = os.path.join(output_dir, HISTORY_FILE)
@@ -287,6 +395,7 @@ class TempBalanceCallback(TrainerCallback):
             "step": step,
             "epoch": epoch,  # at the moment of the update (the Trainer's state.epoch lags one step here)
             "spectral_seconds": seconds,
+            **({"snapshot_step": snapshot_step} if snapshot_step is not None else {}),
             "skipped": skipped,
             "alpha": {k: _finite_or_none(v) for k, v in metrics.items()},
             "factor": dict(factors),

@@ -26,57 +26,23 @@ from ``<output_dir>/tempbalance/history.jsonl``.
 from __future__ import annotations
 
 import argparse
-import csv
-import fnmatch
 import json
-import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from transformers import HfArgumentParser
+from .options import TempBalanceArguments
 
-from .balancing import compute_factors, unit_metrics
-from .config import TempBalanceArguments
-from .layers import Partition, Unit, partition_model, unit_matrices
-from .spectral import LayerSpectrum, analyze, esd, farms_esd
+if TYPE_CHECKING:  # torch, transformers and the analysis are imported when a command runs, not for --help
+    import torch
+
+    from .analysis import ModelAnalysis
 
 BUILTIN_MODEL = "minilm"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 FIGURE_FORMATS = ("png", "pdf", "svg")
-
-
-@dataclass(frozen=True)
-class MatrixRow:
-    """One line of the analysis table."""
-
-    unit: str
-    matrix: str
-    shape: tuple[int, ...]
-    alpha: float
-    xmin: float
-    ks_distance: float
-    num_evals: int
-    status: str
-    unit_alpha: float
-    factor: float
-
-
-@dataclass
-class ModelAnalysis:
-    """Everything one ``analyze`` pass found: per-matrix spectra, per-unit metric and factor, chosen ESDs."""
-
-    partition: Partition
-    spectra: dict[str, LayerSpectrum]
-    metrics: dict[str, float]  # unit -> the metric that drives the factors (tb_metric)
-    unit_alpha: dict[str, float]  # unit -> mean α (for the figures, whatever tb_metric is)
-    factors: dict[str, float]
-    rows: list[MatrixRow]
-    esds: dict[str, torch.Tensor] = field(default_factory=dict)  # matrix -> eigenvalues (CPU, float64)
-    seconds: float = 0.0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -97,6 +63,8 @@ def builtin_model_path() -> str:
 
 def best_device() -> str:
     """cuda, else mps, else cpu."""
+    import torch
+
     if torch.cuda.is_available():
         return "cuda"
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -177,6 +145,8 @@ def load_model(
     Raises:
         SystemExit: With a message saying what to do, for every input that cannot be loaded.
     """
+    import torch
+
     if dtype not in DTYPES:
         raise SystemExit(f"--dtype must be one of {DTYPES}, got {dtype!r}")
     if model_class is not None:
@@ -253,250 +223,7 @@ def load_adapter(model: torch.nn.Module, adapter: str, model_name: str = "the mo
 
 
 # --------------------------------------------------------------------------------------------------
-# The pass
-
-
-def _block_of(unit: Unit, blocks: tuple[str, ...]) -> str:
-    return next((b for b in blocks if unit.name == b or unit.name.startswith(f"{b}.")), unit.name)
-
-
-def _matches(name: str, patterns: list[str]) -> bool:
-    """A glob matches a matrix by its full name or any dotted suffix, with or without ``.weight``."""
-    return any(
-        fnmatch.fnmatchcase(name, p)
-        or fnmatch.fnmatchcase(name, f"*.{p}")
-        or fnmatch.fnmatchcase(name, f"*.{p}.weight")
-        for p in patterns
-    )
-
-
-def default_esd_matrices(partition: Partition) -> list[str]:
-    """A few representative matrices: the first and the last analysed matrix of the first, middle and last unit."""
-    units = partition.units
-    picked = [units[i] for i in sorted({0, len(units) // 2, len(units) - 1})] if units else []
-    names = [n for unit in picked for n in dict.fromkeys((unit.matrices[0], unit.matrices[-1]))]
-    return list(dict.fromkeys(names))
-
-
-def _plot_evals(name: str, weight: torch.Tensor, tb: TempBalanceArguments) -> dict[str, torch.Tensor]:
-    """The ESD(s) that the fit of ``name`` used, as CPU float64 tensors (``name[e]`` for a 3-D batch)."""
-    opts = tb.spectral_options()
-    parts = [(f"{name}[{e}]", weight[e]) for e in range(weight.shape[0])] if weight.ndim == 3 else [(name, weight)]
-    out = {}
-    for part, w in parts:
-        if opts["estimator"] == "farms":
-            evals = farms_esd(
-                w,
-                window=opts["farms_window"],
-                aspect_ratio=opts["farms_aspect_ratio"],
-                grid=opts["farms_grid_size"],
-                dtype=opts["dtype"],
-                filter_zeros=opts["filter_zeros"],
-            )
-        else:
-            evals = esd(w, dtype=opts["dtype"], filter_zeros=opts["filter_zeros"])
-        out[part] = evals.to("cpu", torch.float64)
-    return out
-
-
-def analyze_model(
-    model: torch.nn.Module,
-    tb: TempBalanceArguments,
-    *,
-    esd_matrices: list[str] | None = None,
-    progress: bool = False,
-) -> ModelAnalysis:
-    """What TempBalance would see and do on ``model`` with options ``tb``, computed one block at a time.
-
-    Same partition, matrices, fits, unit metrics and factors as the training callback (block by block only bounds
-    memory: the fits are per matrix). ``esd_matrices``: globs (see `_matches`) of matrices whose eigenvalues to
-    keep for figures; None keeps none, ``[]`` a default set (`default_esd_matrices`).
-    """
-    start = time.perf_counter()
-    partition = partition_model(model, tb.tb_unit)
-    by_block: dict[str, list[Unit]] = {}
-    for unit in partition.units:
-        by_block.setdefault(_block_of(unit, partition.blocks), []).append(unit)
-    wanted: set[str] = set()
-    if esd_matrices is not None:
-        names = [n for u in partition.units for n in u.matrices]
-        wanted = set(
-            default_esd_matrices(partition) if not esd_matrices else [n for n in names if _matches(n, esd_matrices)]
-        )
-        if esd_matrices and not wanted:
-            raise SystemExit(
-                f"--esd-matrices {' '.join(esd_matrices)} matched none of the {len(names)} analysed matrices, e.g. "
-                f"{', '.join(names[:3])}. Use a name, a dotted suffix (self_attn.q_proj) or a glob ('*.0.*query*')."
-            )
-
-    spectra: dict[str, LayerSpectrum] = {}
-    esds: dict[str, torch.Tensor] = {}
-    from tqdm.auto import tqdm
-
-    for units in tqdm(by_block.values(), desc="spectral pass", unit="block", disable=not progress):
-        sub = Partition(units=tuple(units), outside=(), blocks=partition.blocks)
-        matrices = unit_matrices(model, sub, lora_view=tb.tb_lora_view)
-        spectra.update(analyze(matrices, **tb.spectral_options()))
-        for name in [n for n in matrices if n in wanted]:
-            esds.update(_plot_evals(name, matrices[name], tb))
-        del matrices
-
-    metrics = unit_metrics(spectra, partition.units, metric=tb.tb_metric)
-    alphas = metrics if tb.tb_metric == "alpha" else unit_metrics(spectra, partition.units, metric="alpha")
-    params = dict(model.named_parameters())
-    weights = {u.name: float(sum(params[p].numel() for p in u.params)) for u in partition.units}
-    factors = compute_factors(metrics, weights=weights, **tb.factor_options())
-    rows = []
-    for unit in partition.units:
-        for name, spectrum in spectra.items():
-            if name.split("[", 1)[0] in unit.matrices:
-                rows.append(
-                    MatrixRow(
-                        unit=unit.name,
-                        matrix=name,
-                        shape=spectrum.shape,
-                        alpha=spectrum.alpha,
-                        xmin=spectrum.xmin,
-                        ks_distance=spectrum.ks_distance,
-                        num_evals=spectrum.num_evals,
-                        status=spectrum.status,
-                        unit_alpha=metrics[unit.name],
-                        factor=factors[unit.name],
-                    )
-                )
-    return ModelAnalysis(
-        partition=partition,
-        spectra=spectra,
-        metrics=metrics,
-        unit_alpha=alphas,
-        factors=factors,
-        rows=rows,
-        esds=esds,
-        seconds=time.perf_counter() - start,
-    )
-
-
-def model_report(model: torch.nn.Module, tb: TempBalanceArguments, *, progress: bool = False) -> list[MatrixRow]:
-    """The per-matrix table of what TempBalance would see and do on ``model`` with options ``tb``."""
-    return analyze_model(model, tb, progress=progress).rows
-
-
-# --------------------------------------------------------------------------------------------------
-# Output
-
-
-def _fmt(x: float) -> str:
-    return "nan" if math.isnan(x) else f"{x:.3f}"
-
-
-def _relative(matrix: str, unit: str) -> str:
-    return matrix[len(unit) + 1 :] if matrix.startswith(f"{unit}.") else matrix
-
-
-def print_table(rows: list[MatrixRow], metric: str = "alpha", file=None) -> None:
-    """One line per matrix, grouped by unit; the unit's metric and factor on its first line."""
-    if not rows:
-        print("(no matrices analysed)", file=file)
-        return
-    uw = max(4, *(len(r.unit) for r in rows))
-    mw = max(6, *(len(_relative(r.matrix, r.unit)) for r in rows))
-    unit_col = "unit α" if metric == "alpha" else f"unit {metric}"
-    header = (
-        f"{'unit':<{uw}}  {'matrix':<{mw}}  {'shape':>11}  {'α':>7}  {'xmin':>9}  {'KS':>6}  {'status':<10}  "
-        f"{unit_col:>10}  {'factor':>6}"
-    )
-    print(header, file=file)
-    print("-" * len(header), file=file)
-    last_unit = None
-    for r in rows:
-        first = r.unit != last_unit
-        last_unit = r.unit
-        shape = "x".join(map(str, r.shape))
-        xmin = "nan" if math.isnan(r.xmin) else f"{r.xmin:.3g}"
-        tail = f"{_fmt(r.unit_alpha):>10}  {r.factor:6.3f}" if first else ""
-        print(
-            f"{r.unit if first else '':<{uw}}  {_relative(r.matrix, r.unit):<{mw}}  {shape:>11}  {_fmt(r.alpha):>7}  "
-            f"{xmin:>9}  {_fmt(r.ks_distance):>6}  {r.status:<10}  {tail}".rstrip(),
-            file=file,
-        )
-
-
-def _json_value(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, tuple):
-        return list(x)
-    return x
-
-
-def write_report(rows: list[MatrixRow], out: Path, meta: dict | None = None, analysis: ModelAnalysis | None = None):
-    """``alpha.csv`` (one row per matrix) and ``alpha.json`` (``meta``, per-unit results and the rows; NaN as null)."""
-    out.mkdir(parents=True, exist_ok=True)
-    fields = list(MatrixRow.__dataclass_fields__)
-    with open(out / "alpha.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(fields)
-        for r in rows:
-            writer.writerow(["x".join(map(str, r.shape)) if k == "shape" else getattr(r, k) for k in fields])
-    units = []
-    if analysis is not None:
-        units = [
-            {
-                "unit": u.name,
-                "metric": _json_value(analysis.metrics[u.name]),
-                "alpha": _json_value(analysis.unit_alpha[u.name]),
-                "factor": analysis.factors[u.name],
-                "matrices": list(u.matrices),
-            }
-            for u in analysis.partition.units
-        ]
-    report = {
-        **(meta or {}),
-        "units": units,
-        "matrices": [{k: _json_value(getattr(r, k)) for k in fields} for r in rows],
-    }
-    with open(out / "alpha.json", "w") as f:
-        json.dump(report, f, indent=1, allow_nan=False)
-
-
-def write_figures(analysis: ModelAnalysis, tb: TempBalanceArguments, out: Path, *, label: str, fmt: str = "png"):
-    """``esd``, ``alpha`` and ``factors`` figures of an analysis; returns the paths written."""
-    from . import plotting
-
-    out.mkdir(parents=True, exist_ok=True)
-    how = f"{tb.tb_xmin_method} xmin, {tb.tb_estimator} ESD" + (", λ > 1e-5" if tb.tb_filter_zeros else "")
-    if tb.tb_lora_view == "delta":
-        how += ", ΔW only"
-    paths = []
-    if analysis.esds:
-        panels = {}
-        for name, evals in analysis.esds.items():
-            panels[name.removeprefix("base_model.model.")] = (evals, analysis.spectra[name])
-        fig = plotting.plot_esds(panels, suptitle=f"{label}: empirical spectral densities ({how})")
-        paths.append(plotting.save_figure(fig, out / f"esd.{fmt}"))
-    matrix_alpha = None
-    if tb.tb_unit == "block":
-        matrix_alpha = {
-            u.name: {
-                _relative(n, u.name).removesuffix(".weight"): s.alpha
-                for n, s in analysis.spectra.items()
-                if n.split("[", 1)[0] in u.matrices
-            }
-            for u in analysis.partition.units
-        }
-    fig = plotting.plot_alpha(analysis.unit_alpha, matrix_alpha, title=f"{label}: α per {tb.tb_unit} ({how})")
-    paths.append(plotting.save_figure(fig, out / f"alpha.{fmt}"))
-    if tb.tb_mapping == "linear":
-        mapping = f"linear map {tb.tb_lr_min:g}-{tb.tb_lr_max:g}"
-    else:
-        mapping = f"sigmoid map, τ={tb.tb_sigmoid_tau:g}, s={tb.tb_sigmoid_s_low:g}/{tb.tb_sigmoid_s_high:g}"
-    driver = "" if tb.tb_metric == "alpha" else f" of {tb.tb_metric}"
-    fig = plotting.plot_factors(
-        analysis.factors,
-        title=f"{label}: learning-rate factors ({mapping}{driver}{', normalized' if tb.tb_normalize else ''})",
-    )
-    paths.append(plotting.save_figure(fig, out / f"factors.{fmt}"))
-    return paths
+# Helpers
 
 
 def _display_name(name_or_path: str) -> str:
@@ -527,6 +254,8 @@ def _require_plotting() -> None:
 
 
 def cmd_analyze(argv: list[str]) -> ModelAnalysis:
+    from transformers import HfArgumentParser
+
     parser = HfArgumentParser(
         TempBalanceArguments,
         prog="tb-hf analyze",
@@ -567,11 +296,15 @@ def cmd_analyze(argv: list[str]) -> ModelAnalysis:
     if figures:
         _require_plotting()
     device = best_device() if extra.device == "auto" else extra.device
+    from .analysis import analyze_model, print_table, write_figures, write_report
 
     start = time.perf_counter()
     model = load_model(extra.model, extra.model_class, device, extra.dtype, extra.adapter)
     load_seconds = time.perf_counter() - start
-    analysis = analyze_model(model, tb, esd_matrices=extra.esd_matrices if figures else None, progress=True)
+    try:
+        analysis = analyze_model(model, tb, esd_matrices=extra.esd_matrices if figures else None, progress=True)
+    except ValueError as err:
+        raise SystemExit(str(err)) from err
     rows = analysis.rows
     model_type = type(model.get_base_model() if extra.adapter else model).__name__
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
@@ -580,7 +313,8 @@ def cmd_analyze(argv: list[str]) -> ModelAnalysis:
         f"{extra.model}{f' + adapter {extra.adapter} ({tb.tb_lora_view} view)' if extra.adapter else ''}: "
         f"{model_type} ({str(dtype).removeprefix('torch.')}, {device}), {len(analysis.partition.units)} "
         f"{tb.tb_unit} units, {len(rows)} matrices ({fitted} fitted); xmin_method={tb.tb_xmin_method}, "
-        f"estimator={tb.tb_estimator}, esd_dtype={tb.tb_esd_dtype}, mapping={tb.tb_mapping}; "
+        f"estimator={tb.tb_estimator}, esd_dtype={str(tb.esd_dtype(device)).removeprefix('torch.')}, "
+        f"mapping={tb.tb_mapping}; "
         f"load {load_seconds:.1f} s, spectral pass {analysis.seconds:.1f} s"
     )
     print_table(rows, metric=tb.tb_metric)

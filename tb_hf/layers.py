@@ -3,8 +3,7 @@
 Data flows one way::
 
     model -> find_blocks() -> partition_model() -> Partition (units: matrices + trainable params)
-          -> unit_matrices()     -> {matrix name: tensor}, fed to `tb_hf.spectral.analyze`
-          -> build_param_groups() -> optimizer param groups, one factor per unit
+          -> `tb_hf.engine` (the spectral pass) and `tb_hf.optim` (param groups, one factor per unit)
 
 Conventions (``../shared/docs/ALGORITHM.md``, sections 5-6):
 
@@ -12,10 +11,12 @@ Conventions (``../shared/docs/ALGORITHM.md``, sections 5-6):
   which owns a parameter with two or more dimensions. One generic rule, no per-architecture table: it finds
   ``encoder.layer`` (BERT family), ``transformer.h`` (GPT-2), ``model.layers`` (LLaMA family), both T5
   stacks, and works unchanged through peft wrappers.
-* The **analysed matrices** of a block are all its parameters with ``ndim >= 2`` (Linear, GPT-2 ``Conv1D``,
-  fused projections, 3-D expert tensors), frozen ones included, except ``nn.Embedding`` weights (T5's
-  relative attention bias) and the adapter weights of peft layers (LoRA ``lora_A``/``lora_B``): with LoRA the
-  analysed matrix is the wrapped ``base_layer`` weight, seen as W₀ + ΔW by `unit_matrices`.
+* The **analysed matrices** of a block are the weights that multiply their input (`_multiplies`: Linear,
+  GPT-2 ``Conv1D``, fused projections, 2-D convolution kernels, 3-D expert tensors), frozen ones included; not
+  ``nn.Embedding`` weights (T5's relative attention bias), depthwise/1-D convolution kernels or raw parameters
+  (Mamba's ``conv1d`` and ``A_log``, RWKV's ``time_mix``), nor the adapter weights of peft layers (LoRA
+  ``lora_A``/``lora_B``): with LoRA the analysed matrix is the wrapped ``base_layer`` weight, seen as W₀ + ΔW
+  by `unit_matrices`.
 * A **unit** shares one learning-rate factor: a whole block (``unit="block"``, the default) or one module
   owning analysed matrices (``unit="matrix"``, e.g. ``...q_proj`` with its bias and LoRA adapters). A unit is
   kept only if it has at least one analysed matrix and at least one trainable parameter. Every other trainable
@@ -35,21 +36,22 @@ from peft.utils.other import ModulesToSaveWrapper
 from torch import nn
 from transformers.utils import logging
 
+from .options import LORA_AVERAGES, LORA_VIEWS, UNIT_KINDS
+
 __all__ = [
+    "LORA_AVERAGES",
     "LORA_VIEWS",
     "UNIT_KINDS",
     "Partition",
     "Unit",
-    "build_param_groups",
     "find_blocks",
+    "lora_layers",
+    "lora_weight",
     "partition_model",
     "unit_matrices",
 ]
 
 logger = logging.get_logger(__name__)
-
-UNIT_KINDS = ("block", "matrix")
-LORA_VIEWS = ("effective", "delta")
 
 
 @dataclass(frozen=True)
@@ -105,18 +107,26 @@ def _has_matrix(module: nn.Module) -> bool:
     return any(len(full_shape(p)) >= 2 for p in module.parameters())
 
 
-def _is_block_list(module: nn.Module) -> bool:
-    if not isinstance(module, nn.ModuleList) or len(module) < 2:
+def _is_block_list(module: nn.Module, min_len: int = 2) -> bool:
+    """A list of transformer blocks: children of one class, or composite modules of several classes (a hybrid
+    stack such as Jamba's attention and Mamba layers), each holding a matrix."""
+    if not isinstance(module, nn.ModuleList) or len(module) < min_len:
+        return False
+    if not all(_has_matrix(child) for child in module):
         return False
     first = type(module[0])
-    return all(type(child) is first and _has_matrix(child) for child in module)
+    return all(type(child) is first for child in module) or all(
+        next(child.children(), None) is not None for child in module
+    )
 
 
 def find_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The transformer blocks of ``model``, as ``(module path, block)`` pairs in model order.
 
     A block is a child of an outermost ``nn.ModuleList`` with at least two children that all share one class
-    and each own (at any depth) a parameter with ``ndim >= 2``. Lists inside a found list are not searched, so
+    (or are all composite modules, as in hybrid attention/Mamba stacks) and each own (at any depth) a parameter
+    with ``ndim >= 2``. A model with no such list but a list of one composite block (a one-layer model,
+    ALBERT's shared layer group) gets that one block, with a warning. Lists inside a found list are not searched, so
     per-block lists (T5's ``layer``, expert lists) never show up as blocks of their own; several stacks
     (T5's encoder and decoder) are all found. Paths match ``model.named_modules()``, so a peft-wrapped model
     gives ``"base_model.model.<path>"``.
@@ -126,20 +136,31 @@ def find_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """
     blocks: list[tuple[str, nn.Module]] = []
 
-    def visit(module: nn.Module, prefix: str) -> None:
+    def visit(module: nn.Module, prefix: str, min_len: int) -> None:
         for name, child in module.named_children():
             path = f"{prefix}.{name}" if prefix else name
-            if _is_block_list(child):
+            if _is_block_list(child, min_len):
                 blocks.extend((f"{path}.{i}", block) for i, block in enumerate(child))
             else:
-                visit(child, path)
+                visit(child, path, min_len)
 
-    visit(model, "")
+    visit(model, "", 2)
+    if not blocks:
+        # A one-layer model, or ALBERT's single shared layer group: a list holding one composite block.
+        visit(model, "", 1)
+        blocks = [(path, block) for path, block in blocks if next(block.children(), None) is not None]
+        if blocks:
+            logger.warning_once(
+                f"TempBalance: {type(model).__name__} has a single transformer block ({blocks[0][0]}): with "
+                "tb_unit='block' it is one unit, and one unit always gets factor 1. Use tb_unit='matrix' to balance "
+                "the matrices inside it."
+            )
     if not blocks:
         raise ValueError(
-            f"Found no transformer blocks in {type(model).__name__}: looked for an nn.ModuleList of at least 2 "
-            "children of one class, each holding a parameter with 2 or more dimensions. TempBalance balances "
-            "learning rates across transformer blocks, so it needs a model that has them."
+            f"Found no transformer blocks in {type(model).__name__}: TempBalance looks for an nn.ModuleList of "
+            "transformer layers (children of one class, or composite layers of a hybrid stack, each holding a weight "
+            "matrix), as in encoder.layer, model.layers or transformer.h. This model has none, so there is nothing "
+            "to balance: train it with the plain Trainer, or wrap its layers in an nn.ModuleList."
         )
     return blocks
 
@@ -159,12 +180,34 @@ def _innermost(name: str, paths: Collection[str]) -> str | None:
     return next((prefix for prefix in _prefixes(name) if prefix in paths), None)
 
 
+def _multiplies(module: nn.Module | None, attr: str, shape: tuple[int, ...]) -> bool:
+    """Whether ``module.<attr>`` (of full ``shape``) is a weight that multiplies its input: the weight of a
+    Linear (quantized ones included), GPT-2's ``Conv1D``, a 2-D convolution (a 4-D kernel) or any other module's
+    2-D ``weight`` (custom linear layers, MoE routers), or a 3-D expert tensor (leading dimension = the module's
+    ``num_experts``, as in Mixtral). Not: embeddings, depthwise or 1-D convolution kernels (Mamba's ``conv1d``),
+    and other raw parameters such as Mamba's ``A_log`` or RWKV's ``time_mix``, whose "spectrum" means nothing."""
+    from transformers.pytorch_utils import Conv1D
+
+    if module is None or isinstance(module, nn.Embedding):
+        return False
+    if isinstance(module, nn.Linear | Conv1D):
+        return attr == "weight" and len(shape) == 2
+    if isinstance(module, nn.Conv2d):
+        return attr == "weight" and module.in_channels // module.groups > 1
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return False
+    if len(shape) == 3:
+        return shape[0] == getattr(module, "num_experts", None) and min(shape[1:]) > 1
+    return attr == "weight" and len(shape) == 2  # a custom linear layer (e.g. an MoE router's weight)
+
+
 def _is_analysed(name: str, param: torch.Tensor, modules: dict[str, nn.Module]) -> bool:
     """Whether a parameter inside a block is one of the matrices whose spectrum is analysed."""
-    if len(full_shape(param)) < 2:
+    shape = full_shape(param)
+    if len(shape) < 2:
         return False
-    owner = name.rsplit(".", 1)[0]
-    if isinstance(modules.get(owner), nn.Embedding):
+    owner, attr = name.rsplit(".", 1)
+    if not _multiplies(modules.get(owner), attr, shape):
         return False
     for prefix in _prefixes(name):
         module = modules[prefix]
@@ -230,6 +273,12 @@ def partition_model(model: nn.Module, unit: str = "block") -> Partition:
         if params[key]:
             units.append(Unit(name=key, matrices=tuple(mats), params=tuple(params[key])))
         # else: nothing trainable to scale (e.g. a frozen block, or a matrix without LoRA under peft).
+    if not units:
+        logger.warning_once(
+            f"TempBalance: none of the {len(blocks)} transformer blocks of {type(model).__name__} has a trainable "
+            "parameter (all frozen, e.g. only the head is trained): there is nothing to balance, and every learning "
+            "rate follows the base schedule. Unfreeze the blocks or put LoRA adapters in them to use TempBalance."
+        )
     logger.info(
         f"TempBalance: {len(blocks)} blocks found ({blocks[0]} ... {blocks[-1]}), {len(units)} {unit} units, "
         f"{len(outside)} trainable parameters outside the units."
@@ -248,7 +297,7 @@ def _adapted_param(layer: LoraLayer) -> torch.Tensor | None:
     return getattr(layer.get_base_layer(), "weight", None)
 
 
-def _lora_layers(model: nn.Module) -> dict[int, list[LoraLayer]]:
+def lora_layers(model: nn.Module) -> dict[int, list[LoraLayer]]:
     """id(adapted parameter) -> the LoRA layers adapting it (several for nested ``ParamWrapper``s)."""
     layers: dict[int, list[LoraLayer]] = {}
     for module in model.modules():
@@ -257,9 +306,15 @@ def _lora_layers(model: nn.Module) -> dict[int, list[LoraLayer]]:
     return layers
 
 
-def _lora_weight(weight: torch.Tensor, layers: list[LoraLayer], lora_view: str) -> torch.Tensor:
-    """W₀ + ΔW (``"effective"``) or ΔW (``"delta"``) of a weight adapted by ``layers``, ΔW over active adapters."""
-    out = weight if lora_view == "effective" else torch.zeros_like(weight)
+def lora_weight(weight: torch.Tensor, layers: list[LoraLayer], lora_view: str) -> torch.Tensor:
+    """W₀ + ΔW (``"effective"``) or ΔW (``"delta"``) of a weight adapted by ``layers``, ΔW over active adapters.
+
+    Formed in float32 (or float64 if the weight is): in bf16 the sum W₀ + ΔW rounds away most of a small ΔW.
+    """
+    dtype = torch.promote_types(weight.dtype, torch.float32) if weight.dtype.is_floating_point else torch.float32
+    out = (
+        weight.to(dtype) if lora_view == "effective" else torch.zeros(weight.shape, dtype=dtype, device=weight.device)
+    )
     for layer in layers:
         active = [] if layer.disable_adapters else [a for a in layer.active_adapters if a in layer.scaling]
         merged = layer.merged_adapters  # already inside `weight`
@@ -273,7 +328,7 @@ def _lora_weight(weight: torch.Tensor, layers: list[LoraLayer], lora_view: str) 
                 logger.warning_once(
                     "TempBalance: DoRA's magnitude vector is left out of the analysed weight (W₀ + B·A·scaling)."
                 )
-            out = out + sign * layer.get_delta_weight(adapter).to(device=weight.device, dtype=weight.dtype)
+            out = out + sign * layer.get_delta_weight(adapter).to(device=weight.device, dtype=dtype)
     return out
 
 
@@ -281,7 +336,8 @@ def _lora_weight(weight: torch.Tensor, layers: list[LoraLayer], lora_view: str) 
 def unit_matrices(model: nn.Module, partition: Partition, *, lora_view: str = "effective") -> dict[str, torch.Tensor]:
     """The matrices to analyse, ``{matrix name: tensor}``, for every unit of ``partition``.
 
-    Tensors are detached, on the parameter's device and in its dtype. For a matrix adapted by peft LoRA:
+    Tensors are detached, on the parameter's device and in its dtype (float32 for W₀ + ΔW and ΔW, see
+    `lora_weight`). For a matrix adapted by peft LoRA:
 
     * ``lora_view="effective"``: the weight the forward pass uses, W₀ + ΔW with ΔW = ``get_delta_weight`` (B·A
       times ``lora_alpha / r``, or ``/ √r`` with rsLoRA, in the base weight's layout, also for GPT-2's
@@ -294,82 +350,13 @@ def unit_matrices(model: nn.Module, partition: Partition, *, lora_view: str = "e
     if lora_view not in LORA_VIEWS:
         raise ValueError(f"lora_view must be one of {LORA_VIEWS}, got {lora_view!r}")
     params = dict(model.named_parameters())
-    lora = _lora_layers(model)
+    lora = lora_layers(model)
     out: dict[str, torch.Tensor] = {}
     for unit in partition.units:
         for name in unit.matrices:
             param = params[name]
             if id(param) in lora:
-                out[name] = _lora_weight(param.detach(), lora[id(param)], lora_view)
+                out[name] = lora_weight(param.detach(), lora[id(param)], lora_view)
             elif lora_view == "effective":
                 out[name] = param.detach()
     return out
-
-
-# --------------------------------------------------------------------------------------------------
-# Optimizer groups
-
-
-def _group(params: list[nn.Parameter], *, unit: str | None, learning_rate: float, weight_decay: float) -> dict:
-    return {
-        "params": params,
-        "lr": learning_rate,
-        "weight_decay": weight_decay,
-        "tb_unit": unit,
-        "tb_base_lr": learning_rate,
-        "tb_factor": 1.0,
-    }
-
-
-def build_param_groups(
-    model: nn.Module,
-    partition: Partition,
-    *,
-    learning_rate: float,
-    weight_decay: float,
-    decay_parameter_names: Collection[str],
-) -> list[dict]:
-    """Optimizer param groups: a weight-decay and a no-decay group per unit, and the same for the outside.
-
-    The outside groups come first, so group 0 is unscaled and the Trainer's logged ``learning_rate`` (group
-    0's) shows the base schedule; if nothing is outside, group 0 is an empty ``{"params": []}`` placeholder.
-    Empty groups are otherwise omitted. Every group carries ``tb_unit`` (None outside the units),
-    ``tb_base_lr`` (= ``learning_rate``) and ``tb_factor`` (1.0), which survive optimizer checkpoints.
-
-    Args:
-        model: The model ``partition`` was computed for.
-        partition: From `partition_model`.
-        learning_rate: Base learning rate of every group.
-        weight_decay: Weight decay of the decay groups (no-decay groups get 0.0).
-        decay_parameter_names: Names that take weight decay, e.g. ``Trainer.get_decay_parameter_names(model)``.
-
-    Raises:
-        ValueError: If a trainable parameter of the model is missing from the partition or appears twice in it
-            (the partition is stale: recompute it after changing which parameters are trainable).
-    """
-    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    names = [name for name in partition.params if name in trainable]
-    missing = trainable.keys() - set(names)
-    if missing or len(names) != len(set(names)):
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        raise ValueError(
-            "The partition does not match the model's trainable parameters (recompute it with partition_model "
-            f"after changing requires_grad): missing {sorted(missing)[:5]}, duplicated {duplicates[:5]}."
-        )
-    decay = set(decay_parameter_names)
-
-    def split(unit: str | None, group_names: Collection[str]) -> list[dict]:
-        """The non-empty decay and no-decay groups of some parameter names."""
-        kept = [name for name in group_names if name in trainable]
-        with_decay = [trainable[name] for name in kept if name in decay]
-        without_decay = [trainable[name] for name in kept if name not in decay]
-        return [
-            _group(params, unit=unit, learning_rate=learning_rate, weight_decay=wd)
-            for params, wd in ((with_decay, weight_decay), (without_decay, 0.0))
-            if params
-        ]
-
-    groups = split(None, partition.outside) or [_group([], unit=None, learning_rate=learning_rate, weight_decay=0.0)]
-    for unit in partition.units:
-        groups.extend(split(unit.name, unit.params))
-    return groups

@@ -22,7 +22,9 @@ Conventions (`../shared/docs/ALGORITHM.md`, sections 2-4):
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
@@ -31,9 +33,12 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
+from .options import ESTIMATORS, XMIN_METHODS, check_range
+
 __all__ = [
     "EVALS_THRESH",
     "LayerSpectrum",
+    "MatrixKey",
     "PowerLawFit",
     "analyze",
     "esd",
@@ -45,16 +50,32 @@ __all__ = [
 #: Eigenvalues at or below this are dropped when ``filter_zeros=True`` (WeightWatcher's threshold).
 EVALS_THRESH = 1e-5
 
-#: Fit outcomes. Everything but "ok" leaves ``alpha`` at NaN.
-STATUSES = ("ok", "too_small", "non_finite", "zero", "degenerate")
+logger = logging.getLogger(__name__)
 
-XMIN_METHODS = ("median", "ks")
-ESTIMATORS = ("plain", "farms")
+#: Fit outcomes. Everything but "ok" leaves ``alpha`` at NaN.
+#: "rank_deficient": fewer than ``min_evals`` eigenvalues (or the tail's xmin) rise above the eigen-solve's
+#: round-off floor λmax·k·eps, e.g. a rank-r LoRA update ΔW; "quantized": a packed (integer) weight, not fitted.
+STATUSES = ("ok", "too_small", "non_finite", "zero", "degenerate", "rank_deficient", "quantized")
+
 
 # Elements per chunk of the Kolmogorov-Smirnov scan (float64: 128 MiB).
 _KS_CHUNK_ELEMENTS = 1 << 24
 # Smallest default FARMS window: below this a matrix is analysed whole.
 _MIN_DEFAULT_WINDOW = 32
+
+
+@dataclass(frozen=True, order=True)
+class MatrixKey:
+    """Which matrix a result belongs to: a parameter name, and the matrix index for a 3-D (experts) weight.
+
+    ``str(key)`` is ``"name"`` or ``"name[e]"``, the label used in tables and logs; code compares keys.
+    """
+
+    param: str
+    index: int | None = None
+
+    def __str__(self) -> str:
+        return self.param if self.index is None else f"{self.param}[{self.index}]"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,7 +92,10 @@ class PowerLawFit:
         spectral_norm: Largest eigenvalue λmax (the squared largest singular value).
         stable_rank: Σλ / λmax.
         status: "ok", "too_small" (fewer than ``min_evals`` eigenvalues), "non_finite" (NaN/Inf in the
-            input), "zero" (all eigenvalues zero) or "degenerate" (no valid xmin: the tail is constant).
+            input), "zero" (all eigenvalues zero), "degenerate" (no valid xmin: the tail is constant),
+            "rank_deficient" (fewer than ``min_evals`` eigenvalues, or the xmin of the fit, above the
+            eigen-solve's round-off floor λmax·k·eps: the rest are numerically zero, e.g. a rank-r LoRA ΔW) or
+            "quantized" (a packed integer weight, never fitted).
     """
 
     alpha: float
@@ -94,12 +118,12 @@ class LayerSpectrum(PowerLawFit):
     """The fit of one named matrix, as returned by `analyze`.
 
     Attributes:
-        name: Key of the matrix in the mapping given to `analyze` (``"name[e]"`` for matrix ``e`` of a
-            3-D batch).
+        name: Label of the matrix: its key in the mapping given to `analyze` as a string (``"name[e]"`` for
+            matrix ``e`` of a 3-D batch, whose result is keyed by ``MatrixKey(name, e)``).
         shape: Shape of the analysed matrix (for a 4-D kernel, the whole kernel shape).
-        estimator: "plain" or "farms".
-        num_windows: FARMS windows pooled into the ESD (1 for the plain estimator, and for a matrix
-            smaller than the FARMS window, which is analysed whole).
+        estimator: "plain" or "farms"; "plain" also for a matrix that FARMS analysed whole because it is
+            smaller than the window (a warning names it).
+        num_windows: FARMS windows pooled into the ESD (1 for the plain estimator).
     """
 
     name: str
@@ -135,10 +159,9 @@ def _check_matrix(weight, *, name: str = "weight") -> torch.Tensor:
 def _check_options(xmin_method: str, xmin_pos: float, min_evals: int) -> None:
     if xmin_method not in XMIN_METHODS:
         raise ValueError(f"xmin_method must be one of {XMIN_METHODS}, got {xmin_method!r}")
-    if not xmin_pos > 1:
-        raise ValueError(f"xmin_pos must be > 1 (xmin = evals[floor(N / xmin_pos)]), got {xmin_pos}")
-    if min_evals < 2:
-        raise ValueError(f"min_evals must be at least 2 (a fit needs two eigenvalues), got {min_evals}")
+    check_range("xmin_pos", xmin_pos, 1, 100, low_open=True, why=" (xmin = evals[floor(N / xmin_pos)])")
+    if not isinstance(min_evals, int) or isinstance(min_evals, bool) or not 2 <= min_evals <= 10**7:
+        raise ValueError(f"min_evals must be an integer >= 2 (a fit needs two eigenvalues), got {min_evals!r}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -175,8 +198,12 @@ def _one_cpu_thread(device: torch.device):
     threads make it 4-8x slower (measured on 2 cores: 36 Grams of 384×384 took 0.18 s on one thread and
     1.5 s on two under load). GPU solves are unaffected.
     """
-    if device.type != "cpu" or torch.get_num_threads() == 1:
-        yield
+    if (
+        device.type != "cpu"
+        or torch.get_num_threads() == 1
+        or threading.current_thread() is not threading.main_thread()
+    ):
+        yield  # the thread count is process-wide: a background pass must not change the training thread's
         return
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -297,7 +324,7 @@ def farms_esd(
             aspect_ratio=aspect_ratio,
             grid=grid,
         )
-        items = [_Item("", tuple(m.shape), m, grid_) for m in mats]
+        items = [_Item("", "", tuple(m.shape), m, grid_) for m in mats]
         evals, finite = _gram_eigvals(torch.cat([_gram(item.source(), dtype) for item in items]))
         if not bool(finite.all()):
             return torch.full((evals.numel(),), math.nan, dtype=dtype, device=evals.device)
@@ -395,9 +422,17 @@ def _fit_batch(
     xmin_pos: float,
     min_evals: int,
     filter_zeros: bool,
+    eps: float | None = None,
 ) -> _BatchFit:
-    """Fit every row of an ascending (B, N) eigenvalue tensor. No host synchronisation."""
+    """Fit every row of an ascending (B, N) eigenvalue tensor. No host synchronisation.
+
+    ``eps`` is the machine epsilon of the eigen-solve (default: that of ``evals.dtype``). Eigenvalues at or
+    below the round-off floor λmax·N·eps are numerically zero: they never start a tail (xmin), and a row with
+    fewer than ``min_evals`` eigenvalues above it is "rank_deficient".
+    """
     dev = evals.device
+    if eps is None:
+        eps = torch.finfo(evals.dtype).eps if evals.dtype.is_floating_point else torch.finfo(torch.float64).eps
     ev = evals.to(torch.float64)
     batch, n_all = ev.shape
     # Filtering drops the smallest values, so the kept eigenvalues are a suffix of each sorted row:
@@ -408,6 +443,9 @@ def _fit_batch(
         offset = torch.zeros(batch, dtype=torch.long, device=dev)
     num_evals = n_all - offset
     lmax = ev[:, -1]
+    floor = lmax * (n_all * eps)  # round-off level of the eigen-solve: smaller eigenvalues are noise
+    above_floor = ev > floor[:, None]
+    num_resolved = above_floor.sum(-1)
     total = torch.where(torch.arange(n_all, device=dev)[None, :] >= offset[:, None], ev, 0).sum(-1)
     stable_rank = torch.where(lmax > 0, total / lmax.clamp_min(torch.finfo(ev.dtype).tiny), math.nan)
 
@@ -429,10 +467,11 @@ def _fit_batch(
         alpha = alphas.gather(-1, idx[:, None]).squeeze(-1)
         ks = _ks_distance_at(logs, alpha, idx)
         valid_cut = positive.gather(-1, idx[:, None]).squeeze(-1) & torch.isfinite(alpha) & (alpha > 1)
+        resolved_cut = above_floor.gather(-1, idx[:, None]).squeeze(-1)
     else:
         # Every cut i in [offset, N − 2] with λ_i > 0 is a candidate; take the smallest D (first on ties).
         cand = torch.arange(n_all - 1, device=dev)
-        valid = (cand[None, :] >= offset[:, None]) & positive[:, :-1] & torch.isfinite(alphas[:, :-1])
+        valid = (cand[None, :] >= offset[:, None]) & above_floor[:, :-1] & torch.isfinite(alphas[:, :-1])
         if n_all > 1:
             ks, idx = _ks_scan(logs, alphas[:, :-1], valid).min(-1)
         else:  # a single eigenvalue: no cut to scan
@@ -440,10 +479,13 @@ def _fit_batch(
             idx = torch.zeros(batch, dtype=torch.long, device=dev)
         alpha = alphas.gather(-1, idx[:, None]).squeeze(-1)
         valid_cut = torch.isfinite(ks) & (alpha > 1)
+        resolved_cut = torch.ones_like(valid_cut)  # candidates were above the floor already
     xmin = ev.gather(-1, idx[:, None]).squeeze(-1)
 
     status = torch.full((batch,), STATUSES.index("ok"), dtype=torch.long, device=dev)
     status = torch.where(valid_cut, status, STATUSES.index("degenerate"))
+    rank_deficient = (num_resolved < min_evals) | ~resolved_cut
+    status = torch.where(rank_deficient, STATUSES.index("rank_deficient"), status)
     status = torch.where(num_evals < min_evals, STATUSES.index("too_small"), status)
     status = torch.where(lmax <= 0, STATUSES.index("zero"), status)
     status = torch.where(finite & torch.isfinite(ev).all(-1), status, STATUSES.index("non_finite"))
@@ -477,7 +519,9 @@ def fit_power_law(
         xmin_method: ``"median"``: i = floor(N / xmin_pos), one fit (TempBalance); ``"ks"``: the i that
             minimises the Kolmogorov-Smirnov distance over every i < N − 1 (WeightWatcher).
         xmin_pos: Position of xmin for ``"median"`` (2 = top half, 1.5 = top third).
-        min_evals: Fewer eigenvalues than this (after filtering) gives status "too_small".
+        min_evals: Fewer eigenvalues than this (after filtering) gives status "too_small"; fewer above the
+            round-off floor λmax·N·eps (eps of ``evals.dtype``, the eigen-solve's precision) gives
+            "rank_deficient", and so does a median xmin below that floor.
         filter_zeros: Drop eigenvalues ≤ 1e-5 first (WeightWatcher's convention).
 
     Degenerate input never raises: the status says what went wrong and alpha is NaN.
@@ -492,11 +536,18 @@ def fit_power_law(
             alpha=math.nan, xmin=math.nan, ks_distance=math.nan, num_evals=0, num_tail=0,
             alpha_hat=math.nan, spectral_norm=math.nan, stable_rank=math.nan, status="too_small",
         )  # fmt: skip
+    eps = torch.finfo(evals.dtype).eps if evals.dtype.is_floating_point else torch.finfo(torch.float64).eps
     ev = evals.detach().to(torch.float64)
     finite = torch.isfinite(ev).all().reshape(1)
     ev = torch.where(torch.isfinite(ev), ev, 0.0).clamp_min(0).sort().values[None, :]
     fit = _fit_batch(
-        ev, finite, xmin_method=xmin_method, xmin_pos=xmin_pos, min_evals=min_evals, filter_zeros=filter_zeros
+        ev,
+        finite,
+        xmin_method=xmin_method,
+        xmin_pos=xmin_pos,
+        min_evals=min_evals,
+        filter_zeros=filter_zeros,
+        eps=eps,
     )
     return fit.rows()[0]
 
@@ -509,7 +560,8 @@ def fit_power_law(
 class _Item:
     """One ESD of the pass: the pooled eigenvalues of the (B, m, n) batch that `source()` builds."""
 
-    name: str
+    key: object  # the result's key: the input key, or MatrixKey(key, e) for matrix e of a 3-D input
+    name: str  # str(key)
     shape: tuple[int, ...]
     weight: torch.Tensor  # 2-D matrix or 4-D kernel
     windows: tuple | None  # FARMS ((rows, cols), row_starts, col_starts), None for the plain ESD
@@ -536,20 +588,53 @@ class _Item:
         return torch.stack([mat[r : r + rows, c : c + cols] for mat in batch for r in row_starts for c in col_starts])
 
 
-def _plan(matrices: Mapping[str, torch.Tensor], estimator, window, aspect_ratio, grid) -> list[_Item]:
+def farms_windows(shape: tuple[int, int], *, name: str = "matrix", window=None, aspect_ratio=1.0, grid=9):
+    """`farms_grid` for one matrix of the pass, or None (and a warning) when FARMS analyses it whole.
+
+    A matrix smaller than the window (or than 64 rows/columns, under the default window) has only one
+    window, the matrix itself: its α is the plain estimator's. That is said once per shape and option.
+    """
+    windows = farms_grid(shape, window=window, aspect_ratio=aspect_ratio, grid=grid)
+    if windows[0] != tuple(shape) or (len(windows[1]) * len(windows[2])) > 1:
+        return windows
+    why = (
+        f"tb_farms_window={window} rows x tb_farms_aspect_ratio={aspect_ratio:g} does not fit in it"
+        if window is not None
+        else f"half its smaller side is below {_MIN_DEFAULT_WINDOW} rows (tb_farms_aspect_ratio={aspect_ratio:g})"
+    )
+    _warn_once(
+        ("farms", tuple(shape), window, aspect_ratio),
+        f"FARMS: {name} ({shape[0]}x{shape[1]}, and every matrix of that shape) is analysed whole, with the plain "
+        f"estimator, because {why}. Choose a smaller tb_farms_window to window it.",
+    )
+    return None
+
+
+_WARNED: set = set()
+
+
+def _warn_once(key, message: str) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        logger.warning(message)
+
+
+def _plan(matrices: Mapping, estimator, window, aspect_ratio, grid) -> list[_Item]:
     items = []
-    for name, weight in matrices.items():
-        _check_matrix(weight, name=f"matrices[{name!r}]")
+    for key, weight in matrices.items():
+        _check_matrix(weight, name=f"matrices[{str(key)!r}]")
         weight = weight.detach()
         if weight.ndim == 3:
-            parts = [(f"{name}[{e}]", weight[e]) for e in range(weight.shape[0])]
+            parts = [(MatrixKey(str(key), e), weight[e]) for e in range(weight.shape[0])]
         else:
-            parts = [(name, weight)]
-        for part_name, w in parts:
+            parts = [(key, weight)]
+        for part_key, w in parts:
             windows = None
             if estimator == "farms":
-                windows = farms_grid(tuple(w.shape[:2]), window=window, aspect_ratio=aspect_ratio, grid=grid)
-            items.append(_Item(part_name, tuple(w.shape), w, windows))
+                windows = farms_windows(
+                    tuple(w.shape[:2]), name=str(part_key), window=window, aspect_ratio=aspect_ratio, grid=grid
+                )
+            items.append(_Item(part_key, str(part_key), tuple(w.shape), w, windows))
     return items
 
 
@@ -576,8 +661,9 @@ def analyze(
     group's results reach the host in one transfer.
 
     Args:
-        matrices: name → tensor (2-D matrix, 3-D batch of matrices or 4-D kernel), on any device. A 3-D
-            tensor gives one result per matrix, named ``"name[e]"``.
+        matrices: key → tensor (2-D matrix, 3-D batch of matrices or 4-D kernel), on any device. Keys are
+            parameter names or `MatrixKey`s; a 3-D tensor gives one result per matrix, keyed
+            ``MatrixKey(str(key), e)`` and labelled ``"name[e]"``.
         estimator: ``"plain"`` (ESD of the whole matrix) or ``"farms"`` (pooled fixed-aspect windows).
         xmin_method, xmin_pos, min_evals, filter_zeros: see `fit_power_law`.
         dtype: Precision of the eigen-solve; float64 only when asked for.
@@ -587,7 +673,7 @@ def analyze(
         progress: Show a tqdm bar over the eigen-solve groups.
 
     Returns:
-        name → `LayerSpectrum`, in input order.
+        key → `LayerSpectrum`, in input order.
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
@@ -605,7 +691,7 @@ def analyze(
             groups[(item.weight.device, item.source_shape, item.scale)].append(item)
 
         itemsize = torch.tensor([], dtype=dtype).element_size()
-        results: dict[str, PowerLawFit] = {}
+        results: dict = {}
         bar = tqdm(total=len(items), desc="spectra", unit="matrix", disable=not progress)
         for (_device, (per_item, m, n), scale), members in groups.items():
             gram_bytes = per_item * min(m, n) ** 2 * itemsize
@@ -629,16 +715,16 @@ def analyze(
                     filter_zeros=filter_zeros,
                 )
                 for item, row in zip(chunk, fit.rows(), strict=True):
-                    results[item.name] = row
+                    results[item.key] = row
                 bar.update(len(chunk))
         bar.close()
 
     return {
-        item.name: LayerSpectrum(
-            **asdict(results[item.name]),
+        item.key: LayerSpectrum(
+            **asdict(results[item.key]),
             name=item.name,
             shape=item.shape,
-            estimator=estimator,
+            estimator=estimator if item.windows is not None or estimator == "plain" else "plain",
             num_windows=item.num_windows,
         )
         for item in items

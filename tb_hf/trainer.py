@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from transformers import Trainer
 
-from .callback import DEEPSPEED_OPTIMIZER_MESSAGE, TempBalanceCallback, optimizer_from_groups, tempbalance_param_groups
+from .callback import DEEPSPEED_OPTIMIZER_MESSAGE, TempBalanceCallback
 from .config import TempBalanceArguments
 from .distributed import deepspeed_config_sections
 from .layers import find_blocks
+from .optim import optimizer_from_args
 
 __all__ = ["TempBalanceMixin", "TempBalanceTrainer"]
 
@@ -56,13 +57,13 @@ class TempBalanceMixin:
     def create_optimizer(self, model=None):
         opt_model = self.model if model is None else model
         if self.optimizer is None:
-            groups = tempbalance_param_groups(
+            self.optimizer = optimizer_from_args(
                 opt_model,
                 self.args,
                 self.tempbalance.user_tb_args,
-                decay_parameter_names=self.get_decay_parameter_names(opt_model),
+                decay_names=self.get_decay_parameter_names(opt_model),
+                optimizer_cls_and_kwargs=self.optimizer_cls_and_kwargs,
             )
-            self.optimizer = optimizer_from_groups(groups, self.args, opt_model, self.optimizer_cls_and_kwargs)
         return super().create_optimizer(model)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

@@ -26,14 +26,22 @@ from tiny_models import ARCHS, batch_for, dataset_for, tiny_training_args
 from transformers import TrainerCallback
 
 import tb_hf.distributed as tbd
-from tb_hf import TempBalanceConfig, TempBalanceTrainer, compute_factors, partition_model, unit_matrices, unit_metrics
+import tb_hf.engine as tbe
+from tb_hf import (
+    TempBalanceArguments,
+    TempBalanceTrainer,
+    compute_factors,
+    partition_model,
+    unit_matrices,
+    unit_metrics,
+)
 from tb_hf.spectral import analyze
 
 OPTIONS = dict(min_evals=8)
 
 
 def spectra_json(spectra) -> dict:
-    return {name: {"alpha": s.alpha, "status": s.status, "num_evals": s.num_evals} for name, s in spectra.items()}
+    return {str(k): {"alpha": s.alpha, "status": s.status, "num_evals": s.num_evals} for k, s in spectra.items()}
 
 
 def nan_to_none(d: dict) -> dict:
@@ -51,7 +59,7 @@ class Recorder(TrainerCallback):
     def reference(self, model) -> dict:
         tb = self.trainer_ref[0].tempbalance
         spectra = analyze(unit_matrices(model, tb.partition, lora_view=tb.tb.tb_lora_view), **tb.tb.spectral_options())
-        metrics = unit_metrics(spectra, tb.partition.units, metric=tb.tb.tb_metric)
+        metrics = unit_metrics(spectra, tb.engine.metric_units(), metric=tb.tb.tb_metric)
         factors = compute_factors(metrics, weights=tb.unit_weights, **tb.tb.factor_options())
         return {"alpha": nan_to_none(metrics), "factors": factors, "spectra": spectra_json(spectra)}
 
@@ -87,13 +95,13 @@ def train(out: str) -> dict:
     dataset = dataset_for(model, n=32)
     args = tiny_training_args(os.path.join(out, "run"), max_steps=6, tb_unit="matrix")
     analysed: list[str] = []
-    real_analyze = tbd.analyze
+    real_analyze = tbe.analyze
 
     def counting_analyze(matrices, **options):
-        analysed.extend(matrices)
+        analysed.extend(str(k) for k in matrices)
         return real_analyze(matrices, **options)
 
-    tbd.analyze = counting_analyze
+    tbe.analyze = counting_analyze
     trainer_ref: list = []
     recorder = Recorder(trainer_ref)
     trainer = TempBalanceTrainer(model=model, args=args, train_dataset=dataset, callbacks=[recorder])
@@ -113,20 +121,20 @@ def train(out: str) -> dict:
         "weights_sum": float(sum(p.detach().double().sum() for p in model.parameters())),
     }
     tb = trainer.tempbalance
-    tasks = tbd._plan(model, tb.partition, "effective", OPTIONS)
+    tasks = tb.engine.tasks
     owners = tbd.assign_by_cost([t.cost for t in tasks], dist.get_world_size())
-    result["tasks"] = [t.name for t in tasks]
+    result["tasks"] = [str(t.key) for t in tasks]
     result["owners"] = owners
 
     # A NaN matrix in rank 1's share: rank 1 reports status "non_finite", every rank must agree.
-    victim = next(t for t, o in zip(tasks, owners, strict=True) if o == 1 and t.index is None)
+    victim = next(t for t, o in zip(tasks, owners, strict=True) if o == 1 and t.key.index is None)
     with torch.no_grad():
-        dict(model.named_parameters())[victim.param].fill_(float("nan"))
+        dict(model.named_parameters())[victim.key.param].fill_(float("nan"))
     analysed.clear()
     factors = tb.update(model, trainer.optimizer, trainer.lr_scheduler, args, trainer.state, step=100)
     alphas = {k.removeprefix("tb/alpha/"): v for k, v in tb._pending_logs.items() if k.startswith("tb/alpha/")}
     result["nan"] = {
-        "victim": victim.name,
+        "victim": str(victim.key),
         "analysed": list(analysed),
         "factors": factors,
         "alpha": nan_to_none(alphas),
@@ -139,15 +147,15 @@ def train(out: str) -> dict:
         raise RuntimeError("injected failure")
 
     if rank == 1:
-        tbd.analyze = failing_analyze
+        tbe.analyze = failing_analyze
     factors = tb.update(model, trainer.optimizer, trainer.lr_scheduler, args, trainer.state, step=101)
     result["failure"] = {"factors": factors, "tb_factors": [g["tb_factor"] for g in trainer.optimizer.param_groups]}
     try:
-        tbd.distributed_analyze({"a": torch.randn(8, 8), "b": torch.randn(16, 8)}, min_evals=4)
+        tb.engine.run(model)
         result["failure"]["raised"] = None
     except RuntimeError as err:
         result["failure"]["raised"] = str(err)
-    tbd.analyze = real_analyze
+    tbe.analyze = real_analyze
     return result
 
 
@@ -182,12 +190,13 @@ def fsdp2(out: str) -> dict:
         sharded = all(isinstance(p, DTensor) for p in model.parameters())
         local_numel = sum(p.to_local().numel() for p in model.parameters())
 
+        engine = tbe.SpectralEngine(model, partition, TempBalanceArguments(tb_min_evals=8))
         equal, seen = True, []
-        for _block, mats in tbd.gathered_blocks(model, partition):
-            for name, tensor in mats.items():
-                seen.append(name)
-                equal &= not isinstance(tensor, DTensor) and torch.equal(tensor, ref_matrices[name])
-        spectra = tbd.spectral_pass(model, partition, **OPTIONS)
+        for _share, mats in engine._blocks(model, engine.tasks):
+            for key, tensor in mats.items():
+                seen.append(str(key))
+                equal &= not isinstance(tensor, DTensor) and torch.equal(tensor, ref_matrices[key.param])
+        spectra = engine.run(model).spectra
         still_sharded = all(isinstance(p, DTensor) for p in model.parameters())
         # FSDP still works after the pass: one forward/backward.
         loss = model(**batch_for(reference)).loss
@@ -201,19 +210,19 @@ def fsdp2(out: str) -> dict:
             "gathered_equal": bool(equal),
             "gathered_names": seen,
             "reference_names": list(ref_matrices),
-            "alpha": {k: s.alpha for k, s in spectra.items()},
-            "reference_alpha": {k: s.alpha for k, s in ref_spectra.items()},
+            "alpha": {str(k): s.alpha for k, s in spectra.items()},
+            "reference_alpha": {str(k): s.alpha for k, s in ref_spectra.items()},
             "loss_finite": bool(torch.isfinite(loss).item()),
         }
 
     # FSDP1 flattens parameters into 1-D shards: refused with a clear message, not "no blocks found".
     from torch.distributed.fsdp import FullyShardedDataParallel
 
-    from tb_hf.callback import tempbalance_param_groups
+    from tb_hf.optim import tempbalance_param_groups
 
     fsdp1 = FullyShardedDataParallel(ARCHS["llama"][0](), device_id=torch.device("cpu"), use_orig_params=True)
     try:
-        tempbalance_param_groups(fsdp1, TempBalanceConfig(output_dir=out, use_cpu=True))
+        tempbalance_param_groups(fsdp1, lr=1e-3)
         result["fsdp1_error"] = None
     except ValueError as err:
         result["fsdp1_error"] = str(err)

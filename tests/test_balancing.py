@@ -10,7 +10,7 @@ import torch
 from transformers import get_scheduler
 
 from tb_hf.balancing import MAPPINGS, METRICS, apply_factors, compute_factors, unit_metrics
-from tb_hf.spectral import LayerSpectrum
+from tb_hf.spectral import LayerSpectrum, MatrixKey
 
 
 def spectrum(name: str, alpha: float, *, status: str = "ok", spectral_norm: float = 10.0) -> LayerSpectrum:
@@ -46,9 +46,10 @@ def test_unit_metrics_mean_over_fitted_matrices():
         "b0.k": spectrum("b0.k", 4.0),
         "b0.v": spectrum("b0.v", math.nan, status="too_small"),
         "b1.o": spectrum("b1.o", 4.0),
-        "b1.experts[0]": spectrum("b1.experts[0]", 2.0),
-        "b1.experts[1]": spectrum("b1.experts[1]", 3.0),
-        "b1.experts[2]": spectrum("b1.experts[2]", 7.0),
+        MatrixKey("b1.experts", 0): spectrum("b1.experts[0]", 2.0),
+        MatrixKey("b1.experts", 1): spectrum("b1.experts[1]", 3.0),
+        MatrixKey("b1.experts", 2): spectrum("b1.experts[2]", 11.0),
+        "b1.experts[0]": spectrum("b1.experts[0]", 100.0),  # a plain name, not a 3-D item: not b1.experts
         "b2.q": spectrum("b2.q", math.nan, status="degenerate"),
         "b4.q": spectrum("b4.q", 3.0),
         "b4.k": spectrum("b4.k", math.nan, status="non_finite"),
@@ -63,7 +64,7 @@ def test_unit_metrics_mean_over_fitted_matrices():
     out = unit_metrics(spectra, units)
     assert list(out) == ["b0", "b1", "b2", "b3", "b4"]
     assert out["b0"] == 3.0
-    assert out["b1"] == 4.0  # (4 + 2 + 3 + 7) / 4
+    assert out["b1"] == 5.0  # (4 + 2 + 3 + 11) / 4
     assert math.isnan(out["b2"]) and math.isnan(out["b3"])
     assert math.isnan(out["b4"])  # one non-finite matrix disqualifies its unit
 
@@ -159,16 +160,21 @@ def test_normalize_weighted_mean_is_one(mapping):
 def test_compute_factors_validation():
     with pytest.raises(ValueError, match=r"mapping must be one of \('linear', 'sigmoid'\)"):
         compute_factors({"a": 1.0}, mapping="step")
-    with pytest.raises(ValueError, match="lr_min must be > 0"):
+    with pytest.raises(ValueError, match=r"lr_min must be a finite number in \(0, 100\], got 0.0"):
         compute_factors({"a": 1.0}, lr_min=0.0)
     with pytest.raises(ValueError, match="lr_min must be <= lr_max"):
         compute_factors({"a": 1.0}, lr_min=2.0, lr_max=1.0)
-    with pytest.raises(ValueError, match="tau must be > 0"):
+    with pytest.raises(ValueError, match=r"tau must be a finite number in \(0, 1000\]"):
         compute_factors({"a": 1.0}, mapping="sigmoid", tau=0.0)
-    with pytest.raises(ValueError, match="s_low and s_high"):
+    with pytest.raises(ValueError, match=r"s_low must be a finite number in \[0, 6\]"):
         compute_factors({"a": 1.0}, mapping="sigmoid", s_low=-1.0)
-    with pytest.raises(ValueError, match="s_low and s_high"):
+    with pytest.raises(ValueError, match=r"s_high must be a finite number in \[0, 6\]"):
         compute_factors({"a": 1.0}, mapping="sigmoid", s_high=-0.1)
+    # unbounded values would explode the learning rate (1e-190 .. 1e198 for s = 2000): refused
+    with pytest.raises(ValueError, match=r"s_low must be a finite number in \[0, 6\], got 2000"):
+        compute_factors({"a": 1.0}, mapping="sigmoid", s_low=2000, s_high=2000)
+    with pytest.raises(ValueError, match="lr_max must be a finite number"):
+        compute_factors({"a": 1.0}, lr_max=math.inf)
     with pytest.raises(ValueError, match="weights has no entry"):
         compute_factors({"a": 1.0, "b": 2.0}, weights={"a": 1.0}, normalize=True)
 

@@ -20,20 +20,17 @@ import torch
 import torch.distributed as dist
 from tiny_models import ARCHS
 
-from tb_hf import TempBalanceCallback, analyze, partition_model, unit_matrices
+from tb_hf import TempBalanceArguments, TempBalanceCallback, analyze, partition_model, unit_matrices
 from tb_hf.callback import DEEPSPEED_OPTIMIZER_MESSAGE
 from tb_hf.distributed import (
     FSDP1_MESSAGE,
-    _plan,
     assign_by_cost,
     deepspeed_config_sections,
-    distributed_analyze,
-    gathered_blocks,
     is_distributed,
     matrix_cost,
     sharding_kind,
-    spectral_pass,
 )
+from tb_hf.engine import SpectralEngine, plan
 
 HERE = Path(__file__).parent
 LLAMA_7B_BLOCK = [(4096, 4096)] * 4 + [(11008, 4096), (11008, 4096), (4096, 11008)]
@@ -47,7 +44,8 @@ def same(a, b) -> bool:
 
 
 def same_spectra(a: dict, b: dict) -> bool:
-    """Two `analyze` results are equal, field by field, in the same order (NaN equal to NaN)."""
+    """Two `analyze` results are equal, field by field, in the same order (NaN equal to NaN); keys as labels."""
+    a, b = {str(k): v for k, v in a.items()}, {str(k): v for k, v in b.items()}
     if list(a) != list(b):
         return False
     return all(same(x, y) for k in a for x, y in zip(a[k].to_dict().values(), b[k].to_dict().values(), strict=True))
@@ -96,23 +94,37 @@ def test_single_process_pass_is_the_plain_pass(name):
     partition = partition_model(model, "matrix")
     assert sharding_kind(model) is None
     expected = analyze(unit_matrices(model, partition), min_evals=8)
-    assert same_spectra(spectral_pass(model, partition, min_evals=8), expected)
-    assert same_spectra(distributed_analyze(unit_matrices(model, partition), min_evals=8), expected)
-    blocks = list(gathered_blocks(model, partition))
-    assert [b for b, _ in blocks] == list(partition.blocks)
-    gathered = {k: v for _, mats in blocks for k, v in mats.items()}
+    engine = SpectralEngine(model, partition, TempBalanceArguments(tb_min_evals=8, tb_unit="matrix"))
+    assert same_spectra(engine.run(model).spectra, expected)
+    assert same_spectra(engine.run(model, by_block=True).spectra, expected)  # block by block: the same numbers
+    blocks = list(engine._blocks(model, engine.tasks))
+    assert [share[0].block for share, _ in blocks] == list(partition.blocks)
+    gathered = {str(k): v for _, mats in blocks for k, v in mats.items()}
     if name == "mixtral":  # 3-D expert weights come as one matrix per expert, named as analyze names them
         assert "model.layers.0.mlp.experts.down_proj[3]" in gathered
-    assert set(gathered) == set(expected)
+    assert set(gathered) == {str(k) for k in expected}
 
 
 def test_lora_views_go_through_unchanged():
     torch.manual_seed(0)
     model = peft.get_peft_model(ARCHS["llama"][0](), peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     partition = partition_model(model, "block")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
     for view in ("effective", "delta"):
         expected = analyze(unit_matrices(model, partition, lora_view=view), min_evals=4)
-        assert same_spectra(spectral_pass(model, partition, lora_view=view, min_evals=4), expected)
+        engine = SpectralEngine(model, partition, TempBalanceArguments(tb_min_evals=4, tb_lora_view=view))
+        got = engine.run(model).spectra
+        assert [k.param for k in got] == list(expected)
+        assert all(same(got[k].alpha, expected[k.param].alpha) for k in got)
+        if view == "delta":  # labelled as the update ΔW of the LoRA layer, and rank 4: no fit of round-off
+            assert [s.name for s in got.values()][:2] == [
+                "base_model.model.model.layers.0.self_attn.q_proj.ΔW",
+                "base_model.model.model.layers.0.self_attn.v_proj.ΔW",
+            ]
+            assert {s.status for s in got.values()} == {"rank_deficient"}
 
 
 def test_zero3_partitioned_parameters_keep_their_partition():
@@ -120,13 +132,13 @@ def test_zero3_partitioned_parameters_keep_their_partition():
     torch.manual_seed(0)
     model = ARCHS["llama"][0]()
     expected = partition_model(model, "matrix")
-    plan = [(t.name, t.shape, t.cost) for t in _plan(model, expected, "effective", {})]
+    tasks = [(t.key, t.shape, t.cost) for t in plan(model, expected, options={})]
     for p in model.parameters():
         p.ds_id, p.ds_shape = 0, tuple(p.shape)
         p.data = torch.empty(0)
     assert sharding_kind(model) == "zero3"
     assert partition_model(model, "matrix") == expected
-    assert [(t.name, t.shape, t.cost) for t in _plan(model, expected, "effective", {})] == plan
+    assert [(t.key, t.shape, t.cost) for t in plan(model, expected, options={})] == tasks
 
 
 def test_deepspeed_config_with_its_own_optimizer_fails_clearly(tmp_path):

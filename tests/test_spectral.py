@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tb_hf import spectral
-from tb_hf.spectral import analyze, esd, farms_esd, farms_grid, fit_power_law
+from tb_hf.spectral import MatrixKey, analyze, esd, farms_esd, farms_grid, fit_power_law
 
 
 def pareto(alpha: float, n: int, seed: int) -> torch.Tensor:
@@ -268,8 +268,10 @@ def test_analyze_matches_single_fits_and_chunking():
         "half": torch.randn(100, 100).half(),
     }
     res = analyze(mats, xmin_method="median", min_evals=10)
-    assert list(res) == ["a", "b", "c", "experts[0]", "experts[1]", "experts[2]", "conv", "half"]
-    singles = {"experts[0]": mats["experts"][0], "experts[1]": mats["experts"][1], "experts[2]": mats["experts"][2]}
+    experts = [MatrixKey("experts", e) for e in range(3)]
+    assert list(res) == ["a", "b", "c", *experts, "conv", "half"]
+    assert [res[k].name for k in experts] == ["experts[0]", "experts[1]", "experts[2]"]
+    singles = {k: mats["experts"][k.index] for k in experts}
     singles.update({k: v for k, v in mats.items() if k != "experts"})
     for name, w in singles.items():
         fit = fit_power_law(esd(w), min_evals=10)

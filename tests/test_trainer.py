@@ -32,6 +32,20 @@ def history(tmp_path) -> list[dict]:
         return [json.loads(line) for line in f]
 
 
+def linear_factors(alpha: dict[str, float], lo: float = 0.5, hi: float = 1.5) -> dict[str, float]:
+    """TempBalance's linear map (ALGORITHM.md section 5) of the logged α, written out independently of tb_hf."""
+    a_min, a_max = min(alpha.values()), max(alpha.values())
+    assert a_max > a_min, alpha
+    return {unit: lo + (hi - lo) * (a - a_min) / (a_max - a_min) for unit, a in alpha.items()}
+
+
+def linear_factors(alpha: dict[str, float], lo: float = 0.5, hi: float = 1.5) -> dict[str, float]:
+    """TempBalance's linear map (ALGORITHM.md section 5) of the logged α, written out independently of tb_hf."""
+    a_min, a_max = min(alpha.values()), max(alpha.values())
+    assert a_max > a_min, alpha
+    return {unit: lo + (hi - lo) * (a - a_min) / (a_max - a_min) for unit, a in alpha.items()}
+
+
 class Recorder(TrainerCallback):
     """Every group's lr and factor as the optimizer step uses them (before `optimizer.step()`)."""
 
@@ -61,11 +75,14 @@ def test_every_architecture_trains(name, tmp_path):
     for r in records:
         assert set(r["factor"]) == set(blocks)
         assert all(a is not None and a > 1 for a in r["alpha"].values()), r  # every block fitted
+        assert r["factor"] == pytest.approx(linear_factors(r["alpha"]), rel=1e-9)  # the higher α, the higher lr
     factors = {g["tb_unit"]: g["tb_factor"] for g in trainer.optimizer.param_groups if g["tb_unit"]}
-    assert factors == pytest.approx(records[-1]["factor"])
-    assert min(factors.values()) == pytest.approx(0.5) and max(factors.values()) == pytest.approx(1.5)
+    assert factors == pytest.approx(linear_factors(records[-1]["alpha"]), rel=1e-9)
     logged = [h for h in trainer.state.log_history if "tb/spectral_seconds" in h]
-    assert logged and all(f"tb/alpha/{b}" in logged[0] and f"tb/lr_scale/{b}" in logged[0] for b in blocks)
+    assert len(logged) == len(records)
+    for h, r in zip(logged, records, strict=True):  # the Trainer's logs carry the same α and factors
+        assert {b: h[f"tb/alpha/{b}"] for b in blocks} == pytest.approx(r["alpha"])
+        assert {b: h[f"tb/lr_scale/{b}"] for b in blocks} == pytest.approx(linear_factors(r["alpha"]))
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
@@ -107,16 +124,31 @@ def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
     assert [r["step"] for r in history(tmp_path)] == [0, 2, 4]
 
 
-def test_auto_interval_is_a_tenth_of_an_epoch(tmp_path):
+@pytest.mark.parametrize("budget", [1.0, 0.03])
+def test_auto_interval_is_a_tenth_of_an_epoch_within_the_budget(budget, tmp_path):
     torch.manual_seed(0)
     model = ARCHS["bert"][0]()
-    args = config(tmp_path, max_steps=-1, num_train_epochs=1, per_device_train_batch_size=2, tb_update_steps="auto")
+    args = config(
+        tmp_path,
+        max_steps=-1,
+        num_train_epochs=1,
+        per_device_train_batch_size=2,
+        tb_update_steps="auto",
+        tb_max_overhead=budget,
+    )
     trainer = TempBalanceTrainer(model=model, args=args, train_dataset=dataset_for(model, n=64))
     trainer.train()
-    assert trainer.tempbalance.interval == 3  # 32 steps per epoch // 10
+    tb = trainer.tempbalance
+    assert tb.rule_interval == 3  # Model Balancing: 32 steps per epoch // 10
+    # never more often than the budget allows, measured from the step-0 pass and steps 2..3
+    needed = math.ceil(tb.pass_seconds / (budget * tb.step_seconds))
+    assert tb.pass_seconds > 0 and tb.step_seconds > 0
+    assert tb.interval == max(3, needed)
+    assert trainer.optimizer.param_groups[0]["tb_interval"] == tb.interval  # saved with checkpoints
+    expected = [0] + [s for s in range(3, 32) if s % tb.interval == 0]  # decided after step 3
     records = history(tmp_path)
-    assert [r["step"] for r in records] == list(range(0, 32, 3))
-    assert [r["epoch"] for r in records] == [step / 32 for step in range(0, 32, 3)]
+    assert [r["step"] for r in records] == expected
+    assert [r["epoch"] for r in records] == [step / 32 for step in expected]
 
 
 @pytest.mark.slow  # two training runs and a checkpoint
@@ -166,7 +198,8 @@ def test_nan_block_keeps_factor_one_and_training_continues(tmp_path, caplog):
     assert trainer.state.global_step == 3
     first, later = history(tmp_path)
     assert first["skipped"] == ["bert.encoder.layer.1"] and first["factor"]["bert.encoder.layer.1"] == 1.0
-    assert {first["factor"]["bert.encoder.layer.0"], first["factor"]["bert.encoder.layer.2"]} == {0.5, 1.5}
+    fitted = {b: first["alpha"][b] for b in ("bert.encoder.layer.0", "bert.encoder.layer.2")}
+    assert {b: first["factor"][b] for b in fitted} == pytest.approx(linear_factors(fitted), rel=1e-9)
     # the NaN reached every weight through the first update: every unit is skipped, training still runs
     assert later["skipped"] == [f"bert.encoder.layer.{i}" for i in range(3)]
     assert set(later["factor"].values()) == {1.0}
@@ -174,11 +207,12 @@ def test_nan_block_keeps_factor_one_and_training_continues(tmp_path, caplog):
 
 
 def test_model_without_blocks_fails_before_training(tmp_path):
-    with pytest.raises(ValueError, match="ModuleList of at least 2"):
+    with pytest.raises(ValueError, match="Found no transformer blocks in Sequential"):
         TempBalanceTrainer(model=nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)), args=config(tmp_path))
 
 
-def test_callback_with_plain_trainer(tmp_path):
+@pytest.mark.parametrize("route", ["peft_style", "training_arguments"])
+def test_callback_with_plain_trainer(route, tmp_path):
     torch.manual_seed(0)
     model = ARCHS["roberta"][0]()
     args = TrainingArguments(
@@ -186,18 +220,59 @@ def test_callback_with_plain_trainer(tmp_path):
         save_strategy="no", logging_steps=2, disable_tqdm=True, learning_rate=1e-3,
     )  # fmt: skip
     callback = TempBalanceCallback(update_steps="2", min_evals=8, mapping="sigmoid")
+    if route == "peft_style":  # no TrainingArguments needed, like peft's create_loraplus_optimizer
+        optimizer = create_tempbalance_optimizer(model, torch.optim.AdamW, lr=1e-3, weight_decay=0.01)
+    else:  # the optimizer args.optim names
+        optimizer = create_tempbalance_optimizer(model, args, tb_args=callback.user_tb_args)
     trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=dataset_for(model),
-        optimizers=(create_tempbalance_optimizer(model, args, callback.user_tb_args), None),
-        callbacks=[callback],
+        model=model, args=args, train_dataset=dataset_for(model), optimizers=(optimizer, None), callbacks=[callback]
     )
     trainer.train()
     factors = {g["tb_unit"]: g["tb_factor"] for g in trainer.optimizer.param_groups if g["tb_unit"]}
     assert set(factors) == {"roberta.encoder.layer.0", "roberta.encoder.layer.1"}
     assert all(10 ** (-1) < f < 10**0.5 and f != 1.0 for f in factors.values())  # sigmoid range, s = (2, 1)
     assert any("tb/lr_scale/roberta.encoder.layer.0" in h for h in trainer.state.log_history)
+
+
+def test_peft_style_optimizer_groups_without_training_arguments():
+    model = ARCHS["bert"][0]()
+    optimizer = create_tempbalance_optimizer(model, torch.optim.AdamW, lr=3e-4, weight_decay=0.1, betas=(0.9, 0.98))
+    units = [g["tb_unit"] for g in optimizer.param_groups]
+    assert units[0] is None and units.count("bert.encoder.layer.0") == 2 == units.count("bert.encoder.layer.1")
+    assert all(g["lr"] == 3e-4 == g["tb_base_lr"] and g["betas"] == (0.9, 0.98) for g in optimizer.param_groups)
+    decay = {g["weight_decay"] for g in optimizer.param_groups if g["params"]}
+    assert decay == {0.0, 0.1}  # biases and norms without weight decay, as in the Trainer
+    matrix = create_tempbalance_optimizer(model, torch.optim.SGD, lr=0.1, unit="matrix")
+    assert len({g["tb_unit"] for g in matrix.param_groups}) > 3
+    with pytest.raises(TypeError, match="needs optimizer_cls and lr"):
+        create_tempbalance_optimizer(model, torch.optim.AdamW)
+
+
+def test_callback_refuses_an_optimizer_built_for_other_units(tmp_path):
+    model = ARCHS["bert"][0]()
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, report_to="none", use_cpu=True, disable_tqdm=True)
+    optimizer = create_tempbalance_optimizer(model, torch.optim.AdamW, lr=1e-3, unit="matrix")
+    trainer = Trainer(
+        model=model, args=args, train_dataset=dataset_for(model), optimizers=(optimizer, None),
+        callbacks=[TempBalanceCallback(unit="block")],
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="do not match the callback's 2 block units"):
+        trainer.train()
+
+
+@pytest.mark.parametrize("kind", ["config", "arguments"])
+def test_callback_takes_a_whole_config_or_the_arguments(kind, tmp_path):
+    """Passing a whole TempBalanceConfig (TrainingArguments fields and all) with an option used to raise
+    TypeError: unexpected keyword 'output_dir'."""
+    from tb_hf import TempBalanceArguments
+
+    if kind == "config":
+        tb_args = TempBalanceConfig(output_dir=str(tmp_path), tb_xmin_pos=1.5)
+    else:
+        tb_args = TempBalanceArguments(tb_xmin_pos=1.5)
+    callback = TempBalanceCallback(tb_args, mapping="sigmoid")
+    assert type(callback.user_tb_args) is TempBalanceArguments
+    assert (callback.user_tb_args.tb_mapping, callback.user_tb_args.tb_xmin_pos) == ("sigmoid", 1.5)
 
 
 def test_callback_without_tempbalance_optimizer_says_what_to_do(tmp_path):
@@ -218,6 +293,15 @@ def test_callback_without_tempbalance_optimizer_says_what_to_do(tmp_path):
         (dict(tb_xmin_method="ks", tb_xmin_pos=1.5), "tb_xmin_pos"),
         (dict(tb_update_steps="0"), "tb_update_steps"),
         (dict(tb_lr_min=2.0, tb_lr_max=1.0), "tb_lr_min"),
+        # unbounded values: refused at construction, naming the option and a sane range
+        (dict(tb_mapping="sigmoid", tb_sigmoid_s_low=2000, tb_sigmoid_s_high=2000), r"tb_sigmoid_s_low .*\[0, 6\]"),
+        (dict(tb_lr_max=math.inf), r"tb_lr_max must be a finite number in \(0, 100\]"),
+        (dict(tb_xmin_pos=math.inf), r"tb_xmin_pos must be a finite number in \(1, 100\]"),
+        (dict(tb_xmin_pos=math.nan), "tb_xmin_pos"),
+        (dict(tb_sigmoid_tau=math.inf), "tb_sigmoid_tau"),
+        (dict(tb_farms_aspect_ratio=-1.0), "tb_farms_aspect_ratio"),
+        (dict(tb_max_overhead=0.0), "tb_max_overhead"),
+        (dict(tb_update_steps="sometimes"), "'auto', 'once' or a positive integer"),
     ],
 )
 def test_invalid_config_fails_at_construction(options, match, tmp_path):
@@ -231,8 +315,10 @@ def test_optimizers_and_mixed_precision(extra, tmp_path):
     model = ARCHS["llama"][0]()
     trainer = TempBalanceTrainer(model=model, args=config(tmp_path, **extra), train_dataset=dataset_for(model))
     trainer.train()
-    assert len(history(tmp_path)) == 2
-    assert {g["tb_factor"] for g in trainer.optimizer.param_groups if g["tb_unit"]} == {0.5, 1.5}
+    records = history(tmp_path)
+    assert len(records) == 2
+    factors = {g["tb_unit"]: g["tb_factor"] for g in trainer.optimizer.param_groups if g["tb_unit"]}
+    assert factors == pytest.approx(linear_factors(records[-1]["alpha"]), rel=1e-9)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -250,12 +336,40 @@ def lora_model(name: str, task: str):
     return peft.get_peft_model(base, peft.LoraConfig(task_type=task, r=4, lora_alpha=8, target_modules=targets))
 
 
+class LoraSnapshot(TrainerCallback):
+    """(W0, A, B, scaling) of every LoRA layer as the update after optimizer step ``at`` sees them."""
+
+    def __init__(self, at: int):
+        self.at, self.layers = at, {}
+
+    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if state.global_step + 1 == self.at:
+            for name, m in model.named_modules():
+                if isinstance(m, peft.tuners.lora.LoraLayer):
+                    w0, a, b = (x.detach().clone() for x in (m.base_layer.weight, m.lora_A["default"].weight,
+                                                               m.lora_B["default"].weight))  # fmt: skip
+                    self.layers[name] = (w0, a, b, m.scaling["default"])
+
+
+def hill_alpha(w: torch.Tensor, xmin_pos: float = 2.0) -> float:
+    """α of ALGORITHM.md sections 2-3 (median xmin), from scratch in float64: the eigenvalues of the smaller Gram."""
+    w = w.double()
+    evals = torch.linalg.eigvalsh(w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w).clamp(min=0)
+    i = math.floor(len(evals) / xmin_pos)
+    tail = evals[i:]
+    return 1 + len(tail) / torch.log(tail / evals[i]).sum().item()
+
+
 @pytest.mark.parametrize("name, task", [("roberta", "SEQ_CLS"), ("llama", "CAUSAL_LM"), ("llama", "SEQ_CLS")])
 def test_lora_training(name, task, tmp_path):
     model = lora_model(name, task)
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if "base_layer" in n}
+    snapshot = LoraSnapshot(at=2)
     trainer = TempBalanceTrainer(
-        model=model, args=config(tmp_path, learning_rate=5e-2), train_dataset=dataset_for(model.base_model.model)
+        model=model,
+        args=config(tmp_path, learning_rate=5e-2),
+        train_dataset=dataset_for(model.base_model.model),
+        callbacks=[snapshot],
     )
     trainer.train()
     blocks = [p for p, _ in find_blocks(model)]
@@ -271,6 +385,18 @@ def test_lora_training(name, task, tmp_path):
     for n, p in model.named_parameters():
         if n in frozen:
             assert torch.equal(p, frozen[n]), "base weights are frozen"
-    assert {g["tb_factor"] for g in trainer.optimizer.param_groups if g["tb_unit"]} == {0.5, 1.5}
-    # the last update analysed W0 + scaling * B @ A (the B matrices moved away from zero)
-    assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
+    records = history(tmp_path)
+    factors = {g["tb_unit"]: g["tb_factor"] for g in trainer.optimizer.param_groups if g["tb_unit"]}
+    assert factors == pytest.approx(linear_factors(records[-1]["alpha"]), rel=1e-9)
+    # The update after step 2 analysed W0 + scaling * B @ A: a block's α is the mean α of its adapted matrices,
+    # recomputed here by hand from the weights of that moment, and told apart from W0 alone and from W0 + B @ A.
+    assert records[-1]["step"] == 2 and len(snapshot.layers) == 2 * len(blocks)
+    for block in blocks:
+        layers = [v for k, v in snapshot.layers.items() if k.startswith(block + ".")]
+        assert len(layers) == 2 and all(scaling == 8 / 4 for *_, scaling in layers)  # lora_alpha / r
+        effective = sum(hill_alpha(w0 + s * b @ a) for w0, a, b, s in layers) / 2
+        assert records[-1]["alpha"][block] == pytest.approx(effective, rel=1e-5)
+        frozen_only = sum(hill_alpha(w0) for w0, *_ in layers) / 2
+        unscaled = sum(hill_alpha(w0 + b @ a) for w0, a, b, _ in layers) / 2  # Model Balancing's W0 + B @ A
+        for other in (frozen_only, unscaled):
+            assert abs(other - effective) > 1e-3 * effective, "the check could not tell the views apart"

@@ -1,0 +1,454 @@
+"""The spectral pass: one engine that training, ``tb-hf analyze`` and distributed jobs all call.
+
+Data flows one way::
+
+    plan (typed keys, shapes, costs; no weight is read) -> each rank's cost-balanced share
+    -> matrices, block by block (sharded weights gathered, W₀ + ΔW in float32 under LoRA)
+    -> eigen-solve + fit (`tb_hf.spectral.analyze`) -> one exchange between ranks -> `PassResult`
+    -> unit metrics (`tb_hf.balancing.unit_metrics`, adapted matrices only under LoRA if asked)
+
+`SpectralEngine.run` does all of it synchronously. For asynchronous passes the same steps are split:
+`SpectralEngine.snapshot` (training thread: copies of this rank's matrices), `SpectralEngine.compute` (any
+thread: pure computation on the copies) and `SpectralEngine.finish` (training thread: the exchange, a
+collective every rank joins at the same step, and the unit metrics).
+
+Results are keyed by `tb_hf.spectral.MatrixKey` (parameter name, expert index), never by parsed strings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers.utils import logging
+
+from . import distributed as dist_utils
+from .balancing import unit_metrics
+from .layers import Partition, Unit, full_shape, lora_layers, lora_weight
+from .spectral import LayerSpectrum, MatrixKey, analyze, esd, farms_esd, farms_windows
+
+logger = logging.get_logger(__name__)
+
+__all__ = ["PassResult", "SpectralEngine", "Task", "analyze_shared", "plan"]
+
+#: Smallest per-model FARMS window: below it matrices are analysed whole.
+_MIN_MODEL_WINDOW = 32
+
+
+@dataclass(frozen=True)
+class Task:
+    """One ESD of the pass.
+
+    Attributes:
+        key: Parameter name and, for a 3-D (experts) weight, the matrix index.
+        label: How tables and figures name it: the parameter name, ``name[e]``, or ``<lora layer>.ΔW`` in the
+            LoRA delta view.
+        unit: The unit whose metric it feeds.
+        block: Module path of the block whose gathering makes the parameter whole.
+        shape: Full shape of the analysed matrix (2-D, or the 4-D kernel).
+        cost: Relative cost of its ESD (`tb_hf.distributed.matrix_cost`), for splitting the pass between ranks.
+        adapted: Whether peft LoRA adapts it.
+        status: A status given without computing (``"quantized"``), else None.
+    """
+
+    key: MatrixKey
+    label: str
+    unit: str
+    block: str
+    shape: tuple[int, ...]
+    cost: int
+    adapted: bool = False
+    status: str | None = None
+
+
+@dataclass
+class PassResult:
+    """What one pass found.
+
+    Attributes:
+        spectra: Matrix key → `LayerSpectrum` (``name`` is the task's label), in model order.
+        metrics: Unit → the metric that drives the factors (NaN for a unit that could not be fitted).
+        alphas: Unit → mean α (the same as ``metrics`` when the metric is α).
+        esds: Matrix key → eigenvalues (CPU float64) of the matrices asked for with ``esd_keys``.
+        seconds: Wall time of the pass.
+    """
+
+    spectra: dict[MatrixKey, LayerSpectrum]
+    metrics: dict[str, float]
+    alphas: dict[str, float]
+    esds: dict[MatrixKey, torch.Tensor] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def statuses(self, unit: Unit) -> list[str]:
+        """The distinct statuses of a unit's matrices (to say why a unit was not fitted)."""
+        return sorted({s.status for k, s in self.spectra.items() if k.param in unit.matrices})
+
+
+# --------------------------------------------------------------------------------------------------
+# The plan
+
+
+def _is_quantized(param: torch.Tensor) -> bool:
+    """A packed weight (bitsandbytes 4/8-bit, GPTQ, ...): integer storage whose bytes are not the matrix."""
+    return not (param.dtype.is_floating_point or param.dtype.is_complex) or type(param).__name__ in (
+        "Params4bit",
+        "Int8Params",
+    )
+
+
+def model_farms_window(shapes: Sequence[tuple[int, ...]], aspect_ratio: float) -> int | None:
+    """FARMS's one window size for a whole model: half the smallest side among its matrices (the paper used
+    one size per model, e.g. 2000 rows for LLaMA-7B's 4096-wide matrices). None if that is below 32 rows."""
+    sides = [int(min(s[0], s[1] / aspect_ratio)) for s in shapes]
+    if not sides:
+        return None
+    window = min(sides) // 2
+    return window if window >= _MIN_MODEL_WINDOW else None
+
+
+def plan(model: nn.Module, partition: Partition, *, lora_view: str = "effective", options: Mapping) -> list[Task]:
+    """Every ESD of the pass, in model order. Reads names, shapes and dtypes only: nothing is gathered.
+
+    In the ``"delta"`` LoRA view, matrices without LoRA are left out. ``options`` are `tb_hf.spectral.analyze`'s.
+    """
+    params = dict(model.named_parameters())
+    lora = lora_layers(model)
+    modules = dict(model.named_modules())
+    blocks = set(partition.blocks)
+    tasks: list[Task] = []
+    for unit in partition.units:
+        block = next((b for b in partition.blocks if unit.name == b or unit.name.startswith(f"{b}.")), unit.name)
+        for name in unit.matrices:
+            param = params[name]
+            adapted = id(param) in lora
+            if lora_view == "delta" and not adapted:
+                continue
+            shape = full_shape(param)
+            owner_block = next((p for p in _parents(name) if p in blocks), block)
+            label = name
+            if lora_view == "delta":
+                layer = next(p for p in _parents(name) if p in modules and modules[p] in lora[id(param)])
+                label = f"{layer}.ΔW"
+            status = "quantized" if _is_quantized(param) and not (lora_view == "delta" and adapted) else None
+            parts = (
+                [(MatrixKey(name, e), shape[1:]) for e in range(shape[0])]
+                if len(shape) == 3
+                else [(MatrixKey(name), shape)]
+            )
+            for key, part_shape in parts:
+                part_label = label if key.index is None else f"{label}[{key.index}]"
+                tasks.append(
+                    Task(
+                        key=key,
+                        label=part_label,
+                        unit=unit.name,
+                        block=owner_block,
+                        shape=tuple(part_shape),
+                        cost=dist_utils.matrix_cost(
+                            tuple(part_shape),
+                            estimator=options.get("estimator", "plain"),
+                            farms_window=options.get("farms_window"),
+                            farms_aspect_ratio=options.get("farms_aspect_ratio", 1.0),
+                            farms_grid_size=options.get("farms_grid_size", 9),
+                        ),
+                        adapted=adapted,
+                        status=status,
+                    )
+                )
+    return tasks
+
+
+def _parents(name: str) -> Iterator[str]:
+    while "." in name:
+        name = name.rsplit(".", 1)[0]
+        yield name
+
+
+# --------------------------------------------------------------------------------------------------
+# Computing a share and exchanging it
+
+
+def _skipped(task: Task, estimator: str) -> LayerSpectrum:
+    nan = math.nan
+    return LayerSpectrum(
+        alpha=nan, xmin=nan, ks_distance=nan, num_evals=0, num_tail=0, alpha_hat=nan, spectral_norm=nan,
+        stable_rank=nan, status=task.status, name=task.label, shape=task.shape, estimator=estimator,
+    )  # fmt: skip
+
+
+def _analyze_tasks(tasks: Sequence[Task], matrices: Mapping[MatrixKey, torch.Tensor], options: Mapping) -> dict:
+    """`analyze` of the tasks' matrices, relabelled; tasks with a status are not computed."""
+    estimator = options.get("estimator", "plain")
+    out = {t.key: _skipped(t, estimator) for t in tasks if t.status is not None}
+    todo = [t for t in tasks if t.status is None]
+    if todo:
+        spectra = analyze({t.key: matrices[t.key] for t in todo}, **options)
+        out.update({t.key: dataclasses.replace(spectra[t.key], name=t.label) for t in todo})
+    return {t.key: out[t.key] for t in tasks}
+
+
+def analyze_shared(
+    tasks: Sequence[Task], local: Callable[[Sequence[Task]], Mapping[MatrixKey, LayerSpectrum]]
+) -> dict[MatrixKey, LayerSpectrum]:
+    """Every task's spectrum, each rank computing its cost-balanced share with ``local(share)``; one exchange.
+
+    Alone (no process group of several ranks) this is ``local(tasks)``. A rank whose ``local`` raises still
+    joins the exchange, and then every rank raises (no rank goes on with different factors).
+    """
+    if not dist_utils.is_distributed():
+        return dict(local(tasks))
+    rank, world = dist_utils.rank_and_world()
+    owners = dist_utils.assign_by_cost([t.cost for t in tasks], world)
+    mine = [t for t, o in zip(tasks, owners, strict=True) if o == rank]
+    results: Mapping[MatrixKey, LayerSpectrum] = {}
+    error: BaseException | None = None
+    try:
+        results = local(mine) if mine else {}
+    except Exception as err:  # noqa: BLE001 - must still join the collective, then fail on every rank
+        error = err
+    return dist_utils.exchange(tasks, owners, results, error)
+
+
+# --------------------------------------------------------------------------------------------------
+# The engine
+
+
+class SpectralEngine:
+    """The spectral pass of one model and partition, with fixed options.
+
+    Args:
+        model: The model the Trainer hands to callbacks (unwrapped under DDP/DeepSpeed, FSDP2-sharded or not),
+            peft-wrapped or not.
+        partition: From `tb_hf.layers.partition_model`.
+        tb: `tb_hf.TempBalanceArguments` (or a `TempBalanceConfig`): estimator, fit, precision, LoRA view and
+            averaging, metric.
+
+    Example:
+        ```python
+        engine = SpectralEngine(model, partition_model(model), TempBalanceArguments())
+        result = engine.run(model)          # PassResult: spectra, unit metrics
+        ```
+    """
+
+    def __init__(self, model: nn.Module, partition: Partition, tb):
+        dist_utils.check_supported(model)
+        self.partition = partition
+        self.tb = tb
+        self.sharding = dist_utils.sharding_kind(model)
+        device = next((p.device for p in model.parameters() if p.device.type != "meta"), torch.device("cpu"))
+        self.device = device
+        self.options = tb.spectral_options(device)
+        shapes_plan = plan(model, partition, lora_view=tb.tb_lora_view, options=self.options)
+        if self.options["estimator"] == "farms" and self.options["farms_window"] is None:
+            self.options["farms_window"] = model_farms_window(
+                [t.shape for t in shapes_plan], self.options["farms_aspect_ratio"]
+            )
+            if self.options["farms_window"] is not None:
+                logger.info(f"TempBalance: FARMS window {self.options['farms_window']} rows for every matrix.")
+        self.tasks = plan(model, partition, lora_view=tb.tb_lora_view, options=self.options)
+        if self.options["estimator"] == "farms":
+            for t in self.tasks:  # say once per shape which matrices FARMS cannot window
+                farms_windows(
+                    t.shape[:2],
+                    name=t.label,
+                    window=self.options["farms_window"],
+                    aspect_ratio=self.options["farms_aspect_ratio"],
+                    grid=self.options["farms_grid_size"],
+                )
+        quantized = [t.label for t in self.tasks if t.status == "quantized"]
+        if quantized:
+            logger.warning_once(
+                f"TempBalance: {len(quantized)} quantized weight(s) (e.g. {quantized[0]}) are not analysed (status "
+                "'quantized'): their packed bytes are not the matrix. For QLoRA, analyse a dequantized copy of the "
+                "base with the adapter: tb-hf analyze BASE --adapter RUN --dtype bfloat16 (their units keep factor 1)."
+            )
+
+    # ------------------------------------------------------------------------------------------------
+    # Matrices
+
+    def _matrices(self, model: nn.Module, tasks: Sequence[Task], *, copy: bool = False) -> dict:
+        """The tasks' matrices from the model's current full parameters (W₀ + ΔW under LoRA, in float32)."""
+        params = dict(model.named_parameters())
+        lora = lora_layers(model)
+        out = {}
+        whole: dict[str, torch.Tensor] = {}
+        for task in tasks:
+            if task.status is not None:
+                continue
+            name = task.key.param
+            if name not in whole:
+                param = params[name].detach()
+                if id(params[name]) in lora:
+                    weight = lora_weight(param, lora[id(params[name])], self.tb.tb_lora_view)
+                else:
+                    weight = param.clone() if copy else param
+                whole[name] = weight
+            weight = whole[name]
+            out[task.key] = weight if task.key.index is None else weight[task.key.index]
+        return out
+
+    def _blocks(self, model: nn.Module, tasks: Sequence[Task]) -> Iterator[tuple[list[Task], dict]]:
+        """``(tasks of a block, their matrices)``, one block at a time, each gathered while it is consumed.
+        Under sharding every rank must iterate to the end in step (each gathering is a collective)."""
+        wanted = {t.key for t in tasks}
+        for block in dict.fromkeys(t.block for t in self.tasks):
+            share = [t for t in self.tasks if t.block == block and t.key in wanted]
+            with dist_utils.gathered(model, block, self.sharding):
+                yield share, self._matrices(model, share) if share else {}
+
+    def _share(self, model: nn.Module, tasks: Sequence[Task], *, by_block: bool, esd_keys, esds, progress) -> dict:
+        """Spectra of ``tasks`` computed here (this rank's share)."""
+        from tqdm.auto import tqdm
+
+        if not by_block and self.sharding is None:
+            mats = self._matrices(model, tasks)
+            self._keep_esds(mats, esd_keys, esds)
+            return _analyze_tasks(tasks, mats, self.options)
+        out, error = {}, None
+        n_blocks = len(dict.fromkeys(t.block for t in self.tasks))
+        for share, mats in tqdm(
+            self._blocks(model, tasks), total=n_blocks, desc="spectral pass", unit="block", disable=not progress
+        ):
+            if share and error is None:
+                try:
+                    out.update(_analyze_tasks(share, mats, self.options))
+                    self._keep_esds(mats, esd_keys, esds)
+                except Exception as err:  # noqa: BLE001 - keep gathering in step with the other ranks
+                    error = err
+            del mats
+        if error is not None:
+            raise error
+        return out
+
+    def _keep_esds(self, mats: Mapping, esd_keys, esds: dict) -> None:
+        for key in [k for k in mats if k in esd_keys]:
+            esds[key] = self.esd(mats[key])
+
+    def esd(self, matrix: torch.Tensor) -> torch.Tensor:
+        """The eigenvalues the fit of ``matrix`` uses (FARMS-pooled or plain), as CPU float64."""
+        o = self.options
+        windows = None
+        if o["estimator"] == "farms":
+            windows = farms_windows(
+                tuple(matrix.shape[:2]), window=o["farms_window"], aspect_ratio=o["farms_aspect_ratio"],
+                grid=o["farms_grid_size"],
+            )  # fmt: skip
+        if windows is not None:
+            evals = farms_esd(
+                matrix, window=o["farms_window"], aspect_ratio=o["farms_aspect_ratio"], grid=o["farms_grid_size"],
+                dtype=o["dtype"], filter_zeros=o["filter_zeros"],
+            )  # fmt: skip
+        else:
+            evals = esd(matrix, dtype=o["dtype"], filter_zeros=o["filter_zeros"])
+        return evals.to("cpu", torch.float64)
+
+    # ------------------------------------------------------------------------------------------------
+    # Passes
+
+    def run(self, model: nn.Module, *, by_block: bool = False, progress: bool = False, esd_keys=()) -> PassResult:
+        """One synchronous pass, shared between the ranks (call it on every rank at the same step).
+
+        Args:
+            by_block: Build and analyse one block's matrices at a time (bounds memory to one block's copies;
+                always so under FSDP2/ZeRO-3).
+            progress: A progress bar over the blocks.
+            esd_keys: Matrix keys whose eigenvalues to keep (for figures), in ``PassResult.esds``.
+        """
+        start = time.perf_counter()
+        esd_keys, esds = set(esd_keys), {}
+        if self.sharding is not None and dist_utils.is_distributed():
+            # Every rank gathers every block (a collective) and computes its own share inside it.
+            rank, world = dist_utils.rank_and_world()
+            owners = dist_utils.assign_by_cost([t.cost for t in self.tasks], world)
+            mine = [t for t, o in zip(self.tasks, owners, strict=True) if o == rank]
+            results, error = {}, None
+            try:  # _share gathers every block, in step with the other ranks, even after a local failure
+                results = self._share(model, mine, by_block=True, esd_keys=esd_keys, esds=esds, progress=progress)
+            except Exception as err:  # noqa: BLE001 - join the exchange, then fail on every rank
+                error = err
+            spectra = dist_utils.exchange(self.tasks, owners, results, error)
+        else:
+            spectra = analyze_shared(
+                self.tasks,
+                lambda share: self._share(
+                    model, share, by_block=by_block, esd_keys=esd_keys, esds=esds, progress=progress
+                ),
+            )
+        return self.result(spectra, esds=esds, seconds=time.perf_counter() - start)
+
+    def snapshot(self, model: nn.Module) -> dict[MatrixKey, torch.Tensor]:
+        """Copies of this rank's share of the matrices, for `compute` in another thread (training thread only).
+
+        On CUDA the copies go to pinned host memory on a side stream (the training stream is not
+        synchronised); the host computes them. Elsewhere they are plain copies.
+        """
+        rank, world = dist_utils.rank_and_world()
+        owners = dist_utils.assign_by_cost([t.cost for t in self.tasks], world)
+        mine = {t.key for t, o in zip(self.tasks, owners, strict=True) if o == rank}
+        out: dict[MatrixKey, torch.Tensor] = {}
+        cuda = self.device.type == "cuda"
+        stream = torch.cuda.Stream(self.device) if cuda else None
+        if stream is not None:
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            for _share, mats in self._blocks(model, [t for t in self.tasks if t.key in mine]):
+                for key, mat in mats.items():
+                    if cuda:
+                        host = torch.empty(mat.shape, dtype=mat.dtype, device="cpu", pin_memory=True)
+                        host.copy_(mat, non_blocking=True)
+                        out[key] = host
+                    else:
+                        out[key] = mat.detach().clone()
+        if stream is not None:
+            stream.synchronize()
+        return out
+
+    def compute(self, snapshot: Mapping[MatrixKey, torch.Tensor]) -> dict[MatrixKey, LayerSpectrum]:
+        """This rank's spectra from a `snapshot` (safe in a background thread: no collective, no model access).
+        A snapshot of CUDA weights is computed on the host in the precision chosen for CUDA."""
+        tasks = [t for t in self.tasks if t.key in snapshot or t.status is not None]
+        return _analyze_tasks(tasks, snapshot, self.options)
+
+    def finish(
+        self, local: Mapping[MatrixKey, LayerSpectrum] | None, error: BaseException | None = None
+    ) -> PassResult:
+        """Exchange the results of `compute` between the ranks (every rank, same step) and build the result."""
+        if not dist_utils.is_distributed():
+            if error is not None:
+                raise error
+            return self.result(dict(local))
+        rank, world = dist_utils.rank_and_world()
+        owners = dist_utils.assign_by_cost([t.cost for t in self.tasks], world)
+        mine = {t.key for t, o in zip(self.tasks, owners, strict=True) if o == rank}
+        local = {k: v for k, v in (local or {}).items() if k in mine}
+        spectra = dist_utils.exchange(self.tasks, owners, local, error)
+        return self.result(spectra)
+
+    # ------------------------------------------------------------------------------------------------
+    # Unit metrics
+
+    def metric_units(self) -> list[Unit]:
+        """The units as `unit_metrics` sees them: under LoRA with ``tb_lora_average='adapted'`` a unit that has
+        adapted matrices averages over those only (Model Balancing); frozen, unadapted ones do not count."""
+        if self.tb.tb_lora_average != "adapted":
+            return list(self.partition.units)
+        adapted: dict[str, list[str]] = {}
+        for t in self.tasks:
+            if t.adapted:
+                adapted.setdefault(t.unit, []).append(t.key.param)
+        return [
+            dataclasses.replace(u, matrices=tuple(dict.fromkeys(adapted[u.name]))) if u.name in adapted else u
+            for u in self.partition.units
+        ]
+
+    def result(self, spectra: dict, *, esds=None, seconds: float = 0.0) -> PassResult:
+        units = self.metric_units()
+        metrics = unit_metrics(spectra, units, metric=self.tb.tb_metric)
+        alphas = metrics if self.tb.tb_metric == "alpha" else unit_metrics(spectra, units, metric="alpha")
+        return PassResult(spectra=spectra, metrics=metrics, alphas=alphas, esds=esds or {}, seconds=seconds)

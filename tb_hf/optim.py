@@ -1,0 +1,202 @@
+"""Optimizer param groups for TempBalance (and LLRD), and the optimizer built over them.
+
+Like ``peft.optimizers.create_loraplus_optimizer``, `create_tempbalance_optimizer` is a plain function for
+your own training loop::
+
+    optimizer = create_tempbalance_optimizer(model, torch.optim.AdamW, lr=2e-5, weight_decay=0.1)
+
+It needs no ``TrainingArguments``. For a `transformers.Trainer`, `optimizer_from_args` builds the optimizer
+that ``args.optim`` names over the same groups (what `tb_hf.TempBalanceTrainer` does).
+
+Every group carries ``tb_unit`` (None for the unscaled groups), ``tb_base_lr`` and ``tb_factor``; they survive
+``optimizer.state_dict()`` and so checkpoints. `tb_hf.balancing.apply_factors` scales the groups of a unit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+
+import torch
+from torch import nn
+
+from .layers import Partition, partition_model
+
+__all__ = [
+    "build_param_groups",
+    "create_tempbalance_optimizer",
+    "trainer_decay_names",
+    "grouped",
+    "optimizer_from_args",
+    "tempbalance_param_groups",
+]
+
+
+def trainer_decay_names(model: nn.Module) -> list[str]:
+    """The Trainer's weight-decay rule (no biases, LayerNorm/RMSNorm or ``*norm*`` parameters)."""
+    from transformers import Trainer
+
+    return Trainer.get_decay_parameter_names(None, model)  # it does not use `self`
+
+
+def grouped(
+    model: nn.Module,
+    buckets: Iterable[tuple[dict, Collection[str]]],
+    *,
+    learning_rate: float,
+    weight_decay: float,
+    decay_names: Collection[str],
+) -> list[dict]:
+    """Param groups from named buckets: each ``(keys, names)`` becomes a decay and a no-decay group (the empty
+    ones left out) carrying ``keys``; ``keys["lr"]`` overrides ``learning_rate``. Frozen parameters are skipped."""
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    decay = set(decay_names)
+    groups = []
+    for keys, names in buckets:
+        kept = [name for name in names if name in trainable]
+        lr = keys.get("lr", learning_rate)
+        for params, wd in (
+            ([trainable[n] for n in kept if n in decay], weight_decay),
+            ([trainable[n] for n in kept if n not in decay], 0.0),
+        ):
+            if params:
+                groups.append({**keys, "params": params, "lr": lr, "weight_decay": wd})
+    return groups
+
+
+def _tb_keys(unit: str | None, learning_rate: float) -> dict:
+    return {"tb_unit": unit, "tb_base_lr": learning_rate, "tb_factor": 1.0}
+
+
+def build_param_groups(
+    model: nn.Module,
+    partition: Partition,
+    *,
+    learning_rate: float,
+    weight_decay: float,
+    decay_parameter_names: Collection[str],
+) -> list[dict]:
+    """Optimizer param groups: a weight-decay and a no-decay group per unit, and the same for the outside.
+
+    The outside groups come first, so group 0 is unscaled and the Trainer's logged ``learning_rate`` (group
+    0's) shows the base schedule; if nothing is outside, group 0 is an empty ``{"params": []}`` placeholder.
+    Empty groups are otherwise omitted. Every group carries ``tb_unit`` (None outside the units),
+    ``tb_base_lr`` (= ``learning_rate``) and ``tb_factor`` (1.0).
+
+    Raises:
+        ValueError: If a trainable parameter of the model is missing from the partition or appears twice in it
+            (the partition is stale: recompute it after changing which parameters are trainable).
+    """
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    names = [name for name in partition.params if name in trainable]
+    missing = trainable - set(names)
+    if missing or len(names) != len(set(names)):
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        raise ValueError(
+            "The partition does not match the model's trainable parameters (recompute it with partition_model "
+            f"after changing requires_grad): missing {sorted(missing)[:5]}, duplicated {duplicates[:5]}."
+        )
+    options = dict(learning_rate=learning_rate, weight_decay=weight_decay, decay_names=decay_parameter_names)
+    groups = grouped(model, [(_tb_keys(None, learning_rate), partition.outside)], **options)
+    if not groups:
+        groups = [{**_tb_keys(None, learning_rate), "params": [], "lr": learning_rate, "weight_decay": 0.0}]
+    groups += grouped(model, [(_tb_keys(u.name, learning_rate), u.params) for u in partition.units], **options)
+    return groups
+
+
+def tempbalance_param_groups(
+    model: nn.Module,
+    *,
+    lr: float,
+    weight_decay: float = 0.0,
+    unit: str = "block",
+    decay_parameter_names: Collection[str] | None = None,
+) -> list[dict]:
+    """TempBalance's param groups for ``model``: per unit a decay and a no-decay group, the unscaled group first."""
+    from .distributed import check_supported
+
+    check_supported(model)  # FSDP1's flat shards hide the blocks: say so instead of "no blocks found"
+    if decay_parameter_names is None:
+        decay_parameter_names = trainer_decay_names(model)
+    return build_param_groups(
+        model,
+        partition_model(model, unit),
+        learning_rate=lr,
+        weight_decay=weight_decay,
+        decay_parameter_names=decay_parameter_names,
+    )
+
+
+def create_tempbalance_optimizer(
+    model: nn.Module,
+    optimizer_cls: type[torch.optim.Optimizer] | None = None,
+    *,
+    lr: float | None = None,
+    weight_decay: float = 0.0,
+    unit: str = "block",
+    **optimizer_kwargs,
+) -> torch.optim.Optimizer:
+    """An optimizer over TempBalance's per-unit param groups, peft-style: no ``TrainingArguments`` needed.
+
+    Args:
+        model: Any model with transformer blocks, peft-wrapped or not.
+        optimizer_cls: The optimizer class (``torch.optim.AdamW``, ``torch.optim.SGD``, bitsandbytes', ...).
+        lr: Base learning rate of every group (TempBalance scales the units' groups by their factors).
+        weight_decay: Weight decay of the decay groups (biases and norms get none, as in the Trainer).
+        unit: ``"block"`` (one factor per transformer block) or ``"matrix"``.
+        **optimizer_kwargs: Passed to ``optimizer_cls`` (``betas``, ``eps``, ...).
+
+    Example:
+        ```python
+        import torch
+        from tb_hf import TempBalanceCallback, create_tempbalance_optimizer
+
+        optimizer = create_tempbalance_optimizer(model, torch.optim.AdamW, lr=2e-5, weight_decay=0.1)
+        trainer = Trainer(model=model, args=args, train_dataset=train, optimizers=(optimizer, None),
+                          callbacks=[TempBalanceCallback(mapping="sigmoid")])
+        ```
+
+    For the Trainer's own optimizer choice (``args.optim``), pass ``TrainingArguments`` instead of the class:
+    ``create_tempbalance_optimizer(model, args)``, optionally with ``tb_args=`` (its ``tb_unit``).
+    """
+    from transformers import TrainingArguments
+
+    if isinstance(optimizer_cls, TrainingArguments):
+        args, tb_args = optimizer_cls, optimizer_kwargs.pop("tb_args", None)
+        if optimizer_kwargs or lr is not None:
+            raise TypeError("with TrainingArguments, the learning rate and options come from the arguments")
+        return optimizer_from_args(model, args, tb_args)
+    if optimizer_cls is None or lr is None:
+        raise TypeError("create_tempbalance_optimizer(model, optimizer_cls, *, lr, ...) needs optimizer_cls and lr")
+    groups = tempbalance_param_groups(model, lr=lr, weight_decay=weight_decay, unit=unit)
+    return optimizer_cls(groups, lr=lr, **optimizer_kwargs)
+
+
+def optimizer_from_args(
+    model: nn.Module, args, tb_args=None, *, decay_names: Collection[str] | None = None, optimizer_cls_and_kwargs=None
+) -> torch.optim.Optimizer:
+    """The optimizer that ``args.optim`` names (``TrainingArguments``) over TempBalance's param groups.
+
+    ``tb_args``: TempBalance options (for ``tb_unit``); default: those of ``args`` if it is a
+    `tb_hf.TempBalanceConfig`, else the defaults.
+    """
+    from transformers import Trainer
+    from transformers.trainer_optimizer import is_optimizer_factory
+
+    from .config import tb_arguments
+
+    tb = tb_arguments(args, tb_args)
+    groups = tempbalance_param_groups(
+        model,
+        lr=args.learning_rate,
+        weight_decay=args.weight_decay,
+        unit=tb.tb_unit,
+        decay_parameter_names=decay_names,
+    )
+    cls, kwargs = optimizer_cls_and_kwargs or Trainer.get_optimizer_cls_and_kwargs(args, model)
+    if is_optimizer_factory(cls) or "params" in kwargs or "model" in kwargs:
+        raise ValueError(
+            f"optim={args.optim!r} builds its own parameter groups, so TempBalance cannot give each block its own "
+            "learning rate with it. Choose an optimizer that takes param groups (e.g. adamw_torch_fused, adamw_torch, "
+            "sgd, adafactor)."
+        )
+    return cls(groups, **kwargs)

@@ -1,0 +1,314 @@
+"""TempBalance's options, without importing torch or transformers (so ``--help`` answers at once).
+
+Every option is a ``tb_*`` field with help text, so `transformers.HfArgumentParser` turns them into
+command-line flags (``--tb_mapping sigmoid``) and YAML keys for free. Defaults follow the TempBalance paper
+(median xmin over the top half, linear map 0.5-1.5, block units); Model Balancing's GLUE runs used
+``tb_xmin_pos=1.5`` and the sigmoid map, noted in the help texts. The choices and sane ranges live here too,
+and the modules that use them (`tb_hf.spectral`, `tb_hf.layers`, `tb_hf.balancing`) import them from here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+__all__ = [
+    "ESTIMATORS",
+    "FACTOR_RANGES",
+    "LORA_AVERAGES",
+    "LORA_VIEWS",
+    "MAPPINGS",
+    "METRICS",
+    "UNIT_KINDS",
+    "XMIN_METHODS",
+    "TempBalanceArguments",
+    "check_factor_options",
+    "check_range",
+    "tb_arguments",
+]
+
+XMIN_METHODS = ("median", "ks")
+ESTIMATORS = ("plain", "farms")
+UNIT_KINDS = ("block", "matrix")
+LORA_VIEWS = ("effective", "delta")
+#: Which matrices of a block set its α under LoRA: the "adapted" ones (Model Balancing) or "all".
+LORA_AVERAGES = ("adapted", "all")
+#: Maps from a unit's metric to its learning-rate factor.
+MAPPINGS = ("linear", "sigmoid")
+#: `LayerSpectrum` fields that can drive the mapping (α is the paper's choice; the others are ablations).
+METRICS = ("alpha", "alpha_hat", "spectral_norm", "stable_rank")
+ESD_DTYPE_CHOICES = ("auto", "float32", "float64")
+#: Model Balancing's recompute rule: about ten times per epoch, at most every 100 steps.
+MAX_AUTO_INTERVAL = 100
+
+#: Sane ranges of the factor options (name, low, high, low open): factors stay within 1e-3..1e3 of the base
+#: learning rate. Model Balancing used s in 0.25..2 and τ = 10; TempBalance 0.5..1.5.
+FACTOR_RANGES = (
+    ("lr_min", 0.0, 100.0, True),
+    ("lr_max", 0.0, 100.0, True),
+    ("tau", 0.0, 1000.0, True),
+    ("s_low", 0.0, 6.0, False),
+    ("s_high", 0.0, 6.0, False),
+)
+
+
+def check_range(name: str, value, low: float, high: float, *, low_open: bool = False, why: str = "") -> None:
+    """Raise a ValueError naming ``name`` unless ``value`` is a finite number in [low, high] ((low, high] with
+    ``low_open``). The message states the range, so a typo or an absurd setting is caught before training."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        bracket = "(" if low_open else "["
+        raise ValueError(f"{name} must be a finite number in {bracket}{low:g}, {high:g}]{why}, got {value!r}")
+
+
+def check_factor_options(mapping: str, *, prefix: str = "", **values: float) -> None:
+    """Raise a ValueError naming the option (``prefix`` + name, e.g. ``tb_sigmoid_``) for an unknown mapping,
+    a non-finite value or one outside `FACTOR_RANGES`."""
+    if mapping not in MAPPINGS:
+        raise ValueError(f"mapping must be one of {MAPPINGS}, got {mapping!r}")
+    for name, low, high, low_open in FACTOR_RANGES:
+        if name in values:
+            check_range(f"{prefix}{name}", values[name], low, high, low_open=low_open)
+    if "lr_min" in values and "lr_max" in values and not values["lr_min"] <= values["lr_max"]:
+        raise ValueError(f"{prefix}lr_min must be <= {prefix}lr_max, got {values['lr_min']} and {values['lr_max']}")
+
+
+@dataclass
+class TempBalanceArguments:
+    """The TempBalance options alone (for `tb-hf analyze`, the callback, or your own argument parser)."""
+
+    tb_xmin_method: str = field(
+        default="median",
+        metadata={
+            "help": "How xmin of the power-law fit is chosen: 'median' (xmin = evals[floor(N / tb_xmin_pos)], "
+            "TempBalance) or 'ks' (Kolmogorov-Smirnov scan over every cut, WeightWatcher).",
+            "choices": list(XMIN_METHODS),
+        },
+    )
+    tb_xmin_pos: float = field(
+        default=2.0,
+        metadata={"help": "Position of xmin for 'median': 2 fits the top half, 1.5 the top third (Model Balancing)."},
+    )
+    tb_min_evals: int = field(
+        default=50, metadata={"help": "Matrices with fewer eigenvalues are not fitted (their unit keeps factor 1)."}
+    )
+    tb_filter_zeros: bool = field(
+        default=False, metadata={"help": "Drop eigenvalues <= 1e-5 before fitting (WeightWatcher's convention)."}
+    )
+    tb_estimator: str = field(
+        default="plain",
+        metadata={
+            "help": "'plain': ESD of the whole matrix; 'farms': pooled ESD of fixed-aspect-ratio windows, "
+            "which removes the bias that matrix shape puts into alpha.",
+            "choices": list(ESTIMATORS),
+        },
+    )
+    tb_farms_window: int | None = field(
+        default=None,
+        metadata={
+            "help": "FARMS window rows r. Default: one size for the whole model, as in the FARMS paper: half the "
+            "smallest side among the analysed matrices (so q, k and v of a block are windowed alike)."
+        },
+    )
+    tb_farms_aspect_ratio: float = field(default=1.0, metadata={"help": "FARMS window columns / rows (Q)."})
+    tb_farms_grid: int = field(default=9, metadata={"help": "FARMS grid: up to P x P window positions."})
+    tb_esd_dtype: str = field(
+        default="auto",
+        metadata={
+            "help": "Precision of the eigen-solve: 'auto' = float64 on CUDA (it costs about the same as float32 "
+            "there, and matches WeightWatcher to rounding), float32 elsewhere.",
+            "choices": list(ESD_DTYPE_CHOICES),
+        },
+    )
+    tb_unit: str = field(
+        default="block",
+        metadata={
+            "help": "What shares one learning-rate factor: a transformer 'block' (its alpha is the mean over "
+            "its matrices) or each analysed 'matrix' module.",
+            "choices": list(UNIT_KINDS),
+        },
+    )
+    tb_lora_view: str = field(
+        default="effective",
+        metadata={
+            "help": "With peft LoRA, analyse the 'effective' weight W0 + scaling*B@A (what the forward pass "
+            "uses) or the 'delta' alone.",
+            "choices": list(LORA_VIEWS),
+        },
+    )
+    tb_lora_average: str = field(
+        default="adapted",
+        metadata={
+            "help": "With peft LoRA and block units: a block's alpha is the mean over its 'adapted' matrices "
+            "(Model Balancing; frozen matrices do not move) or over 'all' its matrices.",
+            "choices": list(LORA_AVERAGES),
+        },
+    )
+    tb_metric: str = field(
+        default="alpha",
+        metadata={"help": "Spectral metric that drives the factors.", "choices": list(METRICS)},
+    )
+    tb_mapping: str = field(
+        default="linear",
+        metadata={
+            "help": "Metric -> factor: 'linear' (TempBalance, tb_lr_min..tb_lr_max) or 'sigmoid' (Model "
+            "Balancing's TB_Sigmoid, tb_sigmoid_*).",
+            "choices": list(MAPPINGS),
+        },
+    )
+    tb_lr_min: float = field(default=0.5, metadata={"help": "Linear map: factor of the lowest-alpha unit."})
+    tb_lr_max: float = field(default=1.5, metadata={"help": "Linear map: factor of the highest-alpha unit."})
+    tb_sigmoid_tau: float = field(default=10.0, metadata={"help": "Sigmoid map: temperature tau."})
+    tb_sigmoid_s_low: float = field(
+        default=2.0, metadata={"help": "Sigmoid map: scale below the mean alpha (factor >= 10^(-s_low/2))."}
+    )
+    tb_sigmoid_s_high: float = field(
+        default=1.0, metadata={"help": "Sigmoid map: scale above the mean alpha (factor <= 10^(s_high/2))."}
+    )
+    tb_normalize: bool = field(
+        default=False,
+        metadata={"help": "Rescale factors so their parameter-count-weighted mean is 1."},
+    )
+    tb_update_steps: str = field(
+        default="auto",
+        metadata={
+            "help": "When to recompute alpha (always once before the first step). An integer N: every N optimizer "
+            "steps, exactly. 'once': never again (the step-0 factors hold for the whole run). 'auto': Model "
+            "Balancing's min(100, max(1, steps_per_epoch // 10)), but never more often than tb_max_overhead "
+            "allows, judged from the measured cost of the first pass and of the first steps."
+        },
+    )
+    tb_max_overhead: float = field(
+        default=0.03,
+        metadata={
+            "help": "Budget for tb_update_steps='auto': spectral passes may cost at most this fraction of the "
+            "training time (0.03: 3 percent). The pass before the first step is always made."
+        },
+    )
+    tb_async: bool = field(
+        default=False,
+        metadata={
+            "help": "Compute passes after the first in a background thread on a snapshot of the weights taken at "
+            "step s, and apply the factors at the fixed step s + lag (waiting if late), so training does not "
+            "stop for the eigen-solves. Off by default: on a CPU-only machine the thread competes with training."
+        },
+    )
+
+    def __post_init__(self):
+        if hasattr(super(), "__post_init__"):
+            super().__post_init__()  # TrainingArguments' checks, when mixed into TempBalanceConfig
+        for name, allowed in [
+            ("tb_xmin_method", XMIN_METHODS),
+            ("tb_estimator", ESTIMATORS),
+            ("tb_unit", UNIT_KINDS),
+            ("tb_lora_view", LORA_VIEWS),
+            ("tb_metric", METRICS),
+            ("tb_mapping", MAPPINGS),
+            ("tb_esd_dtype", ESD_DTYPE_CHOICES),
+        ]:
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        check_range("tb_xmin_pos", self.tb_xmin_pos, 1, 100, low_open=True, why=" (2: top half, 1.5: top third)")
+        if not isinstance(self.tb_min_evals, int) or not 2 <= self.tb_min_evals <= 10**7:
+            raise ValueError(
+                f"tb_min_evals must be an integer >= 2 (a fit needs two eigenvalues), got {self.tb_min_evals!r}"
+            )
+        check_factor_options(
+            self.tb_mapping,
+            prefix="tb_",
+            lr_min=self.tb_lr_min,
+            lr_max=self.tb_lr_max,
+        )
+        check_factor_options(
+            self.tb_mapping,
+            prefix="tb_sigmoid_",
+            tau=self.tb_sigmoid_tau,
+            s_low=self.tb_sigmoid_s_low,
+            s_high=self.tb_sigmoid_s_high,
+        )
+        if self.tb_farms_window is not None and not (
+            isinstance(self.tb_farms_window, int) and 1 <= self.tb_farms_window <= 10**6
+        ):
+            raise ValueError(f"tb_farms_window must be a positive integer (rows), got {self.tb_farms_window!r}")
+        check_range("tb_farms_aspect_ratio", self.tb_farms_aspect_ratio, 0, 100, low_open=True)
+        if not isinstance(self.tb_farms_grid, int) or not 1 <= self.tb_farms_grid <= 64:
+            raise ValueError(f"tb_farms_grid must be an integer in [1, 64], got {self.tb_farms_grid!r}")
+        if self.tb_estimator == "plain" and self.tb_farms_window is not None:
+            raise ValueError("tb_farms_window is set but tb_estimator is 'plain': set tb_estimator='farms' too")
+        if self.tb_xmin_method == "ks" and self.tb_xmin_pos != 2.0:
+            raise ValueError("tb_xmin_pos only applies to tb_xmin_method='median'; the 'ks' scan chooses xmin itself")
+        check_range("tb_max_overhead", self.tb_max_overhead, 0, 1, low_open=True, why=" (0.03 = 3% of training time)")
+        self.tb_update_steps = str(self.tb_update_steps).strip()
+        if self.tb_update_steps not in ("auto", "once") and not (
+            self.tb_update_steps.isdigit() and int(self.tb_update_steps) > 0
+        ):
+            raise ValueError(
+                f"tb_update_steps must be 'auto', 'once' or a positive integer, got {self.tb_update_steps!r}"
+            )
+
+    # Options in the form the library functions take them.
+
+    def esd_dtype(self, device=None):
+        """The eigen-solve precision on ``device``: 'auto' is float64 on CUDA, float32 elsewhere."""
+        import torch
+
+        if self.tb_esd_dtype != "auto":
+            return getattr(torch, self.tb_esd_dtype)
+        return torch.float64 if device is not None and torch.device(device).type == "cuda" else torch.float32
+
+    def spectral_options(self, device=None) -> dict:
+        """Keyword arguments for `tb_hf.spectral.analyze`, for weights on ``device``."""
+        return dict(
+            estimator=self.tb_estimator,
+            xmin_method=self.tb_xmin_method,
+            xmin_pos=self.tb_xmin_pos,
+            min_evals=self.tb_min_evals,
+            filter_zeros=self.tb_filter_zeros,
+            dtype=self.esd_dtype(device),
+            farms_window=self.tb_farms_window,
+            farms_aspect_ratio=self.tb_farms_aspect_ratio,
+            farms_grid_size=self.tb_farms_grid,
+        )
+
+    def factor_options(self) -> dict:
+        """Keyword arguments for `tb_hf.balancing.compute_factors` (without ``weights``)."""
+        return dict(
+            mapping=self.tb_mapping,
+            lr_min=self.tb_lr_min,
+            lr_max=self.tb_lr_max,
+            tau=self.tb_sigmoid_tau,
+            s_low=self.tb_sigmoid_s_low,
+            s_high=self.tb_sigmoid_s_high,
+            normalize=self.tb_normalize,
+        )
+
+    def update_interval(self, steps_per_epoch: int | None) -> int | None:
+        """Optimizer steps between two spectral updates before any budget: an integer as given, None for 'once',
+        and for 'auto' Model Balancing's ``min(100, max(1, steps_per_epoch // 10))`` (100 if unknown)."""
+        if self.tb_update_steps == "once":
+            return None
+        if self.tb_update_steps != "auto":
+            return int(self.tb_update_steps)
+        if steps_per_epoch is None or steps_per_epoch <= 0 or not math.isfinite(steps_per_epoch):
+            return MAX_AUTO_INTERVAL
+        return min(MAX_AUTO_INTERVAL, max(1, int(steps_per_epoch) // 10))
+
+    def tempbalance_arguments(self) -> TempBalanceArguments:
+        """Only the ``tb_*`` options, as a standalone `TempBalanceArguments`."""
+        return tb_arguments(tb_args=self)
+
+
+def tb_arguments(args=None, tb_args: TempBalanceArguments | None = None) -> TempBalanceArguments:
+    """The TempBalance options in force: ``tb_args`` if given (only its ``tb_*`` fields, also when it is a whole
+    `TempBalanceConfig`), else those of ``args`` when it is a `TempBalanceConfig`, else the defaults."""
+    for source in (tb_args, args):
+        if isinstance(source, TempBalanceArguments):
+            if type(source) is TempBalanceArguments:
+                return source
+            return TempBalanceArguments(
+                **{name: getattr(source, name) for name in TempBalanceArguments.__dataclass_fields__}
+            )
+        if source is tb_args and source is not None:
+            raise TypeError(f"tb_args must be TempBalanceArguments or TempBalanceConfig, got {type(source).__name__}")
+    return TempBalanceArguments()

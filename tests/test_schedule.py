@@ -1,0 +1,123 @@
+"""When TempBalance recomputes: 'once', the budget of 'auto', IterableDatasets, asynchronous passes and resume."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+from datasets import IterableDataset
+from tiny_models import ARCHS, dataset_for, tiny_training_args
+
+from tb_hf import TempBalanceTrainer
+
+
+def history(path) -> list[dict]:
+    with open(path / "tempbalance" / "history.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+class LrRecorder:
+    """Every group's lr and factor at every optimizer step (a TrainerCallback)."""
+
+    def __init__(self):
+        from transformers import TrainerCallback
+
+        outer = self
+        self.steps: list[tuple[int, list[tuple]]] = []
+
+        class _CB(TrainerCallback):
+            def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+                outer.steps.append((state.global_step, [(g["lr"], g["tb_factor"]) for g in optimizer.param_groups]))
+
+        self.callback = _CB()
+
+
+def test_once_computes_alpha_only_before_the_first_step(tmp_path):
+    torch.manual_seed(0)
+    model = ARCHS["bert"][0]()
+    args = tiny_training_args(tmp_path, max_steps=6, tb_update_steps="once")
+    trainer = TempBalanceTrainer(model=model, args=args, train_dataset=dataset_for(model))
+    trainer.train()
+    assert [r["step"] for r in history(tmp_path)] == [0]
+    assert trainer.tempbalance.interval is None
+    assert {g["tb_factor"] for g in trainer.optimizer.param_groups if g["tb_unit"]} == {0.5, 1.5}
+
+
+def test_iterable_dataset_auto_interval_comes_from_max_steps(tmp_path, caplog):
+    """An IterableDataset has no length: 'auto' used to mean every 100 steps (one update in a 6-step run)."""
+    torch.manual_seed(0)
+    model = ARCHS["bert"][0]()
+    rows = dataset_for(model, n=64).to_list()
+    iterable = IterableDataset.from_generator(lambda: iter(rows))
+    args = tiny_training_args(tmp_path, max_steps=30, tb_update_steps="auto", tb_max_overhead=1.0)
+    trainer = TempBalanceTrainer(model=model, args=args, train_dataset=iterable)
+    with caplog.at_level(logging.WARNING):
+        trainer.train()
+    tb = trainer.tempbalance
+    assert tb.steps_per_epoch == 30 and tb.rule_interval == 3  # the run counts as one epoch: 30 // 10
+    assert "no length" in caplog.text and "max_steps=30" in caplog.text
+    assert tb.interval is not None and tb.interval < 30
+    assert len(history(tmp_path)) >= 2
+
+
+def _run(out, *, async_, save_steps=None, resume=None, update="4", max_steps=8):
+    torch.manual_seed(0)
+    model = ARCHS["bert"][0]()
+    recorder = LrRecorder()
+    args = tiny_training_args(
+        out,
+        max_steps=max_steps,
+        learning_rate=2e-2,
+        warmup_steps=2,
+        tb_update_steps=update,
+        tb_async=async_,
+        save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500,
+    )
+    trainer = TempBalanceTrainer(
+        model=model, args=args, train_dataset=dataset_for(model, n=32), callbacks=[recorder.callback]
+    )
+    trainer.train(resume_from_checkpoint=resume)
+    return recorder.steps, trainer
+
+
+def test_async_pass_applies_the_snapshot_factors_at_a_fixed_later_step(tmp_path):
+    sync_steps, sync = _run(tmp_path / "sync", async_=False)
+    async_steps, trainer = _run(tmp_path / "async", async_=True)
+    assert trainer.tempbalance.lag == 2  # interval 4 // 2
+    sync_hist, async_hist = history(tmp_path / "sync"), history(tmp_path / "async")
+    assert [r["step"] for r in sync_hist] == [0, 4]
+    assert [(r["step"], r.get("snapshot_step")) for r in async_hist] == [(0, None), (6, 4)]
+    # the pass on the step-4 weights gives the same alphas and factors, applied 2 steps later
+    assert async_hist[1]["alpha"] == sync_hist[1]["alpha"] and async_hist[1]["factor"] == sync_hist[1]["factor"]
+    # until step 4 both runs are identical; at steps 4 and 5 the async run still has the step-0 factors
+    assert async_steps[:4] == sync_steps[:4]
+    factors = [[f for _, f in groups] for _, groups in async_steps]
+    assert factors[4] == factors[5] == factors[0] and factors[6] == [f for _, f in sync_steps[4][1]]
+
+
+@pytest.mark.slow  # three short runs and a checkpoint
+@pytest.mark.parametrize("async_", [False, True])
+def test_resume_with_a_pass_in_flight_is_bit_identical(async_, tmp_path):
+    straight, trainer_a = _run(tmp_path / "a", async_=async_, save_steps=5)
+    resumed, trainer_b = _run(tmp_path / "b", async_=async_, resume=str(tmp_path / "a" / "checkpoint-5"))
+    assert [s for s, _ in resumed] == [5, 6, 7]
+    assert resumed == straight[5:]  # every group's lr and factor, exactly
+    if async_:  # the checkpoint held the pass in flight (snapshot at step 4, applied at 6)
+        assert history(tmp_path / "b")[-1] == history(tmp_path / "a")[-1]
+        assert history(tmp_path / "b")[-1]["snapshot_step"] == 4
+    for pa, pb in zip(trainer_a.model.parameters(), trainer_b.model.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+
+
+def test_frozen_blocks_warn_that_nothing_is_balanced(tmp_path, caplog):
+    torch.manual_seed(0)
+    model = ARCHS["bert"][0]()
+    for name, p in model.named_parameters():
+        p.requires_grad = "classifier" in name  # only the head trains
+    args = tiny_training_args(tmp_path, max_steps=2)
+    with caplog.at_level(logging.WARNING):
+        TempBalanceTrainer(model=model, args=args, train_dataset=dataset_for(model)).train()
+    assert "nothing to balance" in caplog.text and "only the head is trained" in caplog.text
