@@ -1,4 +1,4 @@
-"""On a CUDA GPU: the spectral pass gives the CPU's α, and TempBalanceTrainer trains on the GPU. Skipped without one."""
+"""On a CUDA GPU: the spectral pass gives the CPU's α and TempBalanceTrainer trains there. Skipped without one."""
 
 from __future__ import annotations
 

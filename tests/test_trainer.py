@@ -39,13 +39,6 @@ def linear_factors(alpha: dict[str, float], lo: float = 0.5, hi: float = 1.5) ->
     return {unit: lo + (hi - lo) * (a - a_min) / (a_max - a_min) for unit, a in alpha.items()}
 
 
-def linear_factors(alpha: dict[str, float], lo: float = 0.5, hi: float = 1.5) -> dict[str, float]:
-    """TempBalance's linear map (ALGORITHM.md section 5) of the logged α, written out independently of tb_hf."""
-    a_min, a_max = min(alpha.values()), max(alpha.values())
-    assert a_max > a_min, alpha
-    return {unit: lo + (hi - lo) * (a - a_min) / (a_max - a_min) for unit, a in alpha.items()}
-
-
 class Recorder(TrainerCallback):
     """Every group's lr and factor as the optimizer step uses them (before `optimizer.step()`)."""
 
