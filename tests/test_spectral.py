@@ -288,17 +288,37 @@ def test_analyze_matches_single_fits_and_chunking():
 # FARMS
 
 
-def grid_rule(dim: int, window: int, p: int) -> list[int]:
-    step = max(1, (dim - window) // (p - 1))
-    return sorted({min(k * step, dim - window) for k in range(p)})
+# FARMS windows worked out by hand from ALGORITHM.md section 4: r × round(r·Q) windows starting at
+# min(k·step, dim − w), step = max(1, (dim − w) // (P − 1)), k < P, duplicates dropped.
+# (shape, window r, Q, P, window size, row starts, column starts)
+FARMS_GRIDS = [
+    # rows: step 512 // 8 = 64; columns: step 2816 // 8 = 352, the last window ends at the edge
+    ((768, 3072), 256, 1.0, 9, (256, 256), [0, 64, 128, 192, 256, 320, 384, 448, 512],
+     [0, 352, 704, 1056, 1408, 1760, 2112, 2464, 2816]),
+    # 100 × 150 windows; columns: step 50 // 4 = 12, so the last window starts at 48 and stops 2 short of the edge
+    ((300, 200), 100, 1.5, 5, (100, 150), [0, 50, 100, 150, 200], [0, 12, 24, 36, 48]),
+    # rows: step max(1, 2 // 8) = 1, clipped at 20 − 18 = 2 (duplicates dropped); columns: step 22 // 8 = 2
+    ((20, 40), 18, 1.0, 9, (18, 18), [0, 1, 2], [0, 2, 4, 6, 8, 10, 12, 14, 16]),
+    # a window as tall as the matrix: one row start; columns: step 256 // 8 = 32
+    ((256, 512), 256, 1.0, 9, (256, 256), [0], [0, 32, 64, 96, 128, 160, 192, 224, 256]),
+    # Q = 2: 64 × 128 windows, columns: step 512 // 2 = 256
+    ((64, 640), 64, 2.0, 3, (64, 128), [0], [0, 256, 512]),
+    # default window: min(768, 3072 / Q) // 2 = 384; rows: step 384 // 8 = 48; columns: step 2688 // 8 = 336
+    ((768, 3072), None, 1.0, 9, (384, 384), [0, 48, 96, 144, 192, 240, 288, 336, 384],
+     [0, 336, 672, 1008, 1344, 1680, 2016, 2352, 2688]),
+    # P = 1: one window in the corner
+    ((100, 100), 50, 1.0, 1, (50, 50), [0], [0]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("shape, window, q, p, size, row_starts, col_starts", FARMS_GRIDS)
+def test_farms_grid_matches_hand_computed_windows(shape, window, q, p, size, row_starts, col_starts):
+    assert farms_grid(shape, window=window, aspect_ratio=q, grid=p) == (size, row_starts, col_starts)
 
 
 @pytest.mark.parametrize("shape, window, q, p", [((768, 3072), 256, 1.0, 9), ((300, 200), 100, 1.5, 5)])
 def test_farms_window_count_and_pooled_size(shape, window, q, p):
     (rows, cols), row_starts, col_starts = farms_grid(shape, window=window, aspect_ratio=q, grid=p)
-    assert (rows, cols) == (window, round(window * q))
-    assert row_starts == grid_rule(shape[0], rows, p)
-    assert col_starts == grid_rule(shape[1], cols, p)
     w = torch.randn(*shape)
     pooled = farms_esd(w, window=window, aspect_ratio=q, grid=p)
     n_windows = len(row_starts) * len(col_starts)
