@@ -8,10 +8,10 @@ For each process count the script launches ``torchrun --standalone --nproc_per_n
 builds the same random-init weights (seeded) and runs the shared pass ``--repeats`` times:
 
 1. roberta-base shapes: a random-init ``RobertaForSequenceClassification`` (no Hub), partitioned by
-   `tb_hf.partition_model` into its 12 blocks, through `tb_hf.distributed.spectral_pass` (72 matrices: 768×768
-   and 768×3072; default options: median xmin, float32).
+   `tb_hf.partition_model` into its 12 blocks, through the training pass `tb_hf.engine.SpectralEngine.run` (72
+   matrices: 768×768 and 768×3072; default options: median xmin, float32 on CPU, float64 on CUDA).
 2. LLaMA-7B shapes (``--llama-blocks`` blocks): q/k/v/o 4096×4096, gate/up 11008×4096, down 4096×11008 per
-   block, through `tb_hf.distributed.distributed_analyze`.
+   block, held by every rank, through `tb_hf.engine.analyze_shared` (the same split and exchange).
 
 Times are the best of ``--repeats``; each is taken between two barriers and is the slowest rank's time, the
 collective included. ``share`` is the slowest rank's own eigen-solve time. The α of every N-process run is
@@ -39,7 +39,9 @@ def worker(args) -> None:
     import transformers as tf
 
     import tb_hf.distributed as tbd
-    from tb_hf import partition_model
+    import tb_hf.engine as tbe
+    from tb_hf import TempBalanceArguments, partition_model
+    from tb_hf.spectral import MatrixKey
 
     tf.utils.logging.set_verbosity_error()
     device = torch.device(args.device)
@@ -49,9 +51,9 @@ def worker(args) -> None:
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
 
-    # Each rank's own eigen-solve time: wrap the analyze that tb_hf.distributed calls.
+    # Each rank's own eigen-solve time: wrap the analyze that the engine calls.
     local_seconds = [0.0]
-    real_analyze = tbd.analyze
+    real_analyze = tbe.analyze
 
     def timed_analyze(matrices, **options):
         start = time.perf_counter()
@@ -61,7 +63,7 @@ def worker(args) -> None:
         local_seconds[0] += time.perf_counter() - start
         return out
 
-    tbd.analyze = timed_analyze
+    tbe.analyze = timed_analyze
 
     def bench(run) -> dict:
         best, best_share, spectra = float("inf"), float("inf"), None
@@ -78,7 +80,7 @@ def worker(args) -> None:
             "seconds": best,
             "share_seconds": best_share,
             "matrices": len(spectra),
-            "alpha": {k: s.alpha for k, s in spectra.items()},
+            "alpha": {str(k): s.alpha for k, s in spectra.items()},
         }
 
     results = {}
@@ -88,19 +90,24 @@ def worker(args) -> None:
         max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5, num_labels=2,
     )  # fmt: skip
     model = tf.RobertaForSequenceClassification(config).to(device)
-    partition = partition_model(model, "block")
-    results["roberta-base (12 blocks, 72 matrices)"] = bench(lambda: tbd.spectral_pass(model, partition))
-    model = partition = None  # free the weights before the next part
+    engine = tbe.SpectralEngine(model, partition_model(model, "block"), TempBalanceArguments())
+    results["roberta-base (12 blocks, 72 matrices)"] = bench(lambda: engine.run(model).spectra)
+    model = engine = None  # free the weights before the next part
 
     if args.llama_blocks:
         g = torch.Generator(device=device).manual_seed(0)
         mats = {
-            f"model.layers.{b}.{name}.weight": torch.randn(shape, generator=g, device=device) * 0.02
+            MatrixKey(f"model.layers.{b}.{name}.weight"): torch.randn(shape, generator=g, device=device) * 0.02
             for b in range(args.llama_blocks)
             for name, shape in LLAMA_7B_BLOCK.items()
         }
+        options = TempBalanceArguments().spectral_options(device)
+        tasks = [
+            tbe.Task(key=k, label=str(k), unit="", block="", shape=tuple(m.shape), cost=tbd.matrix_cost(m.shape))
+            for k, m in mats.items()
+        ]
         results[f"LLaMA-7B shapes ({args.llama_blocks} blocks, {len(mats)} matrices)"] = bench(
-            lambda: tbd.distributed_analyze(mats)
+            lambda: tbe.analyze_shared(tasks, lambda share: tbe.analyze_tasks(share, mats, options))
         )
     if rank == 0:
         with open(args.out, "w") as f:

@@ -25,6 +25,7 @@ from transformers import Trainer
 from transformers.utils import logging
 
 from .layers import find_blocks
+from .optim import grouped, trainer_decay_names
 
 __all__ = ["LLRDTrainer", "llrd_depths", "llrd_param_groups"]
 
@@ -73,23 +74,14 @@ def llrd_param_groups(
     if not 0 < decay <= 1:
         raise ValueError(f"llrd_decay must be in (0, 1], got {decay}")
     if decay_parameter_names is None:
-        decay_parameter_names = Trainer.get_decay_parameter_names(None, model)
-    decay_names = set(decay_parameter_names)
-    params = dict(model.named_parameters())
-    by_key: dict[tuple[int, bool], list[torch.nn.Parameter]] = {}
+        decay_parameter_names = trainer_decay_names(model)
+    by_depth: dict[int, list[str]] = {}
     for name, depth in llrd_depths(model).items():
-        by_key.setdefault((depth, name in decay_names), []).append(params[name])
-    groups = []
-    for (depth, with_decay), group_params in sorted(by_key.items(), key=lambda kv: (kv[0][0], not kv[0][1])):
-        groups.append(
-            {
-                "params": group_params,
-                "lr": learning_rate * decay**depth,
-                "weight_decay": weight_decay if with_decay else 0.0,
-                "llrd_depth": depth,
-            }
-        )
-    return groups
+        by_depth.setdefault(depth, []).append(name)
+    buckets = [({"llrd_depth": d, "lr": learning_rate * decay**d}, names) for d, names in sorted(by_depth.items())]
+    return grouped(
+        model, buckets, learning_rate=learning_rate, weight_decay=weight_decay, decay_names=decay_parameter_names
+    )
 
 
 class LLRDTrainer(Trainer):

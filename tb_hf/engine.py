@@ -35,7 +35,7 @@ from .spectral import LayerSpectrum, MatrixKey, analyze, esd, farms_esd, farms_w
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["PassResult", "SpectralEngine", "Task", "analyze_shared", "plan"]
+__all__ = ["PassResult", "SpectralEngine", "Task", "analyze_shared", "analyze_tasks", "plan"]
 
 #: Smallest per-model FARMS window: below it matrices are analysed whole.
 _MIN_MODEL_WINDOW = 32
@@ -182,7 +182,7 @@ def _skipped(task: Task, estimator: str) -> LayerSpectrum:
     )  # fmt: skip
 
 
-def _analyze_tasks(tasks: Sequence[Task], matrices: Mapping[MatrixKey, torch.Tensor], options: Mapping) -> dict:
+def analyze_tasks(tasks: Sequence[Task], matrices: Mapping[MatrixKey, torch.Tensor], options: Mapping) -> dict:
     """`analyze` of the tasks' matrices, relabelled; tasks with a status are not computed."""
     estimator = options.get("estimator", "plain")
     out = {t.key: _skipped(t, estimator) for t in tasks if t.status is not None}
@@ -309,7 +309,7 @@ class SpectralEngine:
         if not by_block and self.sharding is None:
             mats = self._matrices(model, tasks)
             self._keep_esds(mats, esd_keys, esds)
-            return _analyze_tasks(tasks, mats, self.options)
+            return analyze_tasks(tasks, mats, self.options)
         out, error = {}, None
         n_blocks = len(dict.fromkeys(t.block for t in self.tasks))
         for share, mats in tqdm(
@@ -317,7 +317,7 @@ class SpectralEngine:
         ):
             if share and error is None:
                 try:
-                    out.update(_analyze_tasks(share, mats, self.options))
+                    out.update(analyze_tasks(share, mats, self.options))
                     self._keep_esds(mats, esd_keys, esds)
                 except Exception as err:  # noqa: BLE001 - keep gathering in step with the other ranks
                     error = err
@@ -413,7 +413,7 @@ class SpectralEngine:
         """This rank's spectra from a `snapshot` (safe in a background thread: no collective, no model access).
         A snapshot of CUDA weights is computed on the host in the precision chosen for CUDA."""
         tasks = [t for t in self.tasks if t.key in snapshot or t.status is not None]
-        return _analyze_tasks(tasks, snapshot, self.options)
+        return analyze_tasks(tasks, snapshot, self.options)
 
     def finish(
         self, local: Mapping[MatrixKey, LayerSpectrum] | None, error: BaseException | None = None

@@ -181,6 +181,20 @@ def plot_esd(evals: torch.Tensor | Sequence[float], fit: PowerLawFit | None = No
     return fig
 
 
+def _wrap_title(name: str, width: int = 44) -> str:
+    """A long dotted matrix name broken at dots into lines of at most ``width`` characters, so the titles of
+    neighbouring panels never run into each other."""
+    lines, line = [], ""
+    for part in name.split("."):
+        piece = f"{line}.{part}" if line else part
+        if line and len(piece) > width:
+            lines.append(line + ".")
+            piece = part
+        line = piece
+    lines.append(line)
+    return "\n".join(lines)
+
+
 @_styled
 def plot_esds(esds: Mapping[str, tuple], *, ncols: int = 3, suptitle: str | None = None, fig=None):
     """A grid of `plot_esd` panels: ``esds`` maps a panel title to ``(evals, fit)``. Returns the figure."""
@@ -194,7 +208,8 @@ def plot_esds(esds: Mapping[str, tuple], *, ncols: int = 3, suptitle: str | None
         fig = Figure(figsize=(4.6 * ncols, 3.5 * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).flatten()
     for ax, (name, (evals, fit)) in zip(axes, esds.items(), strict=False):
-        plot_esd(evals, fit, title=name, ax=ax)
+        plot_esd(evals, fit, title=_wrap_title(name), ax=ax)
+        ax.title.set_fontsize(9)
     for ax in axes[n:]:
         ax.set_visible(False)
     if suptitle:

@@ -52,6 +52,25 @@ def test_plot_functions_draw_into_a_given_axes(heavy_tailed):
     assert len(fig.axes) == 3
 
 
+def test_esd_grid_titles_of_long_names_do_not_overlap(heavy_tailed):
+    """Full LoRA matrix names used to run into the neighbouring panels' titles."""
+    evals, fit = heavy_tailed
+    names = [f"base_model.model.encoder.layer.{i}.attention.self.query.base_layer.weight" for i in range(3)]
+    fig = plotting.plot_esds({n: (evals, fit) for n in names}, ncols=3)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    boxes = [ax.title.get_window_extent(renderer) for ax in fig.axes]
+    panels = [ax.get_window_extent(renderer) for ax in fig.axes]
+    for left, right in zip(boxes, boxes[1:], strict=False):
+        assert left.x1 < right.x0  # no horizontal overlap between neighbouring titles
+    for box, panel in zip(boxes, panels, strict=True):
+        assert box.width <= panel.width * 1.05  # each title fits over its own panel
+    assert all("\n" in ax.get_title() for ax in fig.axes)  # wrapped at a dot
+
+
 def test_plot_esd_unfitted_and_empty():
     fig = plotting.plot_esd(torch.zeros(10), None)
     assert "no positive" in fig.axes[0].texts[0].get_text()
