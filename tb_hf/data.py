@@ -316,12 +316,13 @@ def _read_json_records(path: Path):
                 continue
             try:
                 data.append(json.loads(line))
-            except json.JSONDecodeError:
-                if lineno == 1 and path.suffix.lower() == ".json":
-                    err = whole  # not JSON Lines either: report the JSON error
+            except json.JSONDecodeError as in_line:
+                # A .json file that fails on its first line is not JSON Lines either: report the whole-file error.
+                whole_file = lineno == 1 and path.suffix.lower() == ".json"
+                err, at = (whole, whole.lineno) if whole_file else (in_line, lineno)
                 raise ValueError(
-                    f"{path}, line {err.lineno if err is whole else lineno}: not valid JSON ({err.msg}). Use a JSON "
-                    "array of objects or JSON Lines (one object per line)."
+                    f"{path}, line {at}: not valid JSON ({err.msg}). Use a JSON array of objects or JSON Lines (one "
+                    "object per line)."
                 ) from err
     if isinstance(data, dict):
         data = data if all(isinstance(v, list) for v in data.values()) else [data]
