@@ -150,15 +150,18 @@ class DataArguments:
             raise ValueError(f"--max_seq_length must be >= 8, got {self.max_seq_length}.")
 
 
-def make_parser() -> HfArgumentParser:
+def make_parser(raise_errors: bool = False) -> HfArgumentParser:
     """The recipe's parser: model, data and `TempBalanceConfig` arguments. Its errors print one line to stderr and
-    exit with status 2, as argparse's do, without the usage of every TrainingArguments flag."""
+    exit with status 2, as argparse's do, without the usage of every TrainingArguments flag; with
+    ``raise_errors`` they raise ValueError instead (the sweep checks every run's arguments this way)."""
     from transformers import HfArgumentParser
 
     from tb_hf.config import TempBalanceConfig
 
     class Parser(HfArgumentParser):
         def error(self, message):
+            if raise_errors:
+                raise ValueError(message)
             self.exit(2, f"{self.prog}: error: {message}\n")
 
     return Parser((ModelArguments, DataArguments, TempBalanceConfig))

@@ -1,0 +1,274 @@
+"""recipes/sweep.py: config checks before the first run, sizes other than fractions, custom-file tasks, one failing
+run among finished ones, plain progress lines, the plot, and workers that die with their parent."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import transformers as tf
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "recipes"))
+sys.path.insert(0, str(ROOT / "recipes" / "glue"))
+import sweep  # noqa: E402
+
+WORDS = "a good bad film movie fine awful great".split()
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A tiny BERT classifier and its word-level tokenizer saved as a model folder (no Hub)."""
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    tf.BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    config = tf.BertConfig(
+        vocab_size=5 + len(WORDS), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        max_position_embeddings=32, num_labels=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    tf.BertForSequenceClassification(config).save_pretrained(folder)
+    return str(folder)
+
+
+def write_config(tmp_path: Path, config: dict) -> str:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def glue_config(tmp_path: Path, **overrides) -> dict:
+    return {
+        "output_dir": str(tmp_path / "out"),
+        "tasks": {"rte": {"fractions": [0.1, 0.2]}},
+        "seeds": [1, 2],
+        "methods": ["ft", "tempbalance"],
+        "args": {"glue_dir": str(tmp_path / "glue")},
+    } | overrides
+
+
+# --------------------------------------------------------------------------------------------------
+# Command and config errors: exit status 2 before the first run
+
+
+@pytest.mark.parametrize("shard", ["x", "0/2", "3/2", "1/0", "1-2"])
+def test_bad_shard_is_a_usage_error(tmp_path, capsys, shard):
+    with pytest.raises(SystemExit) as exit_:
+        sweep.main([write_config(tmp_path, glue_config(tmp_path)), "--shard", shard])
+    assert exit_.value.code == 2
+    assert "--shard takes K/N with 1 <= K <= N" in capsys.readouterr().err
+
+
+def test_shard_with_aggregate_only(tmp_path, capsys):
+    path = write_config(tmp_path, glue_config(tmp_path))
+    assert sweep.main([path, "--shard", "1/2", "--aggregate-only"]) == 0  # was UnboundLocalError: counts
+    out = capsys.readouterr().out
+    assert "nothing written" in out and "Results in" not in out and "8 runs have not run yet" in out
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(methods=["ftt"]), r"methods \['ftt'\] are unknown"),
+        (dict(method_args={"tempbalanc": {"tb_mapping": "sigmoid"}}), r"method_args has \['tempbalanc'\]"),
+        (dict(baseline="llrd"), "baseline 'llrd' is not among the methods"),
+        (dict(args={"learnin_rate": 1e-3}), "unrecognized arguments: --learnin_rate"),
+        (dict(method_args={"tempbalance": {"tb_mapping": "cubic"}}), r"invalid choice: 'cubic'.*tempbalance/seed1"),
+        (dict(args={"num_train_epochs": "three"}), "invalid float value: 'three'"),
+        (dict(tasks={"rte": {"fractions": [2]}}), r"fractions must be a list of numbers in \(0, 1\]"),
+        (dict(tasks={"rte": {"shots_per_class": [8.5]}}), "shots_per_class must be a list of whole numbers"),
+        (dict(tasks={"rte": {"fractions": [0.1], "max_train_samples": [9]}}), "give exactly one of"),
+        (dict(fractoins=[0.1]), r"unknown keys \['fractoins'\]"),
+    ],
+)
+def test_bad_config_is_refused_before_the_first_run(tmp_path, capsys, monkeypatch, overrides, message):
+    monkeypatch.setattr(sweep, "_run_inprocess", lambda run: pytest.fail(f"{run.name} ran"))
+    with pytest.raises(SystemExit) as exit_:
+        sweep.main([write_config(tmp_path, glue_config(tmp_path, **overrides))])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err, flags=re.DOTALL), err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+def test_failed_runs_and_nothing_written_are_reported_truthfully(tmp_path, capsys, monkeypatch):
+    def fail(run):
+        raise RuntimeError("no data")
+
+    monkeypatch.setattr(sweep, "_run_inprocess", fail)
+    assert sweep.main([write_config(tmp_path, glue_config(tmp_path))]) == 1
+    out = capsys.readouterr().out
+    assert "Results in" not in out and "nothing written" in out
+    assert "8 runs failed (rte/frac0.1/ft/seed1, rte/frac0.1/tempbalance/seed1, " in out
+    assert not (tmp_path / "out" / "results.csv").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# Sizes, custom files, one failing run, plain progress, re-runs
+
+
+def test_grid_of_shots_samples_and_custom_files(tmp_path):
+    config = glue_config(
+        tmp_path,
+        tasks={
+            "sst2": {"shots_per_class": [8, 16]},
+            "reviews": {
+                "train_file": "t.csv", "validation_file": "d.csv", "text_columns": ["text"], "max_train_samples": [100]
+            },
+        },
+        args={"glue_dir": "g", "train_fraction": 0.5},
+    )  # fmt: skip
+    runs = sweep.expand_grid(config)
+    names = [r.name for r in runs]
+    assert names[0] == "sst2/shots8/ft/seed1" and "reviews/n100/tempbalance/seed2" in names and len(runs) == 12
+    sst2, reviews = runs[0].args, runs[-1].args
+    assert sst2["task_name"] == "sst2" and sst2["shots_per_class"] == 8 and sst2["train_fraction"] is None
+    assert "task_name" not in reviews and reviews["train_file"] == "t.csv" and reviews["max_train_samples"] == 100
+    assert (runs[0].size_key, runs[0].size, runs[0].fraction) == ("shots_per_class", 8, None)
+    # The existing configs keep their run folders.
+    runs = sweep.expand_grid(sweep.load_config(ROOT / "recipes" / "sweeps" / "default.yaml"))
+    assert runs[0].name == "rotten_tomatoes/frac0.005/ft/seed13" and runs[0].args["train_fraction"] == 0.005
+
+
+def test_custom_file_sweep_end_to_end_with_one_failing_task(tmp_path, tiny_model_dir, capsys):
+    rows = "".join(f"{w} film,{s}\n" for w, s in [("good", "pos"), ("bad", "neg"), ("great", "pos"), ("awful", "neg")])
+    (tmp_path / "train.csv").write_text("text,stars\n" + rows * 3)
+    (tmp_path / "dev.csv").write_text("text,stars\n" + rows * 2)
+    (tmp_path / "dev_broken.csv").write_text("text,stars\n" + rows + "fine film,\n")  # an empty label: one task
+    files = {"train_file": str(tmp_path / "train.csv"), "text_columns": ["text"], "label_column": "stars"}
+    config = {
+        "output_dir": str(tmp_path / "out"),
+        "tasks": {
+            "reviews": files | {"validation_file": str(tmp_path / "dev.csv"), "shots_per_class": [2, 4]},
+            "reviews_n": files | {"validation_file": str(tmp_path / "dev.csv"), "max_train_samples": [6]},
+            "broken": files | {"validation_file": str(tmp_path / "dev_broken.csv"), "max_train_samples": [6]},
+        },
+        "seeds": [1],
+        "methods": ["ft", "tempbalance"],
+        "args": {
+            "model_name_or_path": tiny_model_dir, "num_train_epochs": 2, "learning_rate": 1e-3,
+            "per_device_train_batch_size": 4, "max_seq_length": 16, "eval_strategy": "epoch",
+            "logging_strategy": "epoch", "save_strategy": "no", "report_to": "none", "disable_tqdm": True,
+            "use_cpu": True,
+        },
+        "method_args": {"tempbalance": {"tb_update_steps": 1}},
+    }  # fmt: skip
+    path = write_config(tmp_path, config)
+    assert sweep.main([path]) == 1  # the broken task's runs failed, the others finished
+    captured = capsys.readouterr()
+    out = Path(config["output_dir"])
+    assert "empty label in row 5" in (out / "runs/broken/n6/ft/seed1/error.txt").read_text()
+    assert "Wrote results.csv, summary.csv, summary.md, scores.png" in captured.out and "(6 of 8 runs" in captured.out
+    assert "2 runs failed (broken/n6/ft/seed1, broken/n6/tempbalance/seed1)" in captured.out
+    # Not a terminal: one plain line per run, no bar and no escape codes.
+    assert "sweep: [1/8] broken/n6/ft/seed1 FAILED" in captured.err
+    assert "sweep: [3/8] reviews/shots2/ft/seed1 ok" in captured.err
+    assert "\r" not in captured.err and "\x1b[" not in captured.err
+
+    results = pd.read_csv(out / "results.csv")
+    assert list(results.columns[:3]) == ["task", "shots_per_class", "max_train_samples"]
+    assert {"n_train", "n_eval", "best_epoch"} <= set(results.columns)
+    shots = results[results["task"] == "reviews"].sort_values("shots_per_class")
+    assert shots["n_train"].tolist() == [4, 4, 8, 8] and set(shots["n_eval"]) == {8}
+    assert results["best_epoch"].dtype.kind == "i" and set(results["best_epoch"]) <= {1, 2}
+    assert results.loc[results["task"] == "reviews_n", "n_train"].tolist() == [6, 6]
+    assert "| task | size | n train |" in (out / "summary.md").read_text()
+    assert "| reviews | 2 (shots per class) | 4 |" in (out / "summary.md").read_text()
+
+    # Re-run: the finished runs are skipped and said to be, the failed ones are retried.
+    assert sweep.main([path]) == 1
+    assert "sweep: skipped 6 finished runs, 2 to run" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------
+# Outputs
+
+
+def test_scores_plot_labels_sizes_and_dodges_methods(tmp_path):
+    rows = []
+    for fraction, n in ((0.005, 37), (0.02, 150)):
+        for method, score in (("ft", 0.6), ("tempbalance", 0.61), ("llrd", 0.62)):
+            rows.append(
+                {"task": "rotten_tomatoes", "size_key": "fraction", "size": fraction, "method": method,
+                 "metric": "accuracy", "n_train": n, "mean": score, "std": 0.03}
+            )  # fmt: skip
+    fig = sweep.plot_scores(pd.DataFrame(rows), tmp_path / "scores.png", ["ft", "tempbalance", "llrd"])
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.5%\n(37 ex.)", "2%\n(150 ex.)"]
+    assert "% of the training set" in ax.get_xlabel() and ax.get_xscale() == "linear"
+    xs = [tuple(line.get_xdata()) for line in ax.lines if len(line.get_xdata()) == 2]
+    assert len(set(xs)) == 3  # three methods, three different x positions: no overlapping error bars
+    assert (tmp_path / "scores.png").stat().st_size > 0
+
+
+def test_results_csv_has_whole_best_epochs(tmp_path):
+    config = glue_config(tmp_path, tasks={"rte": {"fractions": [0.1]}}, methods=["ft"], seeds=[1])
+    run = sweep.expand_grid(config)[0]
+    Path(run.args["output_dir"]).mkdir(parents=True)
+    results = {"main_metric": "accuracy", "best_eval_accuracy": 0.6, "eval_accuracy": 0.5, "best_epoch": 2.0,
+               "train_samples": 249, "eval_samples": 277}  # fmt: skip
+    record = {"task": "rte", "fraction": 0.1, "method": "ft", "lora": False, "seed": 1, "results": results}
+    (Path(run.args["output_dir"]) / sweep.RESULT_FILE).write_text(json.dumps(record))  # a record from before sizes
+    sweep.aggregate(config)
+    text = (tmp_path / "out" / "results.csv").read_text().splitlines()
+    assert text[0].startswith("task,fraction,method,seed,metric,n_train,n_eval,best,final,best_epoch")
+    assert text[1].startswith("rte,0.1,ft,1,accuracy,249,277,0.6,0.5,2,")
+
+
+# --------------------------------------------------------------------------------------------------
+# Workers die with their parent
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG) is Linux-only")
+def test_sigkill_of_the_workers_parent_ends_its_workers_and_their_runs(tmp_path):
+    sleeper = tmp_path / "sleeper.py"
+    sleeper.write_text(
+        "import os, sys, time\n"
+        "out = sys.argv[sys.argv.index('--output_dir') + 1]\n"
+        "open(os.path.join(out, 'pids'), 'w').write(f'{os.getpid()} {os.getppid()}')\n"
+        "time.sleep(300)\n"
+    )
+    config = glue_config(tmp_path, methods=["ft"], seeds=[1], launcher=f"{sys.executable} {sleeper}")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    parent = subprocess.Popen(
+        [sys.executable, str(ROOT / "recipes" / "sweep.py"), write_config(tmp_path, config), "--workers", "2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    pid_files = [Path(r.args["output_dir"]) / "pids" for r in sweep.expand_grid(config)]
+    try:
+        deadline = time.time() + 240
+        while not all(p.is_file() and p.read_text() for p in pid_files):
+            assert parent.poll() is None and time.time() < deadline, "the workers did not start their runs"
+            time.sleep(0.5)
+        pids = [int(x) for p in pid_files for x in p.read_text().split()]  # each run and its worker
+        assert all(map(_alive, pids)) and len(set(pids)) == 4
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.time() + 30
+        while any(map(_alive, pids)) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not any(map(_alive, pids)), [p for p in pids if _alive(p)]
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        for pid in [int(x) for p in pid_files if p.is_file() for x in p.read_text().split()]:
+            if _alive(pid):  # only when the test failed: leave no process behind
+                os.kill(pid, signal.SIGKILL)
