@@ -266,10 +266,10 @@ def load_glue(task_name: str, glue_dir: str | os.PathLike | None = None) -> tupl
     Returns:
         The splits (columns: the task's text columns with their Hub names, and ``label``) and the task.
     """
-    from datasets import DatasetDict
-
     task = glue_task(task_name)
     text, _, _, files = _GLUE[task.name]
+    from datasets import DatasetDict
+
     if glue_dir is None:
         from datasets import load_dataset
 
