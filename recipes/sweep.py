@@ -410,6 +410,7 @@ def collect(output_dir: str | Path):
         )
     columns = ["task", "size_key", "size", "method", "seed", "metric", "n_train", "n_eval", "best", "final"]
     frame = pd.DataFrame(rows, columns=[*columns, "best_epoch", "run_seconds"])
+    frame = frame.sort_values(["task", "size_key", "size", "method", "seed"], kind="stable", ignore_index=True)
     for col in ("best_epoch", "n_train", "n_eval"):
         values = pd.to_numeric(frame[col], errors="coerce")
         if (values.dropna() % 1 == 0).all():

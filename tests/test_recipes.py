@@ -262,11 +262,12 @@ def test_help_and_argument_errors_answer_before_the_training_stack_loads(tmp_pat
     assert "error: Unknown task 'sst9'" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_pin_memory_off_without_cuda_unless_asked():
+def test_pin_memory_off_without_cuda_and_no_bars_off_a_terminal_unless_asked():
     _, _, targs = run_glue.parse_args(["--output_dir", "x"])
     assert targs.dataloader_pin_memory is torch.cuda.is_available()
-    _, _, targs = run_glue.parse_args(["--output_dir", "x", "--dataloader_pin_memory", "true"])
-    assert targs.dataloader_pin_memory is True
+    assert targs.disable_tqdm is not sys.stderr.isatty()  # pytest captures stderr: not a terminal
+    _, _, targs = run_glue.parse_args(["--output_dir", "x", "--dataloader_pin_memory", "true", "--disable_tqdm", "0"])
+    assert targs.dataloader_pin_memory is True and targs.disable_tqdm is False
 
 
 def test_peft_wrapping_does_not_warn_about_transformers_internals():

@@ -206,7 +206,13 @@ def parse_args(
 
     if "--dataloader_pin_memory" not in argv and not torch.cuda.is_available():
         training_args.dataloader_pin_memory = False  # nothing to pin to (and torch warns on every dataloader)
+    if "--disable_tqdm" not in argv and not _on_terminal():
+        training_args.disable_tqdm = True  # a bar in a log file is a line of escape codes per update
     return model_args, data_args, training_args
+
+
+def _on_terminal() -> bool:
+    return bool(sys.stderr and sys.stderr.isatty())
 
 
 def resolve_model_path(name: str) -> str:
@@ -303,7 +309,7 @@ class _PlainText(pylogging.Filter):
     _ESCAPES = re.compile(r"\x1b\[[0-9;]*m")
 
     def filter(self, record):
-        if isinstance(record.msg, str) and not (sys.stderr and sys.stderr.isatty()):
+        if isinstance(record.msg, str) and not _on_terminal():
             record.msg = self._ESCAPES.sub("", record.msg)
         return True
 
@@ -469,6 +475,11 @@ def cli(argv: list[str] | None = None) -> dict:
         resolve_model_path(model_args.model_name_or_path)
     except ValueError as err:
         parser.error(str(err))
+    if not _on_terminal():  # loading and tokenizing bars too
+        import datasets
+
+        datasets.disable_progress_bars()
+        logging.disable_progress_bar()
     return main(model_args, data_args, training_args, data=data)
 
 
