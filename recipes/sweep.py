@@ -161,14 +161,26 @@ def expand_grid(config: dict) -> list[Run]:
         tasks = {t: {} for t in tasks}
     if not isinstance(tasks, dict) or not tasks:
         raise ValueError("'tasks' must list task names, or map each task name to its settings.")
+    seeds, loras = config["seeds"], config.get("lora", [False])
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds)
+    ):
+        raise ValueError(f"'seeds' must be a list of whole numbers, e.g. [13, 37, 43], got {seeds!r}.")
+    if not isinstance(loras, list) or not loras or not all(isinstance(x, bool) for x in loras):
+        raise ValueError(f"'lora' must be a list of true/false, e.g. [false, true], got {loras!r}.")
+    for key in ("args", "method_args", "lora_args"):
+        if not isinstance(config.get(key) or {}, dict):
+            raise ValueError(f"'{key}' must map names to values, got {config[key]!r}.")
     runs = []
     for task, task_cfg in tasks.items():
+        if not isinstance(task_cfg or {}, dict):
+            raise ValueError(f"Task {task!r}: its entry must map settings to values, e.g. {{fractions: [0.1]}}.")
         task_cfg = dict(task_cfg or {})
         size, values = _sizes(task, task_cfg, config)
         custom = "train_file" in task_cfg or "train_file" in (config.get("args") or {})
-        for value, seed, method, lora in itertools.product(
-            values, config["seeds"], config["methods"], config.get("lora", [False])
-        ):
+        for value, seed, method, lora in itertools.product(values, seeds, config["methods"], loras):
             args = ({} if custom else {"task_name": task}) | dict(config.get("args") or {}) | task_cfg
             args |= dict((config.get("method_args") or {}).get(method) or {})
             if lora:

@@ -89,6 +89,9 @@ def test_shard_with_aggregate_only(tmp_path, capsys):
         (dict(tasks={"rte": {"shots_per_class": [8.5]}}), "shots_per_class must be a list of whole numbers"),
         (dict(tasks={"rte": {"fractions": [0.1], "max_train_samples": [9]}}), "give exactly one of"),
         (dict(fractoins=[0.1]), r"unknown keys \['fractoins'\]"),
+        (dict(seeds=13), "'seeds' must be a list of whole numbers"),
+        (dict(lora=True), "'lora' must be a list of true/false"),
+        (dict(tasks={"rte": 0.1}), "Task 'rte': its entry must map settings to values"),
     ],
 )
 def test_bad_config_is_refused_before_the_first_run(tmp_path, capsys, monkeypatch, overrides, message):
