@@ -2,36 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 import pytest
 import torch
 from datasets import IterableDataset
-from tiny_models import ARCHS, dataset_for, tiny_training_args
+from tiny_models import ARCHS, Recorder, dataset_for, history, tiny_training_args
 
 from tb_hf import TempBalanceTrainer
-
-
-def history(path) -> list[dict]:
-    with open(path / "tempbalance" / "history.jsonl") as f:
-        return [json.loads(line) for line in f]
-
-
-class LrRecorder:
-    """Every group's lr and factor at every optimizer step (a TrainerCallback)."""
-
-    def __init__(self):
-        from transformers import TrainerCallback
-
-        outer = self
-        self.steps: list[tuple[int, list[tuple]]] = []
-
-        class _CB(TrainerCallback):
-            def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
-                outer.steps.append((state.global_step, [(g["lr"], g["tb_factor"]) for g in optimizer.param_groups]))
-
-        self.callback = _CB()
 
 
 def test_once_computes_alpha_only_before_the_first_step(tmp_path):
@@ -65,7 +43,7 @@ def test_iterable_dataset_auto_interval_comes_from_max_steps(tmp_path, caplog):
 def _run(out, *, async_, save_steps=None, resume=None, update="4", max_steps=8):
     torch.manual_seed(0)
     model = ARCHS["bert"][0]()
-    recorder = LrRecorder()
+    recorder = Recorder()
     args = tiny_training_args(
         out,
         max_steps=max_steps,
@@ -76,9 +54,7 @@ def _run(out, *, async_, save_steps=None, resume=None, update="4", max_steps=8):
         save_strategy="steps" if save_steps else "no",
         save_steps=save_steps or 500,
     )
-    trainer = TempBalanceTrainer(
-        model=model, args=args, train_dataset=dataset_for(model, n=32), callbacks=[recorder.callback]
-    )
+    trainer = TempBalanceTrainer(model=model, args=args, train_dataset=dataset_for(model, n=32), callbacks=[recorder])
     trainer.train(resume_from_checkpoint=resume)
     return recorder.steps, trainer
 
@@ -94,8 +70,8 @@ def test_async_pass_applies_the_snapshot_factors_at_a_fixed_later_step(tmp_path)
     assert async_hist[1]["alpha"] == sync_hist[1]["alpha"] and async_hist[1]["factor"] == sync_hist[1]["factor"]
     # until step 4 both runs are identical; at steps 4 and 5 the async run still has the step-0 factors
     assert async_steps[:4] == sync_steps[:4]
-    factors = [[f for _, f in groups] for _, groups in async_steps]
-    assert factors[4] == factors[5] == factors[0] and factors[6] == [f for _, f in sync_steps[4][1]]
+    factors = [[g[3] for g in groups] for _, groups in async_steps]
+    assert factors[4] == factors[5] == factors[0] and factors[6] == [g[3] for g in sync_steps[4][1]]
 
 
 @pytest.mark.slow  # three short runs and a checkpoint

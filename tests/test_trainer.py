@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 
@@ -10,7 +9,7 @@ import peft
 import pytest
 import torch
 import transformers as tf
-from tiny_models import ARCHS, LLAMA_LIKE, dataset_for, tiny_training_args
+from tiny_models import ARCHS, LLAMA_LIKE, Recorder, dataset_for, history, tiny_training_args
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments, get_scheduler
 
@@ -27,27 +26,11 @@ def config(tmp_path, **overrides) -> TempBalanceConfig:
     return tiny_training_args(tmp_path, **overrides)
 
 
-def history(tmp_path) -> list[dict]:
-    with open(tmp_path / "tempbalance" / "history.jsonl") as f:
-        return [json.loads(line) for line in f]
-
-
 def linear_factors(alpha: dict[str, float], lo: float = 0.5, hi: float = 1.5) -> dict[str, float]:
     """TempBalance's linear map (ALGORITHM.md section 5) of the logged α, written out independently of tb_hf."""
     a_min, a_max = min(alpha.values()), max(alpha.values())
     assert a_max > a_min, alpha
     return {unit: lo + (hi - lo) * (a - a_min) / (a_max - a_min) for unit, a in alpha.items()}
-
-
-class Recorder(TrainerCallback):
-    """Every group's lr and factor as the optimizer step uses them (before `optimizer.step()`)."""
-
-    def __init__(self):
-        self.steps: list[tuple[int, list[tuple]]] = []
-
-    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
-        groups = [(g["tb_unit"], g["lr"], g["tb_base_lr"], g["tb_factor"]) for g in optimizer.param_groups]
-        self.steps.append((state.global_step, groups))
 
 
 @pytest.mark.parametrize("name", list(ARCHS))

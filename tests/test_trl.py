@@ -2,37 +2,19 @@
 
 from __future__ import annotations
 
-import json
-
 import peft
 import pytest
 import torch
 import transformers as tf
-from tiny_models import ARCHS, LLAMA_LIKE, dataset_for
+from tiny_models import ARCHS, LLAMA_LIKE, Recorder, dataset_for, history
 from torch import nn
-from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainerCallback, get_scheduler
+from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, get_scheduler
 
 from tb_hf import TempBalanceArguments, TempBalanceMixin, TempBalanceTrainer, find_blocks
 
 trl = pytest.importorskip("trl")
 
 TB_ARGS = TempBalanceArguments(tb_update_steps="2", tb_min_evals=8)
-
-
-class Recorder(TrainerCallback):
-    """Every group's (unit, lr, base lr, factor) as the optimizer step uses them."""
-
-    def __init__(self):
-        self.steps: list[tuple[int, list[tuple]]] = []
-
-    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
-        groups = [(g["tb_unit"], g["lr"], g["tb_base_lr"], g["tb_factor"]) for g in optimizer.param_groups]
-        self.steps.append((state.global_step, groups))
-
-
-def history(output_dir) -> list[dict]:
-    with open(output_dir / "tempbalance" / "history.jsonl") as f:
-        return [json.loads(line) for line in f]
 
 
 def linear_factors(alpha: dict[str, float], lo: float = 0.5, hi: float = 1.5) -> dict[str, float]:

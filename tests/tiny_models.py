@@ -5,6 +5,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 import transformers as tf
 
@@ -195,3 +198,20 @@ def tiny_training_args(output_dir, **overrides):
         seed=0,
     )
     return TempBalanceConfig(**{**options, **overrides})
+
+
+def history(output_dir) -> list[dict]:
+    """The records of ``<output_dir>/tempbalance/history.jsonl``, one per spectral update."""
+    with open(Path(output_dir) / "tempbalance" / "history.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+class Recorder(tf.TrainerCallback):
+    """Every group's (unit, lr, base lr, factor) as the optimizer step uses them (before `optimizer.step()`)."""
+
+    def __init__(self):
+        self.steps: list[tuple[int, list[tuple]]] = []
+
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        groups = [(g["tb_unit"], g["lr"], g["tb_base_lr"], g["tb_factor"]) for g in optimizer.param_groups]
+        self.steps.append((state.global_step, groups))
