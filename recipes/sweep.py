@@ -26,7 +26,14 @@ python recipes/sweep.py recipes/sweeps/default.yaml --aggregate-only
 python recipes/sweep.py recipes/sweeps/default.yaml --dry-run    # list the runs and whether they are done
 python recipes/sweep.py recipes/sweeps/default.yaml --workers 2  # 2 single-threaded processes, then aggregate
 python recipes/sweep.py recipes/sweeps/default.yaml --shard 1/4  # the first quarter of the grid (e.g. per machine)
+python recipes/sweep.py recipes/sweeps/mpnet_fewshot.yaml --methods ft,tempbalance-mb --sizes 16  # part of the grid
 ```
+
+A method is one of run_glue's ``--method`` choices (``ft``, ``tempbalance``, ``llrd``) or a named variant whose
+``method_args`` entry says which, e.g. ``tempbalance-once: {method: tempbalance, tb_update_steps: once}`` or
+``ft-lr1e-4: {method: ft, learning_rate: 1.0e-4}``; the name is the run folder's and the results' method.
+``summary.md`` also pools each method − baseline per model over every (task, size, seed) pair (paired t-test and
+sign count) and, for TempBalance runs, compares the spread of block α at step 0 with its run-to-run noise.
 
 Runs go in-process by default (``launcher: inprocess``, no start-up cost per run); ``launcher: python`` starts
 each in its own process and ``launcher: accelerate launch --num_processes 2 --multi_gpu`` under accelerate.
@@ -41,6 +48,7 @@ import itertools
 import json
 import math
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -182,11 +190,13 @@ def expand_grid(config: dict) -> list[Run]:
         custom = "train_file" in task_cfg or "train_file" in (config.get("args") or {})
         for value, seed, method, lora in itertools.product(values, seeds, config["methods"], loras):
             args = ({} if custom else {"task_name": task}) | dict(config.get("args") or {}) | task_cfg
-            args |= dict((config.get("method_args") or {}).get(method) or {})
+            method_args = dict((config.get("method_args") or {}).get(method) or {})
+            recipe_method = method_args.pop("method", method)  # a named variant: its run_glue --method
+            args |= method_args
             if lora:
                 args |= dict(config.get("lora_args") or {"lora_r": 8, "lora_alpha": 16})
             args |= {s.flag: None for s in SIZES.values()}  # the sweep's size is the only one
-            args |= {size.flag: value, "method": method, "seed": seed}
+            args |= {size.flag: value, "method": recipe_method, "seed": seed}
             value = float(value) if size.column == "fraction" else int(value)
             run = Run(task, size.column, value, method, bool(lora), int(seed), args)
             run.args["output_dir"] = str(out_root / "runs" / run.name)
@@ -211,9 +221,18 @@ def validate(config: dict, runs: list[Run]) -> None:
     methods = config["methods"]
     if not isinstance(methods, list) or not methods:
         raise ValueError(f"'methods' must be a list of {list(run_glue.METHODS)}, got {methods!r}.")
-    unknown = [m for m in methods if m not in run_glue.METHODS]
+    bad_names = [m for m in methods if not isinstance(m, str) or not re.fullmatch(r"[A-Za-z0-9_.+-]+", m)]
+    if bad_names:
+        raise ValueError(f"method names {bad_names} must be single words (letters, digits, - _ . +): they name folders.")
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"'methods' lists a name twice: {methods}.")
+    unknown = [m for m in methods if recipe_method(config, m) not in run_glue.METHODS]
     if unknown:
-        raise ValueError(f"methods {unknown} are unknown; run_glue's methods are {list(run_glue.METHODS)}.")
+        raise ValueError(
+            f"methods {unknown} are unknown; run_glue's methods are {list(run_glue.METHODS)}. A named variant gives "
+            f"its run_glue method in method_args, e.g. method_args: {{{unknown[0]}: {{method: tempbalance, "
+            "tb_update_steps: once}}."
+        )
     extra = [m for m in (config.get("method_args") or {}) if m not in methods]
     if extra:
         raise ValueError(f"method_args has {extra}, which are not among the methods {methods}: fix or drop them.")
@@ -230,6 +249,13 @@ def validate(config: dict, runs: list[Run]) -> None:
     if problems:
         lines = [f"{msg} (in {len(names)} run(s), e.g. {names[0]})" for msg, names in problems.items()]
         raise ValueError("run_glue would refuse these runs' arguments:\n  " + "\n  ".join(lines[:5]))
+
+
+def recipe_method(config: dict, name: str) -> str:
+    """The run_glue ``--method`` of a sweep method name: the ``method`` of its ``method_args`` entry (a named
+    variant, e.g. ``tempbalance-once: {method: tempbalance, tb_update_steps: once}``), else the name itself."""
+    entry = (config.get("method_args") or {}).get(name) or {}
+    return entry.get("method", name) if isinstance(entry, dict) else name
 
 
 def is_done(run: Run) -> bool:
@@ -390,11 +416,22 @@ def _quiet_libraries(log_path: Path):
 # Aggregation
 
 
+def _model_label(rec: dict) -> str:
+    """The model of a run record, as its folder or Hub name (``~/.cache/tb_hf/mpnet-base`` -> ``mpnet-base``)."""
+    args = rec.get("args")
+    if not isinstance(args, dict):
+        return ""  # records written before the arguments were stored
+    name = str(args.get("model_name_or_path") or "minilm")  # run_glue's default
+    return Path(os.path.expanduser(name.rstrip("/"))).name or name
+
+
 def collect(output_dir: str | Path):
     """One row per finished run (``runs/**/result.json``) as a pandas DataFrame (scores in metric units).
 
-    The size of the training subset is ``size_key`` (``fraction``, ``shots_per_class`` or ``max_train_samples``)
-    and ``size``; ``n_train`` and ``n_eval`` are the numbers of training and evaluation examples.
+    The model is its folder or Hub name; the size of the training subset is ``size_key`` (``fraction``,
+    ``shots_per_class`` or ``max_train_samples``) and ``size``; ``n_train`` and ``n_eval`` are the numbers of training
+    and evaluation examples, ``eval_split`` says what was evaluated (``validation``, or ``train_holdout`` with
+    run_glue's --eval_on_train_holdout) and ``epoch_scores`` lists every evaluation's score, space-separated.
     """
     import pandas as pd
 
@@ -404,8 +441,10 @@ def collect(output_dir: str | Path):
         res = rec["results"]
         main = res["main_metric"]
         size_key = rec.get("size_key", "fraction")  # records written before other sizes existed
+        args = rec.get("args") if isinstance(rec.get("args"), dict) else {}
         rows.append(
             {
+                "model": _model_label(rec),
                 "task": rec["task"],
                 "size_key": size_key,
                 "size": rec.get("size", rec.get("fraction")),
@@ -418,11 +457,15 @@ def collect(output_dir: str | Path):
                 "final": res[f"eval_{main}"],
                 "best_epoch": res.get("best_epoch"),
                 "run_seconds": rec.get("run_seconds"),
+                "learning_rate": args.get("learning_rate"),
+                "eval_split": res.get("eval_split", "validation"),
+                "epoch_scores": " ".join(f"{x:.6g}" for x in res.get("epoch_scores") or []),
             }
         )
-    columns = ["task", "size_key", "size", "method", "seed", "metric", "n_train", "n_eval", "best", "final"]
-    frame = pd.DataFrame(rows, columns=[*columns, "best_epoch", "run_seconds"])
-    frame = frame.sort_values(["task", "size_key", "size", "method", "seed"], kind="stable", ignore_index=True)
+    columns = ["model", "task", "size_key", "size", "method", "seed", "metric", "n_train", "n_eval", "best", "final"]
+    extra = ["best_epoch", "run_seconds", "learning_rate", "eval_split", "epoch_scores"]
+    frame = pd.DataFrame(rows, columns=[*columns, *extra])
+    frame = frame.sort_values(["model", "task", "size_key", "size", "method", "seed"], kind="stable", ignore_index=True)
     for col in ("best_epoch", "n_train", "n_eval"):
         values = pd.to_numeric(frame[col], errors="coerce")
         if (values.dropna() % 1 == 0).all():
@@ -464,20 +507,37 @@ def _paired(a: list[float], b: list[float]) -> tuple[float, float]:
     return diff, float(ttest_rel(a, b).pvalue)
 
 
-def summarize(results, baseline: str = "ft", score: str = "best"):
-    """Per (task, size): mean ± std over seeds per method, and each method − baseline with its p-value.
+def _signs(a: list[float], b: list[float]) -> dict[str, int]:
+    """Sign count of the paired differences a - b: wins (a > b), losses (a < b) and ties."""
+    d = np.subtract(a, b)
+    return {"wins": int((d > 0).sum()), "losses": int((d < 0).sum()), "ties": int((d == 0).sum())}
 
-    Differences are paired by seed (only seeds that both methods finished). Returns a DataFrame with one row
-    per (task, size, method).
+
+CELL = ["model", "task", "size_key", "size"]
+
+
+def _with_model(frame):
+    """Frames from before the model column (tests, old records) count as one unnamed model."""
+    return frame if "model" in frame.columns else frame.assign(model="")
+
+
+def summarize(results, baseline: str = "ft", score: str = "best"):
+    """Per (model, task, size): mean ± std over seeds per method, and each method − baseline with its p-value
+    (paired t-test) and sign count (wins, losses, ties over the seeds).
+
+    Differences are paired by seed (only seeds that both methods finished: ``n_pairs``). Returns a DataFrame with
+    one row per (model, task, size, method).
     """
     import pandas as pd
 
+    results = _with_model(results)
     rows = []
-    for (task, size_key, size), cell in results.groupby(["task", "size_key", "size"], sort=True):
+    for (model, task, size_key, size), cell in results.groupby(CELL, sort=True):
         base = cell[cell["method"] == baseline].set_index("seed")[score]
         for method, group in cell.groupby("method", sort=False):
             scores = group.set_index("seed")[score]
             row = {
+                "model": model,
                 "task": task,
                 "size_key": size_key,
                 "size": size,
@@ -490,26 +550,88 @@ def summarize(results, baseline: str = "ft", score: str = "best"):
                 "std": scores.std(ddof=1) if len(scores) > 1 else math.nan,
                 "diff_vs_baseline": math.nan,
                 "p_value": math.nan,
+                "n_pairs": 0,
+                "wins": 0,
+                "losses": 0,
+                "ties": 0,
             }
             seeds = sorted(set(scores.index) & set(base.index))
             if method != baseline and seeds:
-                row["diff_vs_baseline"], row["p_value"] = _paired(scores.loc[seeds].tolist(), base.loc[seeds].tolist())
+                a, b = scores.loc[seeds].tolist(), base.loc[seeds].tolist()
+                row["diff_vs_baseline"], row["p_value"] = _paired(a, b)
+                row |= {"n_pairs": len(seeds), **_signs(a, b)}
             rows.append(row)
     return pd.DataFrame(rows)
 
 
+def pooled(results, baseline: str = "ft", score: str = "best"):
+    """Per model, each method − baseline pooled over every (task, size, seed) pair both finished: the mean score
+    of each over those pairs, the mean difference, a paired t-test over all the pairs and the sign count. One row
+    per model, scope (``all`` sizes, then each size on its own) and method."""
+    import pandas as pd
+
+    results = _with_model(results)
+    rows = []
+    for model, frame in results.groupby("model", sort=True):
+        scopes = [("all", frame)]
+        for (key, size), part in frame.groupby(["size_key", "size"], sort=True):
+            scopes.append((_size_text(key, size, True), part))
+        if len(scopes) == 2:  # one size: "all" is that size
+            scopes = scopes[1:]
+        for scope, part in scopes:
+            wide = part.pivot_table(index=["task", "size_key", "size", "seed"], columns="method", values=score)
+            for method in wide.columns:
+                if method == baseline or baseline not in wide.columns:
+                    continue
+                both = wide[[baseline, method]].dropna()
+                if both.empty:
+                    continue
+                a, b = both[method].tolist(), both[baseline].tolist()
+                diff, p = _paired(a, b)
+                cells = both.reset_index()[["task", "size_key", "size"]].drop_duplicates()
+                rows.append(
+                    {
+                        "model": model,
+                        "scope": scope,
+                        "method": method,
+                        "n_cells": len(cells),
+                        "n_pairs": len(both),
+                        "baseline_mean": float(np.mean(b)),
+                        "mean": float(np.mean(a)),
+                        "diff_vs_baseline": diff,
+                        "p_value": p,
+                        **_signs(a, b),
+                    }
+                )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "model", "scope", "method", "n_cells", "n_pairs", "baseline_mean", "mean", "diff_vs_baseline", "p_value",
+            "wins", "losses", "ties",
+        ],
+    )  # fmt: skip
+
+
+def _p_text(p: float) -> str:
+    return "n/a" if math.isnan(p) else f"{p:.2f}"
+
+
 def markdown_table(summary, methods: list[str], baseline: str = "ft", scale: float = 100.0) -> str:
-    """Markdown: one row per task and size, mean ± std per method, then each method − baseline (p)."""
+    """Markdown: one row per (model,) task and size, mean ± std per method, then each method − baseline with
+    (p; wins:losses over the paired seeds). The model column is shown when there is more than one model."""
+    summary = _with_model(summary)
     others = [m for m in methods if m != baseline]
     keys = list(dict.fromkeys(summary["size_key"]))
     size_head = SIZES[keys[0]].label if len(keys) == 1 else "size"
-    head = ["task", size_head, "n train", "metric", *methods, *(f"{m} − {baseline} (p)" for m in others)]
+    several = summary["model"].nunique() > 1
+    head = [*(["model"] if several else []), "task", size_head, "n train", "metric", *methods]
+    head += [f"{m} − {baseline} (p; wins:losses)" for m in others]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (task, size_key, size), cell in summary.groupby(["task", "size_key", "size"], sort=True):
+    for (model, task, size_key, size), cell in summary.groupby(CELL, sort=True):
         by = cell.set_index("method")
         first = cell.iloc[0]
         n_train = "?" if _missing(first["n_train"]) else str(int(first["n_train"]))
-        out = [task, _size_text(size_key, size, len(keys) > 1), n_train, first["metric"]]
+        out = [*([model] if several else []), task, _size_text(size_key, size, len(keys) > 1), n_train, first["metric"]]
         for m in methods:
             if m in by.index:
                 mean, std = by.loc[m, "mean"] * scale, by.loc[m, "std"] * scale
@@ -518,11 +640,128 @@ def markdown_table(summary, methods: list[str], baseline: str = "ft", scale: flo
                 out.append("–")
         for m in others:
             if m in by.index and not math.isnan(by.loc[m, "diff_vs_baseline"]):
-                p = by.loc[m, "p_value"]
-                out.append(f"{by.loc[m, 'diff_vs_baseline'] * scale:+.2f} ({'n/a' if math.isnan(p) else f'{p:.2f}'})")
+                row = by.loc[m]
+                diff = row["diff_vs_baseline"] * scale
+                out.append(f"{diff:+.2f} ({_p_text(row['p_value'])}; {int(row['wins'])}:{int(row['losses'])})")
             else:
                 out.append("–")
         lines.append("| " + " | ".join(out) + " |")
+    return "\n".join(lines)
+
+
+def pooled_table(frame, methods: list[str], baseline: str = "ft", scale: float = 100.0) -> str:
+    """Markdown of `pooled`: per model and scope, each method against the baseline over all paired runs."""
+    head = ["model", "sizes", "method", "cells", "pairs", baseline, "method", f"− {baseline}", "p", "wins:losses:ties"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    order = {m: i for i, m in enumerate(methods)}
+    frame = frame.assign(_o=frame["method"].map(lambda m: order.get(m, len(order))))
+    for _, row in frame.sort_values(["model", "_o"], kind="stable").iterrows():
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    row["model"] or "–", row["scope"], row["method"], str(row["n_cells"]), str(row["n_pairs"]),
+                    f"{row['baseline_mean'] * scale:.2f}", f"{row['mean'] * scale:.2f}",
+                    f"{row['diff_vs_baseline'] * scale:+.2f}", _p_text(row["p_value"]),
+                    f"{row['wins']}:{row['losses']}:{row['ties']}",
+                ]
+            )  # fmt: skip
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# TempBalance's alpha across blocks and across seeds
+
+
+def collect_alpha(output_dir: str | Path):
+    """One row per (finished TempBalance run, block) from ``<run>/tempbalance/history.jsonl``: α and the factor at
+    step 0, α at the last update, and the number of updates. Empty when no run has a history."""
+    import pandas as pd
+
+    rows = []
+    for path in sorted(Path(output_dir).glob(f"runs/**/{RESULT_FILE}")):
+        history = path.parent / "tempbalance" / "history.jsonl"
+        if not history.is_file():
+            continue
+        records = [json.loads(line) for line in history.read_text().splitlines() if line.strip()]
+        records.sort(key=lambda r: r["step"])
+        if not records or records[0]["step"] != 0:
+            continue
+        rec = json.loads(path.read_text())
+        first, last = records[0], records[-1]
+        for block, alpha0 in first["alpha"].items():
+            rows.append(
+                {
+                    "model": _model_label(rec),
+                    "task": rec["task"],
+                    "size_key": rec.get("size_key", "fraction"),
+                    "size": rec.get("size", rec.get("fraction")),
+                    "method": rec["method"] + ("+lora" if rec["lora"] else ""),
+                    "seed": rec["seed"],
+                    "block": block,
+                    "alpha_step0": alpha0,
+                    "factor_step0": first["factor"].get(block),
+                    "alpha_last": last["alpha"].get(block),
+                    "last_step": last["step"],
+                    "n_updates": len(records),
+                }
+            )
+    columns = ["model", "task", "size_key", "size", "method", "seed", "block", "alpha_step0", "factor_step0"]
+    return pd.DataFrame(rows, columns=[*columns, "alpha_last", "last_step", "n_updates"])
+
+
+def alpha_spread(alphas):
+    """Per (model, task, size, method): the spread of block α at step 0 (max − min over blocks, mean over seeds)
+    against the run-to-run noise of α (std over seeds of each block's α, the largest over blocks) at step 0 and at
+    the last update, and how far α moved during training (the largest |α_last − α_step0| over blocks, mean over
+    seeds). A spread far above the seed noise means the blocks' α differ by more than the runs do."""
+    import pandas as pd
+
+    rows = []
+    for (model, task, size_key, size, method), cell in alphas.groupby([*CELL, "method"], sort=True):
+        wide0 = cell.pivot_table(index="seed", columns="block", values="alpha_step0")
+        wide_last = cell.pivot_table(index="seed", columns="block", values="alpha_last")
+        factors = cell.pivot_table(index="seed", columns="block", values="factor_step0")
+        moved = (wide_last - wide0).abs().max(axis=1)
+        rows.append(
+            {
+                "model": model,
+                "task": task,
+                "size_key": size_key,
+                "size": size,
+                "method": method,
+                "n_seeds": len(wide0),
+                "n_blocks": wide0.shape[1],
+                "spread_step0": float((wide0.max(axis=1) - wide0.min(axis=1)).mean()),
+                "seed_std_step0": float(wide0.std(ddof=1).max()) if len(wide0) > 1 else math.nan,
+                "seed_std_last": float(wide_last.std(ddof=1).max()) if len(wide_last) > 1 else math.nan,
+                "max_move": float(moved.mean()),
+                "factor_min": float(factors.min().min()),
+                "factor_max": float(factors.max().max()),
+                "updates": float(cell.groupby("seed")["n_updates"].first().mean()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def alpha_markdown(spread) -> str:
+    head = [
+        "model", "task", "size", "method", "seeds", "blocks", "α spread over blocks (step 0)", "seed std of α (step 0)",
+        "seed std of α (last)", "max |α_last − α_0|", "factors at step 0", "updates",
+    ]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    mixed = spread["size_key"].nunique() > 1
+    for _, r in spread.iterrows():
+        std0 = "n/a" if math.isnan(r["seed_std_step0"]) else f"{r['seed_std_step0']:.4f}"
+        std_last = "n/a" if math.isnan(r["seed_std_last"]) else f"{r['seed_std_last']:.4f}"
+        cells = [
+            r["model"] or "–", r["task"], _size_text(r["size_key"], r["size"], mixed), r["method"], str(r["n_seeds"]),
+            str(r["n_blocks"]), f"{r['spread_step0']:.3f}", std0, std_last, f"{r['max_move']:.4f}",
+            f"{r['factor_min']:.3f}–{r['factor_max']:.3f}", f"{r['updates']:.1f}",
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -605,16 +844,42 @@ def _aggregate(config: dict) -> tuple[str, list[str]]:
     listed = [m + suffix for suffix in ("", "+lora") for m in config["methods"]]
     methods = [m for m in dict.fromkeys([baseline, *listed, *sorted(present)]) if m in present]
     tables = {k: markdown_table(s, methods, baseline=baseline) for k, s in summaries.items()}
+    pools = {k: pooled(results, baseline=baseline, score=k) for k in ("best", "final")}
+    splits = sorted(set(results["eval_split"]))
     note = (
-        f"Scores ×100, mean ± std over seeds; '{baseline}' is the baseline, differences are paired by seed with p "
-        "from scipy.stats.ttest_rel."
+        f"Scores ×100 on the {' and '.join(splits)} split(s), mean ± std over seeds; '{baseline}' is the baseline. "
+        "Differences are paired by seed (same training subset, same seed), with p from scipy.stats.ttest_rel and "
+        "the sign count wins:losses of the method against the baseline. Best epoch: the best of the evaluations "
+        "of each run (picked on the evaluation set itself, so optimistic); final epoch: the last evaluation."
     )
-    (out / "summary.md").write_text(
-        f"Best epoch:\n\n{tables['best']}\n\nFinal epoch:\n\n{tables['final']}\n\n{note}\n"
-    )
+    text = f"Best epoch:\n\n{tables['best']}\n\nFinal epoch:\n\n{tables['final']}\n\n{note}\n"
     written = ["results.csv", "summary.csv", "summary.md"]
+    if not pools["best"].empty:
+        pd.concat([p.assign(score=k) for k, p in pools.items()]).to_csv(out / "pooled.csv", index=False)
+        written.append("pooled.csv")
+        text += (
+            "\nPooled per model over every (task, size, seed) pair that both finished (paired t-test over all the "
+            "pairs; the scores are means over those pairs):\n\n"
+            f"Best epoch:\n\n{pooled_table(pools['best'], methods, baseline)}\n\n"
+            f"Final epoch:\n\n{pooled_table(pools['final'], methods, baseline)}\n"
+        )
+    alphas = collect_alpha(out)
+    if not alphas.empty:
+        spread = alpha_spread(alphas)
+        _named_sizes(alphas).to_csv(out / "alpha.csv", index=False)
+        written.append("alpha.csv")
+        text += (
+            "\nTempBalance's α per block (from each run's tempbalance/history.jsonl): the spread over blocks at step "
+            "0 against the run-to-run noise (std over seeds of each block's α, the largest over blocks):\n\n"
+            f"{alpha_markdown(spread)}\n"
+        )
+    (out / "summary.md").write_text(text)
     try:
-        plot_scores(summaries["best"], out / "scores.png", methods)
+        plotted = summaries["best"]
+        if plotted["model"].nunique() > 1:
+            plotted = plotted.assign(method=plotted["model"] + ": " + plotted["method"])
+            methods = list(dict.fromkeys(plotted["method"]))
+        plot_scores(plotted, out / "scores.png", methods)
         written.append("scores.png")
     except ImportError:  # matplotlib is the optional [plot] extra
         pass
@@ -627,6 +892,29 @@ def aggregate(config: dict) -> str:
     Returns the best-epoch markdown table.
     """
     return _aggregate(config)[0]
+
+
+def select_runs(config: dict, runs: list[Run], methods: str | None, sizes: str | None) -> list[Run]:
+    """The runs of the ``--methods`` and ``--sizes`` filters (comma-separated; None keeps all), in grid order.
+    A name or size that the config does not have raises ValueError."""
+    if methods is not None:
+        wanted = [m.strip() for m in methods.split(",") if m.strip()]
+        unknown = [m for m in wanted if m not in config["methods"]]
+        if unknown or not wanted:
+            raise ValueError(f"--methods {methods!r}: the config's methods are {config['methods']}.")
+        runs = [r for r in runs if r.method in wanted]
+    if sizes is not None:
+        have = list(dict.fromkeys(f"{r.size:g}" for r in runs))
+        wanted = [x.strip() for x in sizes.split(",") if x.strip()]
+        try:
+            wanted = [f"{float(x):g}" for x in wanted]
+        except ValueError:
+            wanted = []
+        unknown = [x for x in wanted if x not in have]
+        if unknown or not wanted:
+            raise ValueError(f"--sizes {sizes!r}: the config's sizes are {have} (numbers, comma-separated).")
+        runs = [r for r in runs if f"{r.size:g}" in wanted]
+    return runs
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
@@ -656,6 +944,16 @@ def main(argv: list[str] | None = None) -> int:
         "processes or machines sharing the output folder; aggregate afterwards with --aggregate-only.",
     )
     parser.add_argument(
+        "--methods",
+        help="Comma-separated: run only these methods of the config (e.g. the core comparison first; the rest stay "
+        "to do). Aggregation always covers every finished run.",
+    )
+    parser.add_argument(
+        "--sizes",
+        help="Comma-separated: run only these training-set sizes (as in the run folders: 16 for shots16, 0.01 for "
+        "frac0.01), e.g. the small sizes of every task before the large ones.",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -673,6 +971,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = expand_grid(config)
         if not ns.aggregate_only and os.environ.get("TB_SWEEP_VALIDATED") != "1":  # workers: done by the parent
             validate(config, runs)
+        selected = select_runs(config, runs, ns.methods, ns.sizes)
     except ValueError as err:
         parser.error(str(err))
     if ns.aggregate_only:
@@ -680,7 +979,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if ns.workers > 1 and not (shard or ns.dry_run):
         return _run_workers(ns, config, runs)
-    all_runs = runs
+    all_runs, runs = runs, selected
     if shard:
         runs = runs[shard[0] - 1 :: shard[1]]
     if ns.dry_run:
@@ -733,6 +1032,9 @@ def _run_workers(ns: argparse.Namespace, config: dict, runs: list[Run]) -> int:
     cmd = [sys.executable, str(Path(__file__).resolve()), ns.config]
     if ns.launcher:
         cmd += ["--launcher", ns.launcher]
+    for flag, value in (("--methods", ns.methods), ("--sizes", ns.sizes)):
+        if value is not None:
+            cmd += [flag, value]
     procs = [
         subprocess.Popen([*cmd, "--shard", f"{k}/{ns.workers}"], env=env, stdout=subprocess.DEVNULL, **_popen_kwargs())
         for k in range(1, ns.workers + 1)

@@ -421,8 +421,8 @@ def test_aggregation_table(tmp_path):
     assert {"results.csv", "summary.csv", "summary.md", "scores.png"} <= {p.name for p in out.iterdir()}
     p = ttest_rel(scores["tempbalance"], scores["ft"]).pvalue
     header, rule, row = table.splitlines()
-    assert header == "| task | fraction | n train | metric | ft | tempbalance | tempbalance − ft (p) |"
-    assert row == f"| rte | 0.1 | 249 | accuracy | 55.00 ± 5.00 | 58.33 ± 5.86 | +3.33 ({p:.2f}) |"
+    assert header == "| task | fraction | n train | metric | ft | tempbalance | tempbalance − ft (p; wins:losses) |"
+    assert row == f"| rte | 0.1 | 249 | accuracy | 55.00 ± 5.00 | 58.33 ± 5.86 | +3.33 ({p:.2f}; 3:0) |"
     summary = sweep.summarize(sweep.collect(out))
     tb = summary[summary["method"] == "tempbalance"].iloc[0]
     assert tb["diff_vs_baseline"] == pytest.approx(0.1 / 3) and tb["p_value"] == pytest.approx(p)
@@ -440,3 +440,50 @@ def test_shards_split_the_grid(tmp_path, capsys):
         listed.append(capsys.readouterr().out.split())
     names = [r.name for r in sweep.expand_grid(sweep.load_config(path))]
     assert sorted(listed[0][1::2] + listed[1][1::2]) == sorted(names) and len(listed[0]) == len(listed[1])
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluating on held-out training examples (choosing lr and epochs without the dev set)
+
+
+def test_holdout_indices_are_disjoint_seeded_and_stratified():
+    labels = [0] * 60 + [1] * 40
+    train = list(range(0, 100, 10))  # 6 of class 0, 4 of class 1
+    picks = run_glue.select_holdout_indices(labels, train, 20, seed=3)
+    assert len(picks) == 20 and not set(picks) & set(train) and picks == sorted(picks)
+    assert sum(labels[i] for i in picks) == 8  # 36 : 54 left -> 40% of 20 in class 1
+    assert picks == run_glue.select_holdout_indices(labels, train, 20, seed=3)
+    assert picks != run_glue.select_holdout_indices(labels, train, 20, seed=4)
+    regression = run_glue.select_holdout_indices([0.5 * i for i in range(100)], train, 5, seed=3, is_regression=True)
+    assert len(regression) == 5 and not set(regression) & set(train)
+    with pytest.raises(ValueError, match="only 90 training examples are left"):
+        run_glue.select_holdout_indices(labels, train, 91, seed=3)
+
+
+def test_holdout_flag_conflicts():
+    with pytest.raises(ValueError, match="drop --max_eval_samples"):
+        run_glue.DataArguments(eval_on_train_holdout=50, max_eval_samples=10)
+    with pytest.raises(ValueError, match="must be >= 1"):
+        run_glue.DataArguments(eval_on_train_holdout=0)
+
+
+@needs_glue
+@pytest.mark.slow  # two training runs: ~6 s idle
+def test_eval_on_train_holdout_end_to_end(tmp_path, tokenizer):
+    margs, dargs, targs = recipe_args(
+        tmp_path, task_name="rte", shots_per_class=8, max_train_samples=None, eval_on_train_holdout=40,
+        eval_strategy="steps", eval_steps=0.5, method="ft",
+    )  # fmt: skip
+    results = run_glue.main(margs, dargs, targs, model=tiny_bert(2, len(tokenizer)), tokenizer=tokenizer)
+    subset = json.loads((Path(targs.output_dir) / "train_subset.json").read_text())
+    holdout, train = subset["eval_holdout_indices"], subset["indices"]
+    assert len(holdout) == 40 and len(train) == 16 and not set(holdout) & set(train)
+    assert subset["eval_split"] == results["eval_split"] == "train_holdout" and results["eval_samples"] == 40
+    raw, _ = run_glue.load_task("rte", glue_dir=str(GLUE_DIR))
+    assert sorted(raw["train"].select(holdout)["label"]).count(1) == 20  # RTE's train set is balanced
+    # Steps evaluation at half and at the end of training: the end is evaluated once, not twice.
+    assert len(results["epoch_scores"]) == 2 and results["final_epoch"] == 2
+    # Without the flag the dev set is evaluated and says so.
+    margs, dargs, targs = recipe_args(tmp_path, task_name="rte", max_train_samples=16, num_train_epochs=1)
+    results = run_glue.main(margs, dargs, targs, model=tiny_bert(2, len(tokenizer)), tokenizer=tokenizer)
+    assert results["eval_split"] == "validation" and results["eval_samples"] == 277

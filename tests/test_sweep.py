@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -171,7 +172,8 @@ def test_custom_file_sweep_end_to_end_with_one_failing_task(tmp_path, tiny_model
     captured = capsys.readouterr()
     out = Path(config["output_dir"])
     assert "empty label in row 5" in (out / "runs/broken/n6/ft/seed1/error.txt").read_text()
-    assert "Wrote results.csv, summary.csv, summary.md, scores.png" in captured.out and "(6 of 8 runs" in captured.out
+    wrote = "Wrote results.csv, summary.csv, summary.md, pooled.csv, alpha.csv, scores.png"
+    assert wrote in captured.out and "(6 of 8 runs" in captured.out
     assert "2 runs failed (broken/n6/ft/seed1, broken/n6/tempbalance/seed1)" in captured.out
     # Not a terminal: one plain line per run, no bar and no escape codes.
     assert "sweep: [1/8] broken/n6/ft/seed1 FAILED" in captured.err
@@ -179,7 +181,7 @@ def test_custom_file_sweep_end_to_end_with_one_failing_task(tmp_path, tiny_model
     assert "\r" not in captured.err and "\x1b[" not in captured.err
 
     results = pd.read_csv(out / "results.csv")
-    assert list(results.columns[:3]) == ["task", "shots_per_class", "max_train_samples"]
+    assert list(results.columns[:4]) == ["model", "task", "shots_per_class", "max_train_samples"]
     assert {"n_train", "n_eval", "best_epoch"} <= set(results.columns)
     shots = results[results["task"] == "reviews"].sort_values("shots_per_class")
     assert shots["n_train"].tolist() == [4, 4, 8, 8] and set(shots["n_eval"]) == {8}
@@ -224,8 +226,8 @@ def test_results_csv_has_whole_best_epochs(tmp_path):
     (Path(run.args["output_dir"]) / sweep.RESULT_FILE).write_text(json.dumps(record))  # a record from before sizes
     sweep.aggregate(config)
     text = (tmp_path / "out" / "results.csv").read_text().splitlines()
-    assert text[0].startswith("task,fraction,method,seed,metric,n_train,n_eval,best,final,best_epoch")
-    assert text[1].startswith("rte,0.1,ft,1,accuracy,249,277,0.6,0.5,2,")
+    assert text[0].startswith("model,task,fraction,method,seed,metric,n_train,n_eval,best,final,best_epoch")
+    assert text[1].startswith(",rte,0.1,ft,1,accuracy,249,277,0.6,0.5,2,")  # a record without args: no model
 
 
 # --------------------------------------------------------------------------------------------------
@@ -275,3 +277,161 @@ def test_sigkill_of_the_workers_parent_ends_its_workers_and_their_runs(tmp_path)
         for pid in [int(x) for p in pid_files if p.is_file() for x in p.read_text().split()]:
             if _alive(pid):  # only when the test failed: leave no process behind
                 os.kill(pid, signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------------------------------
+# Named method variants, sign counts, pooled tests, TempBalance's alpha across blocks and seeds
+
+
+def variant_config(tmp_path, **overrides) -> dict:
+    return glue_config(
+        tmp_path,
+        tasks={"rte": {"shots_per_class": [4]}, "sst2": {"shots_per_class": [4]}},
+        seeds=[1, 2, 3],
+        methods=["ft", "ft-lr3x", "tempbalance-mb", "tempbalance-once", "tempbalance"],
+        args={"glue_dir": str(tmp_path / "glue"), "learning_rate": 1e-4, "model_name_or_path": "~/models/mpnet-base/"},
+        method_args={
+            "ft-lr3x": {"method": "ft", "learning_rate": 3e-4},
+            "tempbalance-mb": {"method": "tempbalance", "tb_mapping": "sigmoid", "tb_xmin_pos": 1.5},
+            "tempbalance-once": {"method": "tempbalance", "tb_mapping": "sigmoid", "tb_update_steps": "once"},
+            "tempbalance": {"tb_update_steps": 2},
+        },
+    ) | overrides
+
+
+def test_named_method_variants_map_to_run_glue_methods(tmp_path):
+    config = variant_config(tmp_path)
+    runs = {r.name: r for r in sweep.expand_grid(config)}
+    once = runs["rte/shots4/tempbalance-once/seed2"]
+    assert once.method == "tempbalance-once" and once.args["method"] == "tempbalance"
+    assert once.args["tb_update_steps"] == "once" and once.args["output_dir"].endswith("tempbalance-once/seed2")
+    lr3x = runs["sst2/shots4/ft-lr3x/seed1"].args
+    assert lr3x["method"] == "ft" and lr3x["learning_rate"] == 3e-4 and "tb_mapping" not in lr3x
+    assert runs["sst2/shots4/ft/seed1"].args["learning_rate"] == 1e-4
+    assert runs["rte/shots4/tempbalance/seed3"].args == runs["rte/shots4/tempbalance/seed3"].args | {
+        "method": "tempbalance", "tb_update_steps": 2
+    }  # fmt: skip
+    sweep.validate(config, list(runs.values()))  # every variant parses as run_glue arguments
+    assert sweep.recipe_method(config, "tempbalance-mb") == "tempbalance" and sweep.recipe_method(config, "ft") == "ft"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(methods=["ft", "tempbalance-mb"], method_args={}), r"methods \['tempbalance-mb'\] are unknown.*method:"),
+        (dict(methods=["ft", "tb"], method_args={"tb": {"method": "sgd"}}), r"methods \['tb'\] are unknown"),
+        (dict(methods=["ft", "tb/once"], method_args={}), "must be single words"),
+        (dict(methods=["ft", "ft"], method_args={}), "lists a name twice"),
+    ],
+)
+def test_bad_method_variants_are_refused(tmp_path, capsys, monkeypatch, overrides, message):
+    monkeypatch.setattr(sweep, "_run_inprocess", lambda run: pytest.fail(f"{run.name} ran"))
+    with pytest.raises(SystemExit) as exit_:
+        sweep.main([write_config(tmp_path, variant_config(tmp_path, **overrides))])
+    assert exit_.value.code == 2
+    assert re.search(message, capsys.readouterr().err, flags=re.DOTALL)
+
+
+def fake_record(run, score: float, final: float, history: list[dict] | None = None) -> None:
+    out = Path(run.args["output_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    results = {"main_metric": "accuracy", "best_eval_accuracy": score, "eval_accuracy": final, "best_epoch": 2,
+               "train_samples": 8, "eval_samples": 277, "epoch_scores": [final, score], "eval_split": "validation"}  # fmt: skip
+    record = {"task": run.task, "size_key": run.size_key, "size": run.size, "fraction": None, "method": run.method,
+              "lora": False, "seed": run.seed, "args": run.args, "results": results}  # fmt: skip
+    (out / sweep.RESULT_FILE).write_text(json.dumps(record))
+    if history is not None:
+        (out / "tempbalance").mkdir(exist_ok=True)
+        (out / "tempbalance" / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+
+
+def test_sign_counts_pooled_test_and_model_column(tmp_path):
+    from scipy.stats import ttest_rel
+
+    config = variant_config(tmp_path, methods=["ft", "tempbalance-mb"])
+    rng = np.random.default_rng(0)
+    scores = {}
+    for run in sweep.expand_grid(config):
+        base = {"rte": 0.55, "sst2": 0.80}[run.task] + 0.01 * run.seed
+        score = base + (rng.normal(0.01, 0.02) if run.method != "ft" else 0.0)
+        scores[(run.task, run.seed, run.method)] = score
+        fake_record(run, score, score - 0.05)
+    sweep.aggregate(config)
+    out = Path(config["output_dir"])
+    results = pd.read_csv(out / "results.csv")
+    assert list(results.columns[:6]) == ["model", "task", "shots_per_class", "method", "seed", "metric"]
+    assert set(results["model"]) == {"mpnet-base"} and set(results["eval_split"]) == {"validation"}
+    assert {"learning_rate", "epoch_scores"} <= set(results.columns)
+
+    summary = sweep.summarize(sweep.collect(out))
+    rte = summary[(summary["task"] == "rte") & (summary["method"] == "tempbalance-mb")].iloc[0]
+    d = [scores[("rte", s, "tempbalance-mb")] - scores[("rte", s, "ft")] for s in (1, 2, 3)]
+    assert (rte["wins"], rte["losses"], rte["ties"], rte["n_pairs"]) == (sum(x > 0 for x in d), sum(x < 0 for x in d), 0, 3)
+
+    pool = sweep.pooled(sweep.collect(out))
+    assert len(pool) == 1  # one model, one size: no separate per-size scope
+    row = pool.iloc[0]
+    a = [scores[(t, s, "tempbalance-mb")] for t in ("rte", "sst2") for s in (1, 2, 3)]
+    b = [scores[(t, s, "ft")] for t in ("rte", "sst2") for s in (1, 2, 3)]
+    assert (row["n_cells"], row["n_pairs"]) == (2, 6)
+    assert row["diff_vs_baseline"] == pytest.approx(np.mean(np.subtract(a, b)))
+    assert row["p_value"] == pytest.approx(ttest_rel(a, b).pvalue)
+    assert row["wins"] + row["losses"] == 6 and row["mean"] == pytest.approx(np.mean(a))
+
+    text = (out / "summary.md").read_text()
+    assert "tempbalance-mb − ft (p; wins:losses)" in text and "Pooled per model" in text
+    assert "| mpnet-base | 4 (shots per class) | tempbalance-mb | 2 | 6 |" in text
+    assert (out / "pooled.csv").is_file() and "TempBalance's α" not in text  # no history: no alpha section
+
+
+def test_pooled_scopes_per_size_and_unpaired_runs_left_out(tmp_path):
+    config = variant_config(tmp_path, tasks={"rte": {"shots_per_class": [4, 8]}}, methods=["ft", "tempbalance"])
+    for run in sweep.expand_grid(config):
+        if run.method == "tempbalance" and run.seed == 3 and run.size == 8:
+            continue  # not finished: its ft run has no pair
+        fake_record(run, 0.6 + 0.01 * (run.method != "ft") * run.seed, 0.5)
+    pool = sweep.pooled(sweep.collect(Path(config["output_dir"])))
+    assert pool["scope"].tolist() == ["all", "4 (shots per class)", "8 (shots per class)"]
+    assert pool["n_pairs"].tolist() == [5, 3, 2] and pool["wins"].tolist() == [5, 3, 2]
+
+
+def test_alpha_spread_against_seed_noise(tmp_path):
+    config = variant_config(tmp_path, tasks={"rte": {"shots_per_class": [4]}}, methods=["ft", "tempbalance"])
+    for run in sweep.expand_grid(config):
+        history = None
+        if run.method == "tempbalance":
+            a0 = {"layer.0": 3.0, "layer.1": 4.0 + 0.01 * run.seed, "layer.2": 5.0}
+            last = {k: v + 0.1 * run.seed for k, v in a0.items()}
+            history = [
+                {"step": 0, "alpha": a0, "factor": {"layer.0": 0.5, "layer.1": 1.0, "layer.2": 1.5}},
+                {"step": 8, "alpha": {k: v + 0.05 for k, v in a0.items()}, "factor": {}},
+                {"step": 16, "alpha": last, "factor": {}},
+            ]
+        fake_record(run, 0.6, 0.5, history)
+    out = Path(config["output_dir"])
+    alphas = sweep.collect_alpha(out)
+    assert len(alphas) == 3 * 3 and set(alphas["method"]) == {"tempbalance"}  # 3 seeds x 3 blocks, ft has none
+    row = sweep.alpha_spread(alphas).iloc[0]
+    assert row["spread_step0"] == pytest.approx(2.0)
+    assert row["seed_std_step0"] == pytest.approx(np.std([4.01, 4.02, 4.03], ddof=1))
+    assert row["max_move"] == pytest.approx(0.2)  # 0.1 * seed, mean over seeds 1, 2, 3
+    assert row["seed_std_last"] == pytest.approx(np.std([4.11, 4.22, 4.33], ddof=1))  # layer.1 varies most
+    assert (row["factor_min"], row["factor_max"], row["updates"], row["n_blocks"]) == (0.5, 1.5, 3, 3)
+    sweep.aggregate(config)
+    text = (out / "summary.md").read_text()
+    assert "TempBalance's α per block" in text and "| mpnet-base | rte | 4 | tempbalance | 3 | 3 | 2.000 |" in text
+    assert pd.read_csv(out / "alpha.csv").shape[0] == 9
+
+
+def test_methods_and_sizes_filters(tmp_path, capsys):
+    config = variant_config(tmp_path, tasks={"rte": {"shots_per_class": [4, 8]}}, seeds=[1])
+    path = write_config(tmp_path, config)
+    assert sweep.main([path, "--dry-run", "--methods", "ft,tempbalance-once", "--sizes", "4"]) == 0
+    assert capsys.readouterr().out.split()[1::2] == ["rte/shots4/ft/seed1", "rte/shots4/tempbalance-once/seed1"]
+    assert sweep.main([path, "--dry-run", "--sizes", "8", "--shard", "2/2"]) == 0
+    assert capsys.readouterr().out.split()[1::2] == ["rte/shots8/ft-lr3x/seed1", "rte/shots8/tempbalance-once/seed1"]
+    for flags, message in ((["--methods", "ft,tb"], "--methods 'ft,tb': the config's methods are"),
+                           (["--sizes", "16"], r"--sizes '16': the config's sizes are \['4', '8'\]")):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_:
+            sweep.main([path, "--dry-run", *flags])
+        assert exit_.value.code == 2 and re.search(message, capsys.readouterr().err)

@@ -31,6 +31,10 @@ python recipes/glue/run_glue.py --model_name_or_path minilm --task_name sst2 --g
     --shots_per_class 16 --stratify --method llrd --llrd_decay 0.9 --lora_r 8 --lora_alpha 16 --use_rslora \
     --lora_target_modules query value --output_dir outputs/sst2-llrd-lora
 
+# Choose lr/epochs without the dev set: evaluate on 200 held-out training examples (outside the training subset)
+python recipes/glue/run_glue.py --model_name_or_path minilm --task_name sst2 --glue_dir ../shared/data/glue \
+    --shots_per_class 16 --eval_on_train_holdout 200 --method ft --output_dir outputs/sst2-holdout
+
 # Your own data
 python recipes/glue/run_glue.py --train_file train.csv --validation_file dev.csv --text_columns review \
     --label_column stars --max_train_samples 500 --output_dir outputs/custom
@@ -141,11 +145,26 @@ class DataArguments:
         default=None,
         metadata={"help": "Evaluate on a seeded random subset of the dev set (seed 0; default: the full dev set)."},
     )
+    eval_on_train_holdout: int | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluate on N held-out TRAINING examples instead of the dev set (for choosing the learning "
+            "rate and epochs without touching dev): a seeded (--subset_seed) random N of the training examples "
+            "outside the training subset, class-stratified for classification."
+        },
+    )
     max_seq_length: int = field(default=128, metadata={"help": "Truncate inputs to this many tokens."})
 
     def __post_init__(self):
         if self.max_eval_samples is not None and self.max_eval_samples < 1:
             raise ValueError(f"--max_eval_samples must be >= 1, got {self.max_eval_samples}.")
+        if self.eval_on_train_holdout is not None:
+            if self.eval_on_train_holdout < 1:
+                raise ValueError(f"--eval_on_train_holdout must be >= 1, got {self.eval_on_train_holdout}.")
+            if self.max_eval_samples is not None:
+                raise ValueError(
+                    "--eval_on_train_holdout N already sets the size of the evaluation set: drop --max_eval_samples."
+                )
         if self.max_seq_length < 8:
             raise ValueError(f"--max_seq_length must be >= 8, got {self.max_seq_length}.")
 
@@ -266,9 +285,40 @@ class PreparedData:
     task: Any  # tb_hf.data.TaskSpec
     raw: Any  # datasets.DatasetDict, the full splits
     train: Any  # the training subset
-    eval: Any  # the evaluation set (a fixed subset with --max_eval_samples)
+    eval: Any  # the evaluation set (a fixed subset with --max_eval_samples, training examples with a holdout)
     indices: list[int]
     subset_seed: int
+    holdout_indices: list[int] | None = None  # --eval_on_train_holdout: the training rows evaluated on
+
+    @property
+    def eval_split(self) -> str:
+        return "validation" if self.holdout_indices is None else "train_holdout"
+
+
+def select_holdout_indices(
+    labels, train_indices: list[int], size: int, *, seed: int, is_regression: bool = False
+) -> list[int]:
+    """Indices (sorted) of ``size`` training examples outside ``train_indices``: a seeded random choice,
+    class-stratified for classification (largest-remainder rounding), disjoint from the training subset.
+
+    Raises ValueError if fewer than ``size`` examples are left outside the subset.
+    """
+    taken = set(train_indices)
+    rest = [i for i in range(len(labels)) if i not in taken]
+    if size > len(rest):
+        raise ValueError(
+            f"--eval_on_train_holdout {size}: only {len(rest)} training examples are left outside the training "
+            f"subset; use at most {len(rest)}."
+        )
+    picked = select_train_indices(
+        [labels[i] for i in rest],
+        max_samples=size,
+        strategy="random",
+        stratify=not is_regression,
+        seed=seed,
+        is_regression=is_regression,
+    )
+    return sorted(rest[j] for j in picked)
 
 
 def prepare_data(data_args: DataArguments, training_args: TempBalanceConfig) -> PreparedData:
@@ -294,12 +344,23 @@ def prepare_data(data_args: DataArguments, training_args: TempBalanceConfig) -> 
         seed=subset_seed,
         is_regression=task.is_regression,
     )
-    eval_raw = raw["validation"]
+    holdout = None
+    if data_args.eval_on_train_holdout is not None:
+        holdout = select_holdout_indices(
+            raw["train"]["label"],
+            indices,
+            data_args.eval_on_train_holdout,
+            seed=subset_seed,
+            is_regression=task.is_regression,
+        )
+        eval_raw = raw["train"].select(holdout)
+    else:
+        eval_raw = raw["validation"]
     if data_args.max_eval_samples is not None and data_args.max_eval_samples < len(eval_raw):
         eval_raw = eval_raw.shuffle(seed=0).select(range(data_args.max_eval_samples))
     if not task.is_regression and task.name != "custom":  # tb_hf.data logs a custom task's own mapping
         logger.info(f"{task.name}: label -> id " + ", ".join(f"{n!r}: {i}" for i, n in enumerate(task.label_names)))
-    return PreparedData(task, raw, raw["train"].select(indices), eval_raw, indices, subset_seed)
+    return PreparedData(task, raw, raw["train"].select(indices), eval_raw, indices, subset_seed, holdout)
 
 
 class _PlainText(pylogging.Filter):
@@ -376,6 +437,8 @@ def main(
             "stratify": data_args.stratify,
             "seed": subset_seed,
             "indices": indices,
+            "eval_split": data.eval_split,
+            **({"eval_holdout_indices": data.holdout_indices} if data.holdout_indices is not None else {}),
         }
         with open(Path(training_args.output_dir) / "train_subset.json", "w") as f:
             json.dump(subset, f)
@@ -437,8 +500,8 @@ def main(
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     train_metrics = dict(train_result.metrics, train_samples=len(train_ds))
     epochs = _epoch_scores(trainer.state.log_history, task.main_metric)
-    if not epochs or training_args.eval_strategy == "steps":
-        epochs.append(trainer.evaluate())  # no per-epoch evaluation, or the last one was before the end
+    if not epochs or epochs[-1].get("step") != trainer.state.global_step:
+        epochs.append(trainer.evaluate())  # no evaluation during training, or the last one was before the end
     eval_metrics = {k: v for k, v in epochs[-1].items() if k.startswith("eval_")}
     eval_metrics["eval_samples"] = len(eval_ds)
     key = f"eval_{task.main_metric}"
@@ -449,6 +512,7 @@ def main(
         "lora": model_args.lora_r is not None,
         "seed": training_args.seed,
         "main_metric": task.main_metric,
+        "eval_split": data.eval_split,
         "final_epoch": _epoch_number(epochs[-1].get("epoch")),
         "best_epoch": _epoch_number(best.get("epoch")),
         "wall_seconds": time.time() - start,
