@@ -612,6 +612,44 @@ def pooled(results, baseline: str = "ft", score: str = "best"):
     )  # fmt: skip
 
 
+def curves(results):
+    """Per (model, task, size, method): the mean over seeds of each evaluation's score (``epoch_scores``; runs with
+    another number of evaluations than the cell's first are left out), the best evaluation and its number (1-based).
+    For choosing the learning rate and epochs on held-out training examples."""
+    import pandas as pd
+
+    rows = []
+    for (model, task, size_key, size, method), group in _with_model(results).groupby([*CELL, "method"], sort=True):
+        lists = [[float(x) for x in str(text).split()] for text in group["epoch_scores"] if str(text).strip()]
+        lists = [x for x in lists if lists and len(x) == len(lists[0])]
+        if not lists:
+            continue
+        mean = np.mean(lists, axis=0)
+        rows.append(
+            {
+                "model": model, "task": task, "size_key": size_key, "size": size, "method": method,
+                "learning_rate": group["learning_rate"].iloc[0], "n_seeds": len(lists), "mean_scores": mean.tolist(),
+                "best_eval": int(np.argmax(mean)) + 1, "best_mean": float(mean.max()),
+            }
+        )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def curves_markdown(frame, scale: float = 100.0) -> str:
+    n = max(len(x) for x in frame["mean_scores"])
+    head = ["model", "task", "size", "method", "lr", "seeds", *(str(i) for i in range(1, n + 1)), "best (eval #)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, r in frame.iterrows():
+        scores = [f"{x * scale:.1f}" for x in r["mean_scores"]] + [""] * (n - len(r["mean_scores"]))
+        lr = "" if _missing(r["learning_rate"]) else f"{float(r['learning_rate']):g}"
+        lines.append(
+            "| " + " | ".join([r["model"] or "–", r["task"], _size_text(r["size_key"], r["size"], False), r["method"],
+                               lr, str(r["n_seeds"]), *scores, f"{r['best_mean'] * scale:.1f} ({r['best_eval']})"])
+            + " |"
+        )  # fmt: skip
+    return "\n".join(lines)
+
+
 def _p_text(p: float) -> str:
     return "n/a" if math.isnan(p) else f"{p:.2f}"
 
@@ -862,6 +900,12 @@ def _aggregate(config: dict) -> tuple[str, list[str]]:
             "pairs; the scores are means over those pairs):\n\n"
             f"Best epoch:\n\n{pooled_table(pools['best'], methods, baseline)}\n\n"
             f"Final epoch:\n\n{pooled_table(pools['final'], methods, baseline)}\n"
+        )
+    holdout = results[results["eval_split"] == "train_holdout"]
+    if not holdout.empty:
+        text += (
+            "\nScore at each evaluation, mean over seeds, on held-out training examples (for choosing the learning "
+            f"rate and epochs):\n\n{curves_markdown(curves(holdout))}\n"
         )
     alphas = collect_alpha(out)
     if not alphas.empty:

@@ -435,3 +435,23 @@ def test_methods_and_sizes_filters(tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_:
             sweep.main([path, "--dry-run", *flags])
         assert exit_.value.code == 2 and re.search(message, capsys.readouterr().err)
+
+
+def test_holdout_curves_for_choosing_lr_and_epochs(tmp_path):
+    config = variant_config(tmp_path, tasks={"sst2": {"shots_per_class": [4]}}, methods=["ft-lr3x", "ft"], seeds=[1, 2])
+    for run in sweep.expand_grid(config):
+        out = Path(run.args["output_dir"])
+        out.mkdir(parents=True)
+        curve = [0.5, 0.7, 0.6] if run.method == "ft" else [0.6, 0.6 + 0.1 * run.seed, 0.9]
+        results = {"main_metric": "accuracy", "best_eval_accuracy": max(curve), "eval_accuracy": curve[-1],
+                   "epoch_scores": curve, "eval_split": "train_holdout", "train_samples": 8, "eval_samples": 20}  # fmt: skip
+        record = {"task": run.task, "size_key": run.size_key, "size": run.size, "method": run.method, "lora": False,
+                  "seed": run.seed, "args": run.args, "results": results}  # fmt: skip
+        (out / sweep.RESULT_FILE).write_text(json.dumps(record))
+    frame = sweep.curves(sweep.collect(config["output_dir"]))
+    lr3x = frame[frame["method"] == "ft-lr3x"].iloc[0]
+    assert lr3x["mean_scores"] == pytest.approx([0.6, 0.75, 0.9]) and lr3x["best_eval"] == 3
+    assert lr3x["learning_rate"] == 3e-4 and frame[frame["method"] == "ft"].iloc[0]["best_eval"] == 2
+    sweep.aggregate(config)
+    text = (Path(config["output_dir"]) / "summary.md").read_text()
+    assert "on the train_holdout split" in text and "| mpnet-base | sst2 | 4 | ft-lr3x | 0.0003 | 2 | 60.0 | 75.0 | 90.0 | 90.0 (3) |" in text
