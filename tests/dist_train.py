@@ -156,7 +156,35 @@ def train(out: str) -> dict:
     except RuntimeError as err:
         result["failure"]["raised"] = str(err)
     tbe.analyze = real_analyze
+
+    # Asynchronous passes: each rank computes its share in a background thread, the results are exchanged in
+    # the training thread at the fixed apply step, and every rank applies identical factors at that step.
+    torch.manual_seed(0)
+    model = ARCHS["mixtral"][0]()
+    args = tiny_training_args(os.path.join(out, "async"), max_steps=6, tb_unit="matrix", tb_async=True)
+    trainer = TempBalanceTrainer(model=model, args=args, train_dataset=dataset)
+    lrs = LrLog()
+    trainer.add_callback(lrs)
+    trainer.train()
+    history = []
+    if rank == 0:
+        with open(os.path.join(out, "async", "tempbalance", "history.jsonl")) as f:
+            history = [json.loads(line) for line in f]
+    result["async"] = {
+        "lrs": lrs.lrs,
+        "tb_factors": [g["tb_factor"] for g in trainer.optimizer.param_groups],
+        "history": [(r["step"], r.get("snapshot_step")) for r in history],
+        "lag": trainer.tempbalance.lag,
+    }
     return result
+
+
+class LrLog(TrainerCallback):
+    def __init__(self):
+        self.lrs: list[list[float]] = []
+
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        self.lrs.append([g["lr"] for g in optimizer.param_groups])
 
 
 def fsdp2(out: str) -> dict:

@@ -223,6 +223,13 @@ def test_two_process_training_shares_the_pass_and_agrees(tmp_path):
     assert f0["tb_factors"] == f1["tb_factors"] and set(f0["tb_factors"]) == {1.0}
     assert "failed on rank(s) [1]" in f0["raised"] and "injected failure" in f1["raised"]
 
+    # Asynchronous passes: snapshot at steps 2 and 4 (interval 2, lag 1), applied at 3 and 5 on both ranks alike.
+    a0, a1 = r0["async"], r1["async"]
+    assert a0["lag"] == a1["lag"] == 1
+    assert a0["history"] == [[0, None], [3, 2], [5, 4]]
+    assert a0["lrs"] == a1["lrs"] and a0["tb_factors"] == a1["tb_factors"]
+    assert len({tuple(lrs) for lrs in a0["lrs"]}) == 6 and len(set(a0["tb_factors"])) > 3
+
 
 @pytest.mark.slow  # two torchrun processes: ~11 s
 def test_fsdp2_gathers_full_matrices_and_matches_single_process(tmp_path):
