@@ -78,6 +78,7 @@ def recipe_args(tmp_path, **overrides):
     return run_glue.parse_args(run_glue.config_to_argv(args | overrides))
 
 
+@pytest.mark.slow  # a real training run or subprocess
 @needs_glue
 @pytest.mark.parametrize(
     "task, method, extra",
@@ -156,6 +157,7 @@ def test_bad_custom_column_and_bad_flags(tmp_path):
         run_glue.ModelArguments(llrd_decay=0.0)
 
 
+@pytest.mark.slow  # a real training run or subprocess
 def test_custom_task_end_to_end(tmp_path, tokenizer):
     rows = [("a good film", "pos"), ("a bad film", "neg")] * 6
     (tmp_path / "train.csv").write_text("review,stars\n" + "\n".join(f"{t},{s}" for t, s in rows) + "\n")
@@ -172,6 +174,7 @@ def test_custom_task_end_to_end(tmp_path, tokenizer):
     assert results["task"] == "custom" and results["eval_samples"] == 12 and "eval_f1" in results
 
 
+@pytest.mark.slow  # a real training run or subprocess
 def test_llama_lora_sets_pad_token(tmp_path, tokenizer):
     """A LLaMA-style decoder with LoRA: no pad token in the tokenizer, the recipe sets one."""
     rows = [("a good film", 1), ("a bad film", 0)] * 4
@@ -242,6 +245,7 @@ def test_cli_bad_config_file(tmp_path, capsys):
     assert exit_.value.code == 2 and "cannot read the config file" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a real training run or subprocess
 def test_help_and_argument_errors_answer_before_the_training_stack_loads(tmp_path):
     script = tmp_path / "probe.py"
     script.write_text(
@@ -277,6 +281,7 @@ def test_peft_wrapping_does_not_warn_about_transformers_internals():
     assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
 
 
+@pytest.mark.slow  # a real training run or subprocess
 def test_model_load_report_has_no_escape_codes_and_epochs_are_ints(tmp_path, tokenizer, caplog):
     """A real from_pretrained of an encoder without a classifier head: transformers reports the new head."""
     folder = tmp_path / "encoder"

@@ -144,6 +144,7 @@ def test_grid_of_shots_samples_and_custom_files(tmp_path):
     assert runs[0].name == "rotten_tomatoes/frac0.005/ft/seed13" and runs[0].args["train_fraction"] == 0.005
 
 
+@pytest.mark.slow  # a real training run or subprocess
 def test_custom_file_sweep_end_to_end_with_one_failing_task(tmp_path, tiny_model_dir, capsys):
     rows = "".join(f"{w} film,{s}\n" for w, s in [("good", "pos"), ("bad", "neg"), ("great", "pos"), ("awful", "neg")])
     (tmp_path / "train.csv").write_text("text,stars\n" + rows * 3)
@@ -242,6 +243,7 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+@pytest.mark.slow  # a real training run or subprocess
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG) is Linux-only")
 def test_sigkill_of_the_workers_parent_ends_its_workers_and_their_runs(tmp_path):
     sleeper = tmp_path / "sleeper.py"
