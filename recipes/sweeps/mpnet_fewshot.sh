@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# nohup bash recipes/sweeps/mpnet_fewshot.sh > /tmp/mpnet_fewshot.log 2>&1 &
+#
+# Runs (or resumes: finished runs are skipped) the MPNet few-shot study of recipes/sweeps/mpnet_fewshot.yaml in
+# order of priority, two single-threaded workers at nice 10 (so other work on the machine keeps its CPU):
+#   1. the core comparison (ft, tempbalance-mb, tempbalance-once) at 16 examples per class, every task and seed;
+#   2. the core comparison at 64 per class;
+#   3. the other methods (tempbalance defaults, FARMS, LLRD).
+# Each step aggregates into results/mpnet-fewshot/ when it ends; in between, run
+#   python recipes/sweep.py recipes/sweeps/mpnet_fewshot.yaml --aggregate-only
+# and commit results/mpnet-fewshot/ (the .gitignore keeps each run's result.json and history.jsonl only).
+set -u
+cd "$(dirname "$0")/../.."
+if [ -f .venv/bin/activate ]; then source .venv/bin/activate; fi
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+config=recipes/sweeps/mpnet_fewshot.yaml
+core=ft,tempbalance-mb,tempbalance-once
+python scripts/prepare_mpnet.py || exit 1
+nice -n 10 python recipes/sweep.py "$config" --workers 2 --methods "$core" --sizes 16
+nice -n 10 python recipes/sweep.py "$config" --workers 2 --methods "$core"
+nice -n 10 python recipes/sweep.py "$config" --workers 2
