@@ -223,7 +223,9 @@ def validate(config: dict, runs: list[Run]) -> None:
         raise ValueError(f"'methods' must be a list of {list(run_glue.METHODS)}, got {methods!r}.")
     bad_names = [m for m in methods if not isinstance(m, str) or not re.fullmatch(r"[A-Za-z0-9_.+-]+", m)]
     if bad_names:
-        raise ValueError(f"method names {bad_names} must be single words (letters, digits, - _ . +): they name folders.")
+        raise ValueError(
+            f"method names {bad_names} must be single words (letters, digits, - _ . +): they name folders."
+        )
     if len(set(methods)) != len(methods):
         raise ValueError(f"'methods' lists a name twice: {methods}.")
     unknown = [m for m in methods if recipe_method(config, m) not in run_glue.METHODS]
@@ -465,7 +467,8 @@ def collect(output_dir: str | Path):
     columns = ["model", "task", "size_key", "size", "method", "seed", "metric", "n_train", "n_eval", "best", "final"]
     extra = ["best_epoch", "run_seconds", "learning_rate", "eval_split", "epoch_scores"]
     frame = pd.DataFrame(rows, columns=[*columns, *extra])
-    frame = frame.sort_values(["model", "task", "size_key", "size", "method", "seed"], kind="stable", ignore_index=True)
+    order = ["model", "task", "size_key", "size", "method", "seed"]
+    frame = frame.sort_values(order, kind="stable", ignore_index=True)
     for col in ("best_epoch", "n_train", "n_eval"):
         values = pd.to_numeric(frame[col], errors="coerce")
         if (values.dropna() % 1 == 0).all():
@@ -669,7 +672,8 @@ def markdown_table(summary, methods: list[str], baseline: str = "ft", scale: flo
         by = cell.set_index("method")
         first = cell.iloc[0]
         n_train = "?" if _missing(first["n_train"]) else str(int(first["n_train"]))
-        out = [*([model] if several else []), task, _size_text(size_key, size, len(keys) > 1), n_train, first["metric"]]
+        size_text = _size_text(size_key, size, len(keys) > 1)
+        out = [*([model] if several else []), task, size_text, n_train, first["metric"]]
         for m in methods:
             if m in by.index:
                 mean, std = by.loc[m, "mean"] * scale, by.loc[m, "std"] * scale
@@ -698,9 +702,15 @@ def pooled_table(frame, methods: list[str], baseline: str = "ft", scale: float =
             "| "
             + " | ".join(
                 [
-                    row["model"] or "–", row["scope"], row["method"], str(row["n_cells"]), str(row["n_pairs"]),
-                    f"{row['baseline_mean'] * scale:.2f}", f"{row['mean'] * scale:.2f}",
-                    f"{row['diff_vs_baseline'] * scale:+.2f}", _p_text(row["p_value"]),
+                    row["model"] or "–",
+                    row["scope"],
+                    row["method"],
+                    str(row["n_cells"]),
+                    str(row["n_pairs"]),
+                    f"{row['baseline_mean'] * scale:.2f}",
+                    f"{row['mean'] * scale:.2f}",
+                    f"{row['diff_vs_baseline'] * scale:+.2f}",
+                    _p_text(row["p_value"]),
                     f"{row['wins']}:{row['losses']}:{row['ties']}",
                 ]
             )  # fmt: skip
@@ -786,7 +796,8 @@ def alpha_spread(alphas):
 
 def alpha_markdown(spread) -> str:
     head = [
-        "model", "task", "size", "method", "seeds", "blocks", "α spread over blocks (step 0)", "seed std of α (step 0)",
+        "model", "task", "size", "method", "seeds", "blocks", "α spread over blocks (step 0)",
+        "seed std of α (step 0)",
         "seed std of α (last)", "max |α_last − α_0|", "factors at step 0", "updates",
     ]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -286,19 +286,26 @@ def test_sigkill_of_the_workers_parent_ends_its_workers_and_their_runs(tmp_path)
 
 
 def variant_config(tmp_path, **overrides) -> dict:
-    return glue_config(
-        tmp_path,
-        tasks={"rte": {"shots_per_class": [4]}, "sst2": {"shots_per_class": [4]}},
-        seeds=[1, 2, 3],
-        methods=["ft", "ft-lr3x", "tempbalance-mb", "tempbalance-once", "tempbalance"],
-        args={"glue_dir": str(tmp_path / "glue"), "learning_rate": 1e-4, "model_name_or_path": "~/models/mpnet-base/"},
-        method_args={
-            "ft-lr3x": {"method": "ft", "learning_rate": 3e-4},
-            "tempbalance-mb": {"method": "tempbalance", "tb_mapping": "sigmoid", "tb_xmin_pos": 1.5},
-            "tempbalance-once": {"method": "tempbalance", "tb_mapping": "sigmoid", "tb_update_steps": "once"},
-            "tempbalance": {"tb_update_steps": 2},
-        },
-    ) | overrides
+    return (
+        glue_config(
+            tmp_path,
+            tasks={"rte": {"shots_per_class": [4]}, "sst2": {"shots_per_class": [4]}},
+            seeds=[1, 2, 3],
+            methods=["ft", "ft-lr3x", "tempbalance-mb", "tempbalance-once", "tempbalance"],
+            args={
+                "glue_dir": str(tmp_path / "glue"),
+                "learning_rate": 1e-4,
+                "model_name_or_path": "~/models/mpnet-base/",
+            },
+            method_args={
+                "ft-lr3x": {"method": "ft", "learning_rate": 3e-4},
+                "tempbalance-mb": {"method": "tempbalance", "tb_mapping": "sigmoid", "tb_xmin_pos": 1.5},
+                "tempbalance-once": {"method": "tempbalance", "tb_mapping": "sigmoid", "tb_update_steps": "once"},
+                "tempbalance": {"tb_update_steps": 2},
+            },
+        )
+        | overrides
+    )
 
 
 def test_named_method_variants_map_to_run_glue_methods(tmp_path):
@@ -338,7 +345,8 @@ def fake_record(run, score: float, final: float, history: list[dict] | None = No
     out = Path(run.args["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     results = {"main_metric": "accuracy", "best_eval_accuracy": score, "eval_accuracy": final, "best_epoch": 2,
-               "train_samples": 8, "eval_samples": 277, "epoch_scores": [final, score], "eval_split": "validation"}  # fmt: skip
+               "train_samples": 8, "eval_samples": 277, "epoch_scores": [final, score],
+               "eval_split": "validation"}  # fmt: skip
     record = {"task": run.task, "size_key": run.size_key, "size": run.size, "fraction": None, "method": run.method,
               "lora": False, "seed": run.seed, "args": run.args, "results": results}  # fmt: skip
     (out / sweep.RESULT_FILE).write_text(json.dumps(record))
@@ -368,7 +376,8 @@ def test_sign_counts_pooled_test_and_model_column(tmp_path):
     summary = sweep.summarize(sweep.collect(out))
     rte = summary[(summary["task"] == "rte") & (summary["method"] == "tempbalance-mb")].iloc[0]
     d = [scores[("rte", s, "tempbalance-mb")] - scores[("rte", s, "ft")] for s in (1, 2, 3)]
-    assert (rte["wins"], rte["losses"], rte["ties"], rte["n_pairs"]) == (sum(x > 0 for x in d), sum(x < 0 for x in d), 0, 3)
+    signs = (sum(x > 0 for x in d), sum(x < 0 for x in d), 0, 3)
+    assert (rte["wins"], rte["losses"], rte["ties"], rte["n_pairs"]) == signs
 
     pool = sweep.pooled(sweep.collect(out))
     assert len(pool) == 1  # one model, one size: no separate per-size scope
@@ -440,13 +449,15 @@ def test_methods_and_sizes_filters(tmp_path, capsys):
 
 
 def test_holdout_curves_for_choosing_lr_and_epochs(tmp_path):
-    config = variant_config(tmp_path, tasks={"sst2": {"shots_per_class": [4]}}, methods=["ft-lr3x", "ft"], seeds=[1, 2])
+    tasks = {"sst2": {"shots_per_class": [4]}}
+    config = variant_config(tmp_path, tasks=tasks, methods=["ft-lr3x", "ft"], seeds=[1, 2])
     for run in sweep.expand_grid(config):
         out = Path(run.args["output_dir"])
         out.mkdir(parents=True)
         curve = [0.5, 0.7, 0.6] if run.method == "ft" else [0.6, 0.6 + 0.1 * run.seed, 0.9]
         results = {"main_metric": "accuracy", "best_eval_accuracy": max(curve), "eval_accuracy": curve[-1],
-                   "epoch_scores": curve, "eval_split": "train_holdout", "train_samples": 8, "eval_samples": 20}  # fmt: skip
+                   "epoch_scores": curve, "eval_split": "train_holdout", "train_samples": 8,
+                   "eval_samples": 20}  # fmt: skip
         record = {"task": run.task, "size_key": run.size_key, "size": run.size, "method": run.method, "lora": False,
                   "seed": run.seed, "args": run.args, "results": results}  # fmt: skip
         (out / sweep.RESULT_FILE).write_text(json.dumps(record))
@@ -456,4 +467,5 @@ def test_holdout_curves_for_choosing_lr_and_epochs(tmp_path):
     assert lr3x["learning_rate"] == 3e-4 and frame[frame["method"] == "ft"].iloc[0]["best_eval"] == 2
     sweep.aggregate(config)
     text = (Path(config["output_dir"]) / "summary.md").read_text()
-    assert "on the train_holdout split" in text and "| mpnet-base | sst2 | 4 | ft-lr3x | 0.0003 | 2 | 60.0 | 75.0 | 90.0 | 90.0 (3) |" in text
+    assert "on the train_holdout split" in text
+    assert "| mpnet-base | sst2 | 4 | ft-lr3x | 0.0003 | 2 | 60.0 | 75.0 | 90.0 | 90.0 (3) |" in text
