@@ -272,7 +272,7 @@ class SpectralEngine:
     # ------------------------------------------------------------------------------------------------
     # Matrices
 
-    def _matrices(self, model: nn.Module, tasks: Sequence[Task], *, copy: bool = False) -> dict:
+    def _matrices(self, model: nn.Module, tasks: Sequence[Task]) -> dict:
         """The tasks' matrices from the model's current full parameters (W₀ + ΔW under LoRA, in float32)."""
         params = dict(model.named_parameters())
         lora = lora_layers(model)
@@ -287,7 +287,7 @@ class SpectralEngine:
                 if id(params[name]) in lora:
                     weight = lora_weight(param, lora[id(params[name])], self.tb.tb_lora_view)
                 else:
-                    weight = param.clone() if copy else param
+                    weight = param
                 whole[name] = weight
             weight = whole[name]
             out[task.key] = weight if task.key.index is None else weight[task.key.index]
