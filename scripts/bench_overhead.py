@@ -107,7 +107,7 @@ def build_model(preset: dict, device: str):
     return peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=16, target_modules=targets, task_type="SEQ_CLS"))
 
 
-def run(kind: str, preset: dict, data, tokenizer, seed: int, device: str, out: str) -> dict:
+def run(kind: str, preset: dict, data, tokenizer, seed: int, device: str, out: str, update_steps=None) -> dict:
     import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
@@ -142,6 +142,8 @@ def run(kind: str, preset: dict, data, tokenizer, seed: int, device: str, out: s
         trainer = Trainer(model=model, args=TrainingArguments(**common), train_dataset=train, data_collator=collator)
     else:
         tb = {"default": {}, "every_step": {"tb_update_steps": "1"}, "async": {"tb_async": True}}[kind]
+        if update_steps is not None and kind != "every_step":
+            tb["tb_update_steps"] = update_steps
         args = TempBalanceConfig(**common, **tb)
         trainer = TempBalanceTrainer(model=model, args=args, train_dataset=train, data_collator=collator)
     if device == "cuda":
@@ -191,6 +193,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[13, 37, 43])
     parser.add_argument("--async", dest="async_", action="store_true", help="also the asynchronous pass")
     parser.add_argument("--no-reference", action="store_true", help="skip the every-step run (slow on big shapes)")
+    parser.add_argument(
+        "--update-steps", default=None, help="tb_update_steps of the default and async runs (default: 'auto')"
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the measurements as JSON here")
     args = parser.parse_args()
 
@@ -214,7 +219,8 @@ def main() -> None:
         for r in range(args.repeats):
             for seed in args.seeds:
                 for kind in kinds:
-                    res = run(kind, preset, data[seed], tokenizer, seed, args.device, f"{tmp}/{kind}{seed}-{r}")
+                    out = f"{tmp}/{kind}{seed}-{r}"
+                    res = run(kind, preset, data[seed], tokenizer, seed, args.device, out, args.update_steps)
                     runs[kind, seed].append(res)
                     acc = "" if res["accuracy"] is None else f", accuracy {res['accuracy']:.4f}"
                     print(f"  repeat {r} seed {seed} {kind:10s}: {res['seconds']:7.2f} s{acc}", flush=True)
