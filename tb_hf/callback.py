@@ -35,7 +35,7 @@ from transformers.utils import logging
 
 from .balancing import apply_factors, compute_factors
 from .config import TempBalanceArguments, tb_arguments
-from .distributed import check_supported, deepspeed_config_sections
+from .distributed import check_supported, deepspeed_config_sections, max_over_ranks
 from .engine import PassResult, SpectralEngine
 from .layers import Partition, full_shape, partition_model
 from .optim import create_tempbalance_optimizer, optimizer_from_args, tempbalance_param_groups
@@ -145,6 +145,7 @@ class TempBalanceCallback(TrainerCallback):
         group0 = optimizer.param_groups[0]
         if state.global_step == 0:
             self.update(model, optimizer, lr_scheduler, args, state)
+            group0["tb_pass_seconds"] = self.pass_seconds  # a resume before the 'auto' decision still knows it
             self.decided = self.tb.tb_update_steps != "auto"
             if self.decided:
                 self._fix_interval(optimizer, self.rule_interval, why=f"tb_update_steps={self.tb.tb_update_steps}")
@@ -152,6 +153,7 @@ class TempBalanceCallback(TrainerCallback):
             self.factors = {g["tb_unit"]: g["tb_factor"] for g in optimizer.param_groups if g.get("tb_unit")}
             self.decided = "tb_interval" in group0
             self.interval, self.lag = group0.get("tb_interval"), group0.get("tb_lag", 0)
+            self.pass_seconds = group0.get("tb_pass_seconds", math.nan)
             if group0.get("tb_pending") is not None:
                 self._pending = {**group0["tb_pending"], "factors": self._stored_pending_factors(optimizer)}
         logger.info(
@@ -168,7 +170,7 @@ class TempBalanceCallback(TrainerCallback):
         if not self.decided:
             self.step_times[done] = time.perf_counter()
             if done >= min(DECIDE_STEP, max(1, state.max_steps - 1)):
-                self._decide(optimizer, state)
+                self._decide(model, optimizer, state)
         if self.interval is None or done % self.interval != 0 or done >= state.max_steps:
             return
         if self.tb.tb_async and self._pending is None and done + self.lag < state.max_steps:
@@ -208,7 +210,12 @@ class TempBalanceCallback(TrainerCallback):
     # ------------------------------------------------------------------------------------------------
     # When to recompute
 
-    def _decide(self, optimizer, state) -> None:
+    def _time_one_pass(self, model) -> float:
+        start = time.perf_counter()
+        self._finish(lambda: self.engine.run(model), step=-1)
+        return time.perf_counter() - start
+
+    def _decide(self, model, optimizer, state) -> None:
         """Fix the 'auto' interval from the measured cost of the first pass and of a training step."""
         timed = sorted(self.step_times)
         if len(timed) >= 2:
@@ -217,8 +224,10 @@ class TempBalanceCallback(TrainerCallback):
             step_seconds = math.inf
         self.step_seconds = step_seconds
         budget = self.tb.tb_max_overhead
+        if not math.isfinite(self.pass_seconds):  # a checkpoint without the step-0 cost: measure one pass now
+            self.pass_seconds = self._time_one_pass(model)
         needed = math.ceil(self.pass_seconds / (budget * step_seconds)) if step_seconds > 0 else 1
-        interval = max(self.rule_interval or 1, needed if math.isfinite(needed) else 1)
+        interval = max_over_ranks(max(self.rule_interval or 1, needed))  # every rank must pass at the same steps
         why = (
             f"a pass costs {self.pass_seconds:.3g} s and a step {step_seconds:.3g} s: every {interval} steps keeps "
             f"passes within tb_max_overhead={budget:g} (Model Balancing's rule alone: every {self.rule_interval})"

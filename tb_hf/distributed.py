@@ -41,6 +41,7 @@ __all__ = [
     "check_supported",
     "deepspeed_config_sections",
     "exchange",
+    "max_over_ranks",
     "gathered",
     "is_distributed",
     "matrix_cost",
@@ -93,6 +94,16 @@ def _collective_device(hint: torch.device | None) -> torch.device:
     if backend == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return hint if hint is not None else torch.device("cpu")  # e.g. "cpu:gloo,cuda:nccl": the weights' device
+
+
+def max_over_ranks(value: int) -> int:
+    """The largest ``value`` over all ranks (a collective; ``value`` itself alone). Decisions that set when the
+    next collective pass happens (the 'auto' interval, measured per rank) must be the same on every rank."""
+    if not is_distributed():
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64, device=_collective_device(None))
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
 
 
 # --------------------------------------------------------------------------------------------------

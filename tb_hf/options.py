@@ -10,6 +10,7 @@ and the modules that use them (`tb_hf.spectral`, `tb_hf.layers`, `tb_hf.balancin
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -55,7 +56,7 @@ FACTOR_RANGES = (
 def check_range(name: str, value, low: float, high: float, *, low_open: bool = False, why: str = "") -> None:
     """Raise a ValueError naming ``name`` unless ``value`` is a finite number in [low, high] ((low, high] with
     ``low_open``). The message states the range, so a typo or an absurd setting is caught before training."""
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (value > low if low_open else value >= low) and value <= high
     if not ok:
         bracket = "(" if low_open else "["
@@ -206,9 +207,13 @@ class TempBalanceArguments:
             ("tb_metric", METRICS),
             ("tb_mapping", MAPPINGS),
             ("tb_esd_dtype", ESD_DTYPE_CHOICES),
+            ("tb_lora_average", LORA_AVERAGES),
         ]:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("tb_filter_zeros", "tb_normalize", "tb_async"):
+            if not isinstance(getattr(self, name), bool):  # a string such as "false" would count as True
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         check_range("tb_xmin_pos", self.tb_xmin_pos, 1, 100, low_open=True, why=" (2: top half, 1.5: top third)")
         if not isinstance(self.tb_min_evals, int) or not 2 <= self.tb_min_evals <= 10**7:
             raise ValueError(

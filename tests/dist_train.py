@@ -170,6 +170,13 @@ def train(out: str) -> dict:
     if rank == 0:
         with open(os.path.join(out, "async", "tempbalance", "history.jsonl")) as f:
             history = [json.loads(line) for line in f]
+    # tb_update_steps="auto": each rank times its own steps, but all ranks must settle on one interval.
+    torch.manual_seed(0)
+    model = ARCHS["mixtral"][0]()
+    args = tiny_training_args(os.path.join(out, "auto"), max_steps=8, tb_update_steps="auto", tb_max_overhead=0.5)
+    auto = TempBalanceTrainer(model=model, args=args, train_dataset=dataset)
+    auto.train()
+    result["auto_interval"] = auto.tempbalance.interval
     result["async"] = {
         "lrs": lrs.lrs,
         "tb_factors": [g["tb_factor"] for g in trainer.optimizer.param_groups],

@@ -172,3 +172,23 @@ def test_farms_uses_one_window_for_the_whole_model():
     assert engine.options["farms_window"] == 32  # k/v are 64×256: half of 64, for q (256×256) too
     spectra = engine.run(big).spectra
     assert {s.estimator for s in spectra.values()} == {"farms"}
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        (dict(tb_lora_average="some"), "tb_lora_average must be one of"),  # was silently 'all'
+        (dict(tb_async="false"), "tb_async must be True or False"),  # a non-empty string was True
+        (dict(tb_normalize="no"), "tb_normalize must be True or False"),
+        (dict(tb_filter_zeros=1), "tb_filter_zeros must be True or False"),
+    ],
+)
+def test_choice_and_boolean_options_are_checked(options, match):
+    with pytest.raises(ValueError, match=match):
+        TempBalanceArguments(**options)
+
+
+def test_numpy_numbers_are_accepted_as_numbers():
+    import numpy as np
+
+    assert TempBalanceArguments(tb_xmin_pos=np.float32(1.5)).tb_xmin_pos == 1.5

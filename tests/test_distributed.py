@@ -223,6 +223,9 @@ def test_two_process_training_shares_the_pass_and_agrees(tmp_path):
     assert f0["tb_factors"] == f1["tb_factors"] and set(f0["tb_factors"]) == {1.0}
     assert "failed on rank(s) [1]" in f0["raised"] and "injected failure" in f1["raised"]
 
+    # 'auto': the interval each rank measured is agreed on (the largest), so the passes stay collective
+    assert r0["auto_interval"] == r1["auto_interval"] and r0["auto_interval"] >= 1
+
     # Asynchronous passes: snapshot at steps 2 and 4 (interval 2, lag 1), applied at 3 and 5 on both ranks alike.
     a0, a1 = r0["async"], r1["async"]
     assert a0["lag"] == a1["lag"] == 1

@@ -97,3 +97,21 @@ def test_frozen_blocks_warn_that_nothing_is_balanced(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         TempBalanceTrainer(model=model, args=args, train_dataset=dataset_for(model)).train()
     assert "nothing to balance" in caplog.text and "only the head is trained" in caplog.text
+
+
+def test_resume_before_the_auto_interval_is_fixed(tmp_path):
+    """A checkpoint at step 2 (before 'auto' is decided at step 3): the resumed run still knows the step-0 pass cost
+    (it used to divide NaN and crash at step 3) and fixes its interval."""
+    torch.manual_seed(0)
+    model = ARCHS["bert"][0]()
+    args = tiny_training_args(tmp_path / "a", max_steps=8, tb_update_steps="auto", save_strategy="steps", save_steps=2)
+    trainer = TempBalanceTrainer(model=model, args=args, train_dataset=dataset_for(model, n=32))
+    trainer.train()
+    pass_seconds = trainer.tempbalance.pass_seconds
+    torch.manual_seed(0)
+    model = ARCHS["bert"][0]()
+    args = tiny_training_args(tmp_path / "b", max_steps=8, tb_update_steps="auto")
+    resumed = TempBalanceTrainer(model=model, args=args, train_dataset=dataset_for(model, n=32))
+    resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
+    assert resumed.tempbalance.decided and resumed.tempbalance.interval >= 1
+    assert resumed.tempbalance.pass_seconds == pass_seconds  # from the checkpoint, not re-measured
