@@ -244,14 +244,13 @@ class SpectralEngine:
         device = next((p.device for p in model.parameters() if p.device.type != "meta"), torch.device("cpu"))
         self.device = device
         self.options = tb.spectral_options(device)
-        shapes_plan = plan(model, partition, lora_view=tb.tb_lora_view, options=self.options)
-        if self.options["estimator"] == "farms" and self.options["farms_window"] is None:
-            self.options["farms_window"] = model_farms_window(
-                [t.shape for t in shapes_plan], self.options["farms_aspect_ratio"]
-            )
-            if self.options["farms_window"] is not None:
-                logger.info(f"TempBalance: FARMS window {self.options['farms_window']} rows for every matrix.")
         self.tasks = plan(model, partition, lora_view=tb.tb_lora_view, options=self.options)
+        if self.options["estimator"] == "farms" and self.options["farms_window"] is None:
+            window = model_farms_window([t.shape for t in self.tasks], self.options["farms_aspect_ratio"])
+            if window is not None:  # the costs depend on the window: plan again with it
+                self.options["farms_window"] = window
+                self.tasks = plan(model, partition, lora_view=tb.tb_lora_view, options=self.options)
+                logger.info(f"TempBalance: FARMS window {window} rows for every matrix.")
         if self.options["estimator"] == "farms":
             for t in self.tasks:  # say once per shape which matrices FARMS cannot window
                 farms_windows(
