@@ -246,3 +246,38 @@ def test_usage():
     with pytest.raises(SystemExit) as info:
         cli.main(["frobnicate"])
     assert info.value.code == 2
+
+
+def test_alpha_noise_script(saved_model, tmp_path, capsys):
+    """scripts/alpha_noise.py: per unit α, its standard error from the fits ((α − 1)/√n_tail per matrix, combined
+    over the unit's matrices), and the factor range over the draws, which must contain the fitted factor."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "alpha_noise.py"
+    spec = importlib.util.spec_from_file_location("alpha_noise", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "noise.md"
+    argv = [str(saved_model), "--tb_mapping", "sigmoid", "--tb_xmin_pos", "1.5", "--draws", "200", "--out", str(out)]
+    assert module.main(argv) == 0
+    text = out.read_text()
+    assert text.strip() == capsys.readouterr().out.strip()
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| bert.encoder.layer.")]
+    assert [r[0].strip() for r in rows] == ["bert.encoder.layer.0", "bert.encoder.layer.1"]
+
+    model = BertForSequenceClassification.from_pretrained(saved_model, num_labels=2)
+    for row in rows:
+        block = row[0].strip().replace("bert.", "", 1)
+        mats = {
+            n: p.detach()
+            for n, p in model.bert.named_parameters()
+            if n.startswith(block + ".") and n.endswith("weight") and p.ndim == 2
+        }
+        fits = [f for f in analyze(mats, xmin_pos=1.5).values() if f.status == "ok"]
+        assert len(fits) == 6
+        se = sum(((f.alpha - 1) / f.num_tail**0.5) ** 2 for f in fits) ** 0.5 / len(fits)
+        assert float(row[2]) == pytest.approx(sum(f.alpha for f in fits) / len(fits), abs=2e-3)
+        assert float(row[3]) == pytest.approx(se, abs=2e-3)
+        lo, hi = (float(x) for x in row[5].split("-"))
+        assert lo <= float(row[4]) <= hi
+    assert "std over units / median se" in text

@@ -3,9 +3,11 @@
 #
 # Runs (or resumes: finished runs are skipped) the MPNet few-shot study of recipes/sweeps/mpnet_fewshot.yaml in
 # order of priority, two single-threaded workers at nice 10 (so other work on the machine keeps its CPU):
-#   1. the core comparison (ft, tempbalance-mb, tempbalance-once) at 16 examples per class, every task and seed;
-#   2. the core comparison at 64 per class;
+#   1. FT against TempBalance-MB at 16 examples per class, every task and seed, then the frozen-profile control
+#      (tempbalance-once) there: the core comparison;
+#   2. FT against TempBalance-MB at 64 per class (the minimum), then the frozen-profile control there;
 #   3. the other methods (tempbalance defaults, FARMS, LLRD).
+# WORKERS=1 runs one worker (leaves a core to another study, e.g. the SmolLM2 one).
 # Each step aggregates into results/mpnet-fewshot/ when it ends; in between, run
 #   python recipes/sweep.py recipes/sweeps/mpnet_fewshot.yaml --aggregate-only
 # and commit results/mpnet-fewshot/ (the .gitignore keeps each run's result.json and history.jsonl only).
@@ -15,7 +17,10 @@ if [ -f .venv/bin/activate ]; then source .venv/bin/activate; fi
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 config=recipes/sweeps/mpnet_fewshot.yaml
 core=ft,tempbalance-mb,tempbalance-once
+workers=${WORKERS:-2}
 python scripts/prepare_mpnet.py || exit 1
-nice -n 10 python recipes/sweep.py "$config" --workers 2 --methods "$core" --sizes 16
-nice -n 10 python recipes/sweep.py "$config" --workers 2 --methods "$core"
-nice -n 10 python recipes/sweep.py "$config" --workers 2
+nice -n 10 python recipes/sweep.py "$config" --workers "$workers" --methods ft,tempbalance-mb --sizes 16
+nice -n 10 python recipes/sweep.py "$config" --workers "$workers" --methods "$core" --sizes 16
+nice -n 10 python recipes/sweep.py "$config" --workers "$workers" --methods ft,tempbalance-mb --sizes 64
+nice -n 10 python recipes/sweep.py "$config" --workers "$workers" --methods "$core"
+nice -n 10 python recipes/sweep.py "$config" --workers "$workers"
