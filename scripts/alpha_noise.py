@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     from tb_hf.analysis import analyze_model
     from tb_hf.balancing import compute_factors
 
-    model = AutoModelForSequenceClassification.from_pretrained(str(Path(args.model).expanduser()), num_labels=2)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(Path(args.model).expanduser()), num_labels=2, dtype=torch.float32
+    )
     if args.lora:
         from peft import LoraConfig, get_peft_model
 

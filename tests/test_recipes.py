@@ -309,6 +309,44 @@ def test_model_load_report_has_no_escape_codes_and_epochs_are_ints(tmp_path, tok
     assert isinstance(results["final_epoch"], int)
 
 
+@pytest.mark.slow  # a real training run
+@pytest.mark.parametrize("dtype", [None, "auto"])
+def test_half_precision_checkpoints_train_in_float32(tmp_path, tokenizer, monkeypatch, caplog, dtype):
+    """A checkpoint saved in bfloat16 (SmolLM2's is) loads in float32 unless --dtype auto asks for the checkpoint's
+    dtype, and then a warning says training runs in pure bfloat16 (transformers 5 loads 'auto' by default: the
+    recipe once trained SmolLM2 + LoRA in pure bf16 on CPU without a word, at chance level)."""
+    folder = tmp_path / "bf16"
+    tiny_bert(2, len(tokenizer)).to(torch.bfloat16).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    loaded = []
+    original = tf.AutoModelForSequenceClassification.from_pretrained
+
+    def spy(*args, **kwargs):
+        loaded.append(original(*args, **kwargs))
+        return loaded[-1]
+
+    monkeypatch.setattr(tf.AutoModelForSequenceClassification, "from_pretrained", spy)
+    overrides = {} if dtype is None else {"dtype": dtype}
+    margs, dargs, targs = recipe_args(
+        tmp_path,
+        model_name_or_path=str(folder),
+        train_file=_custom_csv(tmp_path),
+        validation_file=_custom_csv(tmp_path),
+        text_columns=["text"],
+        max_train_samples=None,
+        method="ft",
+        num_train_epochs=1,
+        **overrides,
+    )
+    with caplog.at_level(logging.WARNING, logger="tb_hf"):
+        run_glue.main(margs, dargs, targs)
+    want = torch.bfloat16 if dtype == "auto" else torch.float32
+    assert [m.dtype for m in loaded] == [want]
+    assert all(p.dtype == want for p in loaded[0].parameters())
+    warned = [r.getMessage() for r in caplog.records if "pure torch.bfloat16" in r.getMessage()]
+    assert bool(warned) == (dtype == "auto")
+
+
 def test_configs_start_with_their_command_and_parse():
     configs = sorted((ROOT / "recipes").rglob("*.yaml"))
     assert len(configs) >= 6

