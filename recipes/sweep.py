@@ -37,6 +37,10 @@ sign count) and, for TempBalance runs, compares the spread of block α at step 0
 
 Runs go in-process by default (``launcher: inprocess``, no start-up cost per run); ``launcher: python`` starts
 each in its own process and ``launcher: accelerate launch --num_processes 2 --multi_gpu`` under accelerate.
+
+Several sweep processes may work on one grid at once (a second one started later on a free core, or machines that
+share the folder): each run is claimed with a ``running.lock`` file holding its process id, a run another live
+process holds or has finished is skipped, and a lock left by a killed process is taken over.
 """
 
 from __future__ import annotations
@@ -264,6 +268,45 @@ def is_done(run: Run) -> bool:
     return (Path(run.args["output_dir"]) / RESULT_FILE).is_file()
 
 
+LOCK_FILE = "running.lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def _claim(out: Path) -> int | None:
+    """Take the run in ``out`` for this process: None if taken, else the pid of the live process that holds it.
+
+    The claim is ``out/running.lock`` holding this process's pid, created exclusively, so that two sweep processes
+    over one grid (started at different times, or on machines that share the folder) never run the same run
+    twice. A lock whose process is gone (killed, crashed) is taken over.
+    """
+    lock = out / LOCK_FILE
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                holder = 0
+            if holder and holder != os.getpid() and _alive(holder):
+                return holder
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return None
+    return -1  # another process took the stale lock first
+
+
 def _run_inprocess(run: Run) -> dict:
     run_glue = _recipe()
     return run_glue.main(*run_glue.parse_args(run_glue.config_to_argv(run.args)))
@@ -350,12 +393,13 @@ class _Progress:
 def execute(
     runs: list[Run], launcher: str = "inprocess", *, quiet: bool = True, position: int = 0, label: str = "sweep"
 ) -> dict[str, int]:
-    """Run what is not done yet; returns counts of ``done`` (skipped), ``ok`` and ``failed`` runs.
+    """Run what is not done yet; returns counts of ``done`` (skipped), ``ok`` and ``failed`` runs, and
+    ``elsewhere``: runs another sweep process over the same folders was running (see `_claim`) or finished meanwhile.
 
     A failing run (any exception, or run_glue exiting) leaves its traceback in ``error.txt`` and the others go on.
     """
     todo = [run for run in runs if not is_done(run)]
-    counts = {"done": len(runs) - len(todo), "ok": 0, "failed": 0}
+    counts = {"done": len(runs) - len(todo), "ok": 0, "failed": 0, "elsewhere": 0}
     if counts["done"]:
         print(f"{label}: skipped {counts['done']} finished runs, {len(todo)} to run", file=sys.stderr)
     progress = _Progress(len(todo), label, position)
@@ -363,36 +407,49 @@ def execute(
         progress.start(run)
         out = Path(run.args["output_dir"])
         out.mkdir(parents=True, exist_ok=True)
-        (out / "error.txt").unlink(missing_ok=True)
-        start = time.time()
-        try:
-            if launcher == "inprocess":
-                with _quiet_libraries(out / "log.txt") if quiet else contextlib.nullcontext():
-                    results = _run_inprocess(run)
-            else:
-                results = _run_subprocess(run, launcher)
-        except (Exception, SystemExit):  # SystemExit: run_glue refused the run's arguments
-            counts["failed"] += 1
-            (out / "error.txt").write_text(traceback.format_exc())
-            progress.finish(run, f"FAILED (see {out / 'error.txt'})", time.time() - start)
+        holder = None if is_done(run) else _claim(out)
+        if is_done(run) or holder is not None:
+            counts["elsewhere"] += 1
+            note = "finished elsewhere" if holder is None else f"running in process {holder}"
+            progress.finish(run, f"skipped ({note})", 0.0)
             continue
-        record = {
-            "task": run.task,
-            "size_key": run.size_key,
-            "size": run.size,
-            "fraction": run.fraction,
-            "method": run.method,
-            "lora": run.lora,
-            "seed": run.seed,
-            "run_seconds": time.time() - start,
-            "args": run.args,
-            "results": results,
-        }
-        (out / RESULT_FILE).write_text(json.dumps(record, indent=1))
+        try:
+            (out / "error.txt").unlink(missing_ok=True)
+            start = time.time()
+            try:
+                if launcher == "inprocess":
+                    with _quiet_libraries(out / "log.txt") if quiet else contextlib.nullcontext():
+                        results = _run_inprocess(run)
+                else:
+                    results = _run_subprocess(run, launcher)
+            except (Exception, SystemExit):  # SystemExit: run_glue refused the run's arguments
+                counts["failed"] += 1
+                (out / "error.txt").write_text(traceback.format_exc())
+                progress.finish(run, f"FAILED (see {out / 'error.txt'})", time.time() - start)
+                continue
+            _write_result(run, out, results, time.time() - start)
+        finally:
+            (out / LOCK_FILE).unlink(missing_ok=True)
         counts["ok"] += 1
         progress.finish(run, "ok", time.time() - start)
     progress.close()
     return counts
+
+
+def _write_result(run: Run, out: Path, results: dict, seconds: float) -> None:
+    record = {
+        "task": run.task,
+        "size_key": run.size_key,
+        "size": run.size,
+        "fraction": run.fraction,
+        "method": run.method,
+        "lora": run.lora,
+        "seed": run.seed,
+        "run_seconds": seconds,
+        "args": run.args,
+        "results": results,
+    }
+    (out / RESULT_FILE).write_text(json.dumps(record, indent=1))
 
 
 @contextlib.contextmanager
@@ -1050,8 +1107,9 @@ def main(argv: list[str] | None = None) -> int:
     label = f"shard {shard[0]}/{shard[1]}" if shard else "sweep"
     counts = execute(runs, launcher, position=shard[0] - 1 if shard else 0, label=label)
     print(
-        f"{label}: {len(runs)} runs: {counts['ok']} ran, {counts['done']} already done, {counts['failed']} failed "
-        f"({time.time() - start:.0f} s)"
+        f"{label}: {len(runs)} runs: {counts['ok']} ran, {counts['done']} already done, {counts['failed']} failed"
+        + (f", {counts['elsewhere']} left to another sweep process" if counts["elsewhere"] else "")
+        + f" ({time.time() - start:.0f} s)"
     )
     if shard:
         print("Aggregate with --aggregate-only once every shard is done.")

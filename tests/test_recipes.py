@@ -436,16 +436,49 @@ def test_grid_skip_finished_and_retry_failed(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sweep, "_run_inprocess", fake_run)
     counts = sweep.execute(runs)
-    assert counts == {"done": 0, "ok": 15, "failed": 3} and len(calls) == 18
+    assert counts == {"done": 0, "ok": 15, "failed": 3, "elsewhere": 0} and len(calls) == 18
     failed = Path(runs[0].args["output_dir"]).parents[1] / "ft" / "seed3" / "error.txt"
     assert "out of memory" in failed.read_text()
 
     calls.clear()
     monkeypatch.setattr(sweep, "_run_inprocess", lambda run: calls.append(run.name) or fake_results(run.task, 0.5))
-    assert sweep.execute(runs) == {"done": 15, "ok": 3, "failed": 0}
+    assert sweep.execute(runs) == {"done": 15, "ok": 3, "failed": 0, "elsewhere": 0}
     assert sorted(calls) == sorted(r.name for r in runs if r.seed == 3 and r.method == "ft")
     assert not failed.exists()
-    assert sweep.execute(runs) == {"done": 18, "ok": 0, "failed": 0}
+    assert sweep.execute(runs) == {"done": 18, "ok": 0, "failed": 0, "elsewhere": 0}
+
+
+def test_two_sweep_processes_share_a_grid(tmp_path, monkeypatch):
+    """A run another live process holds (running.lock with its pid) is left to it, a run finished after this sweep
+    listed its work is not run again, and a lock whose process is gone is taken over and removed afterwards."""
+    runs = sweep.expand_grid(sweep_config(tmp_path))[:4]
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        held, stale = (Path(r.args["output_dir"]) for r in runs[1:3])
+        for folder, pid in ((held, other.pid), (stale, dead.pid)):
+            folder.mkdir(parents=True)
+            (folder / sweep.LOCK_FILE).write_text(str(pid))
+        calls = []
+
+        def fake_run(run):  # while the first run trains, another process finishes the last one
+            calls.append(run.name)
+            if run is runs[0]:
+                last = Path(runs[3].args["output_dir"])
+                last.mkdir(parents=True)
+                (last / sweep.RESULT_FILE).write_text("{}")
+            return fake_results(run.task, 0.5)
+
+        monkeypatch.setattr(sweep, "_run_inprocess", fake_run)
+        assert sweep.execute(runs) == {"done": 0, "ok": 2, "failed": 0, "elsewhere": 2}
+        assert calls == [runs[0].name, runs[2].name]
+        assert (held / sweep.LOCK_FILE).read_text() == str(other.pid)  # still the other process's
+        assert not (stale / sweep.LOCK_FILE).exists() and (stale / sweep.RESULT_FILE).is_file()
+        assert not (Path(runs[0].args["output_dir"]) / sweep.LOCK_FILE).exists()
+    finally:
+        other.kill()
+        other.wait()
 
 
 def test_aggregation_table(tmp_path):
