@@ -408,9 +408,15 @@ def execute(
         out = Path(run.args["output_dir"])
         out.mkdir(parents=True, exist_ok=True)
         holder = None if is_done(run) else _claim(out)
-        if is_done(run) or holder is not None:
+        if holder is None and is_done(run):  # finished by another process since this sweep listed its work
+            if (out / LOCK_FILE).is_file() and (out / LOCK_FILE).read_text().strip() == str(os.getpid()):
+                (out / LOCK_FILE).unlink()
             counts["elsewhere"] += 1
-            note = "finished elsewhere" if holder is None else f"running in process {holder}"
+            progress.finish(run, "skipped (finished elsewhere)", 0.0)
+            continue
+        if holder is not None:
+            counts["elsewhere"] += 1
+            note = f"running in process {holder}" if holder > 0 else "taken by another process"
             progress.finish(run, f"skipped ({note})", 0.0)
             continue
         try:
