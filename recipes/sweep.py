@@ -948,6 +948,8 @@ def _aggregate(config: dict) -> tuple[str, list[str]]:
     results = collect(out)
     if results.empty:
         return "(no finished runs yet)", []
+    if baseline not in set(results["method"]) and f"{baseline}+lora" in set(results["method"]):
+        baseline += "+lora"  # a LoRA-only sweep (lora: [true]): its baseline is the plain LoRA run
     _named_sizes(results).to_csv(out / "results.csv", index=False)
     summaries = {score: summarize(results, baseline=baseline, score=score) for score in ("best", "final")}
     both = pd.concat([s.assign(score=k) for k, s in summaries.items()])

@@ -505,6 +505,25 @@ def test_aggregation_table(tmp_path):
     assert math.isnan(summary[summary["method"] == "ft"].iloc[0]["p_value"])
 
 
+def test_aggregation_of_a_lora_only_sweep_compares_with_plain_lora(tmp_path):
+    """With lora: [true] every method is '<name>+lora', so the baseline is 'ft+lora' (it once printed no
+    difference at all)."""
+    config = sweep_config(tmp_path) | {"lora": [True], "tasks": {"rte": {"fractions": [0.1]}}}
+    scores = {"ft": [0.50, 0.55, 0.60], "tempbalance": [0.54, 0.56, 0.65]}
+    for run in sweep.expand_grid(config):
+        out = Path(run.args["output_dir"])
+        out.mkdir(parents=True)
+        record = {"task": run.task, "fraction": run.fraction, "method": run.method, "lora": True, "seed": run.seed}
+        record["results"] = fake_results("rte", scores[run.method][run.seed - 1])
+        (out / sweep.RESULT_FILE).write_text(json.dumps(record))
+    table = sweep.aggregate(config)
+    p = ttest_rel(scores["tempbalance"], scores["ft"]).pvalue
+    assert "| tempbalance+lora − ft+lora (p; wins:losses) |" in table.splitlines()[0]
+    assert table.splitlines()[2].endswith(f"| +3.33 ({p:.2f}; 3:0) |")
+    summary_md = (Path(config["output_dir"]) / "summary.md").read_text()
+    assert "Pooled per model" in summary_md and "| tempbalance+lora | 1 | 3 |" in summary_md
+
+
 def test_shards_split_the_grid(tmp_path, capsys):
     import yaml
 
