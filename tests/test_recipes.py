@@ -281,21 +281,28 @@ def test_peft_wrapping_does_not_warn_about_transformers_internals():
     assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
 
 
-@pytest.mark.slow  # a real training run or subprocess
-def test_model_load_report_has_no_escape_codes_and_epochs_are_ints(tmp_path, tokenizer, caplog):
-    """A real from_pretrained of an encoder without a classifier head: transformers reports the new head."""
-    folder = tmp_path / "encoder"
-    tiny_bert(2, len(tokenizer)).bert.save_pretrained(folder)
+def saved_model_args(tmp_path, model, tokenizer, **overrides):
+    """Recipe arguments for plain FT of ``model``, saved with ``tokenizer`` to a folder, on a custom CSV task."""
+    folder = tmp_path / "saved-model"
+    model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    margs, dargs, targs = recipe_args(
+    csv_file = _custom_csv(tmp_path)
+    return recipe_args(
         tmp_path,
         model_name_or_path=str(folder),
-        train_file=_custom_csv(tmp_path),
-        validation_file=_custom_csv(tmp_path),
+        train_file=csv_file,
+        validation_file=csv_file,
         text_columns=["text"],
         max_train_samples=None,
         method="ft",
+        **overrides,
     )
+
+
+@pytest.mark.slow  # a real training run or subprocess
+def test_model_load_report_has_no_escape_codes_and_epochs_are_ints(tmp_path, tokenizer, caplog):
+    """A real from_pretrained of an encoder without a classifier head: transformers reports the new head."""
+    margs, dargs, targs = saved_model_args(tmp_path, tiny_bert(2, len(tokenizer)).bert, tokenizer)
     transformers_logger = logging.getLogger("transformers")
     transformers_logger.addHandler(caplog.handler)  # transformers' loggers do not propagate to the root
     try:
@@ -315,9 +322,6 @@ def test_half_precision_checkpoints_train_in_float32(tmp_path, tokenizer, monkey
     """A checkpoint saved in bfloat16 (SmolLM2's is) loads in float32 unless --dtype auto asks for the checkpoint's
     dtype, and then a warning says training runs in pure bfloat16 (transformers 5 loads 'auto' by default: the
     recipe once trained SmolLM2 + LoRA, classification head included, in pure bf16 without a word)."""
-    folder = tmp_path / "bf16"
-    tiny_bert(2, len(tokenizer)).to(torch.bfloat16).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
     loaded = []
     original = tf.AutoModelForSequenceClassification.from_pretrained
 
@@ -327,17 +331,8 @@ def test_half_precision_checkpoints_train_in_float32(tmp_path, tokenizer, monkey
 
     monkeypatch.setattr(tf.AutoModelForSequenceClassification, "from_pretrained", spy)
     overrides = {} if dtype is None else {"dtype": dtype}
-    margs, dargs, targs = recipe_args(
-        tmp_path,
-        model_name_or_path=str(folder),
-        train_file=_custom_csv(tmp_path),
-        validation_file=_custom_csv(tmp_path),
-        text_columns=["text"],
-        max_train_samples=None,
-        method="ft",
-        num_train_epochs=1,
-        **overrides,
-    )
+    model = tiny_bert(2, len(tokenizer)).to(torch.bfloat16)
+    margs, dargs, targs = saved_model_args(tmp_path, model, tokenizer, num_train_epochs=1, **overrides)
     with caplog.at_level(logging.WARNING, logger="tb_hf"):
         run_glue.main(margs, dargs, targs)
     want = torch.bfloat16 if dtype == "auto" else torch.float32
@@ -481,16 +476,21 @@ def test_two_sweep_processes_share_a_grid(tmp_path, monkeypatch):
         other.wait()
 
 
+def write_fake_runs(config: dict, scores: dict[str, list[float]]) -> None:
+    """A result.json for every run of ``config`` (rte): ``scores[method][seed - 1]`` as its best score."""
+    for run in sweep.expand_grid(config):
+        out = Path(run.args["output_dir"])
+        out.mkdir(parents=True)
+        record = {"task": run.task, "fraction": run.fraction, "method": run.method, "lora": run.lora, "seed": run.seed}
+        record["results"] = fake_results("rte", scores[run.method][run.seed - 1])
+        (out / sweep.RESULT_FILE).write_text(json.dumps(record))
+
+
 def test_aggregation_table(tmp_path):
     config = sweep_config(tmp_path)
     config["tasks"] = {"rte": {"fractions": [0.1]}}
     scores = {"ft": [0.50, 0.55, 0.60], "tempbalance": [0.54, 0.56, 0.65]}
-    for run in sweep.expand_grid(config):
-        out = Path(run.args["output_dir"])
-        out.mkdir(parents=True)
-        record = {"task": run.task, "fraction": run.fraction, "method": run.method, "lora": False, "seed": run.seed}
-        record["results"] = fake_results("rte", scores[run.method][run.seed - 1])
-        (out / sweep.RESULT_FILE).write_text(json.dumps(record))
+    write_fake_runs(config, scores)
 
     table = sweep.aggregate(config)
     out = Path(config["output_dir"])
@@ -510,12 +510,7 @@ def test_aggregation_of_a_lora_only_sweep_compares_with_plain_lora(tmp_path):
     difference at all)."""
     config = sweep_config(tmp_path) | {"lora": [True], "tasks": {"rte": {"fractions": [0.1]}}}
     scores = {"ft": [0.50, 0.55, 0.60], "tempbalance": [0.54, 0.56, 0.65]}
-    for run in sweep.expand_grid(config):
-        out = Path(run.args["output_dir"])
-        out.mkdir(parents=True)
-        record = {"task": run.task, "fraction": run.fraction, "method": run.method, "lora": True, "seed": run.seed}
-        record["results"] = fake_results("rte", scores[run.method][run.seed - 1])
-        (out / sweep.RESULT_FILE).write_text(json.dumps(record))
+    write_fake_runs(config, scores)
     table = sweep.aggregate(config)
     p = ttest_rel(scores["tempbalance"], scores["ft"]).pvalue
     assert "| tempbalance+lora − ft+lora (p; wins:losses) |" in table.splitlines()[0]
