@@ -338,7 +338,7 @@ def test_half_precision_checkpoints_train_in_float32(tmp_path, tokenizer, monkey
     want = torch.bfloat16 if dtype == "auto" else torch.float32
     assert [m.dtype for m in loaded] == [want]
     assert all(p.dtype == want for p in loaded[0].parameters())
-    warned = [r.getMessage() for r in caplog.records if "pure torch.bfloat16" in r.getMessage()]
+    warned = [r.getMessage() for r in caplog.records if "Trainable weights in torch.bfloat16" in r.getMessage()]
     assert bool(warned) == (dtype == "auto")
 
 

@@ -107,8 +107,8 @@ class ModelArguments:
         default="float32",
         metadata={
             "help": "Precision the weights are loaded in. 'float32' trains correctly anywhere (for mixed precision "
-            "add --bf16 or --fp16); 'auto' keeps the checkpoint's dtype: bfloat16 for SmolLM2 or LLaMA, which "
-            "without mixed precision trains in pure bfloat16 (AdamW updates below its precision are lost).",
+            "add --bf16 or --fp16); 'auto' keeps the checkpoint's dtype: bfloat16 for SmolLM2 or LLaMA, whose "
+            "trainable weights then take their AdamW updates in bfloat16, --bf16 or not (small updates are lost).",
             "choices": list(DTYPES),
         },
     )
@@ -476,17 +476,17 @@ def main(
             load_logger.addFilter(_PLAIN_TEXT)
         dtype = model_args.dtype if model_args.dtype == "auto" else getattr(torch, model_args.dtype)
         model = AutoModelForSequenceClassification.from_pretrained(model_path, config=config, dtype=dtype)
-        if model.dtype != torch.float32 and not (training_args.bf16 or training_args.fp16):
-            logger.warning(
-                "The weights are %s and no mixed precision is on: training runs in pure %s, where small AdamW "
-                "updates are lost. Use --dtype float32 (the default), with --bf16 for speed on a GPU.",
-                model.dtype,
-                model.dtype,
-            )
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if model_args.lora_r is not None:
         model = _peft_model(model, model_args)
+    half = sorted({str(p.dtype) for p in model.parameters() if p.requires_grad and p.dtype != torch.float32})
+    if half:  # --bf16/--fp16 autocast the forward pass but keep no float32 copy of such weights
+        logger.warning(
+            "Trainable weights in %s: their AdamW updates are applied in that precision, and updates below its "
+            "resolution are lost. Load with --dtype float32 (the default), and add --bf16 for speed on a GPU.",
+            ", ".join(half),
+        )
 
     # 3. Features.
     def tokenize(batch):
