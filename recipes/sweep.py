@@ -39,8 +39,8 @@ Runs go in-process by default (``launcher: inprocess``, no start-up cost per run
 each in its own process and ``launcher: accelerate launch --num_processes 2 --multi_gpu`` under accelerate.
 
 Several sweep processes may work on one grid at once (a second one started later on a free core, or machines that
-share the folder): each run is claimed with a ``running.lock`` file holding its process id, a run another live
-process holds or has finished is skipped, and a lock left by a killed process is taken over.
+share the folder): each run is claimed with a ``running.lock`` file holding its host and process id, a run another
+live process holds or has finished is skipped, and a lock left by a killed process of this machine is taken over.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -281,30 +282,49 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _claim(out: Path) -> int | None:
-    """Take the run in ``out`` for this process: None if taken, else the pid of the live process that holds it.
+def _claim(out: Path) -> str | None:
+    """Take the run in ``out`` for this process, or say who holds it.
 
-    The claim is ``out/running.lock`` holding this process's pid, created exclusively, so that two sweep processes
-    over one grid (started at different times, or on machines that share the folder) never run the same run
-    twice. A lock whose process is gone (killed, crashed) is taken over.
+    The claim is ``out/running.lock`` holding ``host pid``, created exclusively, so that two sweep processes over
+    one grid (started at different times, or on machines that share the folder) never run the same run twice. A
+    lock of a process of this machine that is gone (killed, crashed) is taken over; one of another machine cannot
+    be checked from here and is left alone (delete it by hand if that machine's sweep is dead).
+
+    Returns:
+        None once this process holds the run, else why it is skipped.
     """
-    lock = out / LOCK_FILE
+    lock, me = out / LOCK_FILE, f"{socket.gethostname()} {os.getpid()}"
     for _ in range(2):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             try:
-                holder = int(lock.read_text().strip() or 0)
+                host, pid = lock.read_text().split()
+                pid = int(pid)
             except (OSError, ValueError):
-                holder = 0
-            if holder and holder != os.getpid() and _alive(holder):
-                return holder
-            lock.unlink(missing_ok=True)  # stale: its process is gone
+                host, pid = "", 0  # unreadable or half-written: stale
+            if host and host != socket.gethostname():
+                return f"running on {host} (process {pid}; {lock})"
+            if pid and pid != os.getpid() and _alive(pid):
+                return f"running in process {pid}"
+            lock.unlink(missing_ok=True)
             continue
         with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
+            f.write(me)
         return None
-    return -1  # another process took the stale lock first
+    return "taken by another process"
+
+
+def _take(run: Run, out: Path) -> str | None:
+    """None once this process holds ``run`` (see `_claim`); else why it is skipped: another process holds it, or
+    finished it after this sweep listed its work."""
+    if is_done(run):
+        return "finished elsewhere"
+    why = _claim(out)
+    if why is None and is_done(run):  # finished between the check and the claim
+        (out / LOCK_FILE).unlink()
+        return "finished elsewhere"
+    return why
 
 
 def _run_inprocess(run: Run) -> dict:
@@ -407,17 +427,10 @@ def execute(
         progress.start(run)
         out = Path(run.args["output_dir"])
         out.mkdir(parents=True, exist_ok=True)
-        holder = None if is_done(run) else _claim(out)
-        if holder is None and is_done(run):  # finished by another process since this sweep listed its work
-            if (out / LOCK_FILE).is_file() and (out / LOCK_FILE).read_text().strip() == str(os.getpid()):
-                (out / LOCK_FILE).unlink()
+        why = _take(run, out)
+        if why is not None:
             counts["elsewhere"] += 1
-            progress.finish(run, "skipped (finished elsewhere)", 0.0)
-            continue
-        if holder is not None:
-            counts["elsewhere"] += 1
-            note = f"running in process {holder}" if holder > 0 else "taken by another process"
-            progress.finish(run, f"skipped ({note})", 0.0)
+            progress.finish(run, f"skipped ({why})", 0.0)
             continue
         try:
             (out / "error.txt").unlink(missing_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import subprocess
 import sys
@@ -443,34 +444,44 @@ def test_grid_skip_finished_and_retry_failed(tmp_path, monkeypatch):
     assert sweep.execute(runs) == {"done": 18, "ok": 0, "failed": 0, "elsewhere": 0}
 
 
-def test_two_sweep_processes_share_a_grid(tmp_path, monkeypatch):
-    """A run another live process holds (running.lock with its pid) is left to it, a run finished after this sweep
-    listed its work is not run again, and a lock whose process is gone is taken over and removed afterwards."""
-    runs = sweep.expand_grid(sweep_config(tmp_path))[:4]
+def test_two_sweep_processes_share_a_grid(tmp_path, monkeypatch, capsys):
+    """A run another live process holds (running.lock with its host and pid) is left to it, and so is one held on
+    another machine (its pid cannot be checked from here); a run finished after this sweep listed its work is not
+    run again; a lock whose process is gone is taken over and removed afterwards."""
+    import socket
+
+    runs = sweep.expand_grid(sweep_config(tmp_path))[:5]
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
+    host = socket.gethostname()
     try:
-        held, stale = (Path(r.args["output_dir"]) for r in runs[1:3])
-        for folder, pid in ((held, other.pid), (stale, dead.pid)):
+        held, stale, remote = (Path(r.args["output_dir"]) for r in runs[1:4])
+        locks = {held: f"{host} {other.pid}", stale: f"{host} {dead.pid}", remote: f"not-{host} {dead.pid}"}
+        for folder, text in locks.items():
             folder.mkdir(parents=True)
-            (folder / sweep.LOCK_FILE).write_text(str(pid))
+            (folder / sweep.LOCK_FILE).write_text(text)
         calls = []
 
         def fake_run(run):  # while the first run trains, another process finishes the last one
             calls.append(run.name)
+            assert (Path(run.args["output_dir"]) / sweep.LOCK_FILE).read_text() == f"{host} {os.getpid()}"
             if run is runs[0]:
-                last = Path(runs[3].args["output_dir"])
+                last = Path(runs[4].args["output_dir"])
                 last.mkdir(parents=True)
                 (last / sweep.RESULT_FILE).write_text("{}")
             return fake_results(run.task, 0.5)
 
         monkeypatch.setattr(sweep, "_run_inprocess", fake_run)
-        assert sweep.execute(runs) == {"done": 0, "ok": 2, "failed": 0, "elsewhere": 2}
+        assert sweep.execute(runs) == {"done": 0, "ok": 2, "failed": 0, "elsewhere": 3}
         assert calls == [runs[0].name, runs[2].name]
-        assert (held / sweep.LOCK_FILE).read_text() == str(other.pid)  # still the other process's
+        for folder in (held, remote):  # still the other processes'
+            assert (folder / sweep.LOCK_FILE).read_text() == locks[folder]
         assert not (stale / sweep.LOCK_FILE).exists() and (stale / sweep.RESULT_FILE).is_file()
         assert not (Path(runs[0].args["output_dir"]) / sweep.LOCK_FILE).exists()
+        notes = capsys.readouterr().err
+        assert f"running in process {other.pid}" in notes and f"running on not-{host}" in notes
+        assert "finished elsewhere" in notes
     finally:
         other.kill()
         other.wait()
