@@ -12,13 +12,14 @@ of unit α (max − min, std) against the typical unit se, and how often the top
     python scripts/alpha_noise.py ~/.cache/tb_hf/mpnet-base                      # library defaults
     python scripts/alpha_noise.py ~/.cache/tb_hf/smollm2-135m --lora --tb_mapping sigmoid --tb_xmin_pos 1.5
 
+Every tb_* option of TempBalanceArguments is accepted (--help lists them).
+
 The standard error assumes the tail really is a power law above the fitted xmin; it leaves out the error of
 choosing xmin, so it is a lower bound on the noise.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -27,25 +28,27 @@ import numpy as np
 
 
 def main(argv: list[str] | None = None) -> int:
+    from transformers import HfArgumentParser
+
     from tb_hf.options import TempBalanceArguments
 
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
-    )
+    parser = HfArgumentParser(TempBalanceArguments, description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "model", help="path or hub id of a checkpoint (loaded with AutoModelForSequenceClassification)"
     )
-    parser.add_argument("--lora", action="store_true", help="wrap in peft LoRA (r 8, all linear projections) first")
+    parser.add_argument("--lora", action="store_true", help="wrap in peft LoRA (r 8, every linear layer) first")
     parser.add_argument("--draws", type=int, default=2000, help="Monte Carlo draws (default 2000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="also write the tables (markdown) to this file")
-    for name in ("tb_mapping", "tb_xmin_method", "tb_xmin_pos", "tb_estimator", "tb_unit"):
-        parser.add_argument(f"--{name}", default=None)
-    args = parser.parse_args(argv)
-    options = {k: v for k, v in vars(args).items() if k.startswith("tb_") and v is not None}
-    if "tb_xmin_pos" in options:
-        options["tb_xmin_pos"] = float(options["tb_xmin_pos"])
-    tb = TempBalanceArguments(**options)
+    argv = sys.argv[1:] if argv is None else argv
+    try:  # every tb_* option, with its type, choices and range checks
+        tb, args = parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as err:
+        parser.error(str(err))
+    if args.draws < 1:
+        parser.error(f"--draws must be at least 1, got {args.draws}")
+    options = {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith(("--tb_", "--tb-"))}
+    options = {name: getattr(tb, name) for name in sorted(options)}
 
     import torch
     import transformers
@@ -62,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.lora:
         from peft import LoraConfig, get_peft_model
 
-        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=targets, task_type="SEQ_CLS"))
+        config = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="SEQ_CLS")
+        model = get_peft_model(model, config)
     with torch.no_grad():
         analysis = analyze_model(model, tb)
 
