@@ -1027,9 +1027,12 @@ def aggregate(config: dict) -> str:
     return _aggregate(config)[0]
 
 
-def select_runs(config: dict, runs: list[Run], methods: str | None, sizes: str | None) -> list[Run]:
-    """The runs of the ``--methods`` and ``--sizes`` filters (comma-separated; None keeps all), in grid order.
-    A name or size that the config does not have raises ValueError."""
+def select_runs(
+    config: dict, runs: list[Run], methods: str | None, sizes: str | None, tasks: str | None = None
+) -> list[Run]:
+    """The runs of the ``--methods``, ``--sizes`` and ``--tasks`` filters (comma-separated; None keeps all), in grid
+    order, except that ``--tasks`` also sets the order of the tasks (the cheap ones first, say). A name or size that
+    the config does not have raises ValueError."""
     if methods is not None:
         wanted = [m.strip() for m in methods.split(",") if m.strip()]
         unknown = [m for m in wanted if m not in config["methods"]]
@@ -1047,6 +1050,12 @@ def select_runs(config: dict, runs: list[Run], methods: str | None, sizes: str |
         if unknown or not wanted:
             raise ValueError(f"--sizes {sizes!r}: the config's sizes are {have} (numbers, comma-separated).")
         runs = [r for r in runs if f"{r.size:g}" in wanted]
+    if tasks is not None:
+        wanted = list(dict.fromkeys(t.strip() for t in tasks.split(",") if t.strip()))
+        unknown = [t for t in wanted if t not in config["tasks"]]
+        if unknown or not wanted:
+            raise ValueError(f"--tasks {tasks!r}: the config's tasks are {list(config['tasks'])}.")
+        runs = sorted((r for r in runs if r.task in wanted), key=lambda r: wanted.index(r.task))
     return runs
 
 
@@ -1087,6 +1096,10 @@ def main(argv: list[str] | None = None) -> int:
         "frac0.01), e.g. the small sizes of every task before the large ones.",
     )
     parser.add_argument(
+        "--tasks",
+        help="Comma-separated: run only these tasks of the config, in this order (e.g. the cheap tasks first).",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -1104,7 +1117,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = expand_grid(config)
         if not ns.aggregate_only and os.environ.get("TB_SWEEP_VALIDATED") != "1":  # workers: done by the parent
             validate(config, runs)
-        selected = select_runs(config, runs, ns.methods, ns.sizes)
+        selected = select_runs(config, runs, ns.methods, ns.sizes, ns.tasks)
     except ValueError as err:
         parser.error(str(err))
     if ns.aggregate_only:
@@ -1166,7 +1179,7 @@ def _run_workers(ns: argparse.Namespace, config: dict, runs: list[Run]) -> int:
     cmd = [sys.executable, str(Path(__file__).resolve()), ns.config]
     if ns.launcher:
         cmd += ["--launcher", ns.launcher]
-    for flag, value in (("--methods", ns.methods), ("--sizes", ns.sizes)):
+    for flag, value in (("--methods", ns.methods), ("--sizes", ns.sizes), ("--tasks", ns.tasks)):
         if value is not None:
             cmd += [flag, value]
     procs = [

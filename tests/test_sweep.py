@@ -434,15 +434,23 @@ def test_alpha_spread_against_seed_noise(tmp_path):
     assert pd.read_csv(out / "alpha.csv").shape[0] == 9
 
 
-def test_methods_and_sizes_filters(tmp_path, capsys):
+def test_methods_sizes_and_tasks_filters(tmp_path, capsys):
     config = variant_config(tmp_path, tasks={"rte": {"shots_per_class": [4, 8]}}, seeds=[1])
     path = write_config(tmp_path, config)
     assert sweep.main([path, "--dry-run", "--methods", "ft,tempbalance-once", "--sizes", "4"]) == 0
     assert capsys.readouterr().out.split()[1::2] == ["rte/shots4/ft/seed1", "rte/shots4/tempbalance-once/seed1"]
     assert sweep.main([path, "--dry-run", "--sizes", "8", "--shard", "2/2"]) == 0
     assert capsys.readouterr().out.split()[1::2] == ["rte/shots8/ft-lr3x/seed1", "rte/shots8/tempbalance-once/seed1"]
+    config = variant_config(tmp_path, tasks={"rte": {"shots_per_class": [4]}, "mrpc": {"shots_per_class": [4]}},
+                            seeds=[1], methods=["ft"], method_args={})  # fmt: skip
+    path = write_config(tmp_path, config)
+    assert sweep.main([path, "--dry-run"]) == 0
+    assert capsys.readouterr().out.split()[1::2] == ["mrpc/shots4/ft/seed1", "rte/shots4/ft/seed1"]
+    assert sweep.main([path, "--dry-run", "--tasks", "rte,mrpc"]) == 0  # in the order given, not the config's
+    assert capsys.readouterr().out.split()[1::2] == ["rte/shots4/ft/seed1", "mrpc/shots4/ft/seed1"]
     for flags, message in ((["--methods", "ft,tb"], "--methods 'ft,tb': the config's methods are"),
-                           (["--sizes", "16"], r"--sizes '16': the config's sizes are \['4', '8'\]")):  # fmt: skip
+                           (["--sizes", "16"], r"--sizes '16': the config's sizes are \['4'\]"),
+                           (["--tasks", "rte,cola"], r"--tasks 'rte,cola': the config's tasks are \[")):  # fmt: skip
         with pytest.raises(SystemExit) as exit_:
             sweep.main([path, "--dry-run", *flags])
         assert exit_.value.code == 2 and re.search(message, capsys.readouterr().err)

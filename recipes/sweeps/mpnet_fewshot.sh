@@ -24,6 +24,6 @@ workers=${WORKERS:-2}
 python scripts/prepare_mpnet.py || exit 1
 nice -n 10 python recipes/sweep.py "$config" --workers "$workers" --methods ft,tempbalance-mb --sizes 16
 nice -n 10 python recipes/sweep.py "$config" --workers "$workers" --methods "$core" --sizes 16
-nice -n 10 python recipes/sweep.py "$config" --workers "$workers" --methods ft,tempbalance-mb --sizes 64
+nice -n 10 python recipes/sweep.py "$config" --workers "$workers" --methods ft,tempbalance-mb --sizes 64 --tasks sst2,mrpc,rte
 nice -n 10 python recipes/sweep.py "$config" --workers "$workers" --methods "$core"
 nice -n 10 python recipes/sweep.py "$config" --workers "$workers"
