@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# The GPU MiniLM study, both steps, within a time budget (made for a GPU machine lent for minutes):
+#
+#   BUDGET_S=420 bash recipes/sweeps/minilm_gpu.sh
+#
+# 1. chooses the learning rate on held-out training examples (recipes/sweeps/minilm_gpu_select.yaml,
+#    scripts/choose_lr.py), never on dev;
+# 2. runs recipes/sweeps/minilm_gpu.yaml at that rate, in order of priority: FT and TempBalance-MB at 16 per class
+#    (STS-B: 32 examples) on every task and seed, then at 64 per class (STS-B: 128), then the frozen-profile
+#    control, then the other methods;
+# 3. aggregates both studies into results/minilm-gpu{-select,}/ and, if OUT is set, packs them (the aggregates,
+#    each run's result.json and history.jsonl, failed runs' error.txt) into $OUT/minilm-gpu.tar.gz.
+# A step still running when the budget is spent is stopped (its unfinished runs leave no result); a second call
+# resumes: finished runs are skipped.
+#
+# Environment: MODEL (MiniLM folder; default run_glue's built-in 'minilm'), GLUE_DIR (default ../shared/data/glue),
+# WORKERS (default: the cores less 2; on one GPU the runs of several single-threaded workers overlap, since a
+# 40-step run is mostly Python), BUDGET_S (default 3600), SEEDS (e.g. 13,37: fewer seeds) and TASKS (e.g. sst2,rte:
+# fewer tasks) for a smaller trial, STUDY_ROOT (write the studies under another folder than results/).
+set -u
+cd "$(dirname "$0")/../.."
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
+cores=$(nproc)
+workers=${WORKERS:-$((cores > 3 ? cores - 2 : 1))}
+budget=${BUDGET_S:-3600}
+t0=$SECONDS
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+# derive SRC DST [LR]: the study's YAML with this machine's paths (and the chosen rate) in it.
+derive() {
+    python - "$@" <<'PY'
+import os, sys, yaml
+src, dst, lr = sys.argv[1], sys.argv[2], (sys.argv[3] if len(sys.argv) > 3 else None)
+cfg = yaml.safe_load(open(src))
+if os.environ.get("MODEL"):
+    cfg["args"]["model_name_or_path"] = os.environ["MODEL"]
+if os.environ.get("GLUE_DIR"):
+    cfg["args"]["glue_dir"] = os.environ["GLUE_DIR"]
+if os.environ.get("STUDY_ROOT"):
+    cfg["output_dir"] = os.path.join(os.environ["STUDY_ROOT"], os.path.basename(cfg["output_dir"]))
+if os.environ.get("SEEDS"):
+    cfg["seeds"] = [int(s) for s in os.environ["SEEDS"].split(",")]
+if os.environ.get("TASKS"):
+    cfg["tasks"] = {t: v for t, v in cfg["tasks"].items() if t in os.environ["TASKS"].split(",")}
+if lr is not None:
+    cfg["args"]["learning_rate"] = float(lr)
+yaml.safe_dump(cfg, open(dst, "w"), sort_keys=False)
+print(cfg["output_dir"])
+PY
+}
+
+# step YAML FLAGS...: one sweep call, stopped when the budget is spent.
+step() {
+    local left=$((budget - (SECONDS - t0)))
+    if [ "$left" -le 10 ]; then
+        echo "[minilm_gpu $((SECONDS - t0)) s] budget spent: not run: $*"
+        return
+    fi
+    echo "[minilm_gpu $((SECONDS - t0)) s] $* (workers $workers, $left s left)"
+    timeout --signal=TERM "$left" python recipes/sweep.py "$@" --workers "$workers" > "$tmp/step.log" 2>&1
+    tail -n 3 "$tmp/step.log"
+}
+
+select_dir=$(derive recipes/sweeps/minilm_gpu_select.yaml "$tmp/select.yaml") || exit 1
+step "$tmp/select.yaml"
+python recipes/sweep.py "$tmp/select.yaml" --aggregate-only > /dev/null 2>&1
+lr=$(python scripts/choose_lr.py "$select_dir/results.csv") || { echo "no learning rate chosen: stopping"; exit 1; }
+echo "[minilm_gpu $((SECONDS - t0)) s] learning rate chosen on held-out training examples: $lr"
+study_dir=$(derive recipes/sweeps/minilm_gpu.yaml "$tmp/study.yaml" "$lr") || exit 1
+echo "$lr" > "$study_dir.chosen_lr"
+# The smallest size of each task (16 per class; STS-B 32 examples), all of them first.
+small=$(python - "$tmp/study.yaml" <<'PY'
+import sys, yaml
+tasks = yaml.safe_load(open(sys.argv[1]))["tasks"].values()
+sizes = {min(v) for cfg in tasks for k, v in cfg.items() if k in ("shots_per_class", "max_train_samples", "fractions")}
+print(",".join(f"{s:g}" for s in sorted(sizes)))
+PY
+)
+step "$tmp/study.yaml" --methods ft,tempbalance-mb --sizes "$small"
+step "$tmp/study.yaml" --methods ft,tempbalance-mb
+step "$tmp/study.yaml" --methods ft,tempbalance-mb,tempbalance-once
+step "$tmp/study.yaml"
+python recipes/sweep.py "$tmp/study.yaml" --aggregate-only > "$tmp/aggregate.log" 2>&1 || tail -n 20 "$tmp/aggregate.log"
+mv "$study_dir.chosen_lr" "$study_dir/chosen_lr.txt"
+echo "[minilm_gpu $((SECONDS - t0)) s] done: $(find "$study_dir/runs" -name result.json | wc -l) runs finished in $study_dir"
+if [ -n "${OUT:-}" ]; then
+    find "$select_dir" "$study_dir" -maxdepth 1 -type f > "$tmp/files"
+    find "$select_dir/runs" "$study_dir/runs" \( -name result.json -o -name history.jsonl -o -name error.txt \) >> "$tmp/files"
+    tar czf "$OUT/minilm-gpu.tar.gz" -T "$tmp/files" && ls -la "$OUT"
+fi
