@@ -799,9 +799,15 @@ def pooled_table(frame, methods: list[str], baseline: str = "ft", scale: float =
 # TempBalance's alpha across blocks and across seeds
 
 
+def _number(value) -> float:
+    """A history value as a float: None (a non-finite value, or one not recorded) is NaN."""
+    return math.nan if value is None else float(value)
+
+
 def collect_alpha(output_dir: str | Path):
-    """One row per (finished TempBalance run, block) from ``<run>/tempbalance/history.jsonl``: α and the factor at
-    step 0, α at the last update, and the number of updates. Empty when no run has a history."""
+    """One row per (finished TempBalance run, block) from ``<run>/tempbalance/history.jsonl``: α, its standard error
+    from the fits (NaN in histories written before it was recorded) and the factor at step 0, α at the last update,
+    and the number of updates. Empty when no run has a history."""
     import pandas as pd
 
     rows = []
@@ -826,21 +832,24 @@ def collect_alpha(output_dir: str | Path):
                     "seed": rec["seed"],
                     "block": block,
                     "alpha_step0": alpha0,
+                    "alpha_se_step0": _number((first.get("alpha_se") or {}).get(block)),
                     "factor_step0": first["factor"].get(block),
                     "alpha_last": last["alpha"].get(block),
                     "last_step": last["step"],
                     "n_updates": len(records),
                 }
             )
-    columns = ["model", "task", "size_key", "size", "method", "seed", "block", "alpha_step0", "factor_step0"]
-    return pd.DataFrame(rows, columns=[*columns, "alpha_last", "last_step", "n_updates"])
+    columns = ["model", "task", "size_key", "size", "method", "seed", "block", "alpha_step0", "alpha_se_step0"]
+    return pd.DataFrame(rows, columns=[*columns, "factor_step0", "alpha_last", "last_step", "n_updates"])
 
 
 def alpha_spread(alphas):
     """Per (model, task, size, method): the spread of block α at step 0 (max − min over blocks, mean over seeds)
-    against the run-to-run noise of α (std over seeds of each block's α, the largest over blocks) at step 0 and at
-    the last update, and how far α moved during training (the largest |α_last − α_step0| over blocks, mean over
-    seeds). A spread far above the seed noise means the blocks' α differ by more than the runs do."""
+    against the noise of α: the standard error of a block's α from its fits (median over blocks, mean over seeds;
+    NaN for histories that do not record it) and the run-to-run noise (std over seeds of each block's α, the
+    largest over blocks) at step 0 and at the last update; and how far α moved during training (the largest
+    |α_last − α_step0| over blocks, mean over seeds). Seeds that start from the same pretrained weights have the
+    same α at step 0 (seed std 0): there only the fit error says whether the spread is more than noise."""
     import pandas as pd
 
     rows = []
@@ -848,6 +857,7 @@ def alpha_spread(alphas):
         wide0 = cell.pivot_table(index="seed", columns="block", values="alpha_step0")
         wide_last = cell.pivot_table(index="seed", columns="block", values="alpha_last")
         factors = cell.pivot_table(index="seed", columns="block", values="factor_step0")
+        se0 = cell.pivot_table(index="seed", columns="block", values="alpha_se_step0", dropna=False)
         moved = (wide_last - wide0).abs().max(axis=1)
         rows.append(
             {
@@ -859,6 +869,7 @@ def alpha_spread(alphas):
                 "n_seeds": len(wide0),
                 "n_blocks": wide0.shape[1],
                 "spread_step0": float((wide0.max(axis=1) - wide0.min(axis=1)).mean()),
+                "fit_se_step0": float(se0.median(axis=1).mean()) if se0.notna().any().any() else math.nan,
                 "seed_std_step0": float(wide0.std(ddof=1).max()) if len(wide0) > 1 else math.nan,
                 "seed_std_last": float(wide_last.std(ddof=1).max()) if len(wide_last) > 1 else math.nan,
                 "max_move": float(moved.mean()),
@@ -873,7 +884,7 @@ def alpha_spread(alphas):
 def alpha_markdown(spread) -> str:
     head = [
         "model", "task", "size", "method", "seeds", "blocks", "α spread over blocks (step 0)",
-        "seed std of α (step 0)",
+        "fit SE of a block's α (step 0)", "seed std of α (step 0)",
         "seed std of α (last)", "max |α_last − α_0|", "factors at step 0", "updates",
     ]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -881,9 +892,10 @@ def alpha_markdown(spread) -> str:
     for _, r in spread.iterrows():
         std0 = "n/a" if math.isnan(r["seed_std_step0"]) else f"{r['seed_std_step0']:.4f}"
         std_last = "n/a" if math.isnan(r["seed_std_last"]) else f"{r['seed_std_last']:.4f}"
+        fit_se = "n/a" if math.isnan(r["fit_se_step0"]) else f"{r['fit_se_step0']:.3f}"
         cells = [
             r["model"] or "–", r["task"], _size_text(r["size_key"], r["size"], mixed), r["method"], str(r["n_seeds"]),
-            str(r["n_blocks"]), f"{r['spread_step0']:.3f}", std0, std_last, f"{r['max_move']:.4f}",
+            str(r["n_blocks"]), f"{r['spread_step0']:.3f}", fit_se, std0, std_last, f"{r['max_move']:.4f}",
             f"{r['factor_min']:.3f}–{r['factor_max']:.3f}", f"{r['updates']:.1f}",
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
@@ -1003,7 +1015,10 @@ def _aggregate(config: dict) -> tuple[str, list[str]]:
         written.append("alpha.csv")
         text += (
             "\nTempBalance's α per block (from each run's tempbalance/history.jsonl): the spread over blocks at step "
-            "0 against the run-to-run noise (std over seeds of each block's α, the largest over blocks):\n\n"
+            "0 against the noise of α: the standard error of a block's α from its power-law fits ((α − 1)/√n_tail "
+            "per matrix; median over blocks; n/a in histories that predate it), and the run-to-run noise (std over "
+            "seeds of each block's α, the largest over blocks; 0 at step 0 when every seed starts from the same "
+            "pretrained weights):\n\n"
             f"{alpha_markdown(spread)}\n"
         )
     (out / "summary.md").write_text(text)

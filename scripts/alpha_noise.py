@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     transformers.logging.set_verbosity_error()  # the load report of a new classifier head
 
     from tb_hf.analysis import analyze_model
-    from tb_hf.balancing import compute_factors
+    from tb_hf.balancing import compute_factors, unit_alpha_se
 
     model = AutoModelForSequenceClassification.from_pretrained(
         str(Path(args.model).expanduser()), num_labels=2, dtype=torch.float32
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         return compute_factors(alphas, weights=weights, **factor_options)
 
     point = {name: float(a.mean()) for name, (a, _) in fits.items()}
-    unit_se = {name: float(math.sqrt((se**2).sum()) / len(se)) for name, (_, se) in fits.items()}
+    unit_se = unit_alpha_se(analysis.spectra, units)  # the same (α − 1)/√n_tail as `fits`, as the history records
     point_factors = factors_of(point)
     rng = np.random.default_rng(args.seed)
     names = list(fits)

@@ -4,7 +4,8 @@ Data flows one way (``../shared/docs/ALGORITHM.md``, section 5)::
 
     spectra -> unit_metrics() -> metric per unit -> compute_factors() -> factor per unit -> apply_factors()
 
-* `unit_metrics` averages a spectral metric (α by default) over the fitted matrices of each unit.
+* `unit_metrics` averages a spectral metric (α by default) over the fitted matrices of each unit;
+  `unit_alpha_se` is the standard error of that mean α from the fits themselves.
 * `compute_factors` maps the metrics to learning-rate factors: ``"linear"`` (TempBalance) or ``"sigmoid"``
   (Model Balancing). Both give higher factors to higher α. Units without a finite metric keep factor 1.
 * `apply_factors` writes the factors into the optimizer's param groups so that, under the Trainer's
@@ -29,7 +30,7 @@ from .spectral import LayerSpectrum, MatrixKey
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["MAPPINGS", "METRICS", "apply_factors", "compute_factors", "unit_metrics"]
+__all__ = ["MAPPINGS", "METRICS", "apply_factors", "compute_factors", "unit_alpha_se", "unit_metrics"]
 
 
 class _UnitLike(Protocol):
@@ -90,6 +91,32 @@ def unit_metrics(
             if spectrum.status == "ok" and math.isfinite(value := float(getattr(spectrum, metric)))
         ]
         out[unit.name] = math.fsum(values) / len(values) if values else math.nan
+    return out
+
+
+def unit_alpha_se(spectra: Mapping[str, LayerSpectrum], units: Iterable[_UnitLike]) -> dict[str, float]:
+    """The standard error of each unit's mean α (`unit_metrics`), from the power-law fits themselves.
+
+    The maximum-likelihood α of a tail of n eigenvalues has standard error (α − 1)/√n (Clauset, Shalizi & Newman
+    2009, eq. 3.2); the mean over a unit's k fitted matrices has √(Σ seᵢ²)/k, taking the fits as independent. It
+    leaves out the error of choosing xmin, so it is a lower bound. Seeds that start from the same pretrained
+    weights all see α exactly, so this (not the spread over seeds) says how well a unit's α is known: a difference
+    between units of a few standard errors is mostly noise.
+
+    Returns:
+        Unit name → standard error; NaN where `unit_metrics` gives NaN (no fitted matrix, NaN weights).
+    """
+    by_matrix = _spectra_by_matrix(spectra)
+    out: dict[str, float] = {}
+    for unit in units:
+        unit_spectra = [spectrum for matrix in unit.matrices for spectrum in by_matrix.get(matrix, ())]
+        ses = [
+            (float(s.alpha) - 1.0) / math.sqrt(s.num_tail)
+            for s in unit_spectra
+            if s.status == "ok" and math.isfinite(float(s.alpha)) and s.num_tail > 0
+        ]
+        broken = any(s.status == "non_finite" for s in unit_spectra)
+        out[unit.name] = math.nan if broken or not ses else math.sqrt(math.fsum(x * x for x in ses)) / len(ses)
     return out
 
 

@@ -186,7 +186,7 @@ class TempBalanceCallback(TrainerCallback):
             group0 = optimizer.param_groups[0]
             pending = self._pending
             group0["tb_pending"] = {
-                k: pending[k] for k in ("snapshot_step", "apply_step", "metrics", "seconds", "skipped")
+                k: pending[k] for k in ("snapshot_step", "apply_step", "metrics", "alpha_se", "seconds", "skipped")
             }
             for group in optimizer.param_groups:
                 if group.get("tb_unit") is not None:
@@ -307,7 +307,8 @@ class TempBalanceCallback(TrainerCallback):
         if skipped and result is not None:
             why = {u.name: result.statuses(u) for u in units if u.name in skipped}
             logger.warning(f"TempBalance: {len(skipped)} unit(s) not fitted keep factor 1: {why}")
-        return {"metrics": metrics, "factors": factors, "skipped": skipped}
+        alpha_se = result.alpha_se if result is not None else {}
+        return {"metrics": metrics, "alpha_se": alpha_se, "factors": factors, "skipped": skipped}
 
     def update(self, model, optimizer, lr_scheduler, args, state, step: int = 0) -> dict[str, float]:
         """One synchronous spectral pass and the new factors, applied to ``optimizer``/``lr_scheduler``. Never
@@ -333,7 +334,15 @@ class TempBalanceCallback(TrainerCallback):
         if state.is_world_process_zero:
             epoch = step / self.steps_per_epoch if self.steps_per_epoch else (state.epoch or 0.0)
             self._append_history(
-                args.output_dir, step, epoch, outcome["seconds"], metrics, factors, skipped, snapshot_step
+                args.output_dir,
+                step,
+                epoch,
+                outcome["seconds"],
+                metrics,
+                factors,
+                skipped,
+                snapshot_step,
+                alpha_se=outcome.get("alpha_se") or {},  # absent in a checkpoint written before it was recorded
             )
 
     def pop_pending_logs(self) -> dict[str, float]:
@@ -394,7 +403,15 @@ class TempBalanceCallback(TrainerCallback):
 
     @staticmethod
     def _append_history(
-        output_dir, step, epoch, seconds, metrics: Mapping, factors: Mapping, skipped, snapshot_step=None
+        output_dir,
+        step,
+        epoch,
+        seconds,
+        metrics: Mapping,
+        factors: Mapping,
+        skipped,
+        snapshot_step=None,
+        alpha_se: Mapping | None = None,
     ) -> None:
         if output_dir is None:
             return
@@ -408,6 +425,8 @@ class TempBalanceCallback(TrainerCallback):
             "skipped": skipped,
             "alpha": {k: _finite_or_none(v) for k, v in metrics.items()},
             "factor": dict(factors),
+            # standard error of each unit's α from the fits: how well α is known (seeds do not vary it at step 0)
+            "alpha_se": {k: _finite_or_none(v) for k, v in (alpha_se or {}).items()},
         }
         with open(path, "a") as f:
             f.write(json.dumps(record) + "\n")

@@ -29,7 +29,7 @@ from torch import nn
 from transformers.utils import logging
 
 from . import distributed as dist_utils
-from .balancing import unit_metrics
+from .balancing import unit_alpha_se, unit_metrics
 from .layers import Partition, Unit, full_shape, lora_layers, lora_weight
 from .spectral import LayerSpectrum, MatrixKey, analyze, esd, farms_esd, farms_windows
 
@@ -75,6 +75,7 @@ class PassResult:
         spectra: Matrix key → `LayerSpectrum` (``name`` is the task's label), in model order.
         metrics: Unit → the metric that drives the factors (NaN for a unit that could not be fitted).
         alphas: Unit → mean α (the same as ``metrics`` when the metric is α).
+        alpha_se: Unit → standard error of that α from the fits (`tb_hf.balancing.unit_alpha_se`).
         esds: Matrix key → eigenvalues (CPU float64) of the matrices asked for with ``esd_keys``.
         seconds: Wall time of the pass.
     """
@@ -84,6 +85,7 @@ class PassResult:
     alphas: dict[str, float]
     esds: dict[MatrixKey, torch.Tensor] = field(default_factory=dict)
     seconds: float = 0.0
+    alpha_se: dict[str, float] = field(default_factory=dict)
 
     def statuses(self, unit: Unit) -> list[str]:
         """The distinct statuses of a unit's matrices (to say why a unit was not fitted)."""
@@ -450,4 +452,11 @@ class SpectralEngine:
         units = self.metric_units()
         metrics = unit_metrics(spectra, units, metric=self.tb.tb_metric)
         alphas = metrics if self.tb.tb_metric == "alpha" else unit_metrics(spectra, units, metric="alpha")
-        return PassResult(spectra=spectra, metrics=metrics, alphas=alphas, esds=esds or {}, seconds=seconds)
+        return PassResult(
+            spectra=spectra,
+            metrics=metrics,
+            alphas=alphas,
+            esds=esds or {},
+            seconds=seconds,
+            alpha_se=unit_alpha_se(spectra, units),
+        )

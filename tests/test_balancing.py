@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import get_scheduler
 
-from tb_hf.balancing import MAPPINGS, METRICS, apply_factors, compute_factors, unit_metrics
+from tb_hf.balancing import MAPPINGS, METRICS, apply_factors, compute_factors, unit_alpha_se, unit_metrics
 from tb_hf.spectral import LayerSpectrum, MatrixKey
 
 
@@ -67,6 +67,28 @@ def test_unit_metrics_mean_over_fitted_matrices():
     assert out["b1"] == 5.0  # (4 + 2 + 3 + 11) / 4
     assert math.isnan(out["b2"]) and math.isnan(out["b3"])
     assert math.isnan(out["b4"])  # one non-finite matrix disqualifies its unit
+
+
+def test_unit_alpha_se_from_the_fits():
+    """(α − 1)/√n_tail per fitted matrix (n_tail 4 in these spectra), combined as √Σse²/k, over exactly the
+    matrices whose α `unit_metrics` averages."""
+    spectra = {
+        "b0.q": spectrum("b0.q", 2.0),  # se (2 - 1)/2 = 0.5
+        "b0.k": spectrum("b0.k", 5.0),  # se 2.0
+        "b0.v": spectrum("b0.v", math.nan, status="too_small"),  # not fitted: not counted
+        MatrixKey("b1.experts", 0): spectrum("b1.experts[0]", 3.0),  # se 1.0
+        MatrixKey("b1.experts", 1): spectrum("b1.experts[1]", 3.0),
+        "b2.q": spectrum("b2.q", 3.0),
+        "b2.k": spectrum("b2.k", math.nan, status="non_finite"),
+    }
+    units = [Unit("b0", ("b0.q", "b0.k", "b0.v")), Unit("b1", ("b1.experts",)), Unit("b2", ("b2.q", "b2.k")),
+             Unit("b3", ("b3.q",))]  # fmt: skip
+    se = unit_alpha_se(spectra, units)
+    assert se["b0"] == pytest.approx(math.sqrt(0.5**2 + 2.0**2) / 2)
+    assert se["b1"] == pytest.approx(math.sqrt(2) / 2)
+    assert math.isnan(se["b2"]) and math.isnan(se["b3"])  # NaN exactly where unit_metrics is NaN
+    metrics = unit_metrics(spectra, units)
+    assert [math.isnan(metrics[u]) for u in se] == [math.isnan(v) for v in se.values()]
 
 
 def test_unit_metrics_other_metric_ignores_unfitted_matrices():

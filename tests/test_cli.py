@@ -310,3 +310,15 @@ def test_choose_lr_script(tmp_path, capsys):
     path.write_text(path.read_text().replace("train_holdout", "validation", 1))
     assert module.main([str(path)]) == 2
     assert "not only on held-out training examples" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # shares the training run above
+def test_history_records_the_fit_error_of_alpha(training_run):
+    """Each history record carries, beside each unit's α, its standard error from the fits: positive, finite and
+    far below α itself for these 32x32 blocks."""
+    records = [json.loads(line) for line in (training_run / "tempbalance" / "history.jsonl").read_text().splitlines()]
+    assert len(records) == 3
+    for record in records:
+        assert record["alpha_se"].keys() == record["alpha"].keys()
+        for unit, se in record["alpha_se"].items():
+            assert se is not None and 0 < se < record["alpha"][unit] - 1, (unit, se)

@@ -414,7 +414,12 @@ def test_alpha_spread_against_seed_noise(tmp_path):
             a0 = {"layer.0": 3.0, "layer.1": 4.0 + 0.01 * run.seed, "layer.2": 5.0}
             last = {k: v + 0.1 * run.seed for k, v in a0.items()}
             history = [
-                {"step": 0, "alpha": a0, "factor": {"layer.0": 0.5, "layer.1": 1.0, "layer.2": 1.5}},
+                {
+                    "step": 0,
+                    "alpha": a0,
+                    "factor": {"layer.0": 0.5, "layer.1": 1.0, "layer.2": 1.5},
+                    "alpha_se": {"layer.0": 0.02 * run.seed, "layer.1": 0.04, "layer.2": None},
+                },  # None: not finite
                 {"step": 8, "alpha": {k: v + 0.05 for k, v in a0.items()}, "factor": {}},
                 {"step": 16, "alpha": last, "factor": {}},
             ]
@@ -424,13 +429,17 @@ def test_alpha_spread_against_seed_noise(tmp_path):
     assert len(alphas) == 3 * 3 and set(alphas["method"]) == {"tempbalance"}  # 3 seeds x 3 blocks, ft has none
     row = sweep.alpha_spread(alphas).iloc[0]
     assert row["spread_step0"] == pytest.approx(2.0)
+    assert row["fit_se_step0"] == pytest.approx(0.04)  # median over the fitted blocks (0.02 s, 0.04), mean over s
     assert row["seed_std_step0"] == pytest.approx(np.std([4.01, 4.02, 4.03], ddof=1))
     assert row["max_move"] == pytest.approx(0.2)  # 0.1 * seed, mean over seeds 1, 2, 3
     assert row["seed_std_last"] == pytest.approx(np.std([4.11, 4.22, 4.33], ddof=1))  # layer.1 varies most
     assert (row["factor_min"], row["factor_max"], row["updates"], row["n_blocks"]) == (0.5, 1.5, 3, 3)
     sweep.aggregate(config)
     text = (out / "summary.md").read_text()
-    assert "TempBalance's α per block" in text and "| mpnet-base | rte | 4 | tempbalance | 3 | 3 | 2.000 |" in text
+    assert (
+        "TempBalance's α per block" in text
+        and "| mpnet-base | rte | 4 | tempbalance | 3 | 3 | 2.000 | 0.040 |" in text
+    )
     assert pd.read_csv(out / "alpha.csv").shape[0] == 9
 
 
