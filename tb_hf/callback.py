@@ -186,7 +186,8 @@ class TempBalanceCallback(TrainerCallback):
             group0 = optimizer.param_groups[0]
             pending = self._pending
             group0["tb_pending"] = {
-                k: pending[k] for k in ("snapshot_step", "apply_step", "metrics", "alpha_se", "seconds", "skipped")
+                **{k: pending[k] for k in ("snapshot_step", "apply_step", "metrics", "seconds", "skipped")},
+                "alpha_se": pending.get("alpha_se", {}),  # absent from a pass restored from an older checkpoint
             }
             for group in optimizer.param_groups:
                 if group.get("tb_unit") is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 
 import pytest
 import torch
@@ -84,6 +85,16 @@ def test_resume_with_a_pass_in_flight_is_bit_identical(async_, tmp_path):
     if async_:  # the checkpoint held the pass in flight (snapshot at step 4, applied at 6)
         assert history(tmp_path / "b")[-1] == history(tmp_path / "a")[-1]
         assert history(tmp_path / "b")[-1]["snapshot_step"] == 4
+        # a checkpoint written before alpha_se was recorded resumes the same, with no standard errors to report
+        old = tmp_path / "old-checkpoint-5"
+        shutil.copytree(tmp_path / "a" / "checkpoint-5", old)
+        state = torch.load(old / "optimizer.pt", weights_only=False)
+        del state["param_groups"][0]["tb_pending"]["alpha_se"]
+        torch.save(state, old / "optimizer.pt")
+        from_old, _ = _run(tmp_path / "c", async_=True, resume=str(old))
+        assert from_old == straight[5:]
+        last = history(tmp_path / "c")[-1]
+        assert last["alpha_se"] == {} and last["alpha"] == history(tmp_path / "a")[-1]["alpha"]
     for pa, pb in zip(trainer_a.model.parameters(), trainer_b.model.parameters(), strict=True):
         assert torch.equal(pa, pb)
 
