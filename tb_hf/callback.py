@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import time
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -112,6 +113,7 @@ class TempBalanceCallback(TrainerCallback):
         self.interval: int | None = None  # in force: None = no more passes (or "auto" not yet decided)
         self.lag: int = 0
         self.decided = False
+        self.permutation_seed = 0  # tb_permute_factors: the TrainingArguments seed
         self.pass_seconds = math.nan  # cost of the step-0 pass
         self.step_seconds = math.nan  # measured cost of a training step (for tb_update_steps="auto")
         self.step_times: dict[int, float] = {}
@@ -127,6 +129,7 @@ class TempBalanceCallback(TrainerCallback):
     @torch.no_grad()
     def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
         self.tb = tb_arguments(args, self.user_tb_args)
+        self.permutation_seed = getattr(args, "seed", 0)
         check_supported(model)
         self.partition = partition_model(model, self.tb.tb_unit)
         self._check_optimizer(optimizer, args)
@@ -304,12 +307,20 @@ class TempBalanceCallback(TrainerCallback):
         units = self.partition.units
         metrics = result.metrics if result is not None else {u.name: math.nan for u in units}
         factors = compute_factors(metrics, weights=self.unit_weights, **self.tb.factor_options())
+        if self.tb.tb_permute_factors:
+            factors = self._permuted(factors, metrics)
         skipped = [name for name, value in metrics.items() if not math.isfinite(value)]
         if skipped and result is not None:
             why = {u.name: result.statuses(u) for u in units if u.name in skipped}
             logger.warning(f"TempBalance: {len(skipped)} unit(s) not fitted keep factor 1: {why}")
         alpha_se = result.alpha_se if result is not None else {}
         return {"metrics": metrics, "alpha_se": alpha_se, "factors": factors, "skipped": skipped}
+
+    def _permuted(self, factors: Mapping[str, float], metrics: Mapping[str, float]) -> dict[str, float]:
+        """tb_permute_factors: the fitted units' factors shuffled among them (seeded: the same every update)."""
+        fitted = [name for name in factors if math.isfinite(metrics.get(name, math.nan))]
+        order = random.Random(self.permutation_seed).sample(fitted, len(fitted))
+        return {**factors, **{unit: factors[source] for unit, source in zip(fitted, order, strict=True)}}
 
     def update(self, model, optimizer, lr_scheduler, args, state, step: int = 0) -> dict[str, float]:
         """One synchronous spectral pass and the new factors, applied to ``optimizer``/``lr_scheduler``. Never

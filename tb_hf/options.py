@@ -187,6 +187,15 @@ class TempBalanceArguments:
             "training time (0.03: 3 percent). The pass before the first step is always made."
         },
     )
+    tb_permute_factors: bool = field(
+        default=False,
+        metadata={
+            "help": "Control experiment, not for training: give each fitted unit the factor computed for another, "
+            "by a random permutation seeded with the TrainingArguments seed (the same at every update). With "
+            "tb_update_steps='once' it tests whether alpha's ordering of the units matters, or only that the "
+            "learning rates differ across units."
+        },
+    )
     tb_async: bool = field(
         default=False,
         metadata={
@@ -211,7 +220,7 @@ class TempBalanceArguments:
         ]:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("tb_filter_zeros", "tb_normalize", "tb_async"):
+        for name in ("tb_filter_zeros", "tb_normalize", "tb_async", "tb_permute_factors"):
             if not isinstance(getattr(self, name), bool):  # a string such as "false" would count as True
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         check_range("tb_xmin_pos", self.tb_xmin_pos, 1, 100, low_open=True, why=" (2: top half, 1.5: top third)")

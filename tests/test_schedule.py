@@ -126,3 +126,38 @@ def test_resume_before_the_auto_interval_is_fixed(tmp_path):
     resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
     assert resumed.tempbalance.decided and resumed.tempbalance.interval >= 1
     assert resumed.tempbalance.pass_seconds == pass_seconds  # from the checkpoint, not re-measured
+
+
+def test_permuted_factors_control(tmp_path):
+    """tb_permute_factors: the same α, but each unit gets another unit's factor, by one seeded permutation used at
+    every update, and the optimizer applies exactly that."""
+    import random
+
+    import transformers as tf
+
+    from tb_hf.balancing import compute_factors
+
+    def run(out, **extra):
+        torch.manual_seed(0)
+        config = tf.BertConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=5, num_attention_heads=4, vocab_size=100
+        )
+        model = tf.BertForSequenceClassification(config)
+        args = tiny_training_args(out, max_steps=4, tb_update_steps="2", tb_mapping="sigmoid", seed=7, **extra)
+        trainer = TempBalanceTrainer(model=model, args=args, train_dataset=dataset_for(model, n=16))
+        trainer.train()
+        return trainer, history(out)
+
+    _, plain = run(tmp_path / "plain")
+    trainer, permuted = run(tmp_path / "permuted", tb_permute_factors=True)
+    assert permuted[0]["alpha"] == plain[0]["alpha"]
+    units = list(plain[0]["factor"])
+    order = random.Random(7).sample(units, len(units))  # the run's seed
+    assert order != units
+    for record in permuted:  # step 0 and step 2
+        unpermuted = compute_factors(record["alpha"], mapping="sigmoid")
+        assert record["factor"] == pytest.approx({u: unpermuted[src] for u, src in zip(units, order, strict=True)})
+    pairs = zip(units, order, strict=True)
+    assert permuted[0]["factor"] == pytest.approx({u: plain[0]["factor"][src] for u, src in pairs})
+    applied = {g["tb_unit"]: g["tb_factor"] for g in trainer.optimizer.param_groups if g["tb_unit"]}
+    assert applied == pytest.approx(permuted[-1]["factor"])

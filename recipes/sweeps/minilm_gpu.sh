@@ -6,8 +6,8 @@
 # 1. chooses the learning rate on held-out training examples (recipes/sweeps/minilm_gpu_select.yaml,
 #    scripts/choose_lr.py), never on dev;
 # 2. runs recipes/sweeps/minilm_gpu.yaml at that rate, in order of priority: FT and TempBalance-MB at 16 per class
-#    (STS-B: 32 examples) on every task and seed, then at 64 per class (STS-B: 128), then the frozen-profile
-#    control, then the other methods;
+#    (STS-B: 32 examples) on every task and seed, then at 64 per class (STS-B: 128), then the frozen- and
+#    permuted-profile controls, then the other methods;
 # 3. aggregates both studies into results/minilm-gpu{-select,}/ and, if OUT is set, packs them (the aggregates,
 #    each run's result.json and history.jsonl, failed runs' error.txt) into $OUT/minilm-gpu.tar.gz.
 # A step still running when the budget is spent is stopped (its unfinished runs leave no result); a second call
@@ -96,6 +96,6 @@ PY
 )
 step "$tmp/study.yaml" --methods ft,tempbalance-mb --sizes "$small"
 step "$tmp/study.yaml" --methods ft,tempbalance-mb
-step "$tmp/study.yaml" --methods ft,tempbalance-mb,tempbalance-once
+step "$tmp/study.yaml" --methods ft,tempbalance-mb,tempbalance-once,tempbalance-permuted
 step "$tmp/study.yaml"
 echo "[minilm_gpu $((SECONDS - t0)) s] done: $(find "$study_dir/runs" -name result.json | wc -l) runs finished in $study_dir"

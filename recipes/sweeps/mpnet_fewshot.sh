@@ -3,9 +3,10 @@
 #
 # Runs (or resumes: finished runs are skipped) the MPNet few-shot study of recipes/sweeps/mpnet_fewshot.yaml in
 # order of priority, two single-threaded workers at nice 10 (so other work on the machine keeps its CPU):
-#   1. FT against TempBalance-MB at 16 examples per class, every task and seed, then the frozen-profile control
-#      (tempbalance-once) there: the core comparison;
-#   2. FT against TempBalance-MB at 64 per class (the minimum), then the frozen-profile control there;
+#   1. FT against TempBalance-MB at 16 examples per class, every task and seed, then the frozen- and permuted-
+#      profile controls (tempbalance-once, tempbalance-permuted) there: the core comparison;
+#   2. FT against TempBalance-MB at 64 per class (the minimum; SST-2 and MRPC before RTE, which costs
+#      twice as much), then the two controls there;
 #   3. the other methods (tempbalance defaults, FARMS, LLRD).
 # WORKERS=1 runs one worker (leaves a core to another study, e.g. the SmolLM2 one).
 # Each step aggregates into results/mpnet-fewshot/ when it ends; in between, run
@@ -19,7 +20,7 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # made every run 2x slower (measured: a 16-shot RTE run 716-754 s instead of 330-420 s).
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 config=recipes/sweeps/mpnet_fewshot.yaml
-core=ft,tempbalance-mb,tempbalance-once
+core=ft,tempbalance-mb,tempbalance-once,tempbalance-permuted
 workers=${WORKERS:-2}
 python scripts/prepare_mpnet.py || exit 1
 nice -n 10 python recipes/sweep.py "$config" --workers "$workers" --methods ft,tempbalance-mb --sizes 16
