@@ -76,22 +76,26 @@ def unit_metrics(
     """
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    by_matrix = _spectra_by_matrix(spectra)
     out: dict[str, float] = {}
+    for name, fitted in _fitted_by_unit(spectra, units, metric):
+        out[name] = math.fsum(float(getattr(s, metric)) for s in fitted) / len(fitted) if fitted else math.nan
+    return out
+
+
+def _fitted_by_unit(spectra: Mapping[str, LayerSpectrum], units: Iterable[_UnitLike], metric: str = "alpha"):
+    """(unit name, its matrices' spectra that a unit mean counts: fit ok, ``metric`` finite) in unit order; an
+    empty list for a unit with NaN/Inf in any matrix (the whole unit is broken, not just one matrix)."""
+    by_matrix = _spectra_by_matrix(spectra)
+    seen: set[str] = set()
     for unit in units:
-        if unit.name in out:
+        if unit.name in seen:
             raise ValueError(f"duplicate unit name {unit.name!r}")
+        seen.add(unit.name)
         unit_spectra = [spectrum for matrix in unit.matrices for spectrum in by_matrix.get(matrix, ())]
         if any(spectrum.status == "non_finite" for spectrum in unit_spectra):
-            out[unit.name] = math.nan  # NaN/Inf weights: the whole unit is broken, not just one matrix
+            yield unit.name, []
             continue
-        values = [
-            value
-            for spectrum in unit_spectra
-            if spectrum.status == "ok" and math.isfinite(value := float(getattr(spectrum, metric)))
-        ]
-        out[unit.name] = math.fsum(values) / len(values) if values else math.nan
-    return out
+        yield unit.name, [s for s in unit_spectra if s.status == "ok" and math.isfinite(float(getattr(s, metric)))]
 
 
 def unit_alpha_se(spectra: Mapping[str, LayerSpectrum], units: Iterable[_UnitLike]) -> dict[str, float]:
@@ -106,17 +110,10 @@ def unit_alpha_se(spectra: Mapping[str, LayerSpectrum], units: Iterable[_UnitLik
     Returns:
         Unit name → standard error; NaN where `unit_metrics` gives NaN (no fitted matrix, NaN weights).
     """
-    by_matrix = _spectra_by_matrix(spectra)
     out: dict[str, float] = {}
-    for unit in units:
-        unit_spectra = [spectrum for matrix in unit.matrices for spectrum in by_matrix.get(matrix, ())]
-        ses = [
-            (float(s.alpha) - 1.0) / math.sqrt(s.num_tail)
-            for s in unit_spectra
-            if s.status == "ok" and math.isfinite(float(s.alpha)) and s.num_tail > 0
-        ]
-        broken = any(s.status == "non_finite" for s in unit_spectra)
-        out[unit.name] = math.nan if broken or not ses else math.sqrt(math.fsum(x * x for x in ses)) / len(ses)
+    for name, fitted in _fitted_by_unit(spectra, units):
+        ses = [(float(s.alpha) - 1.0) / math.sqrt(s.num_tail) for s in fitted if s.num_tail > 0]
+        out[name] = math.sqrt(math.fsum(x * x for x in ses)) / len(ses) if ses else math.nan
     return out
 
 
