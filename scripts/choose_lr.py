@@ -18,9 +18,12 @@ import pandas as pd
 
 def choose(frame: pd.DataFrame) -> tuple[float, pd.DataFrame]:
     """The chosen rate and the per-rate table (mean and std of the final holdout score, number of runs)."""
+    missing = sorted({"task", "seed", "learning_rate", "final", "eval_split"} - set(frame.columns))
+    if missing:
+        raise ValueError(f"no column(s) {missing}: give the results.csv that recipes/sweep.py writes")
     if frame.empty:
         raise ValueError("no finished runs to choose from")
-    splits = set(frame["eval_split"].dropna()) if "eval_split" in frame else set()
+    splits = set(frame["eval_split"].dropna())
     if splits != {"train_holdout"}:
         raise ValueError(
             f"the runs were evaluated on {sorted(splits) or 'an unknown split'}, not only on held-out training "
@@ -41,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     try:
         lr, table = choose(pd.read_csv(ns.results_csv))
-    except (ValueError, KeyError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:
         print(f"choose_lr: {err}", file=sys.stderr)
         return 2
     shown = table.assign(mean=100 * table["mean"], std=100 * table["std"])

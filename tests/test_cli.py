@@ -307,6 +307,11 @@ def test_choose_lr_script(tmp_path, capsys):
     assert captured.out.strip() == "0.0001"
     assert "82.00" in captured.err and "81.00" in captured.err  # 1e-4 and 3e-4 over the 2 complete sst2 seeds
 
+    other = tmp_path / "other.csv"
+    other.write_text("task,seed,final\nsst2,1,0.5\n")
+    assert module.main([str(other)]) == 2
+    assert "no column(s) ['eval_split', 'learning_rate']" in capsys.readouterr().err
+
     path.write_text(path.read_text().replace("train_holdout", "validation", 1))
     assert module.main([str(path)]) == 2
     assert "not only on held-out training examples" in capsys.readouterr().err

@@ -25,6 +25,9 @@ cores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 workers=${WORKERS:-$((cores > 3 ? (cores < 16 ? cores - 2 : 14) : 1))}
 budget=${BUDGET_S:-3600}
+for value in "$budget" "$workers"; do
+    [[ $value =~ ^[1-9][0-9]*$ ]] || { echo "BUDGET_S and WORKERS must be whole numbers >= 1, got '$value'" >&2; exit 2; }
+done
 t0=$SECONDS
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -42,9 +45,17 @@ if os.environ.get("GLUE_DIR"):
 if os.environ.get("STUDY_ROOT"):
     cfg["output_dir"] = os.path.join(os.environ["STUDY_ROOT"], os.path.basename(cfg["output_dir"]))
 if os.environ.get("SEEDS"):
-    cfg["seeds"] = [int(s) for s in os.environ["SEEDS"].split(",")]
+    try:
+        cfg["seeds"] = [int(s) for s in os.environ["SEEDS"].split(",")]
+    except ValueError:
+        sys.exit(f"SEEDS must be whole numbers, comma-separated (e.g. 13,37), got {os.environ['SEEDS']!r}")
 if os.environ.get("TASKS"):
-    cfg["tasks"] = {t: v for t, v in cfg["tasks"].items() if t in os.environ["TASKS"].split(",")}
+    wanted = os.environ["TASKS"].split(",")
+    known = yaml.safe_load(open("recipes/sweeps/minilm_gpu.yaml"))["tasks"]
+    if unknown := [t for t in wanted if t not in known]:
+        sys.exit(f"TASKS: unknown {unknown}; the study's tasks are {list(known)}")
+    # the selection keeps its own tasks (SST-2, RTE) when TASKS names none of them
+    cfg["tasks"] = {t: v for t, v in cfg["tasks"].items() if t in wanted} or cfg["tasks"]
 if lr is not None:
     cfg["args"]["learning_rate"] = float(lr)
 yaml.safe_dump(cfg, open(dst, "w"), sort_keys=False)
