@@ -321,7 +321,7 @@ def test_model_load_report_has_no_escape_codes_and_epochs_are_ints(tmp_path, tok
 @pytest.mark.parametrize("dtype", [None, "auto"])
 def test_half_precision_checkpoints_train_in_float32(tmp_path, tokenizer, monkeypatch, caplog, dtype):
     """A checkpoint saved in bfloat16 (SmolLM2's is) loads in float32 unless --dtype auto asks for the checkpoint's
-    dtype, and then a warning says training runs in pure bfloat16 (transformers 5 loads 'auto' by default: the
+    dtype, and then a warning says the trainable weights are bfloat16 (transformers 5 loads 'auto' by default: the
     recipe once trained SmolLM2 + LoRA, classification head included, in pure bf16 without a word)."""
     loaded = []
     original = tf.AutoModelForSequenceClassification.from_pretrained
