@@ -292,6 +292,12 @@ def cmd_analyze(argv: list[str]) -> ModelAnalysis:
     parser.add_argument("--no-figures", action="store_true", help="write only alpha.csv and alpha.json")
     parser.add_argument("--fig-format", default="png", choices=FIGURE_FORMATS)
     tb, extra = parser.parse_args_into_dataclasses(args=argv)
+    if tb.tb_permute_factors:
+        raise SystemExit(
+            "tb-hf analyze shows the factors TempBalance assigns by α; --tb_permute_factors is a training control "
+            "(the factors shuffled among the units, one permutation per TrainingArguments seed), so it has no "
+            "table here: leave it out."
+        )
     figures = extra.out is not None and not extra.no_figures
     if figures:
         _require_plotting()

@@ -186,6 +186,8 @@ def test_analyze_bad_inputs(saved_model, saved_adapter, tmp_path):
         cli.main(["analyze", str(saved_model), "--adapter", str(tmp_path / "nope")])
     with pytest.raises(SystemExit, match="not a peft adapter folder"):
         cli.main(["analyze", str(saved_model), "--adapter", str(tmp_path / "empty")])
+    with pytest.raises(SystemExit, match="--tb_permute_factors is a training control"):
+        cli.main(["analyze", str(tmp_path / "missing"), "--tb_permute_factors"])  # refused before loading
     with pytest.raises(ValueError, match="tb_mapping"):
         TempBalanceArguments(tb_mapping="cubic")
 
