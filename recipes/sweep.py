@@ -33,7 +33,9 @@ A method is one of run_glue's ``--method`` choices (``ft``, ``tempbalance``, ``l
 ``method_args`` entry says which, e.g. ``tempbalance-once: {method: tempbalance, tb_update_steps: once}`` or
 ``ft-lr1e-4: {method: ft, learning_rate: 1.0e-4}``; the name is the run folder's and the results' method.
 ``summary.md`` also pools each method − baseline per model over every (task, size, seed) pair (paired t-test and
-sign count) and, for TempBalance runs, compares the spread of block α at step 0 with its run-to-run noise.
+sign count), compares other pairs of methods the same way where the config lists them (``contrasts: ["tempbalance
+vs llrd"]``, also in ``contrasts.csv``) and, for TempBalance runs, compares the spread of block α at step 0 with
+its run-to-run noise.
 
 Runs go in-process by default (``launcher: inprocess``, no start-up cost per run); ``launcher: python`` starts
 each in its own process and ``launcher: accelerate launch --num_processes 2 --multi_gpu`` under accelerate.
@@ -92,8 +94,8 @@ SIZES = {
     )
 }
 CONFIG_KEYS = (
-    "output_dir", "launcher", "tasks", "seeds", "methods", "baseline", "lora", "lora_args", "args", "method_args",
-    *(size.yaml_key for size in SIZES.values()),
+    "output_dir", "launcher", "tasks", "seeds", "methods", "baseline", "contrasts", "lora", "lora_args", "args",
+    "method_args", *(size.yaml_key for size in SIZES.values()),
 )  # fmt: skip
 
 
@@ -218,6 +220,69 @@ def _recipe():
     return run_glue
 
 
+def contrasts(config: dict) -> list[tuple[str, str]]:
+    """The config's ``contrasts``: extra paired comparisons besides method − baseline, each ``"A vs B"`` (A − B,
+    e.g. ``"tempbalance-mb vs llrd"``: does TempBalance beat the stronger baseline, not only plain FT?). Raises
+    ValueError for anything else, or a method the sweep does not run."""
+    given = config.get("contrasts") or []
+    if not isinstance(given, list):
+        raise ValueError(f"'contrasts' is a list of 'A vs B' (A − B, both among the methods), got {given!r}.")
+    pairs = []
+    for item in given:
+        parts = item.split(" vs ") if isinstance(item, str) else []
+        names = [x.strip() for x in parts]
+        if len(names) != 2 or not all(names) or names[0] == names[1]:
+            raise ValueError(
+                f"contrast {item!r}: write 'A vs B' with two different methods, e.g. 'tempbalance vs llrd'."
+            )
+        unknown = [m for m in names if m not in config["methods"]]
+        if unknown:
+            raise ValueError(f"contrast {item!r}: {unknown} not among the methods {config['methods']}.")
+        pairs.append((names[0], names[1]))
+    return pairs
+
+
+def contrast_frame(results, pairs: list[tuple[str, str]], score: str = "best"):
+    """Each contrast A − B paired by seed: one row per (model, task, size) where both finished, then the pooled rows
+    (scope ``all``, then each size) over every (task, size, seed) pair, as `summarize` and `pooled` compute them."""
+    import pandas as pd
+
+    present = set(results["method"])
+    frames = []
+    for pair in pairs:
+        # a LoRA-only sweep (lora: [true]) names its runs "<method>+lora"
+        a, b = (m if m in present or f"{m}+lora" not in present else f"{m}+lora" for m in pair)
+        if a not in present or b not in present:
+            continue
+        both = results[results["method"].isin([a, b])]
+        cells = summarize(both, baseline=b, score=score)
+        cells = cells[(cells["method"] == a) & (cells["n_pairs"] > 0)].assign(scope="cell")
+        pools = pooled(both, baseline=b, score=score)
+        frames += [cells.assign(contrast=f"{a} − {b}"), pools.assign(contrast=f"{a} − {b}")]
+    columns = ["contrast", "model", "scope", "task", "size_key", "size", "n_pairs", "diff_vs_baseline", "p_value"]
+    columns += ["wins", "losses", "ties"]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(frames, ignore_index=True).reindex(columns=columns)
+
+
+def contrast_table(frame, scale: float = 100.0) -> str:
+    """Markdown of `contrast_frame`: per contrast, its cells, then its pooled rows."""
+    lines = ["| contrast | model | task | size | pairs | difference | p | wins:losses:ties |", "|" + "---|" * 8]
+    mixed = frame["size_key"].dropna().nunique() > 1
+    for _, row in frame.iterrows():
+        if row["scope"] == "cell":
+            task, size = row["task"], _size_text(row["size_key"], row["size"], mixed)
+        else:
+            task, size = "**pooled**", row["scope"]
+        lines.append(
+            f"| {row['contrast']} | {row['model'] or '–'} | {task} | {size} | {int(row['n_pairs'])} | "
+            f"{row['diff_vs_baseline'] * scale:+.2f} | {_p_text(row['p_value'])} | "
+            f"{int(row['wins'])}:{int(row['losses'])}:{int(row['ties'])} |"
+        )
+    return "\n".join(lines)
+
+
 def validate(config: dict, runs: list[Run]) -> None:
     """Refuse a config that cannot run, before the first run: unknown methods, ``method_args`` for a method
     that is not swept, a baseline that is not swept, and any run whose arguments run_glue's parser rejects
@@ -246,6 +311,7 @@ def validate(config: dict, runs: list[Run]) -> None:
     baseline = config.get("baseline", "ft")
     if baseline not in methods:
         raise ValueError(f"baseline {baseline!r} is not among the methods {methods}.")
+    contrasts(config)
     parser = run_glue.make_parser(raise_errors=True)
     problems: dict[str, list[str]] = {}
     for run in runs:
@@ -1001,6 +1067,16 @@ def _aggregate(config: dict) -> tuple[str, list[str]]:
             "pairs; the scores are means over those pairs):\n\n"
             f"Best epoch:\n\n{pooled_table(pools['best'], methods, baseline)}\n\n"
             f"Final epoch:\n\n{pooled_table(pools['final'], methods, baseline)}\n"
+        )
+    pairs = contrasts(config)
+    versus = {k: contrast_frame(results, pairs, score=k) for k in ("best", "final")}
+    if not versus["best"].empty:
+        pd.concat([v.assign(score=k) for k, v in versus.items()]).to_csv(out / "contrasts.csv", index=False)
+        written.append("contrasts.csv")
+        text += (
+            "\nContrasts (the config's `contrasts`, A − B paired by seed as above; pooled over every (task, size, "
+            f"seed) pair both finished):\n\nBest epoch:\n\n{contrast_table(versus['best'])}\n\n"
+            f"Final epoch:\n\n{contrast_table(versus['final'])}\n"
         )
     holdout = results[results["eval_split"] == "train_holdout"]
     if not holdout.empty:

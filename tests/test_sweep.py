@@ -93,6 +93,9 @@ def test_shard_with_aggregate_only(tmp_path, capsys):
         (dict(seeds=13), "'seeds' must be a list of whole numbers"),
         (dict(lora=True), "'lora' must be a list of true/false"),
         (dict(tasks={"rte": 0.1}), "Task 'rte': its entry must map settings to values"),
+        (dict(contrasts=["tempbalance vs llrd"]), r"contrast 'tempbalance vs llrd': \['llrd'\] not among the methods"),
+        (dict(contrasts="tempbalance vs ft"), "'contrasts' is a list of 'A vs B'"),
+        (dict(contrasts=["tempbalance - ft"]), "write 'A vs B' with two different methods"),
     ],
 )
 def test_bad_config_is_refused_before_the_first_run(tmp_path, capsys, monkeypatch, overrides, message):
@@ -393,6 +396,45 @@ def test_sign_counts_pooled_test_and_model_column(tmp_path):
     assert "tempbalance-mb − ft (p; wins:losses)" in text and "Pooled per model" in text
     assert "| mpnet-base | 4 (shots per class) | tempbalance-mb | 2 | 6 |" in text
     assert (out / "pooled.csv").is_file() and "TempBalance's α" not in text  # no history: no alpha section
+
+
+def test_contrasts_between_methods_other_than_the_baseline(tmp_path):
+    from scipy.stats import ttest_rel
+
+    methods = ["ft", "tempbalance-mb", "tempbalance-once"]
+    config = variant_config(tmp_path, methods=methods, contrasts=["tempbalance-mb vs tempbalance-once"])
+    scores = {}
+    for run in sweep.expand_grid(config):
+        if (run.task, run.seed, run.method) == ("sst2", 3, "tempbalance-once"):
+            continue  # unfinished: its tempbalance-mb run has no pair in the contrast
+        score = 0.6 + 0.01 * run.seed * (methods.index(run.method) + 1) + 0.003 * (run.task == "rte") * run.seed**2
+        scores[(run.task, run.seed, run.method)] = score
+        fake_record(run, score, score - 0.05)
+    sweep.aggregate(config)
+    out = Path(config["output_dir"])
+    table = pd.read_csv(out / "contrasts.csv")
+    best = table[table["score"] == "best"]
+    assert set(best["contrast"]) == {"tempbalance-mb − tempbalance-once"}
+    assert best["scope"].tolist() == ["cell", "cell", "4 (shots per class)"]  # one size: pooled over it
+    rte = best[(best["scope"] == "cell") & (best["task"] == "rte")].iloc[0]
+    d = [scores[("rte", s, "tempbalance-mb")] - scores[("rte", s, "tempbalance-once")] for s in (1, 2, 3)]
+    assert rte["diff_vs_baseline"] == pytest.approx(np.mean(d)) and (rte["wins"], rte["losses"]) == (0, 3)
+    pairs = [(t, s) for t in ("rte", "sst2") for s in (1, 2, 3) if (t, s) != ("sst2", 3)]
+    a = [scores[(t, s, "tempbalance-mb")] for t, s in pairs]
+    b = [scores[(t, s, "tempbalance-once")] for t, s in pairs]
+    pooled = best[best["scope"] != "cell"].iloc[0]
+    assert pooled["n_pairs"] == 5 and pooled["p_value"] == pytest.approx(ttest_rel(a, b).pvalue)
+    text = (out / "summary.md").read_text()
+    assert "Contrasts (the config's `contrasts`" in text
+    assert (
+        "| tempbalance-mb − tempbalance-once | mpnet-base | **pooled** | 4 (shots per class) | 5 |" in text
+        and "| 0:3:0 |" in text
+    )
+    # without contrasts in the config: no section and no file
+    config.pop("contrasts")
+    (out / "contrasts.csv").unlink()
+    sweep.aggregate(config)
+    assert not (out / "contrasts.csv").exists() and "Contrasts" not in (out / "summary.md").read_text()
 
 
 def test_pooled_scopes_per_size_and_unpaired_runs_left_out(tmp_path):
