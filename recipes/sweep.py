@@ -989,31 +989,33 @@ def plot_scores(summary, path: str | Path, methods: list[str] | None = None, sca
 
     The sizes are evenly spaced and labelled as what they are (% of the training set, or examples per class) with
     the number of training examples; the methods' points are shifted a little apart so their error bars do not
-    overlap.
+    overlap. Each method has one colour in every panel and one entry in the figure's legend.
     """
     from matplotlib.figure import Figure
 
     tasks = sorted(summary["task"].unique())
-    fig = Figure(figsize=(max(4.2, 3.8 * len(tasks)), 3.6), layout="constrained")
+    every = [m for m in (methods or list(dict.fromkeys(summary["method"]))) if m in set(summary["method"])]
+    fig = Figure(figsize=(max(4.2, 3.8 * len(tasks)) + 1.8, 3.6), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(tasks), squeeze=False)[0])
+    handles = {}
     for ax, task in zip(axes, tasks, strict=True):
         cell = summary[summary["task"] == task]
         sizes = cell.drop_duplicates(["size_key", "size"]).sort_values(["size_key", "size"])
         position = {(k, v): i for i, (k, v) in enumerate(zip(sizes["size_key"], sizes["size"], strict=True))}
-        present = list(dict.fromkeys(cell["method"]))
-        shown = [m for m in (methods or present) if m in present]
+        shown = [m for m in every if m in set(cell["method"])]
         step = min(0.12, 0.6 / max(len(shown), 1))
         for j, method in enumerate(shown):
             group = cell[cell["method"] == method].sort_values(["size_key", "size"])
             offset = (j - (len(shown) - 1) / 2) * step
             x = [position[(k, v)] + offset for k, v in zip(group["size_key"], group["size"], strict=True)]
-            ax.errorbar(
+            handles[method] = ax.errorbar(
                 x,
                 group["mean"] * scale,
                 yerr=group["std"].fillna(0) * scale,
                 marker="o",
                 capsize=3,
                 label=method,
+                color=f"C{every.index(method) % 10}",  # one colour per method in every panel
             )
         ax.set_xticks(
             range(len(sizes)),
@@ -1025,7 +1027,8 @@ def plot_scores(summary, path: str | Path, methods: list[str] | None = None, sca
         ax.set_title(task)
         ax.set_ylabel(f"{cell['metric'].iloc[0]} (best epoch, ×{scale:g})")
         ax.grid(alpha=0.3, axis="y")
-    axes[0].legend(fontsize="small")
+    # one legend for the figure: a method that only some panels have is still named
+    fig.legend([handles[m] for m in every], every, loc="outside right upper", fontsize="small")
     fig.savefig(path, dpi=120)
     return fig
 

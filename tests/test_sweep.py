@@ -218,6 +218,12 @@ def test_scores_plot_labels_sizes_and_dodges_methods(tmp_path):
     xs = [tuple(line.get_xdata()) for line in ax.lines if len(line.get_xdata()) == 2]
     assert len(set(xs)) == 3  # three methods, three different x positions: no overlapping error bars
     assert (tmp_path / "scores.png").stat().st_size > 0
+    # a second task with only some of the methods: every method keeps its colour and the legend names all three
+    rows += [r | {"task": "sst2", "mean": r["mean"] + 0.1} for r in rows if r["method"] != "tempbalance"]
+    fig = sweep.plot_scores(pd.DataFrame(rows), tmp_path / "scores.png", ["ft", "tempbalance", "llrd"])
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["ft", "tempbalance", "llrd"]
+    colours = [{line.get_color() for line in ax.lines if len(line.get_xdata()) == 2} for ax in fig.axes]
+    assert len(colours[0]) == 3 and colours[1] == colours[0] - {"C1"}  # llrd is C2 in both panels
 
 
 def test_results_csv_has_whole_best_epochs(tmp_path):
