@@ -1073,6 +1073,7 @@ def _aggregate(config: dict) -> tuple[str, list[str]]:
         )
     pairs = contrasts(config)
     versus = {k: contrast_frame(results, pairs, score=k) for k in ("best", "final")}
+    (out / "contrasts.csv").unlink(missing_ok=True)  # a stale one would disagree with summary.md
     if not versus["best"].empty:
         pd.concat([v.assign(score=k) for k, v in versus.items()]).to_csv(out / "contrasts.csv", index=False)
         written.append("contrasts.csv")
@@ -1209,6 +1210,7 @@ def main(argv: list[str] | None = None) -> int:
         shard = _parse_shard(ns.shard) if ns.shard else None
         config = load_config(ns.config)
         runs = expand_grid(config)
+        contrasts(config)  # checked for --aggregate-only too: the tables need it
         if not ns.aggregate_only and os.environ.get("TB_SWEEP_VALIDATED") != "1":  # workers: done by the parent
             validate(config, runs)
         selected = select_runs(config, runs, ns.methods, ns.sizes, ns.tasks)

@@ -404,7 +404,7 @@ def test_sign_counts_pooled_test_and_model_column(tmp_path):
     assert (out / "pooled.csv").is_file() and "TempBalance's α" not in text  # no history: no alpha section
 
 
-def test_contrasts_between_methods_other_than_the_baseline(tmp_path):
+def test_contrasts_between_methods_other_than_the_baseline(tmp_path, capsys):
     from scipy.stats import ttest_rel
 
     methods = ["ft", "tempbalance-mb", "tempbalance-once"]
@@ -438,9 +438,15 @@ def test_contrasts_between_methods_other_than_the_baseline(tmp_path):
     )
     # without contrasts in the config: no section and no file
     config.pop("contrasts")
-    (out / "contrasts.csv").unlink()
     sweep.aggregate(config)
     assert not (out / "contrasts.csv").exists() and "Contrasts" not in (out / "summary.md").read_text()
+    # a bad contrast stops --aggregate-only too, with the usage error and nothing rewritten
+    config["contrasts"] = ["tempbalance-mb vs llrd"]
+    before = (out / "summary.md").read_text()
+    with pytest.raises(SystemExit) as exit_:
+        sweep.main([write_config(tmp_path, config), "--aggregate-only"])
+    assert exit_.value.code == 2 and (out / "summary.md").read_text() == before
+    assert "['llrd'] not among the methods" in capsys.readouterr().err
 
 
 def test_pooled_scopes_per_size_and_unpaired_runs_left_out(tmp_path):
