@@ -244,14 +244,14 @@ def contrasts(config: dict) -> list[tuple[str, str]]:
 
 def contrast_frame(results, pairs: list[tuple[str, str]], score: str = "best"):
     """Each contrast A − B paired by seed: one row per (model, task, size) where both finished, then the pooled rows
-    (scope ``all``, then each size) over every (task, size, seed) pair, as `summarize` and `pooled` compute them."""
+    (scope ``all``, then each size) over every (task, size, seed) pair, as `summarize` and `pooled` compute them.
+    In a sweep with LoRA, A+lora − B+lora too."""
     import pandas as pd
 
     present = set(results["method"])
     frames = []
-    for pair in pairs:
-        # a LoRA-only sweep (lora: [true]) names its runs "<method>+lora"
-        a, b = (m if m in present or f"{m}+lora" not in present else f"{m}+lora" for m in pair)
+    # LoRA runs are named "<method>+lora": a contrast pairs the plain runs and, where there are any, the LoRA runs
+    for a, b in ((a + suffix, b + suffix) for a, b in pairs for suffix in ("", "+lora")):
         if a not in present or b not in present:
             continue
         both = results[results["method"].isin([a, b])]
@@ -311,7 +311,6 @@ def validate(config: dict, runs: list[Run]) -> None:
     baseline = config.get("baseline", "ft")
     if baseline not in methods:
         raise ValueError(f"baseline {baseline!r} is not among the methods {methods}.")
-    contrasts(config)
     parser = run_glue.make_parser(raise_errors=True)
     problems: dict[str, list[str]] = {}
     for run in runs:

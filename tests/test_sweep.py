@@ -357,7 +357,7 @@ def fake_record(run, score: float, final: float, history: list[dict] | None = No
                "train_samples": 8, "eval_samples": 277, "epoch_scores": [final, score],
                "eval_split": "validation"}  # fmt: skip
     record = {"task": run.task, "size_key": run.size_key, "size": run.size, "fraction": None, "method": run.method,
-              "lora": False, "seed": run.seed, "args": run.args, "results": results}  # fmt: skip
+              "lora": run.lora, "seed": run.seed, "args": run.args, "results": results}  # fmt: skip
     (out / sweep.RESULT_FILE).write_text(json.dumps(record))
     if history is not None:
         (out / "tempbalance").mkdir(exist_ok=True)
@@ -447,6 +447,24 @@ def test_contrasts_between_methods_other_than_the_baseline(tmp_path, capsys):
         sweep.main([write_config(tmp_path, config), "--aggregate-only"])
     assert exit_.value.code == 2 and (out / "summary.md").read_text() == before
     assert "['llrd'] not among the methods" in capsys.readouterr().err
+
+
+def test_contrasts_pair_plain_with_plain_and_lora_with_lora(tmp_path):
+    config = variant_config(
+        tmp_path, methods=["ft", "tempbalance-mb", "tempbalance-once"], lora=[False, True], seeds=[1, 2],
+        contrasts=["tempbalance-mb vs tempbalance-once"],
+    )  # fmt: skip
+    for run in sweep.expand_grid(config):  # LoRA runs 0.1 lower; mb ahead of once by 0.01 plain, 0.03 with LoRA
+        gap = {"tempbalance-mb": 0.03 if run.lora else 0.01}.get(run.method, 0.0)
+        score = 0.7 - 0.1 * run.lora + 0.01 * run.seed + gap
+        fake_record(run, score, score)
+    sweep.aggregate(config)
+    table = pd.read_csv(Path(config["output_dir"]) / "contrasts.csv")
+    pooled = table[(table["scope"] != "cell") & (table["score"] == "best")].set_index("contrast")
+    assert set(pooled.index) == {"tempbalance-mb − tempbalance-once", "tempbalance-mb+lora − tempbalance-once+lora"}
+    assert pooled.loc["tempbalance-mb − tempbalance-once", "diff_vs_baseline"] == pytest.approx(0.01)
+    assert pooled.loc["tempbalance-mb+lora − tempbalance-once+lora", "diff_vs_baseline"] == pytest.approx(0.03)
+    assert (pooled["n_pairs"] == 4).all()  # 2 tasks x 2 seeds, never a plain run paired with a LoRA one
 
 
 def test_pooled_scopes_per_size_and_unpaired_runs_left_out(tmp_path):
