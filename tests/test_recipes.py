@@ -20,10 +20,8 @@ from scipy.stats import ttest_rel
 from tb_hf.baselines import LLRDTrainer, llrd_depths, llrd_param_groups
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "recipes"))
-sys.path.insert(0, str(ROOT / "recipes" / "glue"))
-import run_glue  # noqa: E402
-import sweep  # noqa: E402
+from recipes import sweep
+from recipes.glue import run_glue
 
 GLUE_DIR = ROOT.parent / "shared" / "data" / "glue"
 needs_glue = pytest.mark.skipif(
@@ -430,14 +428,14 @@ def test_grid_skip_finished_and_retry_failed(tmp_path, monkeypatch):
             raise RuntimeError("out of memory")
         return fake_results(run.task, 0.5)
 
-    monkeypatch.setattr(sweep, "_run_inprocess", fake_run)
+    monkeypatch.setattr(sweep.launch, "_run_inprocess", fake_run)
     counts = sweep.execute(runs)
     assert counts == {"done": 0, "ok": 15, "failed": 3, "elsewhere": 0} and len(calls) == 18
     failed = Path(runs[0].args["output_dir"]).parents[1] / "ft" / "seed3" / "error.txt"
     assert "out of memory" in failed.read_text()
 
     calls.clear()
-    monkeypatch.setattr(sweep, "_run_inprocess", lambda run: calls.append(run.name) or fake_results(run.task, 0.5))
+    monkeypatch.setattr(sweep.launch, "_run_inprocess", lambda run: calls.append(run.name) or fake_results(run.task, 0.5))
     assert sweep.execute(runs) == {"done": 15, "ok": 3, "failed": 0, "elsewhere": 0}
     assert sorted(calls) == sorted(r.name for r in runs if r.seed == 3 and r.method == "ft")
     assert not failed.exists()
@@ -460,25 +458,25 @@ def test_two_sweep_processes_share_a_grid(tmp_path, monkeypatch, capsys):
         locks = {held: f"{host} {other.pid}", stale: f"{host} {dead.pid}", remote: f"not-{host} {dead.pid}"}
         for folder, text in locks.items():
             folder.mkdir(parents=True)
-            (folder / sweep.LOCK_FILE).write_text(text)
+            (folder / sweep.launch.LOCK_FILE).write_text(text)
         calls = []
 
         def fake_run(run):  # while the first run trains, another process finishes the last one
             calls.append(run.name)
-            assert (Path(run.args["output_dir"]) / sweep.LOCK_FILE).read_text() == f"{host} {os.getpid()}"
+            assert (Path(run.args["output_dir"]) / sweep.launch.LOCK_FILE).read_text() == f"{host} {os.getpid()}"
             if run is runs[0]:
                 last = Path(runs[4].args["output_dir"])
                 last.mkdir(parents=True)
                 (last / sweep.RESULT_FILE).write_text("{}")
             return fake_results(run.task, 0.5)
 
-        monkeypatch.setattr(sweep, "_run_inprocess", fake_run)
+        monkeypatch.setattr(sweep.launch, "_run_inprocess", fake_run)
         assert sweep.execute(runs) == {"done": 0, "ok": 2, "failed": 0, "elsewhere": 3}
         assert calls == [runs[0].name, runs[2].name]
         for folder in (held, remote):  # still the other processes'
-            assert (folder / sweep.LOCK_FILE).read_text() == locks[folder]
-        assert not (stale / sweep.LOCK_FILE).exists() and (stale / sweep.RESULT_FILE).is_file()
-        assert not (Path(runs[0].args["output_dir"]) / sweep.LOCK_FILE).exists()
+            assert (folder / sweep.launch.LOCK_FILE).read_text() == locks[folder]
+        assert not (stale / sweep.launch.LOCK_FILE).exists() and (stale / sweep.RESULT_FILE).is_file()
+        assert not (Path(runs[0].args["output_dir"]) / sweep.launch.LOCK_FILE).exists()
         notes = capsys.readouterr().err
         assert f"running in process {other.pid}" in notes and f"running on not-{host}" in notes
         assert "finished elsewhere" in notes
@@ -517,17 +515,18 @@ def test_aggregation_table(tmp_path):
 
 
 def test_aggregation_of_a_lora_only_sweep_compares_with_plain_lora(tmp_path):
-    """With lora: [true] every method is '<name>+lora', so the baseline is 'ft+lora' (it once printed no
-    difference at all)."""
+    """With lora: [true] every run has lora True and the baseline is the LoRA ft run (it once printed no difference
+    at all); LoRA is a column of the tables, not a suffix of the method names."""
     config = sweep_config(tmp_path) | {"lora": [True], "tasks": {"rte": {"fractions": [0.1]}}}
     scores = {"ft": [0.50, 0.55, 0.60], "tempbalance": [0.54, 0.56, 0.65]}
     write_fake_runs(config, scores)
     table = sweep.aggregate(config)
     p = ttest_rel(scores["tempbalance"], scores["ft"]).pvalue
-    assert "| tempbalance+lora − ft+lora (p; wins:losses) |" in table.splitlines()[0]
-    assert table.splitlines()[2].endswith(f"| +3.33 ({p:.2f}; 3:0) |")
+    head = table.splitlines()[0]
+    assert "| LoRA |" in head and "| tempbalance − ft (p; wins:losses) |" in head
+    assert "| yes |" in table.splitlines()[2] and table.splitlines()[2].endswith(f"| +3.33 ({p:.2f}; 3:0) |")
     summary_md = (Path(config["output_dir"]) / "summary.md").read_text()
-    assert "Pooled per model" in summary_md and "| tempbalance+lora | 1 | 3 |" in summary_md
+    assert "Pooled per model" in summary_md and "| yes | 0.1 (fraction) | tempbalance | 1 | 3 |" in summary_md
 
 
 def test_shards_split_the_grid(tmp_path, capsys):

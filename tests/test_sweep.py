@@ -1,4 +1,4 @@
-"""recipes/sweep.py: config checks before the first run, sizes other than fractions, custom-file tasks, one failing
+"""recipes.sweep: config checks before the first run, sizes other than fractions, custom-file tasks, one failing
 run among finished ones, plain progress lines, the plot, and workers that die with their parent."""
 
 from __future__ import annotations
@@ -20,9 +20,7 @@ import transformers as tf
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "recipes"))
-sys.path.insert(0, str(ROOT / "recipes" / "glue"))
-import sweep  # noqa: E402
+from recipes import sweep
 
 WORDS = "a good bad film movie fine awful great".split()
 
@@ -99,7 +97,7 @@ def test_shard_with_aggregate_only(tmp_path, capsys):
     ],
 )
 def test_bad_config_is_refused_before_the_first_run(tmp_path, capsys, monkeypatch, overrides, message):
-    monkeypatch.setattr(sweep, "_run_inprocess", lambda run: pytest.fail(f"{run.name} ran"))
+    monkeypatch.setattr(sweep.launch, "_run_inprocess", lambda run: pytest.fail(f"{run.name} ran"))
     with pytest.raises(SystemExit) as exit_:
         sweep.main([write_config(tmp_path, glue_config(tmp_path, **overrides))])
     assert exit_.value.code == 2
@@ -112,7 +110,7 @@ def test_failed_runs_and_nothing_written_are_reported_truthfully(tmp_path, capsy
     def fail(run):
         raise RuntimeError("no data")
 
-    monkeypatch.setattr(sweep, "_run_inprocess", fail)
+    monkeypatch.setattr(sweep.launch, "_run_inprocess", fail)
     assert sweep.main([write_config(tmp_path, glue_config(tmp_path))]) == 1
     out = capsys.readouterr().out
     assert "Results in" not in out and "nothing written" in out
@@ -236,8 +234,8 @@ def test_results_csv_has_whole_best_epochs(tmp_path):
     (Path(run.args["output_dir"]) / sweep.RESULT_FILE).write_text(json.dumps(record))  # a record from before sizes
     sweep.aggregate(config)
     text = (tmp_path / "out" / "results.csv").read_text().splitlines()
-    assert text[0].startswith("model,task,fraction,method,seed,metric,n_train,n_eval,best,final,best_epoch")
-    assert text[1].startswith(",rte,0.1,ft,1,accuracy,249,277,0.6,0.5,2,")  # a record without args: no model
+    assert text[0].startswith("model,task,fraction,lora,method,seed,metric,n_train,n_eval,best,final,best_epoch")
+    assert text[1].startswith(",rte,0.1,False,ft,1,accuracy,249,277,0.6,0.5,2,")  # a record without args: no model
 
 
 # --------------------------------------------------------------------------------------------------
@@ -265,8 +263,8 @@ def test_sigkill_of_the_workers_parent_ends_its_workers_and_their_runs(tmp_path)
     config = glue_config(tmp_path, methods=["ft"], seeds=[1], launcher=f"{sys.executable} {sleeper}")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     parent = subprocess.Popen(
-        [sys.executable, str(ROOT / "recipes" / "sweep.py"), write_config(tmp_path, config), "--workers", "2"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+        [sys.executable, "-m", "recipes.sweep", write_config(tmp_path, config), "--workers", "2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT,
     )  # fmt: skip
     pid_files = [Path(r.args["output_dir"]) / "pids" for r in sweep.expand_grid(config)]
     try:
@@ -343,7 +341,7 @@ def test_named_method_variants_map_to_run_glue_methods(tmp_path):
     ],
 )
 def test_bad_method_variants_are_refused(tmp_path, capsys, monkeypatch, overrides, message):
-    monkeypatch.setattr(sweep, "_run_inprocess", lambda run: pytest.fail(f"{run.name} ran"))
+    monkeypatch.setattr(sweep.launch, "_run_inprocess", lambda run: pytest.fail(f"{run.name} ran"))
     with pytest.raises(SystemExit) as exit_:
         sweep.main([write_config(tmp_path, variant_config(tmp_path, **overrides))])
     assert exit_.value.code == 2
@@ -378,7 +376,7 @@ def test_sign_counts_pooled_test_and_model_column(tmp_path):
     sweep.aggregate(config)
     out = Path(config["output_dir"])
     results = pd.read_csv(out / "results.csv")
-    assert list(results.columns[:6]) == ["model", "task", "shots_per_class", "method", "seed", "metric"]
+    assert list(results.columns[:7]) == ["model", "task", "shots_per_class", "lora", "method", "seed", "metric"]
     assert set(results["model"]) == {"mpnet-base"} and set(results["eval_split"]) == {"validation"}
     assert {"learning_rate", "epoch_scores"} <= set(results.columns)
 
@@ -460,11 +458,14 @@ def test_contrasts_pair_plain_with_plain_and_lora_with_lora(tmp_path):
         fake_record(run, score, score)
     sweep.aggregate(config)
     table = pd.read_csv(Path(config["output_dir"]) / "contrasts.csv")
-    pooled = table[(table["scope"] != "cell") & (table["score"] == "best")].set_index("contrast")
-    assert set(pooled.index) == {"tempbalance-mb − tempbalance-once", "tempbalance-mb+lora − tempbalance-once+lora"}
-    assert pooled.loc["tempbalance-mb − tempbalance-once", "diff_vs_baseline"] == pytest.approx(0.01)
-    assert pooled.loc["tempbalance-mb+lora − tempbalance-once+lora", "diff_vs_baseline"] == pytest.approx(0.03)
+    pooled = table[(table["scope"] != "cell") & (table["score"] == "best")].set_index("lora")
+    assert set(pooled["contrast"]) == {"tempbalance-mb − tempbalance-once"} and set(pooled.index) == {False, True}
+    assert pooled.loc[False, "diff_vs_baseline"] == pytest.approx(0.01)
+    assert pooled.loc[True, "diff_vs_baseline"] == pytest.approx(0.03)
     assert (pooled["n_pairs"] == 4).all()  # 2 tasks x 2 seeds, never a plain run paired with a LoRA one
+    results = pd.read_csv(Path(config["output_dir"]) / "results.csv")  # lora is a column, not a name suffix
+    assert set(results["method"]) == {"ft", "tempbalance-mb", "tempbalance-once"} and results["lora"].sum() == 12
+    assert "| LoRA |" in (Path(config["output_dir"]) / "summary.md").read_text()
 
 
 def test_pooled_scopes_per_size_and_unpaired_runs_left_out(tmp_path):
@@ -558,3 +559,103 @@ def test_holdout_curves_for_choosing_lr_and_epochs(tmp_path):
     text = (Path(config["output_dir"]) / "summary.md").read_text()
     assert "on the train_holdout split" in text
     assert "| mpnet-base | sst2 | 4 | ft-lr3x | 0.0003 | 2 | 60.0 | 75.0 | 90.0 | 90.0 (3) |" in text
+
+
+# --------------------------------------------------------------------------------------------------
+# A finished run is keyed by its settings: a changed config is never reused silently
+
+
+def _fake_results(run):
+    return {"main_metric": "accuracy", "best_eval_accuracy": 0.6 + 0.01 * run.seed, "eval_accuracy": 0.5,
+            "epoch_scores": [0.5], "train_samples": 8, "eval_samples": 10, "eval_split": "validation"}  # fmt: skip
+
+
+def test_a_changed_config_is_refused_then_redone_with_redo_changed(tmp_path, capsys, monkeypatch):
+    ran = []
+    monkeypatch.setattr(sweep.launch, "_run_inprocess", lambda run: ran.append(run.name) or _fake_results(run))
+    config = glue_config(tmp_path, methods=["ft"], seeds=[1], tasks={"rte": {"fractions": [0.1]}})
+    config["args"] |= {"learning_rate": 1e-4}
+    path = write_config(tmp_path, config)
+    assert sweep.main([path]) == 0 and ran == ["rte/frac0.1/ft/seed1"]
+    run = sweep.expand_grid(config)[0]
+    stored = json.loads((run.out / sweep.RESULT_FILE).read_text())
+    assert stored["key"] == run.key == sweep.run_key(stored["args"])
+    assert sweep.main([path]) == 0 and len(ran) == 1  # the same settings: skipped
+    # learning_rate changed in the config: the finished run is not reused, and the message says what changed
+    config["args"]["learning_rate"] = 2e-4
+    path = write_config(tmp_path, config)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        sweep.main([path])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(ran) == 1
+    assert "1 finished run(s) were made with other settings" in err
+    assert "rte/frac0.1/ft/seed1: learning_rate 0.0001 -> 0.0002" in err and "--redo-changed" in err
+    assert sweep.main([path, "--dry-run"]) == 0
+    assert "changed rte/frac0.1/ft/seed1  (learning_rate 0.0001 -> 0.0002)" in capsys.readouterr().out
+    # --aggregate-only reports only runs made with the config's settings, and says so
+    assert sweep.main([path, "--aggregate-only"]) == 0
+    assert "1 finished runs were made with other settings and are left out" in capsys.readouterr().out
+    assert not (tmp_path / "out" / "results.csv").exists()
+    # --redo-changed: run again, the old result kept aside
+    assert sweep.main([path, "--redo-changed"]) == 0 and len(ran) == 2
+    assert json.loads((run.out / "result.replaced.json").read_text())["args"]["learning_rate"] == 1e-4
+    assert json.loads((run.out / sweep.RESULT_FILE).read_text())["args"]["learning_rate"] == 2e-4
+    assert pd.read_csv(tmp_path / "out" / "results.csv")["learning_rate"].tolist() == [2e-4]
+
+
+def test_records_written_before_the_key_compare_their_arguments(tmp_path, monkeypatch):
+    config = glue_config(tmp_path, methods=["ft"], seeds=[1], tasks={"rte": {"fractions": [0.1]}})
+    run = sweep.expand_grid(config)[0]
+    fake_record(run, 0.6, 0.5)  # a record without "key", as committed studies have
+    assert sweep.status(run) == "done"
+    config["args"]["num_train_epochs"] = 7
+    assert sweep.status(sweep.expand_grid(config)[0]) == "changed"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(seeds=[1, 1]), r"'seeds' lists \[1\] more than once"),
+        (dict(lora=[False, False]), r"'lora' lists \[False\] more than once"),
+        (dict(tasks={"rte": {"fractions": [0.1, 0.1]}}), "fractions lists a size twice"),
+    ],
+)
+def test_duplicates_in_the_grid_are_refused(tmp_path, capsys, overrides, message):
+    with pytest.raises(SystemExit) as exit_:
+        sweep.main([write_config(tmp_path, glue_config(tmp_path, **overrides)), "--dry-run"])
+    assert exit_.value.code == 2 and re.search(message, capsys.readouterr().err)
+
+
+def test_output_dir_that_cannot_be_written_is_refused_before_the_first_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sweep.launch, "_run_inprocess", lambda run: pytest.fail(f"{run.name} ran"))
+    (tmp_path / "a_file").write_text("")
+    for out, message in ((tmp_path / "a_file", "is a file, not a folder"),
+                         (tmp_path / "a_file" / "sub", "cannot write in output_dir"),
+                         (Path("/proc/tb_hf_sweep_test"), "cannot write in output_dir")):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_:
+            sweep.main([write_config(tmp_path, glue_config(tmp_path, output_dir=str(out)))])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and message in err and "Traceback" not in err, err
+
+
+def test_flags_are_not_prefix_matched(tmp_path, capsys):
+    path = write_config(tmp_path, glue_config(tmp_path))
+    with pytest.raises(SystemExit) as exit_:
+        sweep.main([path, "--method", "ft", "--dry-run"])  # not --methods
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "unrecognized arguments: --method ft" in err and "did you mean --methods?" in err
+
+
+def test_workers_are_capped_at_the_runs_to_do(tmp_path, capsys, monkeypatch):
+    started = []
+    monkeypatch.setattr(sweep.launch, "start_workers", lambda argv, n: started.append(n) or [])
+    monkeypatch.setattr(sweep.launch, "_run_inprocess", _fake_results)
+    config = glue_config(tmp_path, methods=["ft"], tasks={"rte": {"fractions": [0.1]}}, seeds=[1, 2, 3])
+    path = write_config(tmp_path, config)
+    assert sweep.main([path, "--workers", "100"]) == 0
+    assert started == [3] and "3 runs to do, so 3 worker(s) instead of 100" in capsys.readouterr().err
+    fake_record(sweep.expand_grid(config)[0], 0.6, 0.5)
+    fake_record(sweep.expand_grid(config)[1], 0.6, 0.5)
+    assert sweep.main([path, "--workers", "4"]) == 0  # one run left: run here, no worker process
+    assert started == [3] and sweep.status(sweep.expand_grid(config)[2]) == "done"

@@ -85,9 +85,9 @@ step() {
         return
     fi
     echo "[minilm_gpu $((SECONDS - t0)) s] $* (workers $workers, $left s left)"
-    timeout -k 15 --signal=TERM "$left" python recipes/sweep.py "$@" --workers "$workers" > "$tmp/step.log" 2>&1
+    timeout -k 15 --signal=TERM "$left" python -m recipes.sweep "$@" --workers "$workers" > "$tmp/step.log" 2>&1
     tail -n 3 "$tmp/step.log"
-    timeout -k 5 120 python recipes/sweep.py "$1" --aggregate-only > "$tmp/aggregate.log" 2>&1 || tail -n 20 "$tmp/aggregate.log"
+    timeout -k 5 120 python -m recipes.sweep "$1" --aggregate-only > "$tmp/aggregate.log" 2>&1 || tail -n 20 "$tmp/aggregate.log"
     pack
 }
 

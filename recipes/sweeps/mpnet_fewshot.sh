@@ -10,7 +10,7 @@
 #   3. the other methods (tempbalance defaults, FARMS, LLRD).
 # WORKERS=1 runs one worker (leaves a core to another study, e.g. the SmolLM2 one).
 # Each step aggregates into results/mpnet-fewshot/ when it ends; in between, run
-#   python recipes/sweep.py recipes/sweeps/mpnet_fewshot.yaml --aggregate-only
+#   python -m recipes.sweep recipes/sweeps/mpnet_fewshot.yaml --aggregate-only
 # and commit results/mpnet-fewshot/ (the .gitignore keeps each run's result.json and history.jsonl only).
 set -u
 cd "$(dirname "$0")/../.."
@@ -23,8 +23,8 @@ config=recipes/sweeps/mpnet_fewshot.yaml
 core=ft,tempbalance-mb,tempbalance-once,tempbalance-permuted
 workers=${WORKERS:-2}
 python scripts/prepare_mpnet.py || exit 1
-nice -n 10 python recipes/sweep.py "$config" --workers "$workers" --methods ft,tempbalance-mb --sizes 16
-nice -n 10 python recipes/sweep.py "$config" --workers "$workers" --methods "$core" --sizes 16
-nice -n 10 python recipes/sweep.py "$config" --workers "$workers" --methods ft,tempbalance-mb --sizes 64 --tasks sst2,mrpc,rte
-nice -n 10 python recipes/sweep.py "$config" --workers "$workers" --methods "$core"
-nice -n 10 python recipes/sweep.py "$config" --workers "$workers"
+nice -n 10 python -m recipes.sweep "$config" --workers "$workers" --methods ft,tempbalance-mb --sizes 16
+nice -n 10 python -m recipes.sweep "$config" --workers "$workers" --methods "$core" --sizes 16
+nice -n 10 python -m recipes.sweep "$config" --workers "$workers" --methods ft,tempbalance-mb --sizes 64 --tasks sst2,mrpc,rte
+nice -n 10 python -m recipes.sweep "$config" --workers "$workers" --methods "$core"
+nice -n 10 python -m recipes.sweep "$config" --workers "$workers"

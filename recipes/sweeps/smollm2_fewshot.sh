@@ -6,7 +6,7 @@
 #   0. the learning-rate selection on held-out training examples (recipes/sweeps/smollm2_fewshot_select.yaml);
 #   1. FT against TempBalance-MB on SST-2, then on RTE (recipes/sweeps/smollm2_fewshot.yaml), seed by seed;
 #   2. the frozen-profile control (tempbalance-once).
-# In between: python recipes/sweep.py recipes/sweeps/smollm2_fewshot.yaml --aggregate-only, and commit
+# In between: python -m recipes.sweep recipes/sweeps/smollm2_fewshot.yaml --aggregate-only, and commit
 # results/smollm2-fewshot/.
 set -u
 cd "$(dirname "$0")/../.."
@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 workers=${WORKERS:-1}
 python scripts/prepare_smollm2.py || exit 1
-nice -n 10 python recipes/sweep.py recipes/sweeps/smollm2_fewshot_select.yaml --workers "$workers"
+nice -n 10 python -m recipes.sweep recipes/sweeps/smollm2_fewshot_select.yaml --workers "$workers"
 config=recipes/sweeps/smollm2_fewshot.yaml
-nice -n 10 python recipes/sweep.py "$config" --workers "$workers" --methods ft,tempbalance-mb
-nice -n 10 python recipes/sweep.py "$config" --workers "$workers"
+nice -n 10 python -m recipes.sweep "$config" --workers "$workers" --methods ft,tempbalance-mb
+nice -n 10 python -m recipes.sweep "$config" --workers "$workers"

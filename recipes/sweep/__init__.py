@@ -1,0 +1,79 @@
+"""Sweeps over tasks × training-set sizes × seeds × methods (× LoRA on/off) with recipes/glue/run_glue.py.
+
+Run from the repository root: ``python -m recipes.sweep CONFIG``.
+
+One YAML file describes the grid (see recipes/sweeps/*.yaml; each starts with the command that runs it). A task
+is a GLUE task or ``rotten_tomatoes`` by name, or your own files (a task entry with ``train_file``,
+``validation_file``, ``text_columns`` and ``label_column``); its training-set sizes are ``fractions``,
+``shots_per_class`` or ``max_train_samples`` (a list, per task or at the top level). Every run gets its own folder
+``<output_dir>/runs/<task>/<size>/<method>[-lora]/seed<s>/`` (``<size>``: ``frac0.01``, ``shots16`` or ``n500``)
+holding the recipe's outputs and ``result.json``, written only when the run succeeded, with the run's resolved
+arguments and their key (a hash of them). The config and every run's arguments are checked before the first run.
+Re-running the sweep skips runs that have ``result.json`` for the same arguments and retries the others (a failed
+run leaves ``error.txt``); a finished run whose arguments have changed in the config since is never reused: the sweep
+stops before the first run and names the settings that changed (``--redo-changed`` runs them again). Then the
+results of the grid's runs are aggregated:
+
+* ``<output_dir>/results.csv``: one row per run (the size, ``lora``, ``n_train``, ``n_eval``, best- and final-
+  evaluation scores, best evaluation, wall time, TempBalance's recompute interval ``tb_interval``);
+* ``<output_dir>/summary.csv`` and ``summary.md``: best- and final-epoch scores, mean ± std over seeds per task,
+  size and method, and each method's difference to the baseline with a paired t-test over seeds
+  (``scipy.stats.ttest_rel``);
+* ``<output_dir>/scores.png``: the metric at each training-set size, one panel per task, one line per method.
+
+Usage:
+
+```bash
+python -m recipes.sweep recipes/sweeps/default.yaml              # the built-in default (bash scripts/run.sh)
+python -m recipes.sweep recipes/sweeps/minilm_glue_small.yaml    # MiniLM on five GLUE tasks, local files
+python -m recipes.sweep recipes/sweeps/roberta_glue.yaml         # roberta-base with the Hub, the paper's grid
+python -m recipes.sweep recipes/sweeps/default.yaml --aggregate-only
+python -m recipes.sweep recipes/sweeps/default.yaml --dry-run    # list the runs and whether they are done
+python -m recipes.sweep recipes/sweeps/default.yaml --workers 2  # 2 single-threaded processes, then aggregate
+python -m recipes.sweep recipes/sweeps/default.yaml --shard 1/4  # the first quarter of the grid (e.g. per machine)
+python -m recipes.sweep recipes/sweeps/mpnet_fewshot.yaml --methods ft,tempbalance-mb --sizes 16  # part of the grid
+```
+
+A method is one of run_glue's ``--method`` choices (``ft``, ``tempbalance``, ``llrd``) or a named variant whose
+``method_args`` entry says which, e.g. ``tempbalance-once: {method: tempbalance, tb_update_steps: once}`` or
+``ft-lr1e-4: {method: ft, learning_rate: 1.0e-4}``; the name is the run folder's and the results' method.
+``summary.md`` also pools each method − baseline per model over every (task, size, seed) pair (paired t-test and
+sign count), compares other pairs of methods the same way where the config lists them (``contrasts: ["tempbalance
+vs llrd"]``, also in ``contrasts.csv``) and, for TempBalance runs, compares the spread of block α at step 0 with
+its run-to-run noise.
+
+Runs go in-process by default (``launcher: inprocess``, no start-up cost per run); ``launcher: python`` starts
+each in its own process and ``launcher: accelerate launch --num_processes 2 --multi_gpu`` under accelerate.
+
+Several sweep processes may work on one grid at once (a second one started later on a free core, or machines that
+share the folder): each run is claimed with a ``running.lock`` file holding its host and process id, a run another
+live process holds or has finished is skipped, and a lock left by a killed process of this machine is taken over.
+
+The package: `recipes.sweep.grid` (config -> runs), `recipes.sweep.launch` (what is done, claims, launchers, workers),
+`recipes.sweep.results` (finished runs -> tables), `recipes.sweep.stats` (paired tests, pooled, contrasts, curves,
+α spread), `recipes.sweep.report` (markdown, plot, the files) and `recipes.sweep.cli` (the command).
+"""
+
+from .cli import main
+from .grid import (
+    RESULT_FILE,
+    SIZES,
+    Run,
+    contrasts,
+    expand_grid,
+    load_config,
+    recipe_method,
+    run_key,
+    select_runs,
+    validate,
+)
+from .launch import execute, is_done, status
+from .report import aggregate, markdown_table, plot_scores
+from .results import collect, collect_alpha
+from .stats import alpha_spread, contrast_frame, curves, pooled, summarize
+
+__all__ = [
+    "RESULT_FILE", "SIZES", "Run", "aggregate", "alpha_spread", "collect", "collect_alpha", "contrast_frame",
+    "contrasts", "curves", "execute", "expand_grid", "is_done", "load_config", "main", "markdown_table",
+    "plot_scores", "pooled", "recipe_method", "run_key", "select_runs", "status", "summarize", "validate",
+]  # fmt: skip

@@ -1,0 +1,300 @@
+"""The sweep's grid: a YAML config -> the runs it defines (task × size × seed × method × LoRA), each with the exact
+run_glue arguments that define it, checked before the first run."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+RESULT_FILE = "result.json"
+
+
+@dataclass(frozen=True)
+class Size:
+    """One way to size the training subset: the YAML key listing the sizes, run_glue's flag, the results column
+    and the run folder prefix."""
+
+    yaml_key: str
+    flag: str
+    column: str
+    folder: str
+    label: str  # in tables and plots
+
+
+SIZES = {
+    size.column: size
+    for size in (
+        Size("fractions", "train_fraction", "fraction", "frac", "fraction"),
+        Size("shots_per_class", "shots_per_class", "shots_per_class", "shots", "shots per class"),
+        Size("max_train_samples", "max_train_samples", "max_train_samples", "n", "max train samples"),
+    )
+}
+CONFIG_KEYS = (
+    "output_dir", "launcher", "tasks", "seeds", "methods", "baseline", "contrasts", "lora", "lora_args", "args",
+    "method_args", *(size.yaml_key for size in SIZES.values()),
+)  # fmt: skip
+
+#: Run arguments that say where a run goes, not what it is: left out of its key.
+_NOT_DEFINING = ("output_dir",)
+
+
+def run_key(args: dict) -> str:
+    """What defines a run, as a short hash of its resolved run_glue arguments (all but ``output_dir``). A finished
+    run whose stored key differs from its config's was made with other settings (see `changed_settings`)."""
+    defining = {k: v for k, v in args.items() if k not in _NOT_DEFINING}
+    return hashlib.sha256(json.dumps(defining, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def changed_settings(old: dict, new: dict) -> dict[str, tuple]:
+    """The run arguments that differ between a finished run (``old``) and its config now (``new``):
+    name -> (old value, new value); missing values are None."""
+    names = [k for k in dict.fromkeys([*old, *new]) if k not in _NOT_DEFINING]
+    return {k: (old.get(k), new.get(k)) for k in names if old.get(k) != new.get(k)}
+
+
+@dataclass(frozen=True)
+class Run:
+    task: str
+    size_key: str  # "fraction", "shots_per_class" or "max_train_samples" (a key of SIZES)
+    size: float | int
+    method: str
+    lora: bool
+    seed: int
+    args: dict  # run_glue arguments
+
+    @property
+    def name(self) -> str:
+        size = f"{SIZES[self.size_key].folder}{self.size:g}"
+        return f"{self.task}/{size}/{self.method}{'-lora' if self.lora else ''}/seed{self.seed}"
+
+    @property
+    def fraction(self) -> float | None:
+        return self.size if self.size_key == "fraction" else None
+
+    @property
+    def out(self) -> Path:
+        return Path(self.args["output_dir"])
+
+    @property
+    def key(self) -> str:
+        return run_key(self.args)
+
+    def __hash__(self):
+        return hash(self.name)
+
+
+def load_config(path: str | Path) -> dict:
+    try:
+        with open(path) as f:
+            config = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"cannot read the sweep config {path}: {err}") from err
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: a sweep config is a mapping (see recipes/sweeps/default.yaml for the layout).")
+    missing = [k for k in ("output_dir", "tasks", "seeds", "methods") if k not in config]
+    if missing:
+        raise ValueError(f"{path}: missing keys {missing} (see recipes/sweeps/default.yaml for the layout).")
+    unknown = [k for k in config if k not in CONFIG_KEYS]
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {unknown}; a sweep config has {list(CONFIG_KEYS)}.")
+    return config
+
+
+def _sizes(task: str, task_cfg: dict, config: dict) -> tuple[Size, list]:
+    """The task's sizes (taken out of its entry) or else the top-level ones, checked."""
+    names = [size.yaml_key for size in SIZES.values()]
+    local = [k for k in names if k in task_cfg]
+    given, source = (local, task_cfg) if local else ([k for k in names if config.get(k) is not None], config)
+    if len(given) != 1:
+        raise ValueError(
+            f"Task {task!r}: give exactly one of {names} (in the task or at the top level), got {given or 'none'}."
+        )
+    size = next(s for s in SIZES.values() if s.yaml_key == given[0])
+    values = source[given[0]]
+    task_cfg.pop(given[0], None)
+    values = values if isinstance(values, list) else [values]
+    if size.column == "fraction":
+        ok = [isinstance(v, int | float) and not isinstance(v, bool) and 0 < v <= 1 for v in values]
+        need = "numbers in (0, 1] (0.01 = 1% of the training set)"
+    else:
+        ok = [isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values]
+        need = "whole numbers >= 1"
+    if not values or not all(ok):
+        raise ValueError(f"Task {task!r}: {size.yaml_key} must be a list of {need}, got {values}.")
+    if len(set(values)) != len(values):
+        raise ValueError(f"Task {task!r}: {size.yaml_key} lists a size twice: {values}.")
+    return size, values
+
+
+def _unique_list(config: dict, key: str, kind, example: str, what: str) -> list:
+    values = config.get(key)
+    if not isinstance(values, list) or not values or not all(isinstance(x, kind) for x in values):
+        raise ValueError(f"'{key}' must be a list of {what}, e.g. {example}, got {values!r}.")
+    if kind is int and any(isinstance(x, bool) for x in values):
+        raise ValueError(f"'{key}' must be a list of {what}, e.g. {example}, got {values!r}.")
+    twice = sorted({x for x in values if values.count(x) > 1})
+    if twice:
+        raise ValueError(f"'{key}' lists {twice} more than once: each would be the same run ({values!r}).")
+    return values
+
+
+def expand_grid(config: dict) -> list[Run]:
+    """The runs of a sweep config, in order task, size, seed, method, lora.
+
+    A task is a GLUE task or ``rotten_tomatoes`` by name, or any name with ``train_file``, ``validation_file``,
+    ``text_columns`` (and ``label_column``) in its entry: a custom task. Its sizes are one of ``fractions``,
+    ``shots_per_class`` or ``max_train_samples`` (a list, in the task or at the top level).
+    """
+    out_root = Path(config["output_dir"])
+    tasks = config["tasks"]
+    if isinstance(tasks, list):
+        tasks = {t: {} for t in tasks}
+    if not isinstance(tasks, dict) or not tasks:
+        raise ValueError("'tasks' must list task names, or map each task name to its settings.")
+    seeds = _unique_list(config, "seeds", int, "[13, 37, 43]", "whole numbers")
+    loras = _unique_list({"lora": config.get("lora", [False])}, "lora", bool, "[false, true]", "true/false")
+    for key in ("args", "method_args", "lora_args"):
+        if not isinstance(config.get(key) or {}, dict):
+            raise ValueError(f"'{key}' must map names to values, got {config[key]!r}.")
+    runs = []
+    for task, task_cfg in tasks.items():
+        if not isinstance(task_cfg or {}, dict):
+            raise ValueError(f"Task {task!r}: its entry must map settings to values, e.g. {{fractions: [0.1]}}.")
+        task_cfg = dict(task_cfg or {})
+        size, values = _sizes(task, task_cfg, config)
+        custom = "train_file" in task_cfg or "train_file" in (config.get("args") or {})
+        for value, seed, method, lora in itertools.product(values, seeds, config["methods"], loras):
+            args = ({} if custom else {"task_name": task}) | dict(config.get("args") or {}) | task_cfg
+            method_args = dict((config.get("method_args") or {}).get(method) or {})
+            recipe = method_args.pop("method", method)  # a named variant: its run_glue --method
+            args |= method_args
+            if lora:
+                args |= dict(config.get("lora_args") or {"lora_r": 8, "lora_alpha": 16})
+            args |= {s.flag: None for s in SIZES.values()}  # the sweep's size is the only one
+            args |= {size.flag: value, "method": recipe, "seed": seed}
+            value = float(value) if size.column == "fraction" else int(value)
+            run = Run(task, size.column, value, method, bool(lora), int(seed), args)
+            run.args["output_dir"] = str(out_root / "runs" / run.name)
+            runs.append(run)
+    return runs
+
+
+def contrasts(config: dict) -> list[tuple[str, str]]:
+    """The config's ``contrasts``: extra paired comparisons besides method − baseline, each ``"A vs B"`` (A − B,
+    e.g. ``"tempbalance-mb vs llrd"``: does TempBalance beat the stronger baseline, not only plain FT?). Raises
+    ValueError for anything else, or a method the sweep does not run."""
+    given = config.get("contrasts") or []
+    if not isinstance(given, list):
+        raise ValueError(f"'contrasts' is a list of 'A vs B' (A − B, both among the methods), got {given!r}.")
+    pairs = []
+    for item in given:
+        parts = item.split(" vs ") if isinstance(item, str) else []
+        names = [x.strip() for x in parts]
+        if len(names) != 2 or not all(names) or names[0] == names[1]:
+            raise ValueError(
+                f"contrast {item!r}: write 'A vs B' with two different methods, e.g. 'tempbalance vs llrd'."
+            )
+        unknown = [m for m in names if m not in config["methods"]]
+        if unknown:
+            raise ValueError(f"contrast {item!r}: {unknown} not among the methods {config['methods']}.")
+        pairs.append((names[0], names[1]))
+    return pairs
+
+
+def recipe_method(config: dict, name: str) -> str:
+    """The run_glue ``--method`` of a sweep method name: the ``method`` of its ``method_args`` entry (a named
+    variant, e.g. ``tempbalance-once: {method: tempbalance, tb_update_steps: once}``), else the name itself."""
+    entry = (config.get("method_args") or {}).get(name) or {}
+    return entry.get("method", name) if isinstance(entry, dict) else name
+
+
+def validate(config: dict, runs: list[Run]) -> None:
+    """Refuse a config that cannot run, before the first run: unknown methods, ``method_args`` for a method
+    that is not swept, a baseline that is not swept, and any run whose arguments run_glue's parser rejects
+    (parsed exactly as the run will be, without loading data or a model). Raises ValueError saying what to fix."""
+    from recipes.glue import run_glue
+
+    methods = config["methods"]
+    if not isinstance(methods, list) or not methods:
+        raise ValueError(f"'methods' must be a list of {list(run_glue.METHODS)}, got {methods!r}.")
+    bad_names = [m for m in methods if not isinstance(m, str) or not re.fullmatch(r"[A-Za-z0-9_.+-]+", m)]
+    if bad_names:
+        raise ValueError(
+            f"method names {bad_names} must be single words (letters, digits, - _ . +): they name folders."
+        )
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"'methods' lists a name twice: {methods}.")
+    unknown = [m for m in methods if recipe_method(config, m) not in run_glue.METHODS]
+    if unknown:
+        raise ValueError(
+            f"methods {unknown} are unknown; run_glue's methods are {list(run_glue.METHODS)}. A named variant gives "
+            f"its run_glue method in method_args, e.g. method_args: {{{unknown[0]}: {{method: tempbalance, "
+            "tb_update_steps: once}}."
+        )
+    extra = [m for m in (config.get("method_args") or {}) if m not in methods]
+    if extra:
+        raise ValueError(f"method_args has {extra}, which are not among the methods {methods}: fix or drop them.")
+    baseline = config.get("baseline", "ft")
+    if baseline not in methods:
+        raise ValueError(f"baseline {baseline!r} is not among the methods {methods}.")
+    parser = run_glue.make_parser(raise_errors=True)
+    problems: dict[str, list[str]] = {}
+    for run in runs:
+        try:
+            run_glue.parse_args(run_glue.config_to_argv(run.args), parser)
+        except ValueError as err:
+            problems.setdefault(str(err), []).append(run.name)
+    if problems:
+        lines = [f"{msg} (in {len(names)} run(s), e.g. {names[0]})" for msg, names in problems.items()]
+        raise ValueError("run_glue would refuse these runs' arguments:\n  " + "\n  ".join(lines[:5]))
+
+
+def select_runs(
+    config: dict, runs: list[Run], methods: str | None, sizes: str | None, tasks: str | None = None
+) -> list[Run]:
+    """The runs of the ``--methods``, ``--sizes`` and ``--tasks`` filters (comma-separated; None keeps all), in grid
+    order, except that ``--tasks`` also sets the order of the tasks (the cheap ones first, say). A name or size that
+    the config does not have raises ValueError."""
+    if methods is not None:
+        wanted = [m.strip() for m in methods.split(",") if m.strip()]
+        unknown = [m for m in wanted if m not in config["methods"]]
+        if unknown or not wanted:
+            raise ValueError(f"--methods {methods!r}: the config's methods are {config['methods']}.")
+        runs = [r for r in runs if r.method in wanted]
+    if sizes is not None:
+        have = list(dict.fromkeys(f"{r.size:g}" for r in runs))
+        wanted = [x.strip() for x in sizes.split(",") if x.strip()]
+        try:
+            wanted = [f"{float(x):g}" for x in wanted]
+        except ValueError:
+            wanted = []
+        unknown = [x for x in wanted if x not in have]
+        if unknown or not wanted:
+            raise ValueError(f"--sizes {sizes!r}: the config's sizes are {have} (numbers, comma-separated).")
+        runs = [r for r in runs if f"{r.size:g}" in wanted]
+    if tasks is not None:
+        wanted = list(dict.fromkeys(t.strip() for t in tasks.split(",") if t.strip()))
+        unknown = [t for t in wanted if t not in config["tasks"]]
+        if unknown or not wanted:
+            raise ValueError(f"--tasks {tasks!r}: the config's tasks are {list(config['tasks'])}.")
+        runs = sorted((r for r in runs if r.task in wanted), key=lambda r: wanted.index(r.task))
+    return runs
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` -> (K, N) with 1 <= K <= N; ValueError saying so otherwise."""
+    try:
+        k, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        k = n = 0
+    if not 1 <= k <= n:
+        raise ValueError(
+            f"--shard takes K/N with 1 <= K <= N (part K of N: 1/2 and 2/2 split a sweep in two), got {text!r}."
+        )
+    return k, n
