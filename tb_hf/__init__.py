@@ -13,7 +13,9 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "apply_factors": "balancing",
+    "apply_wd_factors": "balancing",
     "compute_factors": "balancing",
+    "compute_wd_factors": "balancing",
     "unit_metrics": "balancing",
     "TempBalanceCallback": "callback",
     "TempBalanceConfig": "config",
@@ -54,8 +56,10 @@ __all__ = [
     "Unit",
     "analyze",
     "apply_factors",
+    "apply_wd_factors",
     "build_param_groups",
     "compute_factors",
+    "compute_wd_factors",
     "create_tempbalance_optimizer",
     "esd",
     "farms_esd",
@@ -81,7 +85,7 @@ def __dir__():
 
 
 if TYPE_CHECKING:
-    from .balancing import apply_factors, compute_factors, unit_metrics
+    from .balancing import apply_factors, apply_wd_factors, compute_factors, compute_wd_factors, unit_metrics
     from .callback import TempBalanceCallback
     from .config import TempBalanceConfig
     from .engine import PassResult, SpectralEngine

@@ -6,10 +6,12 @@ Data flows one way (``../shared/docs/ALGORITHM.md``, section 5)::
 
 * `unit_metrics` averages a spectral metric (α by default) over the fitted matrices of each unit;
   `unit_alpha_se` is the standard error of that mean α from the fits themselves.
-* `compute_factors` maps the metrics to learning-rate factors: ``"linear"`` (TempBalance) or ``"sigmoid"``
-  (Model Balancing). Both give higher factors to higher α. Units without a finite metric keep factor 1.
+* `compute_factors` maps the metrics to learning-rate factors: ``"linear"`` (TempBalance), ``"sigmoid"`` (Model
+  Balancing) or ``"se"`` (differences in units of α's standard error). All give higher factors to higher α. Units
+  without a finite metric keep factor 1. `compute_wd_factors` maps α to weight-decay ratios (AlphaDecay).
 * `apply_factors` writes the factors into the optimizer's param groups so that, under the Trainer's
-  ordinary schedule, a unit's learning rate is ``tb_base_lr × factor × schedule(t)``.
+  ordinary schedule, a unit's learning rate is ``tb_base_lr × factor × schedule(t)``; `apply_wd_factors` sets a
+  unit's weight decay to ``tb_base_wd × ratio``.
 
 The first two are pure functions of plain mappings; only `apply_factors` touches torch objects.
 """
@@ -25,12 +27,21 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from transformers.utils import logging
 
-from .options import MAPPINGS, METRICS, check_factor_options
+from .options import MAPPINGS, METRICS, check_factor_options, check_range
 from .spectral import LayerSpectrum, MatrixKey
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["MAPPINGS", "METRICS", "apply_factors", "compute_factors", "unit_alpha_se", "unit_metrics"]
+__all__ = [
+    "MAPPINGS",
+    "METRICS",
+    "apply_factors",
+    "apply_wd_factors",
+    "compute_factors",
+    "compute_wd_factors",
+    "unit_alpha_se",
+    "unit_metrics",
+]
 
 
 class _UnitLike(Protocol):
@@ -149,6 +160,33 @@ def _sigmoid_factors(fitted: Mapping[str, float], tau: float, s_low: float, s_hi
     return out
 
 
+def _se_factors(
+    fitted: Mapping[str, float], alpha_se: Mapping[str, float], lr_min: float, lr_max: float, threshold: float
+) -> dict[str, float]:
+    """The standard-error map: see `compute_factors`."""
+    n = len(fitted)
+    mean = math.fsum(fitted.values()) / n
+    ses = {name: float(alpha_se.get(name, math.nan)) for name in fitted}
+    if n < 2 or not all(math.isfinite(v) and v >= 0 for v in ses.values()):
+        bad = [name for name, v in ses.items() if not (math.isfinite(v) and v >= 0)]
+        if bad:
+            logger.warning(
+                f"TempBalance: tb_mapping='se' needs every fitted unit's standard error of alpha; {bad} have none, "
+                "so every unit keeps factor 1 in this update."
+            )
+        return dict.fromkeys(fitted, 1.0)
+    total = math.fsum(v * v for v in ses.values())
+    out = {}
+    for name, value in fitted.items():
+        # Var(α_u − ᾱ) with independent fits: se_u²·(1 − 1/n)² + Σ_{v≠u} se_v² / n²
+        var = ses[name] ** 2 * (1 - 1 / n) ** 2 + (total - ses[name] ** 2) / n**2
+        z = (value - mean) / math.sqrt(var) if var > 0 else 0.0
+        excess = math.copysign(max(0.0, abs(z) - threshold), z)
+        phi = math.tanh(excess / threshold)
+        out[name] = 1.0 + phi * ((lr_max - 1.0) if phi >= 0 else (1.0 - lr_min))
+    return out
+
+
 def _normalized(factors: Mapping[str, float], weights: Mapping[str, float] | None) -> dict[str, float]:
     """Rescale ``factors`` so that their ``weights``-weighted mean is 1 (equal weights if None)."""
     if weights is None:
@@ -174,6 +212,8 @@ def compute_factors(
     tau: float = 10.0,
     s_low: float = 2.0,
     s_high: float = 1.0,
+    se_threshold: float = 2.0,
+    alpha_se: Mapping[str, float] | None = None,
     weights: Mapping[str, float] | None = None,
     normalize: bool = False,
 ) -> dict[str, float]:
@@ -187,6 +227,12 @@ def compute_factors(
     * ``"sigmoid"`` (Model Balancing's TB_Sigmoid): ``factor = 10^φ``, ``φ = s·(σ(τ·(α − ᾱ)) − 0.5)`` with ᾱ the
       mean α and ``s = s_low`` for α ≤ ᾱ, ``s_high`` above. Factors lie in ``(10^(−s_low/2), 10^(s_high/2))``
       and the unit at the mean gets 1. ``lr_min``/``lr_max`` do not apply.
+    * ``"se"`` (the standard-error map): α differences count in units of their standard error. With ᾱ the mean α
+      over the n fitted units and ``alpha_se`` the fits' standard errors (`unit_alpha_se`),
+      ``z = (α − ᾱ) / sd(α − ᾱ)``, ``sd² = se_u²·(1 − 1/n)² + Σ_{v≠u} se_v²/n²``; a unit within ``se_threshold``
+      (k) standard errors of the mean gets factor 1, and beyond it ``e = sign(z)·(|z| − k)``,
+      ``factor = 1 + tanh(e/k)·(lr_max − 1)`` above the mean and ``1 + tanh(e/k)·(1 − lr_min)`` below: factors lie
+      in ``(lr_min, lr_max)``, and two units whose α is within the noise of the mean get the same factor.
 
     Args:
         metrics: Unit name → metric (e.g. from `unit_metrics`); NaN/inf for units that could not be fitted.
@@ -194,6 +240,8 @@ def compute_factors(
         lr_min, lr_max: Factor range of the linear map (``0 < lr_min <= lr_max``).
         tau: Sigmoid temperature (> 0).
         s_low, s_high: Sigmoid scales below/above the mean (>= 0).
+        se_threshold: Standard-error map: the dead zone (and the scale beyond it), in standard errors.
+        alpha_se: Standard-error map: unit name → standard error of its α (required with ``mapping="se"``).
         weights: Unit name → weight for ``normalize`` (typically the unit's parameter count); equal weights
             if None.
         normalize: Rescale the fitted units' factors so that their weighted mean is exactly 1, keeping the
@@ -203,16 +251,36 @@ def compute_factors(
         Unit name → factor, in the order of ``metrics``.
     """
     _check_factor_options(mapping, lr_min, lr_max, tau, s_low, s_high)
+    if mapping == "se":
+        check_range("se_threshold", se_threshold, 0, 100, low_open=True)
     fitted = {name: float(value) for name, value in metrics.items() if math.isfinite(value)}
     factors: dict[str, float] = {}
     if fitted:
         if mapping == "linear":
             factors = _linear_factors(fitted, lr_min, lr_max)
-        else:
+        elif mapping == "sigmoid":
             factors = _sigmoid_factors(fitted, tau, s_low, s_high)
+        else:
+            if alpha_se is None:
+                raise ValueError("mapping='se' needs alpha_se (each unit's standard error of alpha)")
+            factors = _se_factors(fitted, alpha_se, lr_min, lr_max, se_threshold)
         if normalize:
             factors = _normalized(factors, weights)
     return {name: factors.get(name, 1.0) for name in metrics}
+
+
+def compute_wd_factors(
+    metrics: Mapping[str, float], *, wd_min_ratio: float = 0.5, wd_max_ratio: float = 1.5
+) -> dict[str, float]:
+    """Weight-decay ratio per unit (AlphaDecay, He et al., NeurIPS 2025): a linear map of α into
+    ``[wd_min_ratio, wd_max_ratio]``, so the unit with the highest α (the lightest-tailed spectrum) gets the most
+    weight decay and the lowest α the least; 1 for units that could not be fitted, and for all when every α is equal.
+    """
+    if not 0 <= wd_min_ratio <= wd_max_ratio:
+        raise ValueError(f"need 0 <= wd_min_ratio <= wd_max_ratio, got {wd_min_ratio} and {wd_max_ratio}")
+    fitted = {name: float(value) for name, value in metrics.items() if math.isfinite(value)}
+    ratios = _linear_factors(fitted, wd_min_ratio, wd_max_ratio) if fitted else {}
+    return {name: ratios.get(name, 1.0) for name in metrics}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -311,3 +379,18 @@ def apply_factors(optimizer, scheduler, factors: Mapping[str, float]) -> None:
             if last_lr is not None and i < len(last_lr):
                 _set_value(last_lr, i, float(group["lr"]))
         group["tb_factor"] = factor
+
+
+def apply_wd_factors(optimizer, factors: Mapping[str, float]) -> None:
+    """Give each unit's weight-decay groups the weight decay ``tb_base_wd × factor`` (`compute_wd_factors`); groups
+    without decay (biases, norms) and groups outside the units are left alone. The ratio in force is kept in the
+    group as ``tb_wd_factor`` (and the weight decay itself is saved with the optimizer, so resuming keeps both)."""
+    bad = {name: factor for name, factor in factors.items() if not (math.isfinite(factor) and factor >= 0)}
+    if bad:
+        raise ValueError(f"weight-decay factors must be finite and >= 0, got {bad}")
+    for group in optimizer.param_groups:
+        unit = group.get("tb_unit")
+        if unit is None or unit not in factors or not group.get("tb_base_wd"):
+            continue
+        _set_value(group, "weight_decay", float(group["tb_base_wd"]) * float(factors[unit]))
+        group["tb_wd_factor"] = float(factors[unit])

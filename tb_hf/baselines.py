@@ -24,31 +24,12 @@ import torch
 from transformers import Trainer
 from transformers.utils import logging
 
-from .layers import find_blocks
+from .layers import find_blocks, llrd_depths
 from .optim import grouped, trainer_decay_names
 
 __all__ = ["LLRDTrainer", "llrd_depths", "llrd_param_groups"]
 
 logger = logging.get_logger(__name__)
-
-
-def llrd_depths(model: torch.nn.Module) -> dict[str, int]:
-    """Depth from the top of every trainable parameter: 0 for the top block and the head, n for embeddings."""
-    blocks = [path for path, _ in find_blocks(model)]
-    n = len(blocks)
-    depth_of_block = {path: n - 1 - i for i, path in enumerate(blocks)}
-    depths: dict[str, int] = {}
-    seen_block = False
-    for name, param in model.named_parameters():
-        block = next((b for b in blocks if name.startswith(f"{b}.")), None)
-        if block is not None:
-            seen_block = True
-            depth = depth_of_block[block]
-        else:
-            depth = 0 if seen_block else n  # after the blocks: head/pooler/final norm; before: embeddings
-        if param.requires_grad:
-            depths[name] = depth
-    return depths
 
 
 def llrd_param_groups(

@@ -34,7 +34,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.utils import logging
 
-from .balancing import apply_factors, compute_factors
+from .balancing import apply_factors, apply_wd_factors, compute_factors, compute_wd_factors
 from .config import TempBalanceArguments, tb_arguments
 from .distributed import check_supported, deepspeed_config_sections, max_over_ranks
 from .engine import PassResult, SpectralEngine
@@ -119,6 +119,7 @@ class TempBalanceCallback(TrainerCallback):
         self.step_times: dict[int, float] = {}
         self.unit_weights: dict[str, float] = {}
         self.factors: dict[str, float] = {}
+        self.wd_factors: dict[str, float] = {}  # tb_balance='weight_decay' or 'both': each unit's weight-decay ratio
         self._pending_logs: dict[str, float] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._pending: dict | None = None  # async pass in flight: snapshot/apply steps, future or result
@@ -154,11 +155,18 @@ class TempBalanceCallback(TrainerCallback):
                 self._fix_interval(optimizer, self.rule_interval, why=f"tb_update_steps={self.tb.tb_update_steps}")
         else:  # resumed: factors, interval and any pass in flight come back with the optimizer's param groups
             self.factors = {g["tb_unit"]: g["tb_factor"] for g in optimizer.param_groups if g.get("tb_unit")}
+            self.wd_factors = {
+                g["tb_unit"]: g.get("tb_wd_factor", 1.0) for g in optimizer.param_groups if g.get("tb_unit")
+            }
             self.decided = "tb_interval" in group0
             self.interval, self.lag = group0.get("tb_interval"), group0.get("tb_lag", 0)
             self.pass_seconds = group0.get("tb_pass_seconds", math.nan)
             if group0.get("tb_pending") is not None:
-                self._pending = {**group0["tb_pending"], "factors": self._stored_pending_factors(optimizer)}
+                self._pending = {
+                    **group0["tb_pending"],
+                    "factors": self._stored_pending_factors(optimizer),
+                    "wd_factors": self._stored_pending_factors(optimizer, "tb_pending_wd_factor"),
+                }
         logger.info(
             f"TempBalance: {len(self.partition.units)} {self.tb.tb_unit} units, {self.tb.tb_xmin_method} xmin, "
             f"{self.tb.tb_estimator} ESD in {str(self.engine.options['dtype']).removeprefix('torch.')}, "
@@ -195,6 +203,8 @@ class TempBalanceCallback(TrainerCallback):
             for group in optimizer.param_groups:
                 if group.get("tb_unit") is not None:
                     group["tb_pending_factor"] = pending["factors"][group["tb_unit"]]
+                    if pending.get("wd_factors"):
+                        group["tb_pending_wd_factor"] = pending["wd_factors"][group["tb_unit"]]
 
     def on_train_end(self, args, state, control, **kwargs):
         if self._executor is not None:
@@ -220,7 +230,12 @@ class TempBalanceCallback(TrainerCallback):
         return time.perf_counter() - start
 
     def _decide(self, model, optimizer, state) -> None:
-        """Fix the 'auto' interval from the measured cost of the first pass and of a training step."""
+        """Fix the 'auto' interval from the measured cost of the first pass and of a training step (or, with
+        ``tb_auto_interval``, replay the interval a run recorded)."""
+        if self.tb.tb_auto_interval is not None:
+            why = f"tb_auto_interval={self.tb.tb_auto_interval} replays a recorded 'auto' decision, untimed"
+            self._fix_interval(optimizer, self.tb.tb_auto_interval, why=why, total_steps=state.max_steps)
+            return
         timed = sorted(self.step_times)
         if len(timed) >= 2:
             step_seconds = (self.step_times[timed[-1]] - self.step_times[timed[0]]) / (timed[-1] - timed[0])
@@ -282,16 +297,16 @@ class TempBalanceCallback(TrainerCallback):
     def _apply_pending(self, optimizer, lr_scheduler, args, state) -> None:
         self._resolve_pending()
         pending, self._pending = self._pending, None
-        apply_factors(optimizer, lr_scheduler, pending["factors"])
-        self.factors = pending["factors"]
+        self._apply(optimizer, lr_scheduler, pending)
         for group in optimizer.param_groups:
             group.pop("tb_pending_factor", None)
+            group.pop("tb_pending_wd_factor", None)
         optimizer.param_groups[0].pop("tb_pending", None)
         self._report(args, state, pending["apply_step"], pending, snapshot_step=pending["snapshot_step"])
 
     @staticmethod
-    def _stored_pending_factors(optimizer) -> dict[str, float]:
-        return {g["tb_unit"]: g["tb_pending_factor"] for g in optimizer.param_groups if "tb_pending_factor" in g}
+    def _stored_pending_factors(optimizer, key: str = "tb_pending_factor") -> dict[str, float]:
+        return {g["tb_unit"]: g[key] for g in optimizer.param_groups if key in g}
 
     # ------------------------------------------------------------------------------------------------
     # The update
@@ -306,15 +321,26 @@ class TempBalanceCallback(TrainerCallback):
     def _factors_of(self, result: PassResult | None) -> dict:
         units = self.partition.units
         metrics = result.metrics if result is not None else {u.name: math.nan for u in units}
-        factors = compute_factors(metrics, weights=self.unit_weights, **self.tb.factor_options())
+        alpha_se = result.alpha_se if result is not None else {}
+        factors = dict.fromkeys(metrics, 1.0)
+        if self.tb.balances_lr:
+            factors = compute_factors(
+                metrics, alpha_se=alpha_se, weights=self.unit_weights, **self.tb.factor_options()
+            )
+        wd_factors = {}
+        if self.tb.balances_wd:
+            alphas = result.alphas if result is not None else metrics
+            wd_factors = compute_wd_factors(alphas, **self.tb.wd_factor_options())
         if self.tb.tb_permute_factors:
             factors = self._permuted(factors, metrics)
+            wd_factors = self._permuted(wd_factors, metrics) if wd_factors else {}
         skipped = [name for name, value in metrics.items() if not math.isfinite(value)]
         if skipped and result is not None:
             why = {u.name: result.statuses(u) for u in units if u.name in skipped}
             logger.warning(f"TempBalance: {len(skipped)} unit(s) not fitted keep factor 1: {why}")
-        alpha_se = result.alpha_se if result is not None else {}
-        return {"metrics": metrics, "alpha_se": alpha_se, "factors": factors, "skipped": skipped}
+        return {
+            "metrics": metrics, "alpha_se": alpha_se, "factors": factors, "wd_factors": wd_factors, "skipped": skipped
+        }
 
     def _permuted(self, factors: Mapping[str, float], metrics: Mapping[str, float]) -> dict[str, float]:
         """tb_permute_factors: the fitted units' factors shuffled among them (seeded: the same every update)."""
@@ -327,13 +353,20 @@ class TempBalanceCallback(TrainerCallback):
         raises because of a fit: units that could not be fitted keep factor 1 and a warning names them."""
         start = time.perf_counter()
         outcome = self._factors_of(self._finish(lambda: self.engine.run(model), step))
-        apply_factors(optimizer, lr_scheduler, outcome["factors"])
-        self.factors = outcome["factors"]
+        self._apply(optimizer, lr_scheduler, outcome)
         outcome["seconds"] = time.perf_counter() - start
         if step == 0:
             self.pass_seconds = outcome["seconds"]
         self._report(args, state, step, outcome)
         return self.factors
+
+    def _apply(self, optimizer, lr_scheduler, outcome: Mapping) -> None:
+        """The factors of a pass into the optimizer: learning rates, and weight decays when they are balanced."""
+        apply_factors(optimizer, lr_scheduler, outcome["factors"])
+        self.factors = outcome["factors"]
+        if outcome.get("wd_factors"):
+            apply_wd_factors(optimizer, outcome["wd_factors"])
+            self.wd_factors = outcome["wd_factors"]
 
     def _report(self, args, state, step: int, outcome: Mapping, snapshot_step: int | None = None) -> None:
         metrics, factors, skipped = outcome["metrics"], outcome["factors"], outcome["skipped"]
@@ -342,6 +375,7 @@ class TempBalanceCallback(TrainerCallback):
             "tb/skipped_units": float(len(skipped)),
             **{f"tb/alpha/{name}": value for name, value in metrics.items()},
             **{f"tb/lr_scale/{name}": value for name, value in factors.items()},
+            **{f"tb/wd_scale/{name}": value for name, value in (outcome.get("wd_factors") or {}).items()},
         }
         if state.is_world_process_zero:
             epoch = step / self.steps_per_epoch if self.steps_per_epoch else (state.epoch or 0.0)
@@ -355,6 +389,7 @@ class TempBalanceCallback(TrainerCallback):
                 skipped,
                 snapshot_step,
                 alpha_se=outcome.get("alpha_se") or {},  # absent in a checkpoint written before it was recorded
+                wd_factors=outcome.get("wd_factors") or {},
             )
 
     def pop_pending_logs(self) -> dict[str, float]:
@@ -377,6 +412,14 @@ class TempBalanceCallback(TrainerCallback):
             )
 
     def _check_units(self, optimizer) -> None:
+        built = optimizer.param_groups[0].get("tb_llrd_decay", 1.0)
+        if built != self.tb.tb_llrd_decay:
+            raise ValueError(
+                f"The optimizer's groups follow a depth profile with llrd_decay={built}, but the TempBalance options "
+                f"say tb_llrd_decay={self.tb.tb_llrd_decay}: build the optimizer with the same decay "
+                f"(create_tempbalance_optimizer(..., llrd_decay={self.tb.tb_llrd_decay})) or pass "
+                f"llrd_decay={built} to the callback."
+            )
         in_optimizer = {g["tb_unit"] for g in optimizer.param_groups if g.get("tb_unit") is not None}
         expected = {u.name for u in self.partition.units}
         if in_optimizer != expected:
@@ -424,6 +467,7 @@ class TempBalanceCallback(TrainerCallback):
         skipped,
         snapshot_step=None,
         alpha_se: Mapping | None = None,
+        wd_factors: Mapping | None = None,
     ) -> None:
         if output_dir is None:
             return
@@ -439,6 +483,7 @@ class TempBalanceCallback(TrainerCallback):
             "factor": dict(factors),
             # standard error of each unit's α from the fits: how well α is known (seeds do not vary it at step 0)
             "alpha_se": {k: _finite_or_none(v) for k, v in (alpha_se or {}).items()},
+            **({"wd_factor": dict(wd_factors)} if wd_factors else {}),
         }
         with open(path, "a") as f:
             f.write(json.dumps(record) + "\n")

@@ -45,6 +45,7 @@ __all__ = [
     "Partition",
     "Unit",
     "find_blocks",
+    "llrd_depths",
     "lora_layers",
     "lora_weight",
     "partition_model",
@@ -163,6 +164,29 @@ def find_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
             "to balance: train it with the plain Trainer, or wrap its layers in an nn.ModuleList."
         )
     return blocks
+
+
+def llrd_depths(model: torch.nn.Module) -> dict[str, int]:
+    """Depth from the top of every trainable parameter: 0 for the top block and the head, n for embeddings.
+
+    Depth counts blocks (`find_blocks`, in model order, over every stack) from the last: block i of n has depth
+    n − 1 − i; a parameter before the first block (embeddings) has depth n, one after the last (pooler, final norm,
+    head) depth 0. Layer-wise lr decay gives a parameter of depth d the rate ``lr × decay^d``."""
+    blocks = [path for path, _ in find_blocks(model)]
+    n = len(blocks)
+    depth_of_block = {path: n - 1 - i for i, path in enumerate(blocks)}
+    depths: dict[str, int] = {}
+    seen_block = False
+    for name, param in model.named_parameters():
+        block = next((b for b in blocks if name.startswith(f"{b}.")), None)
+        if block is not None:
+            seen_block = True
+            depth = depth_of_block[block]
+        else:
+            depth = 0 if seen_block else n  # after the blocks: head/pooler/final norm; before: embeddings
+        if param.requires_grad:
+            depths[name] = depth
+    return depths
 
 
 # --------------------------------------------------------------------------------------------------

@@ -8,8 +8,9 @@ your own training loop::
 It needs no ``TrainingArguments``. For a `transformers.Trainer`, `optimizer_from_args` builds the optimizer
 that ``args.optim`` names over the same groups (what `tb_hf.TempBalanceTrainer` does).
 
-Every group carries ``tb_unit`` (None for the unscaled groups), ``tb_base_lr`` and ``tb_factor``; they survive
-``optimizer.state_dict()`` and so checkpoints. `tb_hf.balancing.apply_factors` scales the groups of a unit.
+Every group carries ``tb_unit`` (None for the unscaled groups), ``tb_base_lr``, ``tb_factor`` and ``tb_base_wd``;
+they survive ``optimizer.state_dict()`` and so checkpoints. `tb_hf.balancing.apply_factors` scales the groups of a
+unit.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Collection, Iterable
 import torch
 from torch import nn
 
-from .layers import Partition, partition_model
+from .layers import Partition, llrd_depths, partition_model
 
 __all__ = [
     "build_param_groups",
@@ -74,18 +75,26 @@ def build_param_groups(
     learning_rate: float,
     weight_decay: float,
     decay_parameter_names: Collection[str],
+    llrd_decay: float = 1.0,
 ) -> list[dict]:
     """Optimizer param groups: a weight-decay and a no-decay group per unit, and the same for the outside.
 
     The outside groups come first, so group 0 is unscaled and the Trainer's logged ``learning_rate`` (group
     0's) shows the base schedule; if nothing is outside, group 0 is an empty ``{"params": []}`` placeholder.
     Empty groups are otherwise omitted. Every group carries ``tb_unit`` (None outside the units),
-    ``tb_base_lr`` (= ``learning_rate``) and ``tb_factor`` (1.0).
+    ``tb_base_lr`` (its unscaled learning rate), ``tb_factor`` (1.0) and ``tb_base_wd`` (its weight decay).
+
+    With ``llrd_decay`` < 1 the groups also follow a depth profile (layer-wise lr decay, `tb_hf.layers.llrd_depths`):
+    a unit in a block of depth d (0 for the top block) has ``tb_base_lr = learning_rate × llrd_decay^d``, the
+    outside parameters are grouped by depth the same way (embeddings at depth n, the head at 0, shallowest first),
+    and TempBalance's factors multiply that profile. Group 0 then carries ``tb_llrd_decay``.
 
     Raises:
         ValueError: If a trainable parameter of the model is missing from the partition or appears twice in it
             (the partition is stale: recompute it after changing which parameters are trainable).
     """
+    if not 0 < llrd_decay <= 1:
+        raise ValueError(f"llrd_decay must be in (0, 1] (1: no depth profile), got {llrd_decay}")
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     names = [name for name in partition.params if name in trainable]
     missing = trainable - set(names)
@@ -96,10 +105,29 @@ def build_param_groups(
             f"after changing requires_grad): missing {sorted(missing)[:5]}, duplicated {duplicates[:5]}."
         )
     options = dict(learning_rate=learning_rate, weight_decay=weight_decay, decay_names=decay_parameter_names)
-    groups = grouped(model, [(_tb_keys(None, learning_rate), partition.outside)], **options)
+    depth = llrd_depths(model) if llrd_decay != 1 else {}
+
+    def keys(unit: str | None, d: int) -> dict:
+        lr = learning_rate * llrd_decay**d
+        return {**_tb_keys(unit, lr), "lr": lr}
+
+    if depth:  # the outside by depth, the shallowest (the head: the base schedule) first
+        by_depth: dict[int, list[str]] = {}
+        for name in partition.outside:
+            by_depth.setdefault(depth[name], []).append(name)
+        outside = [(keys(None, d), by_depth[d]) for d in sorted(by_depth)]
+    else:
+        outside = [(_tb_keys(None, learning_rate), partition.outside)]
+    groups = grouped(model, outside, **options)
     if not groups:
         groups = [{**_tb_keys(None, learning_rate), "params": [], "lr": learning_rate, "weight_decay": 0.0}]
-    groups += grouped(model, [(_tb_keys(u.name, learning_rate), u.params) for u in partition.units], **options)
+    groups += grouped(
+        model, [(keys(u.name, depth.get(u.params[0], 0)), u.params) for u in partition.units], **options
+    )
+    for group in groups:
+        group["tb_base_wd"] = group["weight_decay"]
+    if depth:
+        groups[0]["tb_llrd_decay"] = llrd_decay
     return groups
 
 
@@ -110,8 +138,10 @@ def tempbalance_param_groups(
     weight_decay: float = 0.0,
     unit: str = "block",
     decay_parameter_names: Collection[str] | None = None,
+    llrd_decay: float = 1.0,
 ) -> list[dict]:
-    """TempBalance's param groups for ``model``: per unit a decay and a no-decay group, the unscaled group first."""
+    """TempBalance's param groups for ``model``: per unit a decay and a no-decay group, the unscaled group first
+    (with ``llrd_decay`` < 1, on a layer-wise lr decay profile: see `build_param_groups`)."""
     from .distributed import check_supported
 
     check_supported(model)  # FSDP1's flat shards hide the blocks: say so instead of "no blocks found"
@@ -123,6 +153,7 @@ def tempbalance_param_groups(
         learning_rate=lr,
         weight_decay=weight_decay,
         decay_parameter_names=decay_parameter_names,
+        llrd_decay=llrd_decay,
     )
 
 
@@ -133,6 +164,7 @@ def create_tempbalance_optimizer(
     lr: float | None = None,
     weight_decay: float = 0.0,
     unit: str = "block",
+    llrd_decay: float = 1.0,
     **optimizer_kwargs,
 ) -> torch.optim.Optimizer:
     """An optimizer over TempBalance's per-unit param groups, peft-style: no ``TrainingArguments`` needed.
@@ -143,6 +175,7 @@ def create_tempbalance_optimizer(
         lr: Base learning rate of every group (TempBalance scales the units' groups by their factors).
         weight_decay: Weight decay of the decay groups (biases and norms get none, as in the Trainer).
         unit: ``"block"`` (one factor per transformer block) or ``"matrix"``.
+        llrd_decay: A layer-wise lr decay profile under the factors (``tb_llrd_decay``; 1: none).
         **optimizer_kwargs: Passed to ``optimizer_cls`` (``betas``, ``eps``, ...).
 
     Example:
@@ -167,7 +200,7 @@ def create_tempbalance_optimizer(
         return optimizer_from_args(model, args, tb_args)
     if optimizer_cls is None or lr is None:
         raise TypeError("create_tempbalance_optimizer(model, optimizer_cls, *, lr, ...) needs optimizer_cls and lr")
-    groups = tempbalance_param_groups(model, lr=lr, weight_decay=weight_decay, unit=unit)
+    groups = tempbalance_param_groups(model, lr=lr, weight_decay=weight_decay, unit=unit, llrd_decay=llrd_decay)
     return optimizer_cls(groups, lr=lr, **optimizer_kwargs)
 
 
@@ -176,7 +209,7 @@ def optimizer_from_args(
 ) -> torch.optim.Optimizer:
     """The optimizer that ``args.optim`` names (``TrainingArguments``) over TempBalance's param groups.
 
-    ``tb_args``: TempBalance options (for ``tb_unit``); default: those of ``args`` if it is a
+    ``tb_args``: TempBalance options (for ``tb_unit`` and ``tb_llrd_decay``); default: those of ``args`` if it is a
     `tb_hf.TempBalanceConfig`, else the defaults.
     """
     from transformers import Trainer
@@ -191,6 +224,7 @@ def optimizer_from_args(
         weight_decay=args.weight_decay,
         unit=tb.tb_unit,
         decay_parameter_names=decay_names,
+        llrd_decay=tb.tb_llrd_decay,
     )
     cls, kwargs = optimizer_cls_and_kwargs or Trainer.get_optimizer_cls_and_kwargs(args, model)
     if is_optimizer_factory(cls) or "params" in kwargs or "model" in kwargs:

@@ -14,6 +14,7 @@ import numbers
 from dataclasses import dataclass, field
 
 __all__ = [
+    "BALANCED",
     "ESTIMATORS",
     "FACTOR_RANGES",
     "LORA_AVERAGES",
@@ -34,8 +35,11 @@ UNIT_KINDS = ("block", "matrix")
 LORA_VIEWS = ("effective", "delta")
 #: Which matrices of a block set its α under LoRA: the "adapted" ones (Model Balancing) or "all".
 LORA_AVERAGES = ("adapted", "all")
-#: Maps from a unit's metric to its learning-rate factor.
-MAPPINGS = ("linear", "sigmoid")
+#: Maps from a unit's metric to its learning-rate factor: TempBalance's linear map, Model Balancing's sigmoid, and
+#: the standard-error map (α differences counted in units of their standard error, with a dead zone).
+MAPPINGS = ("linear", "sigmoid", "se")
+#: What the factors balance: the learning rate (TempBalance), the weight decay (AlphaDecay), or both.
+BALANCED = ("lr", "weight_decay", "both")
 #: `LayerSpectrum` fields that can drive the mapping (α is the paper's choice; the others are ablations).
 METRICS = ("alpha", "alpha_hat", "spectral_norm", "stable_rank")
 ESD_DTYPE_CHOICES = ("auto", "float32", "float64")
@@ -153,19 +157,62 @@ class TempBalanceArguments:
     tb_mapping: str = field(
         default="linear",
         metadata={
-            "help": "Metric -> factor: 'linear' (TempBalance, tb_lr_min..tb_lr_max) or 'sigmoid' (Model "
-            "Balancing's TB_Sigmoid, tb_sigmoid_*).",
+            "help": "Metric -> factor: 'linear' (TempBalance, tb_lr_min..tb_lr_max), 'sigmoid' (Model Balancing's "
+            "TB_Sigmoid, tb_sigmoid_*) or 'se' (alpha differences in units of their standard error, within "
+            "tb_lr_min..tb_lr_max; see tb_se_threshold).",
             "choices": list(MAPPINGS),
         },
     )
-    tb_lr_min: float = field(default=0.5, metadata={"help": "Linear map: factor of the lowest-alpha unit."})
-    tb_lr_max: float = field(default=1.5, metadata={"help": "Linear map: factor of the highest-alpha unit."})
+    tb_lr_min: float = field(
+        default=0.5, metadata={"help": "Linear map: factor of the lowest-alpha unit ('se' map: the lower bound)."}
+    )
+    tb_lr_max: float = field(
+        default=1.5, metadata={"help": "Linear map: factor of the highest-alpha unit ('se' map: the upper bound)."}
+    )
     tb_sigmoid_tau: float = field(default=10.0, metadata={"help": "Sigmoid map: temperature tau."})
     tb_sigmoid_s_low: float = field(
         default=2.0, metadata={"help": "Sigmoid map: scale below the mean alpha (factor >= 10^(-s_low/2))."}
     )
     tb_sigmoid_s_high: float = field(
         default=1.0, metadata={"help": "Sigmoid map: scale above the mean alpha (factor <= 10^(s_high/2))."}
+    )
+    tb_se_threshold: float = field(
+        default=2.0,
+        metadata={
+            "help": "Standard-error map (tb_mapping='se'): a unit whose alpha is within this many standard errors of "
+            "the mean alpha gets factor 1; beyond, its factor moves towards tb_lr_max (above) or tb_lr_min (below) as "
+            "tanh(excess / threshold)."
+        },
+    )
+    tb_llrd_decay: float = field(
+        default=1.0,
+        metadata={
+            "help": "Depth profile under the alpha factors (layer-wise lr decay): the unit in block b of L gets base "
+            "rate learning_rate * decay^(L-1-b), parameters before the first block decay^L, after the last 1, and "
+            "the alpha factor multiplies that. 1: no depth profile (TempBalance)."
+        },
+    )
+    tb_balance: str = field(
+        default="lr",
+        metadata={
+            "help": "What alpha balances: the learning rate ('lr', TempBalance), the weight decay ('weight_decay', "
+            "AlphaDecay: a unit's decay is weight_decay * a linear map of alpha into tb_wd_min_ratio.."
+            "tb_wd_max_ratio, more decay for higher alpha), or 'both'.",
+            "choices": list(BALANCED),
+        },
+    )
+    tb_wd_min_ratio: float = field(
+        default=0.5, metadata={"help": "Weight-decay balancing: ratio of the lowest-alpha unit's weight decay."}
+    )
+    tb_wd_max_ratio: float = field(
+        default=1.5, metadata={"help": "Weight-decay balancing: ratio of the highest-alpha unit's weight decay."}
+    )
+    tb_auto_interval: int | None = field(
+        default=None,
+        metadata={
+            "help": "Replay a tb_update_steps='auto' run exactly: use this interval (the one the run recorded as "
+            "tb_update_interval) instead of deciding it from timed steps. Only with tb_update_steps='auto'."
+        },
     )
     tb_normalize: bool = field(
         default=False,
@@ -217,6 +264,7 @@ class TempBalanceArguments:
             ("tb_mapping", MAPPINGS),
             ("tb_esd_dtype", ESD_DTYPE_CHOICES),
             ("tb_lora_average", LORA_AVERAGES),
+            ("tb_balance", BALANCED),
         ]:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -248,6 +296,24 @@ class TempBalanceArguments:
         check_range("tb_farms_aspect_ratio", self.tb_farms_aspect_ratio, 0, 100, low_open=True)
         if not isinstance(self.tb_farms_grid, int) or not 1 <= self.tb_farms_grid <= 64:
             raise ValueError(f"tb_farms_grid must be an integer in [1, 64], got {self.tb_farms_grid!r}")
+        check_range("tb_se_threshold", self.tb_se_threshold, 0, 100, low_open=True, why=" (standard errors)")
+        check_range("tb_llrd_decay", self.tb_llrd_decay, 0, 1, low_open=True, why=" (1: no depth profile)")
+        for name in ("tb_wd_min_ratio", "tb_wd_max_ratio"):
+            check_range(name, getattr(self, name), 0, 100, why=" (a multiple of weight_decay)")
+        if not self.tb_wd_min_ratio <= self.tb_wd_max_ratio:
+            raise ValueError(
+                f"tb_wd_min_ratio must be <= tb_wd_max_ratio, got {self.tb_wd_min_ratio} and {self.tb_wd_max_ratio}"
+            )
+        if self.tb_mapping == "se" and self.tb_metric != "alpha":
+            raise ValueError(
+                f"tb_mapping='se' counts alpha differences in units of alpha's standard error, so it needs "
+                f"tb_metric='alpha', got tb_metric={self.tb_metric!r}"
+            )
+        if self.tb_mapping == "se" and not self.tb_lr_min <= 1 <= self.tb_lr_max:
+            raise ValueError(
+                "tb_mapping='se' gives factor 1 to units within the noise, so it needs tb_lr_min <= 1 <= tb_lr_max, "
+                f"got {self.tb_lr_min} and {self.tb_lr_max}"
+            )
         if self.tb_estimator == "plain" and self.tb_farms_window is not None:
             raise ValueError("tb_farms_window is set but tb_estimator is 'plain': set tb_estimator='farms' too")
         if self.tb_xmin_method == "ks" and self.tb_xmin_pos != 2.0:
@@ -260,6 +326,16 @@ class TempBalanceArguments:
             raise ValueError(
                 f"tb_update_steps must be 'auto', 'once' or a positive integer, got {self.tb_update_steps!r}"
             )
+        if self.tb_auto_interval is not None:
+            if isinstance(self.tb_auto_interval, bool) or not isinstance(self.tb_auto_interval, int):
+                raise ValueError(f"tb_auto_interval must be a positive integer, got {self.tb_auto_interval!r}")
+            if self.tb_auto_interval < 1:
+                raise ValueError(f"tb_auto_interval must be a positive integer, got {self.tb_auto_interval!r}")
+            if self.tb_update_steps != "auto":
+                raise ValueError(
+                    "tb_auto_interval replays a tb_update_steps='auto' run; with tb_update_steps="
+                    f"{self.tb_update_steps!r} the interval is already fixed: drop tb_auto_interval"
+                )
 
     # Options in the form the library functions take them.
 
@@ -294,8 +370,21 @@ class TempBalanceArguments:
             tau=self.tb_sigmoid_tau,
             s_low=self.tb_sigmoid_s_low,
             s_high=self.tb_sigmoid_s_high,
+            se_threshold=self.tb_se_threshold,
             normalize=self.tb_normalize,
         )
+
+    def wd_factor_options(self) -> dict:
+        """Keyword arguments for `tb_hf.balancing.compute_wd_factors`: AlphaDecay's linear map of α."""
+        return dict(wd_min_ratio=self.tb_wd_min_ratio, wd_max_ratio=self.tb_wd_max_ratio)
+
+    @property
+    def balances_lr(self) -> bool:
+        return self.tb_balance in ("lr", "both")
+
+    @property
+    def balances_wd(self) -> bool:
+        return self.tb_balance in ("weight_decay", "both")
 
     def update_interval(self, steps_per_epoch: int | None) -> int | None:
         """Optimizer steps between two spectral updates before any budget: an integer as given, None for 'once',

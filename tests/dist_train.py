@@ -31,6 +31,7 @@ from tb_hf import (
     TempBalanceArguments,
     TempBalanceTrainer,
     compute_factors,
+    compute_wd_factors,
     partition_model,
     unit_matrices,
     unit_metrics,
@@ -177,6 +178,27 @@ def train(out: str) -> dict:
     auto = TempBalanceTrainer(model=model, args=args, train_dataset=dataset)
     auto.train()
     result["auto_interval"] = auto.tempbalance.interval
+    # Weight decay balanced with the learning rate (AlphaDecay + the 'se' map on a depth profile): every rank gets
+    # the same weight decays and learning rates, and the ratios a single process computes from the same α.
+    torch.manual_seed(0)
+    model = ARCHS["mixtral"][0]()
+    args = tiny_training_args(os.path.join(out, "balance"), max_steps=4, tb_unit="matrix", weight_decay=0.1,
+                              tb_balance="both", tb_mapping="se", tb_se_threshold=0.5, tb_llrd_decay=0.8)  # fmt: skip
+    balanced = TempBalanceTrainer(model=model, args=args, train_dataset=dataset)
+    decays = LrLog(key="weight_decay")
+    balanced.add_callback(decays)
+    balanced.train()
+    tb = balanced.tempbalance
+    tb.update(model, balanced.optimizer, balanced.lr_scheduler, args, balanced.state, step=100)  # the final weights
+    spectra = analyze(unit_matrices(model, tb.partition), **tb.tb.spectral_options())
+    result["balance"] = {
+        "weight_decays": decays.lrs,
+        "lrs": [g["lr"] for g in balanced.optimizer.param_groups],
+        "wd_factors": tb.wd_factors,
+        "reference_wd_factors": compute_wd_factors(
+            unit_metrics(spectra, tb.engine.metric_units()), **tb.tb.wd_factor_options()
+        ),
+    }
     result["async"] = {
         "lrs": lrs.lrs,
         "tb_factors": [g["tb_factor"] for g in trainer.optimizer.param_groups],
@@ -187,11 +209,12 @@ def train(out: str) -> dict:
 
 
 class LrLog(TrainerCallback):
-    def __init__(self):
+    def __init__(self, key: str = "lr"):
+        self.key = key
         self.lrs: list[list[float]] = []
 
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
-        self.lrs.append([g["lr"] for g in optimizer.param_groups])
+        self.lrs.append([g[self.key] for g in optimizer.param_groups])
 
 
 def fsdp2(out: str) -> dict:

@@ -9,7 +9,16 @@ import pytest
 import torch
 from transformers import get_scheduler
 
-from tb_hf.balancing import MAPPINGS, METRICS, apply_factors, compute_factors, unit_alpha_se, unit_metrics
+from tb_hf.balancing import (
+    MAPPINGS,
+    METRICS,
+    apply_factors,
+    apply_wd_factors,
+    compute_factors,
+    compute_wd_factors,
+    unit_alpha_se,
+    unit_metrics,
+)
 from tb_hf.spectral import LayerSpectrum, MatrixKey
 
 
@@ -167,20 +176,21 @@ def test_sigmoid_bounds_and_monotone():
 def test_normalize_weighted_mean_is_one(mapping):
     metrics = {"a": 2.0, "b": 3.5, "c": 5.0, "x": math.nan}
     weights = {"a": 10.0, "b": 1.0, "c": 100.0, "x": 7.0}
-    raw = compute_factors(metrics, mapping=mapping)
-    factors = compute_factors(metrics, mapping=mapping, weights=weights, normalize=True)
+    se = {"a": 0.05, "b": 0.05, "c": 0.05, "x": math.nan}  # used by the 'se' map only
+    raw = compute_factors(metrics, mapping=mapping, alpha_se=se)
+    factors = compute_factors(metrics, mapping=mapping, alpha_se=se, weights=weights, normalize=True)
     mean = sum(weights[n] * factors[n] for n in "abc") / sum(weights[n] for n in "abc")
     assert mean == pytest.approx(1.0, rel=1e-14)
     assert factors["x"] == 1.0
     # Ratios between units are kept.
     assert factors["c"] / factors["a"] == pytest.approx(raw["c"] / raw["a"], rel=1e-14)
     # Equal weights by default.
-    factors = compute_factors(metrics, mapping=mapping, normalize=True)
+    factors = compute_factors(metrics, mapping=mapping, alpha_se=se, normalize=True)
     assert sum(factors[n] for n in "abc") / 3 == pytest.approx(1.0, rel=1e-14)
 
 
 def test_compute_factors_validation():
-    with pytest.raises(ValueError, match=r"mapping must be one of \('linear', 'sigmoid'\)"):
+    with pytest.raises(ValueError, match=r"mapping must be one of \('linear', 'sigmoid', 'se'\)"):
         compute_factors({"a": 1.0}, mapping="step")
     with pytest.raises(ValueError, match=r"lr_min must be a finite number in \(0, 100\], got 0.0"):
         compute_factors({"a": 1.0}, lr_min=0.0)
@@ -402,3 +412,76 @@ def test_apply_factors_leaves_other_groups_alone_and_validates():
     del optimizer.param_groups[1]["tb_base_lr"]
     with pytest.raises(KeyError, match="tb_base_lr"):
         apply_factors(optimizer, None, {"a": 1.5})
+
+
+# --------------------------------------------------------------------------------------------------
+# The standard-error map and AlphaDecay's weight-decay ratios
+
+
+def _se_map_by_hand(alphas: dict, ses: dict, lo: float, hi: float, k: float) -> dict:
+    """The 'se' map written out independently: z of α − ᾱ (independent fits), a dead zone of k, tanh beyond."""
+    n = len(alphas)
+    mean = sum(alphas.values()) / n
+    out = {}
+    for u, a in alphas.items():
+        var = ses[u] ** 2 * ((n - 1) / n) ** 2 + sum(ses[v] ** 2 for v in alphas if v != u) / n**2
+        z = (a - mean) / math.sqrt(var)
+        e = max(0.0, abs(z) - k) * (1 if z > 0 else -1)
+        out[u] = 1 + math.tanh(e / k) * (hi - 1 if e >= 0 else 1 - lo)
+    return out
+
+
+def test_se_map_counts_alpha_differences_in_standard_errors():
+    alphas = {"a": 3.0, "b": 3.1, "c": 4.0, "d": 2.0, "e": 3.3}
+    ses = {"a": 0.1, "b": 0.1, "c": 0.3, "d": 0.1, "e": 0.05}
+    factors = compute_factors(alphas, mapping="se", alpha_se=ses, lr_min=0.6, lr_max=1.8, se_threshold=2.0)
+    expected = _se_map_by_hand(alphas, ses, 0.6, 1.8, 2.0)
+    assert factors == pytest.approx(expected, rel=1e-12)
+    # exact values: a and b lie within 2 standard errors of the mean (3.08): the same factor, 1
+    assert factors["a"] == factors["b"] == 1.0
+    assert factors["c"] == pytest.approx(1.571239, abs=1e-6) and factors["d"] == pytest.approx(0.600190, abs=1e-6)
+    assert 1.0 < factors["e"] < factors["c"] and 0.6 < factors["d"] < 1.0
+    # ten times noisier fits: every difference is within the noise, every factor 1
+    noisy = {u: 10 * s for u, s in ses.items()}
+    assert set(compute_factors(alphas, mapping="se", alpha_se=noisy).values()) == {1.0}
+    # a unit that could not be fitted keeps 1 and is left out of the mean
+    with_nan = compute_factors({**alphas, "x": math.nan}, mapping="se", alpha_se={**ses, "x": math.nan})
+    assert with_nan["x"] == 1.0 and with_nan["c"] == pytest.approx(
+        compute_factors(alphas, mapping="se", alpha_se=ses)["c"], rel=1e-12
+    )
+
+
+def test_se_map_without_standard_errors(caplog):
+    with pytest.raises(ValueError, match="mapping='se' needs alpha_se"):
+        compute_factors({"a": 2.0, "b": 3.0}, mapping="se")
+    with caplog.at_level(logging.WARNING, logger="tb_hf"):
+        factors = compute_factors({"a": 2.0, "b": 3.0}, mapping="se", alpha_se={"a": 0.1})
+    assert factors == {"a": 1.0, "b": 1.0} and "['b'] have none" in caplog.text
+    with pytest.raises(ValueError, match="se_threshold must be a finite number"):
+        compute_factors({"a": 2.0}, mapping="se", alpha_se={"a": 0.1}, se_threshold=0)
+
+
+def test_wd_factors_give_higher_alpha_more_decay():
+    factors = compute_wd_factors({"a": 2.0, "b": 3.0, "c": 6.0, "x": math.nan}, wd_min_ratio=0.2, wd_max_ratio=1.8)
+    assert factors == pytest.approx({"a": 0.2, "b": 0.6, "c": 1.8, "x": 1.0}, rel=1e-12)
+    assert compute_wd_factors({"a": 3.0, "b": 3.0}) == {"a": 1.0, "b": 1.0}
+    with pytest.raises(ValueError, match="wd_min_ratio <= wd_max_ratio"):
+        compute_wd_factors({"a": 1.0}, wd_min_ratio=2.0, wd_max_ratio=1.0)
+
+
+def test_apply_wd_factors_scales_only_the_units_decay_groups():
+    params = [torch.nn.Parameter(torch.zeros(2)) for _ in range(4)]
+    groups = [
+        {"params": [params[0]], "tb_unit": None, "weight_decay": 0.1, "tb_base_wd": 0.1},
+        {"params": [params[1]], "tb_unit": "u0", "weight_decay": 0.1, "tb_base_wd": 0.1},
+        {"params": [params[2]], "tb_unit": "u0", "weight_decay": 0.0, "tb_base_wd": 0.0},  # biases, norms
+        {"params": [params[3]], "tb_unit": "u1", "weight_decay": 0.1, "tb_base_wd": 0.1},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=1e-3)
+    apply_wd_factors(optimizer, {"u0": 0.5, "u1": 1.5})
+    assert [g["weight_decay"] for g in optimizer.param_groups] == pytest.approx([0.1, 0.05, 0.0, 0.15])
+    assert optimizer.param_groups[1]["tb_wd_factor"] == 0.5 and "tb_wd_factor" not in optimizer.param_groups[2]
+    apply_wd_factors(optimizer, {"u0": 2.0})  # from the base, not compounded
+    assert optimizer.param_groups[1]["weight_decay"] == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        apply_wd_factors(optimizer, {"u0": math.inf})

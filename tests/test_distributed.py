@@ -226,6 +226,12 @@ def test_two_process_training_shares_the_pass_and_agrees(tmp_path):
     # 'auto': the interval each rank measured is agreed on (the largest), so the passes stay collective
     assert r0["auto_interval"] == r1["auto_interval"] and r0["auto_interval"] >= 1
 
+    # Weight decay balanced with the learning rate: identical on both ranks, and the single-process ratios
+    b0, b1 = r0["balance"], r1["balance"]
+    assert b0["weight_decays"] == b1["weight_decays"] and b0["lrs"] == b1["lrs"]
+    assert b0["wd_factors"] == b1["wd_factors"] == pytest.approx(b0["reference_wd_factors"], rel=1e-12)
+    assert len(set(b0["wd_factors"].values())) > 3 and len(set(b0["weight_decays"][-1])) > 3
+
     # Asynchronous passes: snapshot at steps 2 and 4 (interval 2, lag 1), applied at 3 and 5 on both ranks alike.
     a0, a1 = r0["async"], r1["async"]
     assert a0["lag"] == a1["lag"] == 1

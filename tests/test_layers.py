@@ -26,7 +26,7 @@ from tb_hf.spectral import MatrixKey, analyze
 
 LR = 1e-3
 WD = 0.1
-GROUP_KEYS = {"params", "lr", "weight_decay", "tb_unit", "tb_base_lr", "tb_factor"}
+GROUP_KEYS = {"params", "lr", "weight_decay", "tb_unit", "tb_base_lr", "tb_factor", "tb_base_wd"}
 
 
 @pytest.fixture(scope="module", params=list(ARCHS))

@@ -17,11 +17,11 @@ import torch
 import transformers as tf
 from scipy.stats import ttest_rel
 
+from recipes import sweep
+from recipes.glue import run_glue
 from tb_hf.baselines import LLRDTrainer, llrd_depths, llrd_param_groups
 
 ROOT = Path(__file__).resolve().parents[1]
-from recipes import sweep
-from recipes.glue import run_glue
 
 GLUE_DIR = ROOT.parent / "shared" / "data" / "glue"
 needs_glue = pytest.mark.skipif(
@@ -435,7 +435,9 @@ def test_grid_skip_finished_and_retry_failed(tmp_path, monkeypatch):
     assert "out of memory" in failed.read_text()
 
     calls.clear()
-    monkeypatch.setattr(sweep.launch, "_run_inprocess", lambda run: calls.append(run.name) or fake_results(run.task, 0.5))
+    monkeypatch.setattr(
+        sweep.launch, "_run_inprocess", lambda run: calls.append(run.name) or fake_results(run.task, 0.5)
+    )
     assert sweep.execute(runs) == {"done": 15, "ok": 3, "failed": 0, "elsewhere": 0}
     assert sorted(calls) == sorted(r.name for r in runs if r.seed == 3 and r.method == "ft")
     assert not failed.exists()

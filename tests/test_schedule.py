@@ -161,3 +161,35 @@ def test_permuted_factors_control(tmp_path):
     assert permuted[0]["factor"] == pytest.approx({u: plain[0]["factor"][src] for u, src in pairs})
     applied = {g["tb_unit"]: g["tb_factor"] for g in trainer.optimizer.param_groups if g["tb_unit"]}
     assert applied == pytest.approx(permuted[-1]["factor"])
+
+
+class _LrAndDecay(Recorder):
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        groups = [(g["tb_unit"], g["lr"], g["weight_decay"], g["tb_factor"]) for g in optimizer.param_groups]
+        self.steps.append((state.global_step, groups))
+
+
+def _run_balanced(out, *, save_steps=None, resume=None):
+    torch.manual_seed(0)
+    model = ARCHS["bert"][0]()
+    recorder = _LrAndDecay()
+    args = tiny_training_args(out, max_steps=8, learning_rate=2e-2, warmup_steps=2, weight_decay=0.1,
+                              tb_update_steps="4", tb_async=True, tb_balance="both", tb_llrd_decay=0.8,
+                              save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500)  # fmt: skip
+    trainer = TempBalanceTrainer(model=model, args=args, train_dataset=dataset_for(model, n=32), callbacks=[recorder])
+    trainer.train(resume_from_checkpoint=resume)
+    return recorder.steps, trainer
+
+
+@pytest.mark.slow  # two short runs and a checkpoint
+def test_resume_with_balanced_weight_decay_and_a_depth_profile_is_bit_identical(tmp_path):
+    """Weight-decay balancing resumes like lr balancing, also with a pass in flight (snapshot at 4, applied at 6,
+    checkpoint at 5), on a depth profile."""
+    straight, trainer_a = _run_balanced(tmp_path / "a", save_steps=5)
+    resumed, trainer_b = _run_balanced(tmp_path / "b", resume=str(tmp_path / "a" / "checkpoint-5"))
+    assert [s for s, _ in resumed] == [5, 6, 7] and resumed == straight[5:]  # every group's lr and weight decay
+    decays = [[wd for _, _, wd, _ in groups] for _, groups in straight]
+    assert decays[6] != decays[5]  # the pass in flight changed the weight decays at step 6
+    assert history(tmp_path / "b")[-1] == history(tmp_path / "a")[-1]
+    for pa, pb in zip(trainer_a.model.parameters(), trainer_b.model.parameters(), strict=True):
+        assert torch.equal(pa, pb)

@@ -19,8 +19,9 @@ import torch
 import transformers as tf
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
 from recipes import sweep
+
+ROOT = Path(__file__).resolve().parents[1]
 
 WORDS = "a good bad film movie fine awful great".split()
 

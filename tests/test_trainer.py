@@ -376,3 +376,56 @@ def test_lora_training(name, task, tmp_path):
         unscaled = sum(hill_alpha(w0 + b @ a) for w0, a, b, _ in layers) / 2  # Model Balancing's W0 + B @ A
         for other in (frozen_only, unscaled):
             assert abs(other - effective) > 1e-3 * effective, "the check could not tell the views apart"
+
+
+class WeightDecays(TrainerCallback):
+    """Every group's (unit, lr, weight decay) as the optimizer step uses them."""
+
+    def __init__(self):
+        self.steps: list[list[tuple]] = []
+
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        self.steps.append([(g["tb_unit"], g["lr"], g["weight_decay"]) for g in optimizer.param_groups])
+
+
+def test_weight_decay_balancing_alphadecay(tmp_path):
+    """tb_balance='weight_decay': each unit's decay groups get weight_decay × a linear map of α into
+    [tb_wd_min_ratio, tb_wd_max_ratio] (more decay for higher α); learning rates stay the base schedule; biases and
+    norms keep no decay; the ratios are in the history and the logs."""
+    torch.manual_seed(0)
+    model = ARCHS["bert"][0]()
+    recorder = WeightDecays()
+    args = config(tmp_path, max_steps=4, weight_decay=0.1, tb_balance="weight_decay", tb_wd_min_ratio=0.2,
+                  tb_wd_max_ratio=2.0, tb_update_steps="2", lr_scheduler_type="constant")  # fmt: skip
+    trainer = TempBalanceTrainer(model=model, args=args, train_dataset=dataset_for(model), callbacks=[recorder])
+    trainer.train()
+    records = history(tmp_path)
+    assert [r["step"] for r in records] == [0, 2]
+    for record, step in zip(records, (0, 2), strict=True):
+        expected = linear_factors(record["alpha"], 0.2, 2.0)
+        assert record["wd_factor"] == pytest.approx(expected, rel=1e-12)
+        assert set(record["factor"].values()) == {1.0}  # the learning rates are not balanced
+        for unit, lr, wd in recorder.steps[step]:
+            assert lr == pytest.approx(1e-3)
+            if unit is not None and wd > 0:
+                assert wd == pytest.approx(0.1 * expected[unit], rel=1e-12)
+    decays = {wd for _, _, wd in recorder.steps[-1]}
+    assert 0.0 in decays and 0.1 in decays and len(decays) == 4  # no-decay groups, the outside, two units
+    logged = trainer.state.log_history[0]
+    assert logged["tb/wd_scale/bert.encoder.layer.0"] == records[0]["wd_factor"]["bert.encoder.layer.0"]
+
+
+def test_both_balanced_and_the_se_map(tmp_path):
+    torch.manual_seed(0)
+    model = ARCHS["bert"][0]()
+    args = config(tmp_path, max_steps=2, weight_decay=0.1, tb_balance="both", tb_mapping="se", tb_se_threshold=0.5,
+                  tb_lr_min=0.5, tb_lr_max=2.0)  # fmt: skip
+    trainer = TempBalanceTrainer(model=model, args=args, train_dataset=dataset_for(model))
+    trainer.train()
+    record = history(tmp_path)[0]
+    assert set(record["wd_factor"].values()) == {0.5, 1.5}  # the default ratio range, two units
+    factors = record["factor"]
+    assert all(0.5 <= f <= 2.0 for f in factors.values()) and len(set(factors.values())) == 2
+    # the higher-α block gets the larger learning rate and the larger weight decay
+    hi = max(record["alpha"], key=record["alpha"].get)
+    assert factors[hi] == max(factors.values()) and record["wd_factor"][hi] == 1.5

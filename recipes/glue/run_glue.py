@@ -540,6 +540,8 @@ def main(
         **{f"best_{k}": v for k, v in best.items() if k.startswith("eval_")},
         "epoch_scores": [e[key] for e in epochs],
     }
+    if model_args.method == "tempbalance":  # the recompute interval in force (decided at step 3 under 'auto')
+        summary["tb_update_interval"] = trainer.tempbalance.interval
     all_results = train_metrics | eval_metrics | summary
     trainer.save_metrics("train", train_metrics, combined=False)  # these write on the main process only
     trainer.save_metrics("eval", eval_metrics, combined=False)
