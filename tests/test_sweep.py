@@ -660,3 +660,36 @@ def test_workers_are_capped_at_the_runs_to_do(tmp_path, capsys, monkeypatch):
     fake_record(sweep.expand_grid(config)[1], 0.6, 0.5)
     assert sweep.main([path, "--workers", "4"]) == 0  # one run left: run here, no worker process
     assert started == [3] and sweep.status(sweep.expand_grid(config)[2]) == "done"
+
+
+def test_per_task_method_args_and_the_seeds_filter(tmp_path, capsys):
+    config = glue_config(
+        tmp_path,
+        methods=["ft", "llrd"],
+        seeds=[1, 2, 3],
+        tasks={
+            "rte": {"fractions": [0.1], "learning_rate": 2e-4, "method_args": {"llrd": {"llrd_decay": 0.8}}},
+            "mrpc": {"fractions": [0.1]},
+        },
+        method_args={"llrd": {"llrd_decay": 0.9}},
+    )
+    runs = {r.name: r.args for r in sweep.expand_grid(config)}
+    assert runs["rte/frac0.1/llrd/seed1"]["llrd_decay"] == 0.8 and runs["mrpc/frac0.1/llrd/seed1"]["llrd_decay"] == 0.9
+    assert runs["rte/frac0.1/ft/seed1"]["learning_rate"] == 2e-4 and "llrd_decay" not in runs["rte/frac0.1/ft/seed1"]
+    assert "method_args" not in runs["rte/frac0.1/llrd/seed1"]
+    path = write_config(tmp_path, config)
+    assert sweep.main([path, "--dry-run", "--seeds", "3,1", "--tasks", "rte"]) == 0
+    assert capsys.readouterr().out.split()[1::2] == [
+        "rte/frac0.1/ft/seed1", "rte/frac0.1/llrd/seed1", "rte/frac0.1/ft/seed3", "rte/frac0.1/llrd/seed3"
+    ]  # fmt: skip
+    for bad, message in (
+        (["--seeds", "4"], r"--seeds '4': the config's seeds are \[1, 2, 3\]"),
+        (["--seeds", "x"], r"--seeds 'x'"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            sweep.main([path, "--dry-run", *bad])
+        assert exit_.value.code == 2 and re.search(message, capsys.readouterr().err)
+    config["tasks"]["mrpc"]["method_args"] = {"tempbalance": {}}
+    with pytest.raises(SystemExit):
+        sweep.main([write_config(tmp_path, config), "--dry-run"])
+    assert "Task 'mrpc': method_args has ['tempbalance']" in capsys.readouterr().err

@@ -63,6 +63,11 @@ def make_parser() -> argparse.ArgumentParser:
         help="Comma-separated: run only these tasks of the config, in this order (e.g. the cheap tasks first).",
     )
     parser.add_argument(
+        "--seeds",
+        help="Comma-separated: run only these seeds of the config (e.g. a few seeds of every cell first, so that "
+        "complete pairs accumulate evenly across tasks).",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -117,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         contrasts(config)  # checked for --aggregate-only too: the tables need it
         if not ns.aggregate_only and os.environ.get("TB_SWEEP_VALIDATED") != "1":  # workers: done by the parent
             validate(config, runs)
-        selected = select_runs(config, runs, ns.methods, ns.sizes, ns.tasks)
+        selected = select_runs(config, runs, ns.methods, ns.sizes, ns.tasks, ns.seeds)
         if shard:
             selected = selected[shard[0] - 1 :: shard[1]]
         if not ns.dry_run:
@@ -197,7 +202,7 @@ def _run_workers(ns: argparse.Namespace, workers: int, config: dict, runs: list)
     start = time.time()
     argv = [ns.config]
     for flag, value in (("--launcher", ns.launcher), ("--methods", ns.methods), ("--sizes", ns.sizes),
-                        ("--tasks", ns.tasks)):  # fmt: skip
+                        ("--tasks", ns.tasks), ("--seeds", ns.seeds)):  # fmt: skip
         if value is not None:
             argv += [flag, value]
     procs = launch.start_workers(argv, workers)

@@ -149,7 +149,9 @@ def expand_grid(config: dict) -> list[Run]:
 
     A task is a GLUE task or ``rotten_tomatoes`` by name, or any name with ``train_file``, ``validation_file``,
     ``text_columns`` (and ``label_column``) in its entry: a custom task. Its sizes are one of ``fractions``,
-    ``shots_per_class`` or ``max_train_samples`` (a list, in the task or at the top level).
+    ``shots_per_class`` or ``max_train_samples`` (a list, in the task or at the top level). A task's entry may set
+    any run argument for all its runs (``learning_rate: 1.0e-4``) and, under ``method_args``, for one method's runs
+    (``method_args: {llrd: {llrd_decay: 0.8}}``: settings chosen per task), over the top-level ``method_args``.
     """
     out_root = Path(config["output_dir"])
     tasks = config["tasks"]
@@ -168,10 +170,19 @@ def expand_grid(config: dict) -> list[Run]:
             raise ValueError(f"Task {task!r}: its entry must map settings to values, e.g. {{fractions: [0.1]}}.")
         task_cfg = dict(task_cfg or {})
         size, values = _sizes(task, task_cfg, config)
+        task_methods = task_cfg.pop("method_args", None) or {}
+        if not isinstance(task_methods, dict) or any(not isinstance(v or {}, dict) for v in task_methods.values()):
+            raise ValueError(
+                f"Task {task!r}: its method_args must map method names to settings, got {task_methods!r}."
+            )
+        extra = [m for m in task_methods if m not in config["methods"]]
+        if extra:
+            raise ValueError(f"Task {task!r}: method_args has {extra}, which are not among the methods.")
         custom = "train_file" in task_cfg or "train_file" in (config.get("args") or {})
         for value, seed, method, lora in itertools.product(values, seeds, config["methods"], loras):
             args = ({} if custom else {"task_name": task}) | dict(config.get("args") or {}) | task_cfg
             method_args = dict((config.get("method_args") or {}).get(method) or {})
+            method_args |= dict(task_methods.get(method) or {})  # the task's own settings for this method
             recipe = method_args.pop("method", method)  # a named variant: its run_glue --method
             args |= method_args
             if lora:
@@ -256,11 +267,25 @@ def validate(config: dict, runs: list[Run]) -> None:
 
 
 def select_runs(
-    config: dict, runs: list[Run], methods: str | None, sizes: str | None, tasks: str | None = None
+    config: dict,
+    runs: list[Run],
+    methods: str | None,
+    sizes: str | None,
+    tasks: str | None = None,
+    seeds: str | None = None,
 ) -> list[Run]:
-    """The runs of the ``--methods``, ``--sizes`` and ``--tasks`` filters (comma-separated; None keeps all), in grid
-    order, except that ``--tasks`` also sets the order of the tasks (the cheap ones first, say). A name or size that
-    the config does not have raises ValueError."""
+    """The runs of the ``--methods``, ``--sizes``, ``--tasks`` and ``--seeds`` filters (comma-separated; None keeps
+    all), in grid order, except that ``--tasks`` also sets the order of the tasks (the cheap ones first, say). A name,
+    size or seed that the config does not have raises ValueError."""
+    if seeds is not None:
+        try:
+            wanted = [int(x) for x in seeds.split(",") if x.strip()]
+        except ValueError:
+            wanted = []
+        unknown = [x for x in wanted if x not in config["seeds"]]
+        if unknown or not wanted:
+            raise ValueError(f"--seeds {seeds!r}: the config's seeds are {config['seeds']} (comma-separated).")
+        runs = [r for r in runs if r.seed in wanted]
     if methods is not None:
         wanted = [m.strip() for m in methods.split(",") if m.strip()]
         unknown = [m for m in wanted if m not in config["methods"]]
