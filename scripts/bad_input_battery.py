@@ -1,4 +1,4 @@
-"""The bad-input battery: every bad input the issues and the README name, tried as a user would, and classified.
+"""The bad-input battery: every bad input the issues and docs/bad-input.md name, tried as a user would, and classified.
 
     python scripts/bad_input_battery.py            # prints one line per input and the totals
 
