@@ -32,6 +32,7 @@ class TempBalanceMixin:
 
     Example:
         ```python
+        from peft import LoraConfig
         from trl import SFTConfig, SFTTrainer
         from tb_hf import TempBalanceArguments, TempBalanceMixin
 
@@ -39,7 +40,8 @@ class TempBalanceMixin:
             pass
 
         trainer = TempBalanceSFTTrainer(
-            model=model, args=SFTConfig(output_dir="out"), train_dataset=train, peft_config=lora_config,
+            model=model, args=SFTConfig(output_dir="out"), train_dataset=train,
+            peft_config=LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]),
             tb_args=TempBalanceArguments(tb_update_steps="auto"),
         )
         trainer.train()

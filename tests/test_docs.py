@@ -2,14 +2,15 @@
 
 * `test_mkdocs_build_strict`: ``mkdocs build --strict`` into a temporary folder. A broken link or anchor, a
   renamed function in an API page or a stale parameter name in a docstring is a warning, so it fails.
-* `test_example`: every ```` ```python ```` block of README.md and docs/**/*.md, run exactly as shown, each in
-  a fresh temporary working folder. The preamble gives the block what a reader would already have:
+* `test_example`: every ```` ```python ```` block of README.md and docs/**/*.md, and of the docstrings that the
+  API reference renders, run exactly as shown, each in a fresh temporary working folder. The preamble gives
+  the block what a reader would already have:
 
   - the working folder holds tiny random models under the Hub ids the docs name (`HUB_MODELS`), so
     ``from_pretrained("roberta-base")`` loads the local folder ``./roberta-base``, offline;
   - the namespace holds ``model``, ``train``, ``dev``, ``args`` and ``tokenizer`` (`namespace`): by default a
     tiny RoBERTa sequence classifier and tokenized datasets; after ``<!-- docs-test: causal-lm -->`` (the line
-    before the block) a tiny LLaMA with datasets of a ``text`` column, for trl;
+    before the block; for a docstring, `DOCSTRING_SETUPS`) a tiny LLaMA with datasets of a ``text`` column;
   - on a machine without CUDA every ``TrainingArguments`` the block creates gets ``use_cpu=True`` (trl's
     ``SFTConfig`` defaults to bf16, which otherwise refuses to start on a CPU). Nothing else is changed.
 
@@ -85,12 +86,54 @@ def examples() -> list:
     return found
 
 
-EXAMPLES = examples()
+#: Docstring examples that need the causal-lm setup, by (module file, qualified name).
+DOCSTRING_SETUPS = {("tb_hf/trainer.py", "TempBalanceMixin"): "causal-lm"}
+DOC_FENCE = re.compile(r"^(?P<indent>[ \t]*)```python[^\n]*\n(?P<code>.*?)^(?P=indent)```[ \t]*$", re.M | re.S)
+
+
+def api_modules() -> list[Path]:
+    """The modules whose docstrings the API reference (docs/api/*.md, ``::: tb_hf.X``) renders."""
+    import tb_hf
+
+    names = set()
+    for page in sorted((ROOT / "docs" / "api").glob("*.md")):
+        for ident in re.findall(r"^::: tb_hf\.(\w+)", page.read_text(), re.M):
+            names.add(ident if (ROOT / "tb_hf" / f"{ident}.py").is_file() else tb_hf._EXPORTS[ident])
+    return [ROOT / "tb_hf" / f"{name}.py" for name in sorted(names)]
+
+
+def docstring_examples() -> list:
+    """``pytest.param(path, line, setup, code)`` for every ```python block in a docstring of `api_modules`."""
+    import ast
+    import textwrap
+
+    found = []
+    for path in api_modules():
+        rel = path.relative_to(ROOT).as_posix()
+        tree = ast.parse(path.read_text())
+        nodes = [(tree, "")] + [
+            (node, node.name)
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        ]
+        for node, name in nodes:
+            if ast.get_docstring(node) is None:
+                continue
+            doc = node.body[0].value
+            for match in DOC_FENCE.finditer(doc.value):
+                line = doc.lineno + doc.value.count("\n", 0, match.start())
+                setup = DOCSTRING_SETUPS.get((rel, name), "classification")
+                code = textwrap.dedent(match["code"])
+                found.append(pytest.param(rel, line, setup, code, id=f"{rel}:{line}"))
+    return found
+
+
+EXAMPLES = examples() + docstring_examples()
 
 
 def test_examples_were_found():
     files = {p.values[0] for p in EXAMPLES}
-    assert "README.md" in files and "docs/training.md" in files, files
+    assert {"README.md", "docs/training.md", "tb_hf/trainer.py"} <= files, files
     assert len(EXAMPLES) >= 10, len(EXAMPLES)
 
 
