@@ -292,3 +292,20 @@ def test_readme_is_short_and_starts_with_the_quick_start():
     commands = [line.split("#")[0].strip() for line in first["code"].splitlines()]
     assert first["lang"] == "bash" and commands == ["bash scripts/run.sh", "bash scripts/test.sh"], first[0]
     assert len(text.splitlines()) <= 200, len(text.splitlines())
+
+
+def test_relative_links_resolve_in_the_checkout():
+    """Links of README.md (not part of the site), docs/ and the study write-ups also work on GitHub / on disk."""
+    pages = [
+        ROOT / "README.md",
+        *sorted((ROOT / "docs").rglob("*.md")),
+        *sorted((ROOT / "results").glob("*/README.md")),
+    ]
+    broken = []
+    for page in pages:
+        text = FENCE.sub("", page.read_text())
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            path = target.split("#")[0]
+            if path and not re.match(r"^[a-z]+:", path) and not (page.parent / path).exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert not broken, broken
