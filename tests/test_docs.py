@@ -134,6 +134,10 @@ EXAMPLES = examples() + docstring_examples()
 def test_examples_were_found():
     files = {p.values[0] for p in EXAMPLES}
     assert {"README.md", "docs/training.md", "tb_hf/trainer.py"} <= files, files
+    for path in DOC_FILES:  # an indented or oddly fenced block would otherwise go untested without a word
+        rel = path.relative_to(ROOT).as_posix()
+        fences = len(re.findall(r"^\s*```(?:python|py)\b", path.read_text(), re.M))
+        assert fences == sum(p.values[0] == rel for p in EXAMPLES), f"{rel}: a python block is not at column 0"
     assert len(EXAMPLES) >= 10, len(EXAMPLES)
 
 
