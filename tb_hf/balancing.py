@@ -1,6 +1,6 @@
 """From α per unit to a learning-rate factor per unit, and from factors to the optimizer's groups.
 
-Data flows one way (``../shared/docs/ALGORITHM.md``, section 5)::
+Data flows one way (``docs/method.md``, section 5)::
 
     spectra -> unit_metrics() -> metric per unit -> compute_factors() -> factor per unit -> apply_factors()
 
@@ -217,7 +217,7 @@ def compute_factors(
     weights: Mapping[str, float] | None = None,
     normalize: bool = False,
 ) -> dict[str, float]:
-    """Learning-rate factor per unit from its metric (ALGORITHM.md section 5).
+    """Learning-rate factor per unit from its metric (``docs/method.md``, section 5).
 
     Only *fitted* units (finite metric) take part; the others get factor 1.0 and are left out of the
     minimum, maximum and mean below.
@@ -237,9 +237,11 @@ def compute_factors(
     Args:
         metrics: Unit name → metric (e.g. from `unit_metrics`); NaN/inf for units that could not be fitted.
         mapping: One of `MAPPINGS`.
-        lr_min, lr_max: Factor range of the linear map (``0 < lr_min <= lr_max``).
+        lr_min: Lower end of the linear (and 'se') map's factor range (``0 < lr_min <= lr_max``).
+        lr_max: Upper end of the linear (and 'se') map's factor range.
         tau: Sigmoid temperature (> 0).
-        s_low, s_high: Sigmoid scales below/above the mean (>= 0).
+        s_low: Sigmoid scale below the mean (>= 0).
+        s_high: Sigmoid scale above the mean (>= 0).
         se_threshold: Standard-error map: the dead zone (and the scale beyond it), in standard errors.
         alpha_se: Standard-error map: unit name → standard error of its α (required with ``mapping="se"``).
         weights: Unit name → weight for ``normalize`` (typically the unit's parameter count); equal weights

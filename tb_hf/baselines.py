@@ -70,7 +70,8 @@ class LLRDTrainer(Trainer):
 
     Args:
         llrd_decay: Learning-rate factor per block going down from the top (0.9 is a common choice).
-        *args, **kwargs: As for `transformers.Trainer`. The Trainer's schedule multiplies every group's lr.
+        *args: As for `transformers.Trainer`. The Trainer's schedule multiplies every group's lr.
+        **kwargs: As for `transformers.Trainer`.
     """
 
     def __init__(self, *args, llrd_decay: float = 0.9, **kwargs):

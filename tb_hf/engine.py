@@ -233,6 +233,8 @@ class SpectralEngine:
 
     Example:
         ```python
+        from tb_hf import SpectralEngine, TempBalanceArguments, partition_model
+
         engine = SpectralEngine(model, partition_model(model), TempBalanceArguments())
         result = engine.run(model)          # PassResult: spectra, unit metrics
         ```

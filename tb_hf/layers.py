@@ -5,7 +5,7 @@ Data flows one way::
     model -> find_blocks() -> partition_model() -> Partition (units: matrices + trainable params)
           -> `tb_hf.engine` (the spectral pass) and `tb_hf.optim` (param groups, one factor per unit)
 
-Conventions (``../shared/docs/ALGORITHM.md``, sections 5-6):
+Conventions (``docs/method.md``, sections 5-6):
 
 * A **block** is a child of an outermost ``nn.ModuleList`` of at least two children of one class, each of
   which owns a parameter with two or more dimensions. One generic rule, no per-architecture table: it finds

@@ -181,6 +181,7 @@ def create_tempbalance_optimizer(
     Example:
         ```python
         import torch
+        from transformers import Trainer
         from tb_hf import TempBalanceCallback, create_tempbalance_optimizer
 
         optimizer = create_tempbalance_optimizer(model, torch.optim.AdamW, lr=2e-5, weight_decay=0.1)

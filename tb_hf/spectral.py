@@ -8,7 +8,7 @@ and `analyze()` runs that whole chain for many matrices at once: equal shapes sh
 eigen-solve on the weights' own device, all fits of a group run as tensor operations, and results come
 back to the host once per group.
 
-Conventions (`../shared/docs/ALGORITHM.md`, sections 2-4):
+Conventions (``docs/method.md``, sections 2-4):
 
 * The ESD of an m×n matrix W is the min(m, n) eigenvalues of its smaller Gram matrix (W Wᵀ or Wᵀ W),
   i.e. the squared singular values, with no 1/N normalisation, clamped at 0.
@@ -264,7 +264,7 @@ def esd(weight: torch.Tensor, *, dtype: torch.dtype = torch.float32, filter_zero
 def farms_grid(
     shape: tuple[int, int], *, window: int | None = None, aspect_ratio: float = 1.0, grid: int = 9
 ) -> tuple[tuple[int, int], list[int], list[int]]:
-    """FARMS window size and start positions for an m×n matrix (ALGORITHM.md section 4).
+    """FARMS window size and start positions for an m×n matrix (``docs/method.md``, section 4).
 
     Windows are ``r`` rows × ``round(r·aspect_ratio)`` columns. Along each dimension of length ``dim``
     there are up to ``grid`` starts ``min(k·step, dim − w)`` with ``step = max(1, (dim − w) // (grid − 1))``;
@@ -665,10 +665,14 @@ def analyze(
             parameter names or `MatrixKey`s; a 3-D tensor gives one result per matrix, keyed
             ``MatrixKey(str(key), e)`` and labelled ``"name[e]"``.
         estimator: ``"plain"`` (ESD of the whole matrix) or ``"farms"`` (pooled fixed-aspect windows).
-        xmin_method, xmin_pos, min_evals, filter_zeros: see `fit_power_law`.
+        xmin_method: See `fit_power_law`.
+        xmin_pos: See `fit_power_law`.
+        min_evals: See `fit_power_law`.
+        filter_zeros: See `fit_power_law`.
         dtype: Precision of the eigen-solve; float64 only when asked for.
-        farms_window, farms_aspect_ratio, farms_grid_size: FARMS window rows r (None: per-matrix default,
-            see `farms_grid`), column/row ratio Q and grid size P.
+        farms_window: FARMS window rows r (None: per-matrix default, see `farms_grid`).
+        farms_aspect_ratio: FARMS window column/row ratio Q.
+        farms_grid_size: FARMS grid size P (up to P × P window positions).
         max_batch_bytes: Upper bound on the Gram matrices stacked for one eigen-solve call.
         progress: Show a tqdm bar over the eigen-solve groups.
 

@@ -24,13 +24,15 @@ class TempBalanceMixin:
     ``SFTTrainer`` with ``peft_config``) is checked as it will be trained.
 
     Args:
-        *args, **kwargs: As for the Trainer class it is mixed into. ``args`` may be a
-            `tb_hf.TempBalanceConfig` (its ``tb_*`` fields are the options) or the Trainer's own arguments
-            (``SFTConfig``, ``Seq2SeqTrainingArguments``, ...: default options unless ``tb_args`` is given).
+        *args: As for the Trainer class it is mixed into. ``args`` may be a `tb_hf.TempBalanceConfig` (its
+            ``tb_*`` fields are the options) or the Trainer's own arguments (``SFTConfig``,
+            ``Seq2SeqTrainingArguments``, ...: default options unless ``tb_args`` is given).
+        **kwargs: As for the Trainer class it is mixed into.
         tb_args: TempBalance options (keyword only), overriding those of ``args``.
 
     Example:
         ```python
+        from peft import LoraConfig
         from trl import SFTConfig, SFTTrainer
         from tb_hf import TempBalanceArguments, TempBalanceMixin
 
@@ -38,7 +40,8 @@ class TempBalanceMixin:
             pass
 
         trainer = TempBalanceSFTTrainer(
-            model=model, args=SFTConfig(output_dir="out"), train_dataset=train, peft_config=lora_config,
+            model=model, args=SFTConfig(output_dir="out"), train_dataset=train,
+            peft_config=LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]),
             tb_args=TempBalanceArguments(tb_update_steps="auto"),
         )
         trainer.train()
@@ -82,8 +85,9 @@ class TempBalanceTrainer(TempBalanceMixin, Trainer):
     ``optim`` whose optimizer takes param groups.
 
     Args:
-        *args, **kwargs: As for `transformers.Trainer`. ``args`` may be a `tb_hf.TempBalanceConfig` (its
-            ``tb_*`` fields are the options) or plain `TrainingArguments` (default options).
+        *args: As for `transformers.Trainer`. ``args`` may be a `tb_hf.TempBalanceConfig` (its ``tb_*`` fields
+            are the options) or plain `TrainingArguments` (default options).
+        **kwargs: As for `transformers.Trainer`.
         tb_args: TempBalance options, overriding those of ``args``.
 
     Example:

@@ -288,7 +288,7 @@ def test_analyze_matches_single_fits_and_chunking():
 # FARMS
 
 
-# FARMS windows worked out by hand from ALGORITHM.md section 4: r × round(r·Q) windows starting at
+# FARMS windows worked out by hand from docs/method.md, section 4: r × round(r·Q) windows starting at
 # min(k·step, dim − w), step = max(1, (dim − w) // (P − 1)), k < P, duplicates dropped.
 # (shape, window r, Q, P, window size, row starts, column starts)
 FARMS_GRIDS = [

@@ -27,7 +27,7 @@ def config(tmp_path, **overrides) -> TempBalanceConfig:
 
 
 def linear_factors(alpha: dict[str, float], lo: float = 0.5, hi: float = 1.5) -> dict[str, float]:
-    """TempBalance's linear map (ALGORITHM.md section 5) of the logged α, written out independently of tb_hf."""
+    """TempBalance's linear map (docs/method.md, section 5) of the logged α, written out independently of tb_hf."""
     a_min, a_max = min(alpha.values()), max(alpha.values())
     assert a_max > a_min, alpha
     return {unit: lo + (hi - lo) * (a - a_min) / (a_max - a_min) for unit, a in alpha.items()}
@@ -328,7 +328,7 @@ class LoraSnapshot(TrainerCallback):
 
 
 def hill_alpha(w: torch.Tensor, xmin_pos: float = 2.0) -> float:
-    """α of ALGORITHM.md sections 2-3 (median xmin), from scratch in float64: the eigenvalues of the smaller Gram."""
+    """α of docs/method.md, sections 2-3 (median xmin), from scratch in float64: eigenvalues of the smaller Gram."""
     w = w.double()
     evals = torch.linalg.eigvalsh(w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w).clamp(min=0)
     i = math.floor(len(evals) / xmin_pos)

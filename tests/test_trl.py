@@ -18,7 +18,7 @@ TB_ARGS = TempBalanceArguments(tb_update_steps="2", tb_min_evals=8)
 
 
 def linear_factors(alpha: dict[str, float], lo: float = 0.5, hi: float = 1.5) -> dict[str, float]:
-    """TempBalance's linear map (ALGORITHM.md section 5), written out independently of tb_hf."""
+    """TempBalance's linear map (docs/method.md, section 5), written out independently of tb_hf."""
     a_min, a_max = min(alpha.values()), max(alpha.values())
     return {unit: lo + (hi - lo) * (a - a_min) / (a_max - a_min) for unit, a in alpha.items()}
 
