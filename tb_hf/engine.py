@@ -107,7 +107,7 @@ def _is_quantized(param: torch.Tensor) -> bool:
 def model_farms_window(shapes: Sequence[tuple[int, ...]], aspect_ratio: float) -> int | None:
     """FARMS's one window size for a whole model: half the smallest side among its matrices (the paper used
     one size per model, e.g. 2000 rows for LLaMA-7B's 4096-wide matrices). None if that is below 32 rows."""
-    sides = [int(min(s[0], s[1] / aspect_ratio)) for s in shapes]
+    sides = [int(min(s[0], s[1] / aspect_ratio)) for s in shapes if min(s) > 0]  # a zero-size matrix is not fitted
     if not sides:
         return None
     window = min(sides) // 2
@@ -255,6 +255,8 @@ class SpectralEngine:
                 logger.info(f"TempBalance: FARMS window {window} rows for every matrix.")
         if self.options["estimator"] == "farms":
             for t in self.tasks:  # say once per shape which matrices FARMS cannot window
+                if min(t.shape) == 0:  # zero-size: status "too_small", nothing to window
+                    continue
                 farms_windows(
                     t.shape[:2],
                     name=t.label,
@@ -334,6 +336,8 @@ class SpectralEngine:
     def esd(self, matrix: torch.Tensor) -> torch.Tensor:
         """The eigenvalues the fit of ``matrix`` uses (FARMS-pooled or plain), as CPU float64."""
         o = self.options
+        if matrix.numel() == 0:  # a zero-size matrix has no eigenvalues
+            return torch.empty(0, dtype=torch.float64)
         windows = None
         if o["estimator"] == "farms":
             windows = farms_windows(

@@ -141,7 +141,7 @@ class LayerSpectrum(PowerLawFit):
 # Input checks
 
 
-def _check_matrix(weight, *, name: str = "weight") -> torch.Tensor:
+def _check_matrix(weight, *, name: str = "weight", allow_empty: bool = False) -> torch.Tensor:
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(weight).__name__}")
     if weight.ndim not in (2, 3, 4):
@@ -151,7 +151,7 @@ def _check_matrix(weight, *, name: str = "weight") -> torch.Tensor:
         )
     if weight.is_complex():
         raise TypeError(f"{name} must be real, got dtype {weight.dtype}")
-    if weight.numel() == 0:
+    if weight.numel() == 0 and not allow_empty:
         raise ValueError(f"{name} is empty (shape {tuple(weight.shape)})")
     return weight
 
@@ -622,7 +622,9 @@ def _warn_once(key, message: str) -> None:
 def _plan(matrices: Mapping, estimator, window, aspect_ratio, grid) -> list[_Item]:
     items = []
     for key, weight in matrices.items():
-        _check_matrix(weight, name=f"matrices[{str(key)!r}]")
+        # A zero-size matrix (e.g. a fully pruned projection) has no eigenvalues: it gets status "too_small" in
+        # `analyze`, and the pass goes on with the other matrices.
+        _check_matrix(weight, name=f"matrices[{str(key)!r}]", allow_empty=True)
         weight = weight.detach()
         if weight.ndim == 3:
             parts = [(MatrixKey(str(key), e), weight[e]) for e in range(weight.shape[0])]
@@ -630,7 +632,7 @@ def _plan(matrices: Mapping, estimator, window, aspect_ratio, grid) -> list[_Ite
             parts = [(key, weight)]
         for part_key, w in parts:
             windows = None
-            if estimator == "farms":
+            if estimator == "farms" and w.numel() > 0:
                 windows = farms_windows(
                     tuple(w.shape[:2]), name=str(part_key), window=window, aspect_ratio=aspect_ratio, grid=grid
                 )
@@ -663,7 +665,9 @@ def analyze(
     Args:
         matrices: key → tensor (2-D matrix, 3-D batch of matrices or 4-D kernel), on any device. Keys are
             parameter names or `MatrixKey`s; a 3-D tensor gives one result per matrix, keyed
-            ``MatrixKey(str(key), e)`` and labelled ``"name[e]"``.
+            ``MatrixKey(str(key), e)`` and labelled ``"name[e]"``. A zero-size matrix (a fully pruned
+            projection, ``nn.Linear(32, 0)``) has no eigenvalues: its status is "too_small" and the others are
+            fitted as usual.
         estimator: ``"plain"`` (ESD of the whole matrix) or ``"farms"`` (pooled fixed-aspect windows).
         xmin_method, xmin_pos, min_evals, filter_zeros: see `fit_power_law`.
         dtype: Precision of the eigen-solve; float64 only when asked for.
@@ -685,14 +689,17 @@ def analyze(
 
     with torch.no_grad():
         items = _plan(matrices, estimator, farms_window, farms_aspect_ratio, farms_grid_size)
+        results: dict = {}
         # Items whose ESDs come from equally shaped sources on one device share one eigen-solve.
         groups: dict[tuple, list[_Item]] = defaultdict(list)
         for item in items:
-            groups[(item.weight.device, item.source_shape, item.scale)].append(item)
+            if item.weight.numel() == 0:  # no eigenvalues: not fitted, and never part of a batched solve
+                results[item.key] = fit_power_law(torch.empty(0), min_evals=min_evals)
+            else:
+                groups[(item.weight.device, item.source_shape, item.scale)].append(item)
 
         itemsize = torch.tensor([], dtype=dtype).element_size()
-        results: dict = {}
-        bar = tqdm(total=len(items), desc="spectra", unit="matrix", disable=not progress)
+        bar = tqdm(total=len(items) - len(results), desc="spectra", unit="matrix", disable=not progress)
         for (_device, (per_item, m, n), scale), members in groups.items():
             gram_bytes = per_item * min(m, n) ** 2 * itemsize
             per_call = max(1, max_batch_bytes // max(1, gram_bytes))

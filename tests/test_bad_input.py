@@ -192,3 +192,42 @@ def test_numpy_numbers_are_accepted_as_numbers():
     import numpy as np
 
     assert TempBalanceArguments(tb_xmin_pos=np.float32(1.5)).tb_xmin_pos == 1.5
+
+
+# --------------------------------------------------------------------------------------------------
+# Issue 18: one bad matrix, one unit left, options
+
+
+def test_zero_size_matrix_is_its_own_status_not_a_failed_pass(tmp_path):
+    """A zero-size nn.Linear(32, 0) in each block made `analyze` raise, so the whole pass failed and every unit kept
+    factor 1 for the whole run. Now that matrix alone is "too_small"; the others fit and training balances."""
+    from tiny_models import dataset_for, tiny_training_args
+
+    from tb_hf import TempBalanceTrainer
+
+    torch.manual_seed(0)
+    res = analyze({"empty": torch.zeros(0, 32), "wide": torch.zeros(32, 0), "fine": torch.randn(64, 64)})
+    assert {k: r.status for k, r in res.items()} == {"empty": "too_small", "wide": "too_small", "fine": "ok"}
+    assert res["empty"].num_evals == 0 and math.isnan(res["empty"].alpha) and res["empty"].shape == (0, 32)
+    farms = analyze({"empty": torch.zeros(0, 32), "fine": torch.randn(64, 64)}, estimator="farms", farms_window=32)
+    assert farms["empty"].status == "too_small" and farms["fine"].ok
+    experts = analyze({"experts": torch.zeros(2, 0, 8)})
+    assert [r.status for r in experts.values()] == ["too_small", "too_small"]
+    from tb_hf.engine import model_farms_window
+
+    assert model_farms_window([(0, 32), (64, 256)], 1.0) == 32  # the empty matrix does not shrink FARMS's window
+
+    model = ARCHS["bert"][0]()
+    for layer in model.bert.encoder.layer:
+        layer.pruned = nn.Linear(32, 0)  # e.g. every head of a projection pruned away
+    args = tiny_training_args(tmp_path, tb_update_steps="once")
+    trainer = TempBalanceTrainer(model=model, args=args, train_dataset=dataset_for(model))
+    trainer.train()
+    pruned = [t.key for t in trainer.tempbalance.engine.tasks if "pruned" in t.key.param]
+    result = trainer.tempbalance.engine.run(model, esd_keys=pruned)
+    spectra = result.spectra
+    assert all(result.esds[k].numel() == 0 for k in pruned)  # for figures: no eigenvalues, no error
+    assert {s.status for k, s in spectra.items() if "pruned" in k.param} == {"too_small"}
+    assert all(s.ok for k, s in spectra.items() if "pruned" not in k.param)
+    factors = sorted(g["tb_factor"] for g in trainer.optimizer.param_groups if g["tb_unit"])
+    assert factors[0] == pytest.approx(0.5) and factors[-1] == pytest.approx(1.5)  # balanced, not all 1
