@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .options import ESTIMATORS, XMIN_METHODS, check_range
+from .options import ESTIMATORS, MIN_EVALS_RANGE, MIN_EVALS_WHY, XMIN_METHODS, check_int, check_range
 
 __all__ = [
     "EVALS_THRESH",
@@ -160,8 +160,7 @@ def _check_options(xmin_method: str, xmin_pos: float, min_evals: int) -> None:
     if xmin_method not in XMIN_METHODS:
         raise ValueError(f"xmin_method must be one of {XMIN_METHODS}, got {xmin_method!r}")
     check_range("xmin_pos", xmin_pos, 1, 100, low_open=True, why=" (xmin = evals[floor(N / xmin_pos)])")
-    if not isinstance(min_evals, int) or isinstance(min_evals, bool) or not 2 <= min_evals <= 10**7:
-        raise ValueError(f"min_evals must be an integer >= 2 (a fit needs two eigenvalues), got {min_evals!r}")
+    check_int("min_evals", min_evals, *MIN_EVALS_RANGE, why=MIN_EVALS_WHY)
 
 
 # --------------------------------------------------------------------------------------------------
