@@ -88,7 +88,8 @@ class PassResult:
     alpha_se: dict[str, float] = field(default_factory=dict)
 
     def statuses(self, unit: Unit) -> list[str]:
-        """The distinct statuses of a unit's matrices (to say why a unit was not fitted)."""
+        """The distinct statuses of a unit's matrices (to say why a unit was not fitted); empty if none of its
+        matrices was analysed (the LoRA delta view leaves out matrices without LoRA)."""
         return sorted({s.status for k, s in self.spectra.items() if k.param in unit.matrices})
 
 
@@ -247,6 +248,13 @@ class SpectralEngine:
         self.device = device
         self.options = tb.spectral_options(device)
         self.tasks = plan(model, partition, lora_view=tb.tb_lora_view, options=self.options)
+        if tb.tb_lora_view == "delta" and not lora_layers(model):
+            logger.warning_once(
+                f"TempBalance: {type(model).__name__} has no LoRA adapters, so tb_lora_view='delta' has nothing to "
+                "analyse (it looks at the LoRA update ΔW alone) and every unit keeps factor 1. Use "
+                "tb_lora_view='effective' (the default) for a model without LoRA, or add adapters with "
+                "peft.get_peft_model before training."
+            )
         if self.options["estimator"] == "farms" and self.options["farms_window"] is None:
             window = model_farms_window([t.shape for t in self.tasks], self.options["farms_aspect_ratio"])
             if window is not None:  # the costs depend on the window: plan again with it

@@ -277,3 +277,20 @@ def test_numpy_integers_are_accepted_as_integers():
     with pytest.raises(ValueError, match=r"min_evals must be an integer in \[2, 10000000\]"):
         analyze({"w": torch.randn(64, 64)}, min_evals=10**8)
 
+
+def test_delta_view_without_lora_says_why(tmp_path, caplog):
+    """tb_lora_view='delta' on a model without LoRA: every factor 1, and the warning named no reason (issue 18 C)."""
+    from tiny_models import dataset_for, tiny_training_args
+
+    from tb_hf import TempBalanceTrainer
+
+    torch.manual_seed(0)
+    model = ARCHS["distilbert"][0]()
+    args = tiny_training_args(tmp_path, tb_lora_view="delta", tb_update_steps="2")
+    with caplog.at_level(logging.WARNING):
+        trainer = TempBalanceTrainer(model=model, args=args, train_dataset=dataset_for(model))
+        trainer.train()
+    assert caplog.text.count("has no LoRA adapters") == 1  # said once, at set-up, not at every pass
+    assert "tb_lora_view='delta' has nothing to analyse" in caplog.text and "tb_lora_view='effective'" in caplog.text
+    assert "no LoRA-adapted matrix" in caplog.text  # and the units kept at factor 1 say why
+    assert all(g["tb_factor"] == 1.0 for g in trainer.optimizer.param_groups)
