@@ -72,6 +72,55 @@ def best_device() -> str:
     return "cpu"
 
 
+def check_device(device: str) -> None:
+    """`SystemExit` for a device this machine does not have (``cuda`` without CUDA, ``cuda:3`` of two GPUs, ``mps``
+    off a Mac) or a name that is not a device, before any model is loaded."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise SystemExit(f"--device {device!r} is not a device: use cpu, cuda, cuda:N, mps or auto.") from None
+    if dev.type == "cpu":
+        return
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no GPU or driver was found"
+            raise SystemExit(
+                f"--device {device}: CUDA is not available on this machine ({why}). Use --device cpu, or --device auto "
+                "(the best device there is)."
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise SystemExit(
+                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                f"cuda:0..cuda:{torch.cuda.device_count() - 1}."
+            )
+        return
+    backend = getattr(torch.backends, dev.type, None) if dev.type == "mps" else getattr(torch, dev.type, None)
+    if backend is None or not hasattr(backend, "is_available") or not backend.is_available():
+        raise SystemExit(
+            f"--device {device}: {dev.type} is not available on this machine. Use --device cpu, or --device auto."
+        )
+
+
+def _damaged_safetensors(folder: str, err: Exception, what: str) -> SystemExit:
+    """The error for a ``.safetensors`` file that cannot be read (truncated download, overwritten file), naming it."""
+    from safetensors import safe_open
+
+    bad = []
+    for path in sorted(Path(os.path.expanduser(folder)).glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except Exception:  # noqa: BLE001 - any failure to open is what we are looking for
+            bad.append(path)
+    named = ", ".join(map(str, bad)) if bad else f"a .safetensors file in {folder}"
+    return SystemExit(
+        f"Could not load {what}: {named} is damaged or incomplete ({type(err).__name__}: {err}). Download it again, "
+        "or write it again with save_pretrained."
+    )
+
+
 def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1 or os.sep in name.replace("/", "")
 
@@ -157,8 +206,12 @@ def load_model(
     kwargs = {"dtype": dtype if dtype == "auto" else getattr(torch, dtype)}
     if device != "cpu":
         kwargs["device_map"] = {"": device}  # load each tensor onto the device: no full CPU copy on the way
+    from safetensors import SafetensorError
+
     try:
         model = cls.from_pretrained(path, **kwargs)
+    except SafetensorError as err:
+        raise _damaged_safetensors(path, err, repr(name_or_path)) from err
     except (OSError, ValueError) as err:
         raise SystemExit(
             f"Could not load {name_or_path!r} with {cls.__name__}: {err}\nIf this class does not fit the checkpoint, "
@@ -188,6 +241,7 @@ def load_adapter(model: torch.nn.Module, adapter: str, model_name: str = "the mo
     """
     from peft import PeftModel
     from peft.utils import get_peft_model_state_dict, load_peft_weights
+    from safetensors import SafetensorError
 
     path = os.path.expanduser(adapter)
     if not os.path.isdir(path):
@@ -207,6 +261,8 @@ def load_adapter(model: torch.nn.Module, adapter: str, model_name: str = "the mo
     try:
         # Trainable, as in training: units are the blocks whose adapters train (the base weights stay frozen).
         peft_model = PeftModel.from_pretrained(model, path, is_trainable=True)
+    except SafetensorError as err:
+        raise _damaged_safetensors(path, err, f"--adapter {adapter!r}") from err
     except (ValueError, RuntimeError, KeyError, TypeError) as err:
         lines = str(err).strip().splitlines()
         detail = "\n".join(lines[:3]) + (f"\n... ({len(lines) - 3} more lines)" if len(lines) > 3 else "")
@@ -298,9 +354,21 @@ def cmd_analyze(argv: list[str]) -> ModelAnalysis:
             "(the factors shuffled among the units, one permutation per TrainingArguments seed), so it has no "
             "table here: leave it out."
         )
+    if tb.tb_lora_view == "delta" and extra.adapter is None:
+        raise SystemExit(
+            "--tb_lora_view delta analyses the LoRA update ΔW alone, so it needs LoRA adapters, and a model folder has "
+            "none: pass --adapter ADAPTER_FOLDER (a peft adapter trained on this model), or leave --tb_lora_view at "
+            "'effective' to analyse the model's own weights."
+        )
+    if extra.out is not None:  # checked now: writing the report comes after the whole pass
+        existing = next((p for p in (extra.out, *extra.out.parents) if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            raise SystemExit(f"--out {extra.out}: {existing} is a file; --out names a folder for the report files.")
     figures = extra.out is not None and not extra.no_figures
     if figures:
         _require_plotting()
+    if extra.device != "auto":
+        check_device(extra.device)
     device = best_device() if extra.device == "auto" else extra.device
     from .analysis import analyze_model, print_table, write_figures, write_report
 
