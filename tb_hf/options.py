@@ -74,7 +74,9 @@ def check_range(name: str, value, low: float, high: float, *, low_open: bool = F
 def check_int(name: str, value, low: int, high: int, *, why: str = "") -> int:
     """``value`` as an int, or a ValueError naming ``name`` and the range [low, high]. Any integer type counts (a
     numpy integer from a config or a sweep grid), bool does not; a float does not either, even 50.0."""
-    if not (isinstance(value, numbers.Integral) and not isinstance(value, bool | _NUMPY_BOOL) and low <= value <= high):
+    if not (
+        isinstance(value, numbers.Integral) and not isinstance(value, bool | _NUMPY_BOOL) and low <= value <= high
+    ):
         raise ValueError(f"{name} must be an integer in [{low}, {high}]{why}, got {value!r}")
     return int(value)
 
