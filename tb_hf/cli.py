@@ -46,6 +46,45 @@ FIGURE_FORMATS = ("png", "pdf", "svg")
 
 
 # --------------------------------------------------------------------------------------------------
+# Flags: no abbreviations, and a suggestion for a typo
+
+
+def closest_option(flag: str, options) -> str | None:
+    """The option a mistyped ``flag`` most likely meant: the only option it is a prefix of (what argparse used to
+    take silently), else the closest by `difflib`; None if nothing is close."""
+    import difflib
+
+    options = list(options)
+    prefixed = [o for o in options if o.startswith(flag)]
+    if len(prefixed) == 1:
+        return prefixed[0]
+    close = difflib.get_close_matches(flag, prefixed or options, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def unrecognized_message(parser: argparse.ArgumentParser, unknown: list[str], config: dict | None = None) -> str:
+    """argparse's ``unrecognized arguments: ...`` with ``(did you mean --learning_rate?)`` for each unknown flag
+    that is close to a real one. ``config`` maps a flag to where it came from (a YAML key) to name that too.
+
+    Build parsers with ``allow_abbrev=False`` so that ``--learning_rat`` ends here instead of setting
+    ``--learning_rate`` without a word."""
+    options = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
+    flags = [token.split("=", 1)[0] for token in unknown if token.startswith("--")]
+    hints = []
+    for flag in flags:
+        close = closest_option(flag, options)
+        named = f"{flag} (key {flag[2:]!r} of {config[flag]})" if config and flag in config else flag
+        if close:
+            hints.append(
+                f"did you mean {close}?" if named == flag and len(flags) == 1 else f"{named}: did you mean {close}?"
+            )
+        elif named != flag:
+            hints.append(f"{named}: no such option")
+    hint = f" ({'; '.join(hints)})" if hints else ""
+    return f"unrecognized arguments: {' '.join(unknown)}{hint} (see --help)"
+
+
+# --------------------------------------------------------------------------------------------------
 # Loading
 
 
@@ -87,8 +126,8 @@ def check_device(device: str) -> None:
         if not torch.cuda.is_available():
             why = "this torch is built without CUDA" if torch.version.cuda is None else "no GPU or driver was found"
             raise SystemExit(
-                f"--device {device}: CUDA is not available on this machine ({why}). Use --device cpu, or --device auto "
-                "(the best device there is)."
+                f"--device {device}: CUDA is not available on this machine ({why}). Use --device cpu, or "
+                "--device auto (the best device there is)."
             )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise SystemExit(
@@ -317,6 +356,7 @@ def cmd_analyze(argv: list[str]) -> ModelAnalysis:
         prog="tb-hf analyze",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # --tb_mapp must not set --tb_mapping silently
     )
     parser.add_argument(
         "model",
@@ -347,7 +387,9 @@ def cmd_analyze(argv: list[str]) -> ModelAnalysis:
     )
     parser.add_argument("--no-figures", action="store_true", help="write only alpha.csv and alpha.json")
     parser.add_argument("--fig-format", default="png", choices=FIGURE_FORMATS)
-    tb, extra = parser.parse_args_into_dataclasses(args=argv)
+    tb, extra, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:
+        parser.error(unrecognized_message(parser, unknown))
     if tb.tb_permute_factors:
         raise SystemExit(
             "tb-hf analyze shows the factors TempBalance assigns by α; --tb_permute_factors is a training control "
@@ -356,9 +398,9 @@ def cmd_analyze(argv: list[str]) -> ModelAnalysis:
         )
     if tb.tb_lora_view == "delta" and extra.adapter is None:
         raise SystemExit(
-            "--tb_lora_view delta analyses the LoRA update ΔW alone, so it needs LoRA adapters, and a model folder has "
-            "none: pass --adapter ADAPTER_FOLDER (a peft adapter trained on this model), or leave --tb_lora_view at "
-            "'effective' to analyse the model's own weights."
+            "--tb_lora_view delta analyses the LoRA update ΔW alone, so it needs LoRA adapters, and a model folder "
+            "has none: pass --adapter ADAPTER_FOLDER (a peft adapter trained on this model), or leave --tb_lora_view "
+            "at 'effective' to analyse the model's own weights."
         )
     if extra.out is not None:  # checked now: writing the report comes after the whole pass
         existing = next((p for p in (extra.out, *extra.out.parents) if p.exists()), None)
@@ -418,11 +460,14 @@ def cmd_plot_history(argv: list[str]) -> list[str]:
     parser = argparse.ArgumentParser(
         prog="tb-hf plot-history",
         description="Figures of α and of the learning-rate factor per unit over a TempBalance training run.",
+        allow_abbrev=False,
     )
     parser.add_argument("output_dir", help="the run's output_dir (holding tempbalance/history.jsonl), or the file")
     parser.add_argument("--out", type=Path, default=None, help="folder for the figures (default: next to the file)")
     parser.add_argument("--fig-format", default="png", choices=FIGURE_FORMATS)
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error(unrecognized_message(parser, unknown))
     _require_plotting()
     from . import plotting
 
@@ -448,7 +493,12 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(f"usage: tb-hf {{{','.join(COMMANDS)}}} [options]   (tb-hf COMMAND --help for details)")
-        raise SystemExit(0 if not argv or argv[0] in ("-h", "--help") else 2)
+        if not argv or argv[0] in ("-h", "--help"):
+            raise SystemExit(0)
+        close = closest_option(argv[0], COMMANDS)
+        hint = f" (did you mean {close}?)" if close else ""
+        print(f"tb-hf: error: unknown command {argv[0]!r}{hint}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        raise SystemExit(2)
     COMMANDS[argv[0]](argv[1:])
 
 

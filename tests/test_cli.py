@@ -201,7 +201,9 @@ def test_analyze_issue18_inputs_are_refused_before_any_work(saved_model, saved_a
     shutil.copytree(saved_model, broken)
     weights = broken / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
-    with pytest.raises(SystemExit, match=r"(?s)model.safetensors.*damaged or incomplete.*SafetensorError.*save_pretrained"):
+    with pytest.raises(
+        SystemExit, match=r"(?s)model.safetensors.*damaged or incomplete.*SafetensorError.*save_pretrained"
+    ):
         cli.main(["analyze", str(broken)])
     weights.write_bytes(b"not a safetensors file")
     with pytest.raises(SystemExit, match=r"model.safetensors"):
@@ -293,6 +295,30 @@ def test_usage():
     with pytest.raises(SystemExit) as info:
         cli.main(["frobnicate"])
     assert info.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["analyze", "MODEL", "--tb_mapp", "sigmoid"],
+            r"unrecognized arguments: --tb_mapp.*did you mean --tb_mapping\?",
+        ),
+        (["analyze", "MODEL", "--ou", "x"], r"unrecognized arguments: --ou.*did you mean --out\?"),
+        (["plot-history", "RUN", "--ou", "x"], r"unrecognized arguments: --ou x \(did you mean --out\?\)"),
+        (["analyse", "MODEL"], r"unknown command 'analyse' \(did you mean analyze\?\)"),
+    ],
+)
+def test_abbreviated_or_misspelled_flags_are_errors(saved_model, tmp_path, capsys, argv, message, monkeypatch):
+    """Argparse took unique prefixes: `--tb_mapp sigmoid` set tb_mapping without a word (issue 18 F)."""
+    import re
+
+    monkeypatch.setattr(cli, "load_model", lambda *a, **k: pytest.fail("loaded the model"))
+    argv = [str(saved_model) if a == "MODEL" else str(tmp_path) if a == "RUN" else a for a in argv]
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
 
 
 def test_alpha_noise_script(saved_model, tmp_path, capsys):
