@@ -73,18 +73,11 @@ def check_range(name: str, value, low: float, high: float, *, low_open: bool = F
 
 def check_int(name: str, value, low: int, high: int, *, why: str = "") -> int:
     """``value`` as an int, or a ValueError naming ``name`` and the range [low, high]. Any integer type counts (a
-    numpy integer from a config or a sweep grid), bool does not; a float does not either, even 50.0."""
-    if not (
-        isinstance(value, numbers.Integral) and not isinstance(value, bool | _NUMPY_BOOL) and low <= value <= high
-    ):
+    numpy integer from a config or a sweep grid); bool does not (numpy's bool is no `numbers.Integral` either), nor
+    does a float, even 50.0."""
+    if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and low <= value <= high):
         raise ValueError(f"{name} must be an integer in [{low}, {high}]{why}, got {value!r}")
     return int(value)
-
-
-try:  # numpy's bool is not a numbers.Integral, but be explicit: True must never count as 1
-    from numpy import bool_ as _NUMPY_BOOL
-except ImportError:  # pragma: no cover - numpy comes with torch
-    _NUMPY_BOOL = bool
 
 
 def check_factor_options(mapping: str, *, prefix: str = "", **values: float) -> None:
