@@ -1,9 +1,9 @@
 """The bad-input battery: every bad input the issues and docs/bad-input.md name, tried as a user would, and classified.
 
-    python scripts/bad_input_battery.py            # prints one line per input and the totals
+    python -m scripts.bad_input_battery            # from the repository root: one line per input, the totals
 
 Each case is a small function that feeds one bad input to the library, ``tb-hf analyze``, the recipe
-(``recipes/glue/run_glue.py``) or the sweep (`the sweep (`python -m recipes.sweep`)`), in process, and says what a correct outcome
+(``recipes/glue/run_glue.py``) or the sweep (``python -m recipes.sweep``), in process, and says what a correct outcome
 looks like. The outcome is classified as:
 
 * ``clear error``: it stopped with a ValueError/TypeError/SystemExit whose message contains the expected words
@@ -30,7 +30,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "recipes"), str(ROOT / "recipes" / "glue")]
+sys.path[:0] = [str(ROOT / "tests")]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 GLUE = ROOT.parent / "shared" / "data" / "glue"
 
@@ -98,6 +98,15 @@ for _name, _options, _words in [
     ("tb_farms_grid = 0", dict(tb_estimator="farms", tb_farms_grid=0), ["tb_farms_grid"]),
     ("tb_min_evals = 1", dict(tb_min_evals=1), ["tb_min_evals"]),
     ("tb_xmin_pos with ks", dict(tb_xmin_method="ks", tb_xmin_pos=1.5), ["tb_xmin_pos"]),
+    ("tb_farms_aspect_ratio without farms", dict(tb_farms_aspect_ratio=2.0), ["tb_farms_aspect_ratio", "'farms'"]),
+    ("tb_farms_grid without farms", dict(tb_farms_grid=4), ["tb_farms_grid", "'farms'"]),
+    ("tb_update_steps = '²'", dict(tb_update_steps="²"), ["tb_update_steps", "positive integer"]),
+    ("tb_min_evals = 10**8", dict(tb_min_evals=10**8), ["tb_min_evals", "[2, 10000000]"]),
+    (
+        "tb_farms_window = 2*10**6",
+        dict(tb_estimator="farms", tb_farms_window=2 * 10**6),
+        ["tb_farms_window", "[1, 1000000]"],
+    ),
 ]:
 
     def _fn(options=_options):
@@ -112,6 +121,21 @@ def _():
 
     cb = TempBalanceCallback(_config(tb_xmin_pos=1.5), mapping="sigmoid")
     assert (cb.user_tb_args.tb_mapping, cb.user_tb_args.tb_xmin_pos) == ("sigmoid", 1.5)
+
+
+@case("numpy integer options (np.int64(50))", "correct")
+def _():
+    import numpy as np
+
+    config = _config(tb_min_evals=np.int64(50), tb_estimator="farms", tb_farms_window=np.int64(64))
+    assert (config.tb_min_evals, config.tb_farms_window) == (50, 64) and type(config.tb_min_evals) is int
+
+
+@case("tb_lr_min == tb_lr_max with tied alphas", "correct")
+def _():
+    from tb_hf import compute_factors
+
+    assert compute_factors({"a": 3.0, "b": 3.0}, lr_min=0.7, lr_max=0.7) == {"a": 0.7, "b": 0.7}
 
 
 @case("callback with a misspelled option", "error", "unknown tempbalance options", "valid")
@@ -174,6 +198,42 @@ def _():
     for name, p in model.named_parameters():
         p.requires_grad = "classifier" in name
     _train(model, _tmp())
+
+
+@case("zero-size nn.Linear(32, 0) in each block", "correct")
+def _():
+    import torch.nn as nn
+    from tiny_models import ARCHS
+
+    model = ARCHS["bert"][0]()
+    for layer in model.bert.encoder.layer:
+        layer.pruned = nn.Linear(32, 0)
+    trainer = _train(model, _tmp(), tb_update_steps="once")
+    spectra = trainer.tempbalance.engine.run(model).spectra
+    assert {s.status for k, s in spectra.items() if "pruned" in k.param} == {"too_small"}
+    factors = {g["tb_unit"]: g["tb_factor"] for g in trainer.optimizer.param_groups if g["tb_unit"]}
+    assert sorted(factors.values()) == [0.5, 1.5], factors  # the other matrices fit: balanced
+
+
+@case("two blocks, one frozen (one trainable unit)", "warning", "single trainable unit", "tb_unit='matrix'")
+def _():
+    from tiny_models import ARCHS
+
+    model = ARCHS["bert"][0]()
+    for name, p in model.named_parameters():
+        p.requires_grad = not name.startswith("bert.encoder.layer.0.")
+    trainer = _train(model, _tmp(), tb_update_steps="once")
+    factors = {g["tb_unit"]: g["tb_factor"] for g in trainer.optimizer.param_groups if g["tb_unit"]}
+    assert factors == {"bert.encoder.layer.1": 1.0}, factors
+
+
+@case("tb_lora_view='delta' on a model without LoRA", "warning", "has no lora adapters", "tb_lora_view='effective'")
+def _():
+    from tiny_models import ARCHS
+
+    model = ARCHS["roberta"][0]()
+    trainer = _train(model, _tmp(), tb_lora_view="delta", tb_update_steps="once")
+    assert all(g["tb_factor"] == 1.0 for g in trainer.optimizer.param_groups)
 
 
 @case("IterableDataset with tb_update_steps='auto'", "warning", "no length", "max_steps=6")
@@ -367,6 +427,30 @@ def _():
     assert data["train"]["text"][0].startswith('"quoted')
 
 
+@case("continuous float labels without is_regression", "error", "y.csv", "--is_regression")
+def _():
+    values = [0.05, 0.087, 0.1, 0.15, 0.2, 0.33, 0.4, 0.5, 0.61, 0.75, 0.9, 0.95]
+    _load(_csv(_tmp() / "y.csv", "text,label\n" + "".join(f"t{i},{v}\n" for i, v in enumerate(values))))
+
+
+@case("JSONL line without the text key", "error", "y.jsonl", "line 2", "'text'")
+def _():
+    _load(_csv(_tmp() / "y.jsonl", '{"text": "a", "label": 1}\n{"review": "b", "label": 0}\n'))
+
+
+for _suffix, _text in [
+    ("csv", "text,label\nfine,pos\ncafé,neg\n"),
+    ("jsonl", '{"text": "fine", "label": 1}\n{"text": "café", "label": 0}\n'),
+]:
+
+    def _fn(suffix=_suffix, text=_text):
+        path = _tmp() / f"y.{suffix}"
+        path.write_bytes(text.encode("latin-1"))
+        _load(str(path))
+
+    case(f"latin-1 encoded {_suffix.upper()}", "error", f"y.{_suffix}", "utf-8", "iconv -f latin1")(_fn)
+
+
 @case("missing text column", "error", "review")
 def _():
     from tb_hf.data import load_task
@@ -394,7 +478,7 @@ def _():
 
 
 def _recipe(*argv: str) -> None:
-    import run_glue
+    from recipes.glue import run_glue
 
     with contextlib.redirect_stderr(io.StringIO()) as err:
         try:
@@ -408,6 +492,11 @@ for _name, _argv, _words in [
     ("recipe unknown task", ["--task_name", "sst3"], ["sst3"]),
     ("recipe unknown flag", ["--task_name", "sst2", "--learning_rte", "1e-4"], ["unrecognized", "learning_rte"]),
     ("recipe missing model folder", ["--task_name", "sst2", "--model_name_or_path", "./nowhere"], ["nowhere"]),
+    (
+        "recipe abbreviated flag --learning_rat",
+        ["--task_name", "sst2", "--learning_rat", "1e-3"],
+        ["unrecognized", "did you mean --learning_rate?"],
+    ),
 ]:
 
     def _fn(argv=_argv):
@@ -417,8 +506,91 @@ for _name, _argv, _words in [
     case(_name, "error", "exit 2", *_words)(_fn)
 
 
+@case("recipe YAML key learning_rat: 1e-3", "error", "exit 2", "learning_rat", "run.yaml", "--learning_rate?")
+def _():
+    config = _tmp() / "run.yaml"
+    config.write_text(f"task_name: sst2\nglue_dir: {GLUE}\nlearning_rat: 1e-3\noutput_dir: {_tmp()}\n")
+    _recipe(str(config))
+
+
+# --------------------------------------------------------------------------------------------------
+# tb-hf analyze
+
+
+_SAVED: dict[str, Path] = {}
+
+
+def _saved_model() -> Path:
+    """A tiny BERT saved with save_pretrained, once per battery run."""
+    if "bert" not in _SAVED:
+        import torch
+        import transformers as tf
+
+        torch.manual_seed(0)
+        path = _tmp() / "tiny-bert"
+        tf.BertModel(
+            tf.BertConfig(
+                vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+            )
+        ).save_pretrained(path)
+        _SAVED["bert"] = path
+    return _SAVED["bert"]
+
+
+def _tbhf(*argv: str) -> None:
+    from tb_hf import cli
+
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        try:
+            cli.main(list(argv))
+        except SystemExit as exit_:
+            if isinstance(exit_.code, int):
+                raise SystemExit(f"exit {exit_.code}: {err.getvalue().strip()}") from None
+            raise
+
+
+@case("tb-hf analyze: damaged model.safetensors", "error", "model.safetensors", "damaged")
+def _():
+    import shutil
+
+    broken = _tmp() / "broken"
+    shutil.copytree(_saved_model(), broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    _tbhf("analyze", str(broken))
+
+
+@case("tb-hf analyze: --out is an existing file", "error", "--out", "is a file")
+def _():
+    out = _tmp() / "report.txt"
+    out.write_text("x")
+    _tbhf("analyze", str(_saved_model()), "--out", str(out))
+
+
+@case("tb-hf analyze: --device cuda without CUDA (simulated)", "error", "--device cuda", "not available")
+def _():
+    import torch
+
+    available = torch.cuda.is_available
+    torch.cuda.is_available = lambda: False  # what a CPU-only machine reports
+    try:
+        _tbhf("analyze", str(_saved_model()), "--device", "cuda")
+    finally:
+        torch.cuda.is_available = available
+
+
+@case("tb-hf analyze: --tb_lora_view delta without --adapter", "error", "delta", "--adapter")
+def _():
+    _tbhf("analyze", str(_saved_model()), "--tb_lora_view", "delta")
+
+
+@case("tb-hf analyze: abbreviated flag --tb_mapp", "error", "exit 2", "did you mean --tb_mapping?")
+def _():
+    _tbhf("analyze", str(_saved_model()), "--tb_mapp", "sigmoid")
+
+
 def _sweep(config: str, *argv: str) -> None:
-    import sweep
+    from recipes import sweep
 
     path = _tmp() / "sweep.yaml"
     path.write_text(config)

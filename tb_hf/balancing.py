@@ -145,6 +145,8 @@ def _sigmoid(x: float) -> float:
 
 
 def _linear_factors(fitted: Mapping[str, float], lr_min: float, lr_max: float) -> dict[str, float]:
+    if lr_min == lr_max:  # a constant map: that constant for every fitted unit, whatever their α
+        return dict.fromkeys(fitted, float(lr_min))
     lo, hi = min(fitted.values()), max(fitted.values())
     if hi == lo:
         return dict.fromkeys(fitted, 1.0)
@@ -223,7 +225,8 @@ def compute_factors(
     minimum, maximum and mean below.
 
     * ``"linear"`` (TempBalance): ``factor = lr_min + (lr_max − lr_min)·(α − α_min)/(α_max − α_min)``, so the
-      lowest α gets ``lr_min`` and the highest ``lr_max``; if all α are equal every factor is 1.
+      lowest α gets ``lr_min`` and the highest ``lr_max``; if all α are equal every factor is 1. With
+      ``lr_min == lr_max`` the map is constant: every fitted unit gets exactly that value.
     * ``"sigmoid"`` (Model Balancing's TB_Sigmoid): ``factor = 10^φ``, ``φ = s·(σ(τ·(α − ᾱ)) − 0.5)`` with ᾱ the
       mean α and ``s = s_low`` for α ≤ ᾱ, ``s_high`` above. Factors lie in ``(10^(−s_low/2), 10^(s_high/2))``
       and the unit at the mean gets 1. ``lr_min``/``lr_max`` do not apply.

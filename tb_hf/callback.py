@@ -336,7 +336,10 @@ class TempBalanceCallback(TrainerCallback):
             wd_factors = self._permuted(wd_factors, metrics) if wd_factors else {}
         skipped = [name for name, value in metrics.items() if not math.isfinite(value)]
         if skipped and result is not None:
-            why = {u.name: result.statuses(u) for u in units if u.name in skipped}
+            unanalysed = (
+                "no LoRA-adapted matrix (tb_lora_view='delta')" if self.tb.tb_lora_view == "delta" else "no matrix"
+            )
+            why = {u.name: result.statuses(u) or [unanalysed] for u in units if u.name in skipped}
             logger.warning(f"TempBalance: {len(skipped)} unit(s) not fitted keep factor 1: {why}")
         return {
             "metrics": metrics, "alpha_se": alpha_se, "factors": factors, "wd_factors": wd_factors, "skipped": skipped

@@ -46,6 +46,45 @@ FIGURE_FORMATS = ("png", "pdf", "svg")
 
 
 # --------------------------------------------------------------------------------------------------
+# Flags: no abbreviations, and a suggestion for a typo
+
+
+def closest_option(flag: str, options) -> str | None:
+    """The option a mistyped ``flag`` most likely meant: the only option it is a prefix of (what argparse used to
+    take silently), else the closest by `difflib`; None if nothing is close."""
+    import difflib
+
+    options = list(options)
+    prefixed = [o for o in options if o.startswith(flag)]
+    if len(prefixed) == 1:
+        return prefixed[0]
+    close = difflib.get_close_matches(flag, prefixed or options, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def unrecognized_message(parser: argparse.ArgumentParser, unknown: list[str], config: dict | None = None) -> str:
+    """argparse's ``unrecognized arguments: ...`` with ``(did you mean --learning_rate?)`` for each unknown flag
+    that is close to a real one. ``config`` maps a flag to where it came from (a YAML key) to name that too.
+
+    Build parsers with ``allow_abbrev=False`` so that ``--learning_rat`` ends here instead of setting
+    ``--learning_rate`` without a word."""
+    options = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
+    flags = [token.split("=", 1)[0] for token in unknown if token.startswith("--")]
+    hints = []
+    for flag in flags:
+        close = closest_option(flag, options)
+        named = f"{flag} (key {flag[2:]!r} of {config[flag]})" if config and flag in config else flag
+        if close:
+            hints.append(
+                f"did you mean {close}?" if named == flag and len(flags) == 1 else f"{named}: did you mean {close}?"
+            )
+        elif named != flag:
+            hints.append(f"{named}: no such option")
+    hint = f" ({'; '.join(hints)})" if hints else ""
+    return f"unrecognized arguments: {' '.join(unknown)}{hint} (see --help)"
+
+
+# --------------------------------------------------------------------------------------------------
 # Loading
 
 
@@ -70,6 +109,55 @@ def best_device() -> str:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+def check_device(device: str) -> None:
+    """`SystemExit` for a device this machine does not have (``cuda`` without CUDA, ``cuda:3`` of two GPUs, ``mps``
+    off a Mac) or a name that is not a device, before any model is loaded."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise SystemExit(f"--device {device!r} is not a device: use cpu, cuda, cuda:N, mps or auto.") from None
+    if dev.type == "cpu":
+        return
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no GPU or driver was found"
+            raise SystemExit(
+                f"--device {device}: CUDA is not available on this machine ({why}). Use --device cpu, or "
+                "--device auto (the best device there is)."
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise SystemExit(
+                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                f"cuda:0..cuda:{torch.cuda.device_count() - 1}."
+            )
+        return
+    backend = getattr(torch.backends, dev.type, None) if dev.type == "mps" else getattr(torch, dev.type, None)
+    if backend is None or not hasattr(backend, "is_available") or not backend.is_available():
+        raise SystemExit(
+            f"--device {device}: {dev.type} is not available on this machine. Use --device cpu, or --device auto."
+        )
+
+
+def _damaged_safetensors(folder: str, err: Exception, what: str) -> SystemExit:
+    """The error for a ``.safetensors`` file that cannot be read (truncated download, overwritten file), naming it."""
+    from safetensors import safe_open
+
+    bad = []
+    for path in sorted(Path(os.path.expanduser(folder)).glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except Exception:  # noqa: BLE001 - any failure to open is what we are looking for
+            bad.append(path)
+    named = ", ".join(map(str, bad)) if bad else f"a .safetensors file in {folder}"
+    return SystemExit(
+        f"Could not load {what}: {named} is damaged or incomplete ({type(err).__name__}: {err}). Download it again, "
+        "or write it again with save_pretrained."
+    )
 
 
 def _looks_like_path(name: str) -> bool:
@@ -157,8 +245,12 @@ def load_model(
     kwargs = {"dtype": dtype if dtype == "auto" else getattr(torch, dtype)}
     if device != "cpu":
         kwargs["device_map"] = {"": device}  # load each tensor onto the device: no full CPU copy on the way
+    from safetensors import SafetensorError
+
     try:
         model = cls.from_pretrained(path, **kwargs)
+    except SafetensorError as err:
+        raise _damaged_safetensors(path, err, repr(name_or_path)) from err
     except (OSError, ValueError) as err:
         raise SystemExit(
             f"Could not load {name_or_path!r} with {cls.__name__}: {err}\nIf this class does not fit the checkpoint, "
@@ -188,6 +280,7 @@ def load_adapter(model: torch.nn.Module, adapter: str, model_name: str = "the mo
     """
     from peft import PeftModel
     from peft.utils import get_peft_model_state_dict, load_peft_weights
+    from safetensors import SafetensorError
 
     path = os.path.expanduser(adapter)
     if not os.path.isdir(path):
@@ -207,6 +300,8 @@ def load_adapter(model: torch.nn.Module, adapter: str, model_name: str = "the mo
     try:
         # Trainable, as in training: units are the blocks whose adapters train (the base weights stay frozen).
         peft_model = PeftModel.from_pretrained(model, path, is_trainable=True)
+    except SafetensorError as err:
+        raise _damaged_safetensors(path, err, f"--adapter {adapter!r}") from err
     except (ValueError, RuntimeError, KeyError, TypeError) as err:
         lines = str(err).strip().splitlines()
         detail = "\n".join(lines[:3]) + (f"\n... ({len(lines) - 3} more lines)" if len(lines) > 3 else "")
@@ -261,6 +356,7 @@ def cmd_analyze(argv: list[str]) -> ModelAnalysis:
         prog="tb-hf analyze",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # --tb_mapp must not set --tb_mapping silently
     )
     parser.add_argument(
         "model",
@@ -291,16 +387,30 @@ def cmd_analyze(argv: list[str]) -> ModelAnalysis:
     )
     parser.add_argument("--no-figures", action="store_true", help="write only alpha.csv and alpha.json")
     parser.add_argument("--fig-format", default="png", choices=FIGURE_FORMATS)
-    tb, extra = parser.parse_args_into_dataclasses(args=argv)
+    tb, extra, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:
+        parser.error(unrecognized_message(parser, unknown))
     if tb.tb_permute_factors:
         raise SystemExit(
             "tb-hf analyze shows the factors TempBalance assigns by α; --tb_permute_factors is a training control "
             "(the factors shuffled among the units, one permutation per TrainingArguments seed), so it has no "
             "table here: leave it out."
         )
+    if tb.tb_lora_view == "delta" and extra.adapter is None:
+        raise SystemExit(
+            "--tb_lora_view delta analyses the LoRA update ΔW alone, so it needs LoRA adapters, and a model folder "
+            "has none: pass --adapter ADAPTER_FOLDER (a peft adapter trained on this model), or leave --tb_lora_view "
+            "at 'effective' to analyse the model's own weights."
+        )
+    if extra.out is not None:  # checked now: writing the report comes after the whole pass
+        existing = next((p for p in (extra.out, *extra.out.parents) if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            raise SystemExit(f"--out {extra.out}: {existing} is a file; --out names a folder for the report files.")
     figures = extra.out is not None and not extra.no_figures
     if figures:
         _require_plotting()
+    if extra.device != "auto":
+        check_device(extra.device)
     device = best_device() if extra.device == "auto" else extra.device
     from .analysis import analyze_model, print_table, write_figures, write_report
 
@@ -350,11 +460,14 @@ def cmd_plot_history(argv: list[str]) -> list[str]:
     parser = argparse.ArgumentParser(
         prog="tb-hf plot-history",
         description="Figures of α and of the learning-rate factor per unit over a TempBalance training run.",
+        allow_abbrev=False,
     )
     parser.add_argument("output_dir", help="the run's output_dir (holding tempbalance/history.jsonl), or the file")
     parser.add_argument("--out", type=Path, default=None, help="folder for the figures (default: next to the file)")
     parser.add_argument("--fig-format", default="png", choices=FIGURE_FORMATS)
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error(unrecognized_message(parser, unknown))
     _require_plotting()
     from . import plotting
 
@@ -380,7 +493,12 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(f"usage: tb-hf {{{','.join(COMMANDS)}}} [options]   (tb-hf COMMAND --help for details)")
-        raise SystemExit(0 if not argv or argv[0] in ("-h", "--help") else 2)
+        if not argv or argv[0] in ("-h", "--help"):
+            raise SystemExit(0)
+        close = closest_option(argv[0], COMMANDS)
+        hint = f" (did you mean {close}?)" if close else ""
+        print(f"tb-hf: error: unknown command {argv[0]!r}{hint}; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        raise SystemExit(2)
     COMMANDS[argv[0]](argv[1:])
 
 

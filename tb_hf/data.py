@@ -175,27 +175,80 @@ def glue_task(name: str) -> TaskSpec:
 # Loaders
 
 
+def _not_utf8(path: Path, err: UnicodeDecodeError) -> ValueError:
+    """The error for a file that is not UTF-8 (a Latin-1 or Windows-1252 export), naming the file, the line of the
+    first bad byte, and how to convert it."""
+    line, byte = "", ""
+    try:
+        raw = path.read_bytes()
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exact:  # the decoder of pandas reports positions within a chunk: find it here
+        newlines = raw.count(b"\n", 0, exact.start)
+        line = f"line {newlines + 1}: "
+        byte = f"byte 0x{raw[exact.start]:02x} is not valid UTF-8"
+    except OSError:
+        pass
+    converted = path.with_name(f"{path.stem}.utf8{path.suffix}")
+    return ValueError(
+        f"{path} is not UTF-8 text ({line}{byte or err.reason}): data files must be UTF-8. Convert it, e.g. "
+        f"iconv -f latin1 -t utf-8 {path} > {converted} (for a Latin-1 file; `file -i {path}` shows the encoding), "
+        "and pass the converted file."
+    )
+
+
 def _read_tsv(path: Path, header: tuple[str, ...] | None):
     """A GLUE release file: tab-separated, quoting disabled (bare quotes), '' never read as NaN, BOM removed."""
     import pandas as pd
 
-    return pd.read_csv(
-        path,
-        sep="\t",
-        quoting=csv.QUOTE_NONE,
-        keep_default_na=False,
-        dtype=str,
-        encoding="utf-8-sig",
-        header=None if header else "infer",
-        names=list(header) if header else None,
-    )
+    try:
+        return pd.read_csv(
+            path,
+            sep="\t",
+            quoting=csv.QUOTE_NONE,
+            keep_default_na=False,
+            dtype=str,
+            encoding="utf-8-sig",
+            header=None if header else "infer",
+            names=list(header) if header else None,
+        )
+    except UnicodeDecodeError as err:
+        raise _not_utf8(Path(path), err) from err
 
 
-def _where(where: str, row: int, first_line: int | None) -> str:
+def _where(where: str, row: int, first_line: int | Sequence[int] | None) -> str:
     """``file, row 3 (line 4)``: ``row`` is the 0-based position in the frame, ``first_line`` the file line of
-    row 0 (None when rows are not lines, e.g. a JSON array)."""
+    row 0, or the file line of every row (JSON Lines, whose blank lines are not rows), or None when rows are not
+    lines (a JSON array: ``file, row 3``)."""
     at = f"{where}, row {row + 1}"
+    if isinstance(first_line, Sequence):
+        return f"{at} (line {first_line[row]})"
     return at + (f" (line {row + first_line})" if first_line is not None else "")
+
+
+def _rows_text(rows, first_line) -> str:
+    """``row 2 (line 3), row 5 (line 6) and 3 more``: where the first few of ``rows`` are."""
+    text = ", ".join(_where("", int(i), first_line).removeprefix(", ") for i in rows[:5])
+    return text + (f" and {len(rows) - 5} more" if len(rows) > 5 else "")
+
+
+def _check_texts(frame, columns: Sequence[str], where: str, first_line) -> None:
+    """Refuse missing text values (a JSON record without the key, or with null; a short CSV row), naming the rows:
+    they would train on an empty text."""
+    for column in columns:
+        missing = np.flatnonzero(frame[column].isna().to_numpy())
+        if len(missing):
+            rows = _rows_text(missing, first_line)
+            json_like = first_line is None or isinstance(first_line, Sequence)
+            need = (
+                f'every line needs a {column!r} key holding the text, e.g. {{"{column}": "...", "label": ...}}'
+                if json_like
+                else f"every row needs a {column!r} field (this one has fewer fields than the header)"
+            )
+            at = f"{where}, {rows}" if len(missing) == 1 else f"{where}: {rows}"
+            raise ValueError(
+                f"{at}: no {column!r} (the text column): {need}. A missing text would train on an empty one; fix or "
+                "delete the row."
+            )
 
 
 def _check_labels(frame, where: str, first_line: int | None) -> None:
@@ -203,11 +256,9 @@ def _check_labels(frame, where: str, first_line: int | None) -> None:
     labels = frame["label"]
     empty = np.flatnonzero((labels.isna() | (labels.astype(str).str.strip() == "")).to_numpy())
     if len(empty):
-        rows = ", ".join(_where("", int(i), first_line).removeprefix(", ") for i in empty[:5])
-        more = f" and {len(empty) - 5} more" if len(empty) > 5 else ""
         raise ValueError(
-            f"{where}: empty label in {rows}{more}. Every row needs a label: fill it in or delete the row "
-            "(an empty label is not a class)."
+            f"{where}: empty label in {_rows_text(empty, first_line)}. Every row needs a label: fill it in or delete "
+            "the row (an empty label is not a class)."
         )
 
 
@@ -303,17 +354,22 @@ def load_glue(task_name: str, glue_dir: str | os.PathLike | None = None) -> tupl
 
 def _read_json_records(path: Path):
     """A JSON array of objects, an object of columns, or JSON Lines (one object per line) as a DataFrame; a
-    syntax error names the file and its line."""
+    syntax error names the file and its line. For JSON Lines, ``frame.attrs["lines"]`` holds each row's file line."""
     import pandas as pd
 
-    text = path.read_text(encoding="utf-8-sig")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise _not_utf8(path, err) from err
+    lines = None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as whole:
-        data = []
+        data, lines = [], []
         for lineno, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
+            lines.append(lineno)
             try:
                 data.append(json.loads(line))
             except json.JSONDecodeError as in_line:
@@ -328,7 +384,10 @@ def _read_json_records(path: Path):
         data = data if all(isinstance(v, list) for v in data.values()) else [data]
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
         raise ValueError(f'{path}: expected JSON objects (one per example), e.g. {{"text": "...", "label": 1}}.')
-    return pd.DataFrame(data)
+    frame = pd.DataFrame(data)
+    if lines is not None:  # JSON Lines: the file line of each row (blank lines are skipped), for error messages
+        frame.attrs["lines"] = lines
+    return frame
 
 
 def _read_table(path: str | os.PathLike):
@@ -348,7 +407,9 @@ def _read_table(path: str | os.PathLike):
         if suffix == ".tsv":
             return _read_tsv(path, None)
         return pd.read_csv(path, keep_default_na=False, dtype=str, encoding="utf-8-sig")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError as err:
+        raise _not_utf8(path, err) from err
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         how = (
             "a .tsv file has one row per line and tab-separated fields; quotes are read as text"
             if suffix == ".tsv"
@@ -401,8 +462,10 @@ def load_files(
                 f"{path} has no column(s) {missing}; its columns are {list(frame.columns)}. Set --text_columns "
                 "and --label_column to columns that exist."
             )
+        lines = frame.attrs.get("lines")  # JSON Lines: the line of each row
         frame = frame[[*text_columns, label_column]].rename(columns={label_column: "label"})
-        first_lines[split] = {".json": None, ".jsonl": 1}.get(Path(path).suffix.lower(), 2)  # file line of row 1
+        first_lines[split] = lines or {".json": None, ".jsonl": 1}.get(Path(path).suffix.lower(), 2)  # row 1's line
+        _check_texts(frame, text_columns, str(path), first_lines[split])
         _check_labels(frame, str(path), first_lines[split])
         if not is_regression:
             frame["label"] = frame["label"].astype(str)
@@ -412,6 +475,8 @@ def load_files(
         metric = "regression"
     else:
         found = set(raw["train"]["label"])
+        if not label_names:
+            _check_not_continuous(found | set(raw["validation"]["label"]), label_column, train_file, validation_file)
         seen: dict = {}
         for value in sorted(found | set(raw["validation"]["label"]), key=_natural):
             seen.setdefault(_label_key(value), []).append(value)
@@ -446,6 +511,23 @@ def load_files(
             for s, frame in raw.items()
         }
     ), task
+
+
+def _check_not_continuous(values: set[str], label_column: str, train_file, validation_file) -> None:
+    """Refuse class labels that are all numbers, some of them not integers (0.05, 0.087, ...): a regression target
+    read as classes (one class per distinct value) without --is_regression."""
+    numbers = [_natural(v) for v in values]
+    if not values or any(key[0] != 0 for key in numbers) or all(float(key[1]).is_integer() for key in numbers):
+        return
+    files = str(train_file) if Path(train_file) == Path(validation_file) else f"{train_file}, {validation_file}"
+    examples = ", ".join(v for v in sorted(values, key=_natural) if not float(v).is_integer())
+    examples = examples if len(examples) <= 60 else examples[:60].rsplit(", ", 1)[0] + ", ..."
+    raise ValueError(
+        f"{files}: the labels in {label_column!r} are numbers that are not integers (e.g. {examples}; "
+        f"{len(values)} distinct values): that is a regression target, and as class labels every distinct value would "
+        f"be a class of its own ({len(values)} classes). Pass --is_regression (is_regression=True) to predict the "
+        "number; if they really are class names, give label_names or write them as text."
+    )
 
 
 def _natural(x: str):

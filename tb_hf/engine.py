@@ -88,7 +88,8 @@ class PassResult:
     alpha_se: dict[str, float] = field(default_factory=dict)
 
     def statuses(self, unit: Unit) -> list[str]:
-        """The distinct statuses of a unit's matrices (to say why a unit was not fitted)."""
+        """The distinct statuses of a unit's matrices (to say why a unit was not fitted); empty if none of its
+        matrices was analysed (the LoRA delta view leaves out matrices without LoRA)."""
         return sorted({s.status for k, s in self.spectra.items() if k.param in unit.matrices})
 
 
@@ -107,7 +108,7 @@ def _is_quantized(param: torch.Tensor) -> bool:
 def model_farms_window(shapes: Sequence[tuple[int, ...]], aspect_ratio: float) -> int | None:
     """FARMS's one window size for a whole model: half the smallest side among its matrices (the paper used
     one size per model, e.g. 2000 rows for LLaMA-7B's 4096-wide matrices). None if that is below 32 rows."""
-    sides = [int(min(s[0], s[1] / aspect_ratio)) for s in shapes]
+    sides = [int(min(s[0], s[1] / aspect_ratio)) for s in shapes if min(s) > 0]  # a zero-size matrix is not fitted
     if not sides:
         return None
     window = min(sides) // 2
@@ -249,6 +250,13 @@ class SpectralEngine:
         self.device = device
         self.options = tb.spectral_options(device)
         self.tasks = plan(model, partition, lora_view=tb.tb_lora_view, options=self.options)
+        if tb.tb_lora_view == "delta" and not lora_layers(model):
+            logger.warning_once(
+                f"TempBalance: {type(model).__name__} has no LoRA adapters, so tb_lora_view='delta' has nothing to "
+                "analyse (it looks at the LoRA update ΔW alone) and every unit keeps factor 1. Use "
+                "tb_lora_view='effective' (the default) for a model without LoRA, or add adapters with "
+                "peft.get_peft_model before training."
+            )
         if self.options["estimator"] == "farms" and self.options["farms_window"] is None:
             window = model_farms_window([t.shape for t in self.tasks], self.options["farms_aspect_ratio"])
             if window is not None:  # the costs depend on the window: plan again with it
@@ -257,6 +265,8 @@ class SpectralEngine:
                 logger.info(f"TempBalance: FARMS window {window} rows for every matrix.")
         if self.options["estimator"] == "farms":
             for t in self.tasks:  # say once per shape which matrices FARMS cannot window
+                if min(t.shape) == 0:  # zero-size: status "too_small", nothing to window
+                    continue
                 farms_windows(
                     t.shape[:2],
                     name=t.label,
@@ -336,6 +346,8 @@ class SpectralEngine:
     def esd(self, matrix: torch.Tensor) -> torch.Tensor:
         """The eigenvalues the fit of ``matrix`` uses (FARMS-pooled or plain), as CPU float64."""
         o = self.options
+        if matrix.numel() == 0:  # a zero-size matrix has no eigenvalues
+            return torch.empty(0, dtype=torch.float64)
         windows = None
         if o["estimator"] == "farms":
             windows = farms_windows(

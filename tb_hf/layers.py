@@ -303,6 +303,21 @@ def partition_model(model: nn.Module, unit: str = "block") -> Partition:
             "parameter (all frozen, e.g. only the head is trained): there is nothing to balance, and every learning "
             "rate follows the base schedule. Unfreeze the blocks or put LoRA adapters in them to use TempBalance."
         )
+    elif len(units) == 1 and not (unit == "block" and len(blocks) == 1):  # a one-block model: find_blocks said so
+        n_other = len(matrices) - 1  # units that have analysed matrices but nothing trainable
+        others = {0: "the only one with an analysed matrix", 1: "the other is frozen"}.get(
+            n_other, f"the other {n_other} are frozen"
+        )
+        advice = (
+            "Use tb_unit='matrix' to balance the matrices inside it, or unfreeze more blocks."
+            if unit == "block"
+            else "Train more matrices (unfreeze them, or put LoRA adapters on more modules) to use TempBalance."
+        )
+        logger.warning_once(
+            f"TempBalance: only one {unit} unit of {type(model).__name__} has a trainable parameter ({units[0].name}; "
+            f"{others}): a single trainable unit always gets factor 1, so nothing is balanced. "
+            f"{advice}"
+        )
     logger.info(
         f"TempBalance: {len(blocks)} blocks found ({blocks[0]} ... {blocks[-1]}), {len(units)} {unit} units, "
         f"{len(outside)} trainable parameters outside the units."

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "XMIN_METHODS",
     "TempBalanceArguments",
     "check_factor_options",
+    "check_int",
     "check_range",
     "tb_arguments",
 ]
@@ -46,6 +48,12 @@ ESD_DTYPE_CHOICES = ("auto", "float32", "float64")
 #: Model Balancing's recompute rule: about ten times per epoch, at most every 100 steps.
 MAX_AUTO_INTERVAL = 100
 
+#: tb_min_evals / min_evals: a fit needs two eigenvalues; above 10^7 no matrix could ever be fitted.
+MIN_EVALS_RANGE = (2, 10**7)
+MIN_EVALS_WHY = " (a fit needs two eigenvalues; matrices with fewer are not fitted)"
+#: Largest FARMS window (rows): far above any matrix side in use.
+MAX_FARMS_WINDOW = 10**6
+
 #: Sane ranges of the factor options (name, low, high, low open): factors stay within 1e-3..1e3 of the base
 #: learning rate. Model Balancing used s in 0.25..2 and τ = 10; TempBalance 0.5..1.5.
 FACTOR_RANGES = (
@@ -65,6 +73,15 @@ def check_range(name: str, value, low: float, high: float, *, low_open: bool = F
     if not ok:
         bracket = "(" if low_open else "["
         raise ValueError(f"{name} must be a finite number in {bracket}{low:g}, {high:g}]{why}, got {value!r}")
+
+
+def check_int(name: str, value, low: int, high: int, *, why: str = "") -> int:
+    """``value`` as an int, or a ValueError naming ``name`` and the range [low, high]. Any integer type counts (a
+    numpy integer from a config or a sweep grid); bool does not (numpy's bool is no `numbers.Integral` either), nor
+    does a float, even 50.0."""
+    if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and low <= value <= high):
+        raise ValueError(f"{name} must be an integer in [{low}, {high}]{why}, got {value!r}")
+    return int(value)
 
 
 def check_factor_options(mapping: str, *, prefix: str = "", **values: float) -> None:
@@ -272,10 +289,7 @@ class TempBalanceArguments:
             if not isinstance(getattr(self, name), bool):  # a string such as "false" would count as True
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         check_range("tb_xmin_pos", self.tb_xmin_pos, 1, 100, low_open=True, why=" (2: top half, 1.5: top third)")
-        if not isinstance(self.tb_min_evals, int) or not 2 <= self.tb_min_evals <= 10**7:
-            raise ValueError(
-                f"tb_min_evals must be an integer >= 2 (a fit needs two eigenvalues), got {self.tb_min_evals!r}"
-            )
+        self.tb_min_evals = check_int("tb_min_evals", self.tb_min_evals, *MIN_EVALS_RANGE, why=MIN_EVALS_WHY)
         check_factor_options(
             self.tb_mapping,
             prefix="tb_",
@@ -289,13 +303,20 @@ class TempBalanceArguments:
             s_low=self.tb_sigmoid_s_low,
             s_high=self.tb_sigmoid_s_high,
         )
-        if self.tb_farms_window is not None and not (
-            isinstance(self.tb_farms_window, int) and 1 <= self.tb_farms_window <= 10**6
-        ):
-            raise ValueError(f"tb_farms_window must be a positive integer (rows), got {self.tb_farms_window!r}")
+        if self.tb_farms_window is not None:
+            self.tb_farms_window = check_int(
+                "tb_farms_window", self.tb_farms_window, 1, MAX_FARMS_WINDOW, why=" (window rows; None: per model)"
+            )
         check_range("tb_farms_aspect_ratio", self.tb_farms_aspect_ratio, 0, 100, low_open=True)
-        if not isinstance(self.tb_farms_grid, int) or not 1 <= self.tb_farms_grid <= 64:
-            raise ValueError(f"tb_farms_grid must be an integer in [1, 64], got {self.tb_farms_grid!r}")
+        self.tb_farms_grid = check_int("tb_farms_grid", self.tb_farms_grid, 1, 64, why=" (up to P x P windows)")
+        if self.tb_estimator == "plain":  # the FARMS options would be ignored: say so rather than run without them
+            for name, default in (("tb_farms_window", None), ("tb_farms_aspect_ratio", 1.0), ("tb_farms_grid", 9)):
+                if getattr(self, name) != default:
+                    raise ValueError(
+                        f"{name} is set but tb_estimator is 'plain', which does not use it: set "
+                        f"tb_estimator='farms' too, or leave {name} at its default ({default!r}); got "
+                        f"{getattr(self, name)!r}"
+                    )
         check_range("tb_se_threshold", self.tb_se_threshold, 0, 100, low_open=True, why=" (standard errors)")
         check_range("tb_llrd_decay", self.tb_llrd_decay, 0, 1, low_open=True, why=" (1: no depth profile)")
         for name in ("tb_wd_min_ratio", "tb_wd_max_ratio"):
@@ -314,23 +335,19 @@ class TempBalanceArguments:
                 "tb_mapping='se' gives factor 1 to units within the noise, so it needs tb_lr_min <= 1 <= tb_lr_max, "
                 f"got {self.tb_lr_min} and {self.tb_lr_max}"
             )
-        if self.tb_estimator == "plain" and self.tb_farms_window is not None:
-            raise ValueError("tb_farms_window is set but tb_estimator is 'plain': set tb_estimator='farms' too")
         if self.tb_xmin_method == "ks" and self.tb_xmin_pos != 2.0:
             raise ValueError("tb_xmin_pos only applies to tb_xmin_method='median'; the 'ks' scan chooses xmin itself")
         check_range("tb_max_overhead", self.tb_max_overhead, 0, 1, low_open=True, why=" (0.03 = 3% of training time)")
         self.tb_update_steps = str(self.tb_update_steps).strip()
+        # ASCII digits only: '²' and other Unicode digits pass str.isdigit() but not int()
         if self.tb_update_steps not in ("auto", "once") and not (
-            self.tb_update_steps.isdigit() and int(self.tb_update_steps) > 0
+            re.fullmatch(r"[0-9]+", self.tb_update_steps) and int(self.tb_update_steps) > 0
         ):
             raise ValueError(
                 f"tb_update_steps must be 'auto', 'once' or a positive integer, got {self.tb_update_steps!r}"
             )
         if self.tb_auto_interval is not None:
-            if isinstance(self.tb_auto_interval, bool) or not isinstance(self.tb_auto_interval, int):
-                raise ValueError(f"tb_auto_interval must be a positive integer, got {self.tb_auto_interval!r}")
-            if self.tb_auto_interval < 1:
-                raise ValueError(f"tb_auto_interval must be a positive integer, got {self.tb_auto_interval!r}")
+            self.tb_auto_interval = check_int("tb_auto_interval", self.tb_auto_interval, 1, 10**9)
             if self.tb_update_steps != "auto":
                 raise ValueError(
                     "tb_auto_interval replays a tb_update_steps='auto' run; with tb_update_steps="

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .options import ESTIMATORS, XMIN_METHODS, check_range
+from .options import ESTIMATORS, MIN_EVALS_RANGE, MIN_EVALS_WHY, XMIN_METHODS, check_int, check_range
 
 __all__ = [
     "EVALS_THRESH",
@@ -141,7 +141,7 @@ class LayerSpectrum(PowerLawFit):
 # Input checks
 
 
-def _check_matrix(weight, *, name: str = "weight") -> torch.Tensor:
+def _check_matrix(weight, *, name: str = "weight", allow_empty: bool = False) -> torch.Tensor:
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(weight).__name__}")
     if weight.ndim not in (2, 3, 4):
@@ -151,7 +151,7 @@ def _check_matrix(weight, *, name: str = "weight") -> torch.Tensor:
         )
     if weight.is_complex():
         raise TypeError(f"{name} must be real, got dtype {weight.dtype}")
-    if weight.numel() == 0:
+    if weight.numel() == 0 and not allow_empty:
         raise ValueError(f"{name} is empty (shape {tuple(weight.shape)})")
     return weight
 
@@ -160,8 +160,7 @@ def _check_options(xmin_method: str, xmin_pos: float, min_evals: int) -> None:
     if xmin_method not in XMIN_METHODS:
         raise ValueError(f"xmin_method must be one of {XMIN_METHODS}, got {xmin_method!r}")
     check_range("xmin_pos", xmin_pos, 1, 100, low_open=True, why=" (xmin = evals[floor(N / xmin_pos)])")
-    if not isinstance(min_evals, int) or isinstance(min_evals, bool) or not 2 <= min_evals <= 10**7:
-        raise ValueError(f"min_evals must be an integer >= 2 (a fit needs two eigenvalues), got {min_evals!r}")
+    check_int("min_evals", min_evals, *MIN_EVALS_RANGE, why=MIN_EVALS_WHY)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -622,7 +621,9 @@ def _warn_once(key, message: str) -> None:
 def _plan(matrices: Mapping, estimator, window, aspect_ratio, grid) -> list[_Item]:
     items = []
     for key, weight in matrices.items():
-        _check_matrix(weight, name=f"matrices[{str(key)!r}]")
+        # A zero-size matrix (e.g. a fully pruned projection) has no eigenvalues: it gets status "too_small" in
+        # `analyze`, and the pass goes on with the other matrices.
+        _check_matrix(weight, name=f"matrices[{str(key)!r}]", allow_empty=True)
         weight = weight.detach()
         if weight.ndim == 3:
             parts = [(MatrixKey(str(key), e), weight[e]) for e in range(weight.shape[0])]
@@ -630,7 +631,7 @@ def _plan(matrices: Mapping, estimator, window, aspect_ratio, grid) -> list[_Ite
             parts = [(key, weight)]
         for part_key, w in parts:
             windows = None
-            if estimator == "farms":
+            if estimator == "farms" and w.numel() > 0:
                 windows = farms_windows(
                     tuple(w.shape[:2]), name=str(part_key), window=window, aspect_ratio=aspect_ratio, grid=grid
                 )
@@ -663,7 +664,9 @@ def analyze(
     Args:
         matrices: key → tensor (2-D matrix, 3-D batch of matrices or 4-D kernel), on any device. Keys are
             parameter names or `MatrixKey`s; a 3-D tensor gives one result per matrix, keyed
-            ``MatrixKey(str(key), e)`` and labelled ``"name[e]"``.
+            ``MatrixKey(str(key), e)`` and labelled ``"name[e]"``. A zero-size matrix (a fully pruned
+            projection, ``nn.Linear(32, 0)``) has no eigenvalues: its status is "too_small" and the others are
+            fitted as usual.
         estimator: ``"plain"`` (ESD of the whole matrix) or ``"farms"`` (pooled fixed-aspect windows).
         xmin_method: See `fit_power_law`.
         xmin_pos: See `fit_power_law`.
@@ -689,14 +692,17 @@ def analyze(
 
     with torch.no_grad():
         items = _plan(matrices, estimator, farms_window, farms_aspect_ratio, farms_grid_size)
+        results: dict = {}
         # Items whose ESDs come from equally shaped sources on one device share one eigen-solve.
         groups: dict[tuple, list[_Item]] = defaultdict(list)
         for item in items:
-            groups[(item.weight.device, item.source_shape, item.scale)].append(item)
+            if item.weight.numel() == 0:  # no eigenvalues: not fitted, and never part of a batched solve
+                results[item.key] = fit_power_law(torch.empty(0), min_evals=min_evals)
+            else:
+                groups[(item.weight.device, item.source_shape, item.scale)].append(item)
 
         itemsize = torch.tensor([], dtype=dtype).element_size()
-        results: dict = {}
-        bar = tqdm(total=len(items), desc="spectra", unit="matrix", disable=not progress)
+        bar = tqdm(total=len(items) - len(results), desc="spectra", unit="matrix", disable=not progress)
         for (_device, (per_item, m, n), scale), members in groups.items():
             gram_bytes = per_item * min(m, n) ** 2 * itemsize
             per_call = max(1, max_batch_bytes // max(1, gram_bytes))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 
+import numpy as np
 import peft
 import pytest
 import torch
@@ -192,3 +193,104 @@ def test_numpy_numbers_are_accepted_as_numbers():
     import numpy as np
 
     assert TempBalanceArguments(tb_xmin_pos=np.float32(1.5)).tb_xmin_pos == 1.5
+
+
+# --------------------------------------------------------------------------------------------------
+# Issue 18: one bad matrix, one unit left, options
+
+
+def test_zero_size_matrix_is_its_own_status_not_a_failed_pass(tmp_path):
+    """A zero-size nn.Linear(32, 0) in each block made `analyze` raise, so the whole pass failed and every unit kept
+    factor 1 for the whole run. Now that matrix alone is "too_small"; the others fit and training balances."""
+    from tiny_models import dataset_for, tiny_training_args
+
+    from tb_hf import TempBalanceTrainer
+
+    torch.manual_seed(0)
+    res = analyze({"empty": torch.zeros(0, 32), "wide": torch.zeros(32, 0), "fine": torch.randn(64, 64)})
+    assert {k: r.status for k, r in res.items()} == {"empty": "too_small", "wide": "too_small", "fine": "ok"}
+    assert res["empty"].num_evals == 0 and math.isnan(res["empty"].alpha) and res["empty"].shape == (0, 32)
+    farms = analyze({"empty": torch.zeros(0, 32), "fine": torch.randn(64, 64)}, estimator="farms", farms_window=32)
+    assert farms["empty"].status == "too_small" and farms["fine"].ok
+    experts = analyze({"experts": torch.zeros(2, 0, 8)})
+    assert [r.status for r in experts.values()] == ["too_small", "too_small"]
+    from tb_hf.engine import model_farms_window
+
+    assert model_farms_window([(0, 32), (64, 256)], 1.0) == 32  # the empty matrix does not shrink FARMS's window
+
+    model = ARCHS["bert"][0]()
+    for layer in model.bert.encoder.layer:
+        layer.pruned = nn.Linear(32, 0)  # e.g. every head of a projection pruned away
+    args = tiny_training_args(tmp_path, tb_update_steps="once")
+    trainer = TempBalanceTrainer(model=model, args=args, train_dataset=dataset_for(model))
+    trainer.train()
+    pruned = [t.key for t in trainer.tempbalance.engine.tasks if "pruned" in t.key.param]
+    result = trainer.tempbalance.engine.run(model, esd_keys=pruned)
+    spectra = result.spectra
+    assert all(result.esds[k].numel() == 0 for k in pruned)  # for figures: no eigenvalues, no error
+    assert {s.status for k, s in spectra.items() if "pruned" in k.param} == {"too_small"}
+    assert all(s.ok for k, s in spectra.items() if "pruned" not in k.param)
+    factors = sorted(g["tb_factor"] for g in trainer.optimizer.param_groups if g["tb_unit"])
+    assert factors[0] == pytest.approx(0.5) and factors[-1] == pytest.approx(1.5)  # balanced, not all 1
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        # FARMS options with the plain estimator were ignored without a word (tb_farms_window was refused)
+        (dict(tb_farms_aspect_ratio=2.0), r"tb_farms_aspect_ratio is set but tb_estimator is 'plain'.*'farms'"),
+        (dict(tb_farms_grid=4), r"tb_farms_grid is set but tb_estimator is 'plain'.*'farms'"),
+        (dict(tb_farms_window=64), r"tb_farms_window is set but tb_estimator is 'plain'.*'farms'"),
+        # '²' passed isdigit(), then failed in a bare int()
+        (dict(tb_update_steps="²"), r"tb_update_steps must be 'auto', 'once' or a positive integer, got '²'"),
+        (dict(tb_update_steps="٥"), r"tb_update_steps must be"),  # an Arabic-Indic digit: not an integer here
+        (dict(tb_update_steps="-3"), r"tb_update_steps must be"),
+        (dict(tb_update_steps="2.5"), r"tb_update_steps must be"),
+        # hidden upper limits are stated
+        (dict(tb_min_evals=10**8), r"tb_min_evals must be an integer in \[2, 10000000\].*got 100000000"),
+        (dict(tb_min_evals=1), r"tb_min_evals must be an integer in \[2, 10000000\]"),
+        (dict(tb_min_evals=50.0), r"tb_min_evals must be an integer"),
+        (dict(tb_min_evals=True), r"tb_min_evals must be an integer"),
+        (dict(tb_estimator="farms", tb_farms_window=2 * 10**6), r"tb_farms_window must be .*\[1, 1000000\].*2000000"),
+        (dict(tb_estimator="farms", tb_farms_window=0), r"tb_farms_window must be .*\[1, 1000000\]"),
+        (dict(tb_estimator="farms", tb_farms_grid=65), r"tb_farms_grid must be an integer in \[1, 64\]"),
+        (dict(tb_estimator="farms", tb_farms_grid=np.True_), r"tb_farms_grid must be an integer"),
+    ],
+)
+def test_issue18_options_are_refused_with_their_limits(options, match):
+    with pytest.raises(ValueError, match=match):
+        TempBalanceArguments(**options)
+
+
+def test_numpy_integers_are_accepted_as_integers():
+    """np.int64(50) was refused for integer options while numpy floats passed (issue 18 C); stored as int."""
+    tb = TempBalanceArguments(
+        tb_min_evals=np.int64(50), tb_estimator="farms", tb_farms_window=np.int32(64), tb_farms_grid=np.int16(5),
+        tb_update_steps=np.int64(7), tb_lr_min=np.int64(1), tb_lr_max=np.int64(2),
+    )  # fmt: skip
+    assert (tb.tb_min_evals, tb.tb_farms_window, tb.tb_farms_grid, tb.tb_update_steps) == (50, 64, 5, "7")
+    assert all(type(v) is int for v in (tb.tb_min_evals, tb.tb_farms_window, tb.tb_farms_grid))
+    assert tb.update_interval(100) == 7
+    assert TempBalanceArguments(tb_farms_aspect_ratio=1, tb_farms_grid=9).tb_farms_grid == 9  # the defaults pass
+    res = analyze({"w": torch.randn(64, 64)}, min_evals=np.int64(10), farms_grid_size=np.int64(3))
+    assert res["w"].ok
+    with pytest.raises(ValueError, match=r"min_evals must be an integer in \[2, 10000000\]"):
+        analyze({"w": torch.randn(64, 64)}, min_evals=10**8)
+
+
+def test_delta_view_without_lora_says_why(tmp_path, caplog):
+    """tb_lora_view='delta' on a model without LoRA: every factor 1, and the warning named no reason (issue 18 C)."""
+    from tiny_models import dataset_for, tiny_training_args
+
+    from tb_hf import TempBalanceTrainer
+
+    torch.manual_seed(0)
+    model = ARCHS["distilbert"][0]()
+    args = tiny_training_args(tmp_path, tb_lora_view="delta", tb_update_steps="2")
+    with caplog.at_level(logging.WARNING):
+        trainer = TempBalanceTrainer(model=model, args=args, train_dataset=dataset_for(model))
+        trainer.train()
+    assert caplog.text.count("has no LoRA adapters") == 1  # said once, at set-up, not at every pass
+    assert "tb_lora_view='delta' has nothing to analyse" in caplog.text and "tb_lora_view='effective'" in caplog.text
+    assert "no LoRA-adapted matrix" in caplog.text  # and the units kept at factor 1 say why
+    assert all(g["tb_factor"] == 1.0 for g in trainer.optimizer.param_groups)

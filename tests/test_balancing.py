@@ -485,3 +485,13 @@ def test_apply_wd_factors_scales_only_the_units_decay_groups():
     assert optimizer.param_groups[1]["weight_decay"] == pytest.approx(0.2)
     with pytest.raises(ValueError, match="finite and >= 0"):
         apply_wd_factors(optimizer, {"u0": math.inf})
+
+
+def test_constant_linear_map_gives_the_constant_also_for_tied_alpha():
+    """tb_lr_min == tb_lr_max is a constant map: every fitted unit gets exactly that constant. With tied α it used to
+    give 1.0 (issue 18 C)."""
+    constant = {"a": 0.7, "b": 0.7, "x": 1.0}  # x is not fitted: factor 1
+    assert compute_factors({"a": 2.0, "b": 3.0, "x": math.nan}, lr_min=0.7, lr_max=0.7) == constant
+    assert compute_factors({"a": 3.0, "b": 3.0, "x": math.nan}, lr_min=0.7, lr_max=0.7) == constant
+    assert compute_factors({"a": 3.0}, lr_min=2.0, lr_max=2.0) == {"a": 2.0}
+    assert compute_factors({"a": 3.0, "b": 3.0}) == {"a": 1.0, "b": 1.0}  # a real range with tied α: still 1

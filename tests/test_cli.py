@@ -192,6 +192,53 @@ def test_analyze_bad_inputs(saved_model, saved_adapter, tmp_path):
         TempBalanceArguments(tb_mapping="cubic")
 
 
+def test_analyze_issue18_inputs_are_refused_before_any_work(saved_model, saved_adapter, tmp_path, monkeypatch):
+    """Issue 18 E: each of these gave a traceback (some after the whole pass) or a silent empty result."""
+    import shutil
+
+    # a damaged model.safetensors: a raw SafetensorError
+    broken = tmp_path / "broken"
+    shutil.copytree(saved_model, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(
+        SystemExit, match=r"(?s)model.safetensors.*damaged or incomplete.*SafetensorError.*save_pretrained"
+    ):
+        cli.main(["analyze", str(broken)])
+    weights.write_bytes(b"not a safetensors file")
+    with pytest.raises(SystemExit, match=r"model.safetensors"):
+        cli.main(["analyze", str(broken)])
+    # ... and a damaged adapter_model.safetensors
+    bad_adapter = tmp_path / "bad-adapter"
+    shutil.copytree(saved_adapter, bad_adapter)
+    (bad_adapter / "adapter_model.safetensors").write_bytes(b"garbage" * 10)
+    with pytest.raises(SystemExit, match=r"adapter_model.safetensors.*damaged or incomplete"):
+        cli.main(["analyze", str(saved_model), "--adapter", str(bad_adapter)])
+
+    # --out naming an existing file: a traceback after the pass
+    calls = []
+    monkeypatch.setattr(cli, "load_model", lambda *a, **k: calls.append(a) or pytest.fail("loaded the model"))
+    (tmp_path / "report.txt").write_text("x")
+    with pytest.raises(SystemExit, match=r"--out .*report.txt is a file.*folder"):
+        cli.main(["analyze", str(saved_model), "--out", str(tmp_path / "report.txt")])
+    with pytest.raises(SystemExit, match=r"--out .*report.txt is a file"):
+        cli.main(["analyze", str(saved_model), "--out", str(tmp_path / "report.txt" / "sub")])
+
+    # --device cuda without CUDA: a driver error
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match=r"--device cuda.*CUDA is not available.*--device cpu"):
+        cli.main(["analyze", str(saved_model), "--device", "cuda"])
+    with pytest.raises(SystemExit, match=r"--device cuda:1.*CUDA is not available"):
+        cli.main(["analyze", str(saved_model), "--device", "cuda:1"])
+    with pytest.raises(SystemExit, match=r"--device 'gpu' is not a device.*cpu, cuda"):
+        cli.main(["analyze", str(saved_model), "--device", "gpu"])
+
+    # --tb_lora_view delta without --adapter: exit 0 with "0 matrices"
+    with pytest.raises(SystemExit, match=r"--tb_lora_view delta.*LoRA.*pass --adapter"):
+        cli.main(["analyze", str(saved_model), "--tb_lora_view", "delta"])
+    assert calls == []  # all refused before loading anything
+
+
 def test_adapter_that_does_not_match_the_model(saved_model, saved_adapter, tmp_path):
     # Trained on a model of another width: the LoRA shapes do not fit.
     torch.manual_seed(0)
@@ -248,6 +295,30 @@ def test_usage():
     with pytest.raises(SystemExit) as info:
         cli.main(["frobnicate"])
     assert info.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["analyze", "MODEL", "--tb_mapp", "sigmoid"],
+            r"unrecognized arguments: --tb_mapp.*did you mean --tb_mapping\?",
+        ),
+        (["analyze", "MODEL", "--ou", "x"], r"unrecognized arguments: --ou.*did you mean --out\?"),
+        (["plot-history", "RUN", "--ou", "x"], r"unrecognized arguments: --ou x \(did you mean --out\?\)"),
+        (["analyse", "MODEL"], r"unknown command 'analyse' \(did you mean analyze\?\)"),
+    ],
+)
+def test_abbreviated_or_misspelled_flags_are_errors(saved_model, tmp_path, capsys, argv, message, monkeypatch):
+    """Argparse took unique prefixes: `--tb_mapp sigmoid` set tb_mapping without a word (issue 18 F)."""
+    import re
+
+    monkeypatch.setattr(cli, "load_model", lambda *a, **k: pytest.fail("loaded the model"))
+    argv = [str(saved_model) if a == "MODEL" else str(tmp_path) if a == "RUN" else a for a in argv]
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
 
 
 def test_alpha_noise_script(saved_model, tmp_path, capsys):

@@ -252,3 +252,81 @@ def test_custom_tsv_reads_quotes_as_text(tmp_path):
 def test_malformed_files_name_the_file_and_line(tmp_path, content, name, message):
     with pytest.raises(ValueError, match=message):
         _custom(tmp_path, content, name, is_regression=name == "d.csv" and "1.5" in content)
+
+
+# --------------------------------------------------------------------------------------------------
+# Issue 18 D: continuous labels, missing text, other encodings
+
+
+def test_continuous_labels_need_is_regression(tmp_path):
+    """12 distinct float labels (0.05, 0.087, ...) silently became a 12-class problem."""
+    values = [0.05, 0.087, 0.1, 0.15, 0.2, 0.33, 0.4, 0.5, 0.61, 0.75, 0.9, 0.95]
+    content = "text,label\n" + "".join(f"t{i},{v}\n" for i, v in enumerate(values))
+    with pytest.raises(
+        ValueError, match=r"d.csv: the labels.*not integers.*0.05.*0.087.*12 distinct.*--is_regression"
+    ):
+        _custom(tmp_path, content)
+    raw, task = _custom(tmp_path, content, is_regression=True)  # the fix it names works
+    assert task.is_regression and raw["train"]["label"][1] == pytest.approx(0.087)
+    jsonl = "".join(f'{{"text": "t{i}", "label": {v}}}\n' for i, v in enumerate(values))
+    with pytest.raises(ValueError, match=r"d.jsonl: the labels.*--is_regression"):
+        _custom(tmp_path, jsonl, "d.jsonl")
+    # integer-valued numbers and text stay classes
+    assert _custom(tmp_path, "text,label\na,1\nb,2\nc,1\n")[1].label_names == ("1", "2")
+    assert (
+        _custom(tmp_path, '{"text": "a", "label": 1.0}\n{"text": "b", "label": 2.0}\n', "d.jsonl")[1].num_labels == 2
+    )
+    assert _custom(tmp_path, "text,label\na,pos\nb,0.5\n")[1].label_names == ("0.5", "pos")  # not all numbers
+    # explicit class names are the user's word that they are classes
+    path = tmp_path / "d.csv"
+    path.write_text("text,label\na,0.5\nb,1.5\n")
+    assert load_files(path, path, text_columns=["text"], label_names=["0.5", "1.5"])[1].num_labels == 2
+
+
+@pytest.mark.parametrize(
+    "content, name, message",
+    [
+        (
+            '{"text": "a", "label": 1}\n\n{"review": "b", "label": 0}\n',  # the blank line counts: line 3
+            "d.jsonl",
+            r"d.jsonl, row 2 \(line 3\): no 'text' \(the text column\).*every line needs",
+        ),
+        (
+            '{"text": "a", "label": 1}\n{"text": null, "label": 0}\n',
+            "d.jsonl",
+            r"d.jsonl, row 2 \(line 2\): no 'text'",
+        ),
+        ('[{"text": "a", "label": 1}, {"label": 0}]', "d.json", r"d.json, row 2: no 'text'"),
+    ],
+)
+def test_json_record_without_the_text_key_is_refused(tmp_path, content, name, message):
+    """A JSONL line without the text key trained on an empty text."""
+    with pytest.raises(ValueError, match=message):
+        _custom(tmp_path, content, name)
+
+
+@pytest.mark.parametrize("name", ["d.csv", "d.tsv", "d.jsonl", "d.json"])
+def test_latin1_files_name_the_encoding_problem(tmp_path, name):
+    """A latin-1 file gave a raw UnicodeDecodeError (CSV: 'not a well-formed table', which it is)."""
+    sep = "\t" if name.endswith(".tsv") else ","
+    if name.endswith(".csv") or name.endswith(".tsv"):
+        text = f"text{sep}label\nfine{sep}pos\ncafé crème{sep}neg\n"
+    elif name.endswith(".jsonl"):
+        text = '{"text": "fine", "label": 1}\n{"text": "café crème", "label": 0}\n'
+    else:
+        text = '[{"text": "fine", "label": 1},\n {"text": "café crème", "label": 0}]'
+    path = tmp_path / name
+    path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(ValueError, match=rf"{name} is not UTF-8 text \(line [23]: byte 0xe9") as err:
+        load_task(None, train_file=path, validation_file=path, text_columns=["text"])
+    message = str(err.value)
+    assert "must be UTF-8" in message and "iconv -f latin1 -t utf-8" in message and str(path) in message
+    assert isinstance(err.value.__cause__, UnicodeDecodeError)
+
+
+def test_latin1_glue_file_names_the_encoding_problem(tmp_path):
+    (tmp_path / "SST-2").mkdir()
+    for split in ("train", "dev"):
+        (tmp_path / "SST-2" / f"{split}.tsv").write_bytes("sentence\tlabel\ncafé\t1\nawful\t0\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"train.tsv is not UTF-8 text \(line 2.*iconv"):
+        load_glue("sst2", tmp_path)

@@ -220,6 +220,37 @@ def test_frozen_and_stale():
         build_param_groups(model, partition, learning_rate=LR, weight_decay=WD, decay_parameter_names=[])
 
 
+def test_one_trainable_unit_left_after_freezing_warns(caplog):
+    """Two blocks, one frozen: the one unit left always gets factor 1. A one-block model already said so; this was
+    silent (issue 18 B)."""
+    import logging
+
+    model = ARCHS["bert"][0]()
+    for name, p in model.named_parameters():
+        p.requires_grad_(not name.startswith("bert.encoder.layer.0."))
+    with caplog.at_level(logging.WARNING):
+        partition = partition_model(model)
+    assert [u.name for u in partition.units] == ["bert.encoder.layer.1"]
+    assert "single trainable unit" in caplog.text and "factor 1" in caplog.text and "tb_unit='matrix'" in caplog.text
+    assert "bert.encoder.layer.1" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert len(partition_model(model, "matrix").units) == 6  # the suggested fix: several units again
+    assert "single trainable unit" not in caplog.text
+    # matrix units, and only one of them trainable: the same warning, with the advice that applies
+    model = ARCHS["llama"][0]()
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("model.layers.1.self_attn.q_proj."))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert [u.name for u in partition_model(model, "matrix").units] == ["model.layers.1.self_attn.q_proj"]
+    assert "single trainable unit" in caplog.text and "tb_unit='matrix'" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert len(partition_model(ARCHS["bert"][0]()).units) == 2  # two trainable units: no warning
+    assert "single trainable unit" not in caplog.text
+
+
 # --------------------------------------------------------------------------------------------------
 # peft LoRA
 

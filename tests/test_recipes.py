@@ -238,6 +238,46 @@ def test_cli_user_errors_print_one_line_and_exit_2(tmp_path, capsys, flags, mess
     assert not (tmp_path / "out").exists()  # nothing written, no model loaded
 
 
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--learning_rat", "1e-3"],
+            r"unrecognized arguments: --learning_rat 1e-3 \(did you mean --learning_rate\?\)",
+        ),
+        (["--learning", "1e-3"], r"unrecognized arguments: --learning 1e-3 \(did you mean --learning_rate"),
+        (["--tb_mapp", "sigmoid"], r"unrecognized arguments: --tb_mapp sigmoid \(did you mean --tb_mapping\?\)"),
+        (["--seeed=3"], r"unrecognized arguments: --seeed=3 \(did you mean --seed\?\)"),
+    ],
+)
+def test_abbreviated_or_misspelled_flags_are_errors(tmp_path, capsys, flags, message):
+    """Argparse took unique prefixes, so --learning_rat 1e-3 set learning_rate without a word (issue 18 F)."""
+    data = _custom_csv(tmp_path)
+    argv = ["--train_file", data, "--validation_file", data, "--text_columns", "text", "--output_dir", str(tmp_path)]
+    with pytest.raises(SystemExit) as exit_:
+        run_glue.cli(argv + flags)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and re.search(message, err) and err.count("\n") == 1, err
+    assert run_glue.parse_args(argv + ["--learning_rate", "1e-3"])[2].learning_rate == 1e-3  # the full name works
+
+
+def test_misspelled_yaml_key_is_an_error_naming_the_key(tmp_path, capsys):
+    """A recipe YAML's keys become flags: `learning_rat: 1e-3` silently set learning_rate (issue 18 F)."""
+    data = _custom_csv(tmp_path)
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"train_file: {data}\nvalidation_file: {data}\ntext_columns: text\noutput_dir: {tmp_path / 'out'}\n"
+        "learning_rat: 1e-3\n"
+    )
+    with pytest.raises(SystemExit) as exit_:
+        run_glue.cli([str(config)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "unrecognized arguments: --learning_rat 1e-3" in err, err
+    assert "did you mean --learning_rate?" in err and "key 'learning_rat' of" in err and "run.yaml" in err
+    with pytest.raises(ValueError, match="did you mean --learning_rate"):  # the sweep's check of every run
+        run_glue.parse_args(["--learning_rat", "1e-3"], run_glue.make_parser(raise_errors=True))
+
+
 def test_cli_bad_config_file(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         run_glue.cli([str(tmp_path / "missing.yaml")])

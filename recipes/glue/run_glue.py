@@ -195,7 +195,8 @@ def make_parser(raise_errors: bool = False) -> HfArgumentParser:
                 raise ValueError(message)
             self.exit(2, f"{self.prog}: error: {message}\n")
 
-    return Parser((ModelArguments, DataArguments, TempBalanceConfig))
+    # No abbreviations: --learning_rat (or a YAML key learning_rat) must be an error, not --learning_rate.
+    return Parser((ModelArguments, DataArguments, TempBalanceConfig), allow_abbrev=False)
 
 
 def config_to_argv(config: dict) -> list[str]:
@@ -218,6 +219,7 @@ def parse_args(
     through ``parser.error``. Without CUDA, ``dataloader_pin_memory`` is off unless asked for.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    from_config: dict[str, str] = {}  # flag -> the config file whose key it is
     if argv and argv[0].endswith((".yaml", ".yml")):
         try:
             with open(argv[0]) as f:
@@ -226,13 +228,16 @@ def parse_args(
             raise ValueError(f"cannot read the config file {argv[0]}: {err}") from err
         if not isinstance(config, dict):
             raise ValueError(f"{argv[0]}: a config file holds 'flag: value' lines, got {type(config).__name__}.")
+        from_config = {f"--{key}": argv[0] for key in config}
         argv = config_to_argv(config) + argv[1:]
     parser = parser or make_parser()
     model_args, data_args, training_args, unknown = parser.parse_args_into_dataclasses(
         args=argv, return_remaining_strings=True
     )
     if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)} (see --help)")
+        from tb_hf.cli import unrecognized_message
+
+        parser.error(unrecognized_message(parser, unknown, from_config))
     import torch
 
     if "--dataloader_pin_memory" not in argv and not torch.cuda.is_available():
