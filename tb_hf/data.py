@@ -583,8 +583,8 @@ def load_task(
         if train_file is None or validation_file is None or not text_columns:
             raise ValueError("A custom task needs --train_file, --validation_file and --text_columns.")
         return load_files(
-            train_file,
-            validation_file,
+            os.path.expanduser(train_file),  # "~/data/train.csv" in a YAML config, which no shell expands
+            os.path.expanduser(validation_file),
             text_columns=text_columns,
             label_column=label_column,
             is_regression=is_regression,
@@ -593,7 +593,7 @@ def load_task(
         raise ValueError("Give --task_name (a GLUE task or 'rotten_tomatoes') or --train_file/--validation_file.")
     if task_name.lower() == "rotten_tomatoes":
         return load_rotten_tomatoes()
-    return load_glue(task_name, glue_dir)
+    return load_glue(task_name, None if glue_dir is None else os.path.expanduser(glue_dir))
 
 
 # --------------------------------------------------------------------------------------------------

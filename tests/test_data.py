@@ -330,3 +330,13 @@ def test_latin1_glue_file_names_the_encoding_problem(tmp_path):
         (tmp_path / "SST-2" / f"{split}.tsv").write_bytes("sentence\tlabel\ncafé\t1\nawful\t0\n".encode("latin-1"))
     with pytest.raises(ValueError, match=r"train.tsv is not UTF-8 text \(line 2.*iconv"):
         load_glue("sst2", tmp_path)
+
+
+def test_paths_with_a_tilde_are_expanded(tmp_path, monkeypatch):
+    """A YAML config's "~/data/train.csv" reaches the loader unexpanded (no shell): it is the home folder."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    rows = "text,label\n" + "".join(f"{w} film,{lab}\n" for w, lab in [("good", "pos"), ("bad", "neg")] * 3)
+    (tmp_path / "train.csv").write_text(rows)
+    (tmp_path / "dev.csv").write_text(rows)
+    raw, task = load_task(train_file="~/train.csv", validation_file="~/dev.csv", text_columns=["text"])
+    assert len(raw["train"]) == 6 and tuple(task.label_names) == ("neg", "pos")
