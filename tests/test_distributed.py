@@ -255,7 +255,7 @@ def _without_seconds(path: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "spectral_seconds"} for r in history(path)]
 
 
-@pytest.mark.slow  # two torchrun processes, four DeepSpeed runs: ~40 s (the first DeepSpeed launch on a machine: ~2 min)
+@pytest.mark.slow  # 2 torchrun processes, 4 DeepSpeed runs: ~40 s (the first DeepSpeed launch on a machine: ~2 min)
 def test_deepspeed_zero3_training_is_sharded_agrees_and_resumes_exactly(tmp_path):
     """Real DeepSpeed ZeRO-3 (CPU accelerator, gloo, 2 processes), TempBalanceTrainer on a tiny LLaMA."""
     import deepspeed  # noqa: F401 - a test dependency: fail here, not in the subprocesses, if it is missing
