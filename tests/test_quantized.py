@@ -141,6 +141,25 @@ def test_qlora_training_balances_the_quantized_blocks(float_llama, tmp_path, kin
             torch.testing.assert_close(matrices[f"{name}.base_layer.weight"], expected)
 
 
+def test_delta_view_of_a_quantized_base_needs_no_dequantizing(float_llama):
+    """tb_lora_view='delta': ΔW = scaling·B·A alone, of the base's matrix shape (not that of its packed bytes)."""
+    path, _ = float_llama
+    model = qlora(path, "nf4")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    partition = partition_model(model, "matrix")
+    engine = SpectralEngine(
+        model, partition, TempBalanceArguments(tb_min_evals=4, tb_unit="matrix", tb_lora_view="delta")
+    )
+    matrices = {k.param: m for _share, mats in engine._blocks(model, engine.tasks) for k, m in mats.items()}
+    layer = model.base_model.model.model.layers[0].self_attn.v_proj
+    delta = layer.scaling["default"] * (layer.lora_B["default"].weight @ layer.lora_A["default"].weight)
+    torch.testing.assert_close(matrices["base_model.model.model.layers.0.self_attn.v_proj.base_layer.weight"], delta)
+    assert {s.status for s in engine.run(model).spectra.values()} == {"rank_deficient"}  # rank 4: not fitted
+
+
 def _repack(model) -> list[str]:
     """Repack the 4-bit weights as bitsandbytes does for its AVX512-BF16 CPU kernel: by a real eval-mode forward
     without gradients where the CPU has avx512_bf16, else with bitsandbytes's own conversion."""
