@@ -15,7 +15,8 @@ against the unsharded weights, `spectral_pass` against the single-process α.
 TempBalanceTrainer under real DeepSpeed ZeRO-3 (``deepspeed`` from PyPI, gloo) on a tiny LLaMA, matrix units: the
 partitioned parameters, the matrices gathered block by block against the unsharded weights, the factors and every
 group's lr at every step; an uninterrupted 6-step run (checkpoints at 3 and 6), a run stopped after its step-3
-checkpoint and resumed from it, and a short peft LoRA run (W₀ + ΔW from the gathered base and adapter weights).
+checkpoint and resumed from it, a short peft LoRA run (W₀ + ΔW from the gathered base and adapter weights) and an
+asynchronous one (tb_async).
 """
 
 from __future__ import annotations
@@ -346,14 +347,14 @@ def zero3(out: str) -> dict:
 
     from tb_hf.engine import plan
 
-    def run(name: str, *, lora=False, stop_at=None, resume=None, max_steps=6) -> dict:
+    def run(name: str, *, lora=False, stop_at=None, resume=None, max_steps=6, **options) -> dict:
         torch.manual_seed(0)
         model = lora_llama() if lora else ARCHS["llama"][0]()
         reference = copy.deepcopy(model)  # unsharded, the same weights
         ref_partition = partition_model(reference, "matrix")
         args = tiny_training_args(
             os.path.join(out, name), max_steps=max_steps, tb_unit="matrix", deepspeed=ZERO3_CONFIG,
-            save_strategy="steps", save_steps=3,
+            save_strategy="steps", save_steps=3, **options,
         )  # fmt: skip
         trainer_ref: list = []
         log = StepLog(trainer_ref, unit_matrices(reference, ref_partition), stop_at)
@@ -384,6 +385,7 @@ def zero3(out: str) -> dict:
     checkpoint = os.path.join(out, "interrupted", "checkpoint-3")
     result["resumed"] = run("interrupted", resume=checkpoint)  # ... and resumed from it, in the same output_dir
     result["lora"] = run("lora", lora=True, max_steps=2)  # peft LoRA under ZeRO-3: W₀ + ΔW from gathered weights
+    result["async"] = run("async", tb_async=True)  # snapshots gathered in the training thread, computed in another
     return result
 
 

@@ -255,7 +255,7 @@ def _without_seconds(path: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "spectral_seconds"} for r in history(path)]
 
 
-@pytest.mark.slow  # 2 torchrun processes, 4 DeepSpeed runs: ~40 s (the first DeepSpeed launch on a machine: ~2 min)
+@pytest.mark.slow  # 2 torchrun processes, 5 DeepSpeed runs: ~45 s (the first DeepSpeed launch on a machine: ~2 min)
 def test_deepspeed_zero3_training_is_sharded_agrees_and_resumes_exactly(tmp_path):
     """Real DeepSpeed ZeRO-3 (CPU accelerator, gloo, 2 processes), TempBalanceTrainer on a tiny LLaMA."""
     import deepspeed  # noqa: F401 - a test dependency: fail here, not in the subprocesses, if it is missing
@@ -267,17 +267,17 @@ def test_deepspeed_zero3_training_is_sharded_agrees_and_resumes_exactly(tmp_path
     full = r0["full"]
     assert full["wrapped"] == "DeepSpeedEngine" and full["global_step"] == 6
     for result in (r0, r1):
-        for name in ("full", "stopped", "lora"):
+        for name in ("full", "stopped", "lora", "async"):
             s0 = result[name]["step0"]
             assert s0["sharding"] == "zero3"
             assert s0["partitioned"] and s0["released"]  # empty local tensors before and after the pass
             assert s0["full_inside"] and s0["gathered_equal"]  # inside: the full matrices, bit for bit
             assert s0["gathered_names"] == s0["reference_names"]  # every matrix, in model order
-        for name in ("full", "stopped", "resumed", "lora"):  # partition and plan from ds_shape: as unsharded
+        for name in ("full", "stopped", "resumed", "lora", "async"):  # partition and plan from ds_shape: as unsharded
             assert result[name]["same_partition"] and result[name]["same_plan"]
 
     # Both ranks: identical factors, learning rates at every step, final weights.
-    for name in ("full", "stopped", "resumed", "lora"):
+    for name in ("full", "stopped", "resumed", "lora", "async"):
         for key in ("factors", "tb_factors", "lrs", "weights", "interval"):
             assert r0[name][key] == r1[name][key], (name, key)
     assert len(set(full["tb_factors"])) > 3  # matrix units: the factors really differ
@@ -306,3 +306,11 @@ def test_deepspeed_zero3_training_is_sharded_agrees_and_resumes_exactly(tmp_path
     # peft LoRA under ZeRO-3: the adapted matrices W₀ + ΔW were formed from the gathered base and adapter weights.
     assert all(unit.endswith(("q_proj", "v_proj")) for unit in r0["lora"]["factors"])
     assert len(set(r0["lora"]["factors"].values())) > 1
+
+    # tb_async under ZeRO-3: snapshots at steps 2 and 4 (gathered in the training thread), applied at 3 and 5; the
+    # step-2 snapshot is of the same weights as the synchronous run's step-2 pass, so it finds the same α.
+    asynchronous = history(tmp_path / "async")
+    assert [(r["step"], r.get("snapshot_step")) for r in asynchronous] == [(0, None), (3, 2), (5, 4)]
+    assert asynchronous[1]["alpha"] == zero3[1]["alpha"] and asynchronous[1]["factor"] == zero3[1]["factor"]
+    lrs = r0["async"]["lrs"]  # step 3 still runs on the step-0 factors; step 4 on the synchronous run's step-2 ones
+    assert lrs["2"] == full["lrs"]["2"] and lrs["3"] != full["lrs"]["3"] and lrs["4"] == full["lrs"]["4"]
