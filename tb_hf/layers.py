@@ -120,9 +120,10 @@ def full_shape(param: torch.Tensor) -> tuple[int, ...]:
 REPACKED_4BIT_MESSAGE = (
     "bitsandbytes has repacked the 4-bit weight(s) {names} for its AVX512-BF16 CPU kernel, as it does at the first "
     "eval-mode forward without gradients (an evaluation) on a CPU with avx512_bf16. A repacked weight no longer "
-    "dequantizes to its matrix, so TempBalance will not fit it, and it has no backward pass, so LoRA adapters below "
-    "it silently stop learning. Load the model again and set `module.support_avx512bf16_for_cpu = False` on every "
-    "bitsandbytes Linear4bit before any evaluation: TempBalanceTrainer does so when it is created, "
+    "dequantizes to its matrix, so TempBalance will not fit it, and it has no backward pass, so the LoRA adapters "
+    "whose gradients pass through it silently stop learning. Load the model again and set "
+    "`module.support_avx512bf16_for_cpu = False` on every bitsandbytes Linear4bit before any evaluation: "
+    "TempBalanceTrainer does so when it is created, "
     "TempBalanceCallback when training starts (tb_hf.layers.keep_4bit_weights_unpacked(model))."
 )
 
