@@ -38,7 +38,14 @@ from .balancing import apply_factors, apply_wd_factors, compute_factors, compute
 from .config import TempBalanceArguments, tb_arguments
 from .distributed import check_supported, deepspeed_config_sections, max_over_ranks
 from .engine import PassResult, SpectralEngine
-from .layers import Partition, full_shape, partition_model
+from .layers import (
+    REPACKED_4BIT_MESSAGE,
+    Partition,
+    full_shape,
+    keep_4bit_weights_unpacked,
+    partition_model,
+    repacked_4bit_weights,
+)
 from .optim import create_tempbalance_optimizer, optimizer_from_args, tempbalance_param_groups
 
 logger = logging.get_logger(__name__)
@@ -132,6 +139,7 @@ class TempBalanceCallback(TrainerCallback):
         self.tb = tb_arguments(args, self.user_tb_args)
         self.permutation_seed = getattr(args, "seed", 0)
         check_supported(model)
+        self._keep_4bit_unpacked(model)
         self.partition = partition_model(model, self.tb.tb_unit)
         self._check_optimizer(optimizer, args)
         self._check_units(optimizer)
@@ -401,6 +409,20 @@ class TempBalanceCallback(TrainerCallback):
 
     # ------------------------------------------------------------------------------------------------
     # Helpers
+
+    @staticmethod
+    def _keep_4bit_unpacked(model) -> None:
+        """QLoRA on CPU: refuse 4-bit weights bitsandbytes has already repacked (LoRA below them cannot learn, and
+        they do not dequantize), and keep the others from being repacked by an evaluation during training."""
+        repacked = repacked_4bit_weights(model)
+        if repacked:
+            names = f"{repacked[0]} and {len(repacked) - 1} more" if len(repacked) > 1 else repacked[0]
+            raise ValueError(REPACKED_4BIT_MESSAGE.format(names=names))
+        if keep_4bit_weights_unpacked(model):
+            logger.info(
+                "TempBalance: set support_avx512bf16_for_cpu=False on the bitsandbytes 4-bit layers, so that an "
+                "evaluation on CPU does not repack their weights (LoRA would stop learning; no dequantizing)."
+            )
 
     @staticmethod
     def _check_optimizer(optimizer, args=None) -> None:

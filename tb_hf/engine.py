@@ -30,7 +30,16 @@ from transformers.utils import logging
 
 from . import distributed as dist_utils
 from .balancing import unit_alpha_se, unit_metrics
-from .layers import Partition, Unit, full_shape, lora_layers, lora_weight
+from .layers import (
+    Partition,
+    Unit,
+    can_dequantize,
+    dense_weight,
+    full_shape,
+    is_packed,
+    lora_layers,
+    lora_weight,
+)
 from .spectral import LayerSpectrum, MatrixKey, analyze, esd, farms_esd, farms_windows
 
 logger = logging.get_logger(__name__)
@@ -54,7 +63,8 @@ class Task:
         shape: Full shape of the analysed matrix (2-D, or the 4-D kernel).
         cost: Relative cost of its ESD (`tb_hf.distributed.matrix_cost`), for splitting the pass between ranks.
         adapted: Whether peft LoRA adapts it.
-        status: A status given without computing (``"quantized"``), else None.
+        status: A status given without computing (``"quantized"``: a packed weight that cannot be dequantized),
+            else None.
     """
 
     key: MatrixKey
@@ -97,14 +107,6 @@ class PassResult:
 # The plan
 
 
-def _is_quantized(param: torch.Tensor) -> bool:
-    """A packed weight (bitsandbytes 4/8-bit, GPTQ, ...): integer storage whose bytes are not the matrix."""
-    return not (param.dtype.is_floating_point or param.dtype.is_complex) or type(param).__name__ in (
-        "Params4bit",
-        "Int8Params",
-    )
-
-
 def model_farms_window(shapes: Sequence[tuple[int, ...]], aspect_ratio: float) -> int | None:
     """FARMS's one window size for a whole model: half the smallest side among its matrices (the paper used
     one size per model, e.g. 2000 rows for LLaMA-7B's 4096-wide matrices). None if that is below 32 rows."""
@@ -138,7 +140,9 @@ def plan(model: nn.Module, partition: Partition, *, lora_view: str = "effective"
             if lora_view == "delta":
                 layer = next(p for p in _parents(name) if p in modules and modules[p] in lora[id(param)])
                 label = f"{layer}.ΔW"
-            status = "quantized" if _is_quantized(param) and not (lora_view == "delta" and adapted) else None
+            # Packed weights that cannot be dequantized (not bitsandbytes 4/8-bit) are not fitted; ΔW needs no W₀.
+            undequantizable = is_packed(param) and not can_dequantize(param, modules.get(name.rsplit(".", 1)[0]))
+            status = "quantized" if undequantizable and not (lora_view == "delta" and adapted) else None
             parts = (
                 [(MatrixKey(name, e), shape[1:]) for e in range(shape[0])]
                 if len(shape) == 3
@@ -274,21 +278,29 @@ class SpectralEngine:
                     aspect_ratio=self.options["farms_aspect_ratio"],
                     grid=self.options["farms_grid_size"],
                 )
+        params = dict(model.named_parameters())
+        # Quantized weights (QLoRA) are dequantized one block at a time, never all at once.
+        self.packed = any(is_packed(params[t.key.param]) for t in self.tasks)
         quantized = [t.label for t in self.tasks if t.status == "quantized"]
         if quantized:
             logger.warning_once(
                 f"TempBalance: {len(quantized)} quantized weight(s) (e.g. {quantized[0]}) are not analysed (status "
-                "'quantized'): their packed bytes are not the matrix. For QLoRA, analyse a dequantized copy of the "
-                "base with the adapter: tb-hf analyze BASE --adapter RUN --dtype bfloat16 (their units keep factor 1)."
+                "'quantized'): they are stored in a packed format TempBalance cannot dequantize (it dequantizes "
+                "bitsandbytes 4-bit and 8-bit weights, not e.g. GPTQ or AWQ), and their bytes are not the matrix. A "
+                "unit with no other matrix keeps factor 1. To analyse such a model, analyse an unquantized copy of "
+                "the base with the adapter: tb-hf analyze BASE --adapter RUN --dtype bfloat16."
             )
 
     # ------------------------------------------------------------------------------------------------
     # Matrices
 
     def _matrices(self, model: nn.Module, tasks: Sequence[Task]) -> dict:
-        """The tasks' matrices from the model's current full parameters (W₀ + ΔW under LoRA, in float32)."""
+        """The tasks' matrices from the model's current full parameters (W₀ + ΔW under LoRA, in float32; a
+        bitsandbytes-quantized W₀ dequantized, `tb_hf.layers.dense_weight`)."""
         params = dict(model.named_parameters())
+        modules = dict(model.named_modules())
         lora = lora_layers(model)
+        view = self.tb.tb_lora_view
         out = {}
         whole: dict[str, torch.Tensor] = {}
         for task in tasks:
@@ -296,11 +308,13 @@ class SpectralEngine:
                 continue
             name = task.key.param
             if name not in whole:
-                param = params[name].detach()
-                if id(params[name]) in lora:
-                    weight = lora_weight(param, lora[id(params[name])], self.tb.tb_lora_view)
+                param = params[name]
+                if id(param) in lora and view == "delta":  # ΔW alone: W₀ is not read (nor dequantized)
+                    weight = lora_weight(param, lora[id(param)], view)
                 else:
-                    weight = param
+                    weight = dense_weight(param, modules.get(name.rsplit(".", 1)[0]), name)
+                    if id(param) in lora:
+                        weight = lora_weight(weight, lora[id(param)], view)
                 whole[name] = weight
             weight = whole[name]
             out[task.key] = weight if task.key.index is None else weight[task.key.index]
@@ -319,7 +333,7 @@ class SpectralEngine:
         """Spectra of ``tasks`` computed here (this rank's share)."""
         from tqdm.auto import tqdm
 
-        if not by_block and self.sharding is None:
+        if not by_block and self.sharding is None and not self.packed:
             mats = self._matrices(model, tasks)
             self._keep_esds(mats, esd_keys, esds)
             return analyze_tasks(tasks, mats, self.options)
@@ -371,7 +385,7 @@ class SpectralEngine:
 
         Args:
             by_block: Build and analyse one block's matrices at a time (bounds memory to one block's copies;
-                always so under FSDP2/ZeRO-3).
+                always so under FSDP2/ZeRO-3 and with quantized weights, which are dequantized block by block).
             progress: A progress bar over the blocks.
             esd_keys: Matrix keys whose eigenvalues to keep (for figures), in ``PassResult.esds``.
         """

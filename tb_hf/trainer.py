@@ -7,7 +7,7 @@ from transformers import Trainer
 from .callback import DEEPSPEED_OPTIMIZER_MESSAGE, TempBalanceCallback
 from .config import TempBalanceArguments
 from .distributed import deepspeed_config_sections
-from .layers import find_blocks
+from .layers import find_blocks, keep_4bit_weights_unpacked
 from .optim import optimizer_from_args
 
 __all__ = ["TempBalanceMixin", "TempBalanceTrainer"]
@@ -54,6 +54,8 @@ class TempBalanceMixin:
             raise ValueError(DEEPSPEED_OPTIMIZER_MESSAGE)  # DeepSpeed would build an optimizer without our groups
         if self.model is not None:
             find_blocks(self.model)  # a model without transformer blocks fails here, before any training
+            # QLoRA on CPU: an evaluation (even trainer.evaluate() before train()) must not repack the 4-bit weights
+            keep_4bit_weights_unpacked(self.model)
         self.tempbalance = TempBalanceCallback(tb_args)
         self.add_callback(self.tempbalance)
 

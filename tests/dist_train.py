@@ -10,6 +10,13 @@ on rank 1 only.
 
 ``fsdp2``: raw ``fully_shard`` on a 2-process CPU gloo mesh, a tiny LLaMA and a peft LoRA LLaMA: gathered matrices
 against the unsharded weights, `spectral_pass` against the single-process α.
+
+``zero3`` (with ``DS_ACCELERATOR=cpu`` and without ``ACCELERATE_USE_CPU``, which makes the Trainer drop DeepSpeed):
+TempBalanceTrainer under real DeepSpeed ZeRO-3 (``deepspeed`` from PyPI, gloo) on a tiny LLaMA, matrix units: the
+partitioned parameters, the matrices gathered block by block against the unsharded weights, the factors and every
+group's lr at every step; an uninterrupted 6-step run (checkpoints at 3 and 6), a run stopped after its step-3
+checkpoint and resumed from it, a short peft LoRA run (W₀ + ΔW from the gathered base and adapter weights) and an
+asynchronous one (tb_async).
 """
 
 from __future__ import annotations
@@ -287,9 +294,127 @@ def fsdp2(out: str) -> dict:
     return result
 
 
+#: DeepSpeed ZeRO-3 for the Trainer: every parameter partitioned (no persistence threshold), no "optimizer" section
+#: (the Trainer builds TempBalance's optimizer and DeepSpeed wraps it; it also spares building DeepSpeed's fused Adam).
+ZERO3_CONFIG = {
+    "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+    "train_micro_batch_size_per_gpu": "auto",
+    "gradient_accumulation_steps": "auto",
+    "zero_allow_untested_optimizer": True,
+}
+
+
+class StepLog(TrainerCallback):
+    """Every group's lr as each step uses it (read at the step's start: DeepSpeed steps inside backward). At step 0
+    (after TempBalance's first pass) the ZeRO-3 partitions and the gathered matrices against ``reference``. With
+    ``stop_at`` the run stops after that step (and its checkpoint): an interrupted run."""
+
+    def __init__(self, trainer_ref: list, reference: dict, stop_at: int | None = None):
+        self.trainer_ref, self.reference, self.stop_at = trainer_ref, reference, stop_at
+        self.lrs: dict[str, list[float]] = {}
+        self.step0: dict = {}
+
+    def on_step_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self.lrs[str(state.global_step + 1)] = [g["lr"] for g in optimizer.param_groups]
+        if state.global_step == 0 and not self.step0:
+            self.step0 = self.inspect(model)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.stop_at is not None and state.global_step == self.stop_at:
+            control.should_training_stop = True
+
+    @torch.no_grad()
+    def inspect(self, model) -> dict:
+        from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+        engine = self.trainer_ref[0].tempbalance.engine
+        params = list(model.parameters())
+        partitioned = all(p.ds_status == ZeroParamStatus.NOT_AVAILABLE and p.numel() == 0 for p in params)
+        names, equal, full_inside = [], True, True
+        for share, mats in engine._blocks(model, engine.tasks):
+            for task in share:
+                full_inside &= dict(model.named_parameters())[task.key.param].shape == task.shape
+            for key, tensor in mats.items():
+                names.append(key.param)
+                equal &= torch.equal(tensor, self.reference[key.param])
+        released = all(p.ds_status == ZeroParamStatus.NOT_AVAILABLE and p.numel() == 0 for p in params)
+        return {
+            "sharding": engine.sharding,
+            "partitioned": partitioned,  # every local tensor empty: ZeRO-3 really shards
+            "full_inside": bool(full_inside),  # inside the gathering, the full matrix on this rank
+            "gathered_equal": bool(equal),  # the gathered matrices are the unsharded weights, bit for bit
+            "gathered_names": names,
+            "reference_names": list(self.reference),
+            "released": released,  # partitioned again after the pass
+            "shapes": sorted({str(tuple(p.ds_shape)) for p in params}),
+        }
+
+
+def lora_llama():
+    """A tiny LLaMA with LoRA on q/v whose ΔW is not zero (so W₀ + ΔW differs from W₀), the same on every rank."""
+    import peft
+
+    torch.manual_seed(0)
+    model = peft.get_peft_model(
+        ARCHS["llama"][0](), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    )
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    return model
+
+
+def zero3(out: str) -> dict:
+    import deepspeed
+
+    from tb_hf.engine import plan
+
+    def run(name: str, *, lora=False, stop_at=None, resume=None, max_steps=6, **options) -> dict:
+        torch.manual_seed(0)
+        model = lora_llama() if lora else ARCHS["llama"][0]()
+        reference = copy.deepcopy(model)  # unsharded, the same weights
+        ref_partition = partition_model(reference, "matrix")
+        args = tiny_training_args(
+            os.path.join(out, name), max_steps=max_steps, tb_unit="matrix", deepspeed=ZERO3_CONFIG,
+            save_strategy="steps", save_steps=3, **options,
+        )  # fmt: skip
+        trainer_ref: list = []
+        log = StepLog(trainer_ref, unit_matrices(reference, ref_partition), stop_at)
+        dataset = dataset_for(reference, n=32)
+        trainer = TempBalanceTrainer(model=model, args=args, train_dataset=dataset, callbacks=[log])
+        trainer_ref.append(trainer)
+        trainer.train(resume_from_checkpoint=resume)
+        tb = trainer.tempbalance
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+            weights = [p.detach().double().sum().item() for p in model.parameters()]
+        return {
+            "lrs": log.lrs,
+            "step0": log.step0,
+            "factors": dict(tb.factors),
+            "tb_factors": [g["tb_factor"] for g in trainer.optimizer.param_groups],
+            "interval": tb.interval,
+            "global_step": trainer.state.global_step,
+            "weights": weights,
+            "wrapped": type(trainer.model_wrapped).__name__,
+            "same_partition": tb.partition == ref_partition,
+            "same_plan": [(str(t.key), t.shape, t.cost) for t in plan(model, ref_partition, options={})]
+            == [(str(t.key), t.shape, t.cost) for t in plan(reference, ref_partition, options={})],
+        }
+
+    result = {"full": run("full")}  # uninterrupted, 6 steps (checkpoints at 3 and 6); the Trainer set up gloo
+    result.update(rank=dist.get_rank(), world_size=dist.get_world_size(), backend=str(dist.get_backend()))
+    result["stopped"] = run("interrupted", stop_at=3)  # stopped after its step-3 checkpoint ...
+    checkpoint = os.path.join(out, "interrupted", "checkpoint-3")
+    result["resumed"] = run("interrupted", resume=checkpoint)  # ... and resumed from it, in the same output_dir
+    result["lora"] = run("lora", lora=True, max_steps=2)  # peft LoRA under ZeRO-3: W₀ + ΔW from gathered weights
+    result["async"] = run("async", tb_async=True)  # snapshots gathered in the training thread, computed in another
+    return result
+
+
 if __name__ == "__main__":
     mode, out = sys.argv[1], sys.argv[2]
-    result = {"train": train, "fsdp2": fsdp2}[mode](out)
+    result = {"train": train, "fsdp2": fsdp2, "zero3": zero3}[mode](out)
     with open(os.path.join(out, f"{mode}_rank{dist.get_rank()}.json"), "w") as f:
         json.dump(result, f, indent=1)
     dist.barrier()

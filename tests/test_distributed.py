@@ -18,9 +18,16 @@ import peft
 import pytest
 import torch
 import torch.distributed as dist
-from tiny_models import ARCHS
+from tiny_models import ARCHS, dataset_for, history, tiny_training_args
 
-from tb_hf import TempBalanceArguments, TempBalanceCallback, analyze, partition_model, unit_matrices
+from tb_hf import (
+    TempBalanceArguments,
+    TempBalanceCallback,
+    TempBalanceTrainer,
+    analyze,
+    partition_model,
+    unit_matrices,
+)
 from tb_hf.callback import DEEPSPEED_OPTIMIZER_MESSAGE
 from tb_hf.distributed import (
     FSDP1_MESSAGE,
@@ -30,7 +37,7 @@ from tb_hf.distributed import (
     matrix_cost,
     sharding_kind,
 )
-from tb_hf.engine import SpectralEngine, plan
+from tb_hf.engine import SpectralEngine
 
 HERE = Path(__file__).parent
 LLAMA_7B_BLOCK = [(4096, 4096)] * 4 + [(11008, 4096), (11008, 4096), (4096, 11008)]
@@ -127,20 +134,6 @@ def test_lora_views_go_through_unchanged():
             assert {s.status for s in got.values()} == {"rank_deficient"}
 
 
-def test_zero3_partitioned_parameters_keep_their_partition():
-    """ZeRO-3 leaves an empty local tensor and the full shape in ``ds_shape`` (simulated: deepspeed is not needed)."""
-    torch.manual_seed(0)
-    model = ARCHS["llama"][0]()
-    expected = partition_model(model, "matrix")
-    tasks = [(t.key, t.shape, t.cost) for t in plan(model, expected, options={})]
-    for p in model.parameters():
-        p.ds_id, p.ds_shape = 0, tuple(p.shape)
-        p.data = torch.empty(0)
-    assert sharding_kind(model) == "zero3"
-    assert partition_model(model, "matrix") == expected
-    assert [(t.key, t.shape, t.cost) for t in plan(model, expected, options={})] == tasks
-
-
 def test_deepspeed_config_with_its_own_optimizer_fails_clearly(tmp_path):
     config = {"zero_optimization": {"stage": 3}, "optimizer": {"type": "AdamW", "params": {"lr": 1e-4}}}
     path = tmp_path / "ds.json"
@@ -168,11 +161,17 @@ def test_deepspeed_config_with_its_own_optimizer_fails_clearly(tmp_path):
 # Two real processes
 
 
-def torchrun(mode: str, out: Path, timeout: float = 300) -> list[dict]:
-    """Run tests/dist_train.py on 2 CPU processes (gloo); the JSON that each rank wrote."""
+def torchrun(mode: str, out: Path, timeout: float = 300, deepspeed: bool = False) -> list[dict]:
+    """Run tests/dist_train.py on 2 CPU processes (gloo); the JSON that each rank wrote.
+
+    With ``deepspeed``: DeepSpeed's CPU accelerator, and no ACCELERATE_USE_CPU (with it the Trainer leaves DeepSpeed
+    out without a word; ``use_cpu=True`` in the arguments is enough for gloo)."""
     if not (dist.is_available() and dist.is_gloo_available()):
         pytest.skip("torch.distributed with gloo is not available")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true", "TOKENIZERS_PARALLELISM": "false"}
+    if deepspeed:
+        del env["ACCELERATE_USE_CPU"]
+        env["DS_ACCELERATOR"] = "cpu"
     env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), env.get("PYTHONPATH", "")])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     cmd += [str(HERE / "dist_train.py"), mode, str(out)]
@@ -256,3 +255,68 @@ def test_fsdp2_gathers_full_matrices_and_matches_single_process(tmp_path):
     assert r0["lora"]["alpha"] == r1["lora"]["alpha"]
     assert r0["fsdp1_error"] == r1["fsdp1_error"] == FSDP1_MESSAGE
     assert r0["plain"]["alpha"] != r0["lora"]["alpha"]  # the LoRA view really used W0 + ΔW
+
+
+def _without_seconds(path: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "spectral_seconds"} for r in history(path)]
+
+
+@pytest.mark.slow  # 2 torchrun processes, 5 DeepSpeed runs: ~45 s (the first DeepSpeed launch on a machine: ~2 min)
+def test_deepspeed_zero3_training_is_sharded_agrees_and_resumes_exactly(tmp_path):
+    """Real DeepSpeed ZeRO-3 (CPU accelerator, gloo, 2 processes), TempBalanceTrainer on a tiny LLaMA."""
+    import deepspeed  # noqa: F401 - a test dependency: fail here, not in the subprocesses, if it is missing
+
+    # The first launch JIT-compiles DeepSpeed's small shared-memory communication extension (about 1-3 minutes on
+    # 2 cores); later launches load it from the torch extensions cache.
+    r0, r1 = torchrun("zero3", tmp_path, timeout=1200, deepspeed=True)
+    assert (r0["rank"], r1["rank"], r0["world_size"], r0["backend"]) == (0, 1, 2, "gloo")
+    full = r0["full"]
+    assert full["wrapped"] == "DeepSpeedEngine" and full["global_step"] == 6
+    for result in (r0, r1):
+        for name in ("full", "stopped", "lora", "async"):
+            s0 = result[name]["step0"]
+            assert s0["sharding"] == "zero3"
+            assert s0["partitioned"] and s0["released"]  # empty local tensors before and after the pass
+            assert s0["full_inside"] and s0["gathered_equal"]  # inside: the full matrices, bit for bit
+            assert s0["gathered_names"] == s0["reference_names"]  # every matrix, in model order
+        for name in ("full", "stopped", "resumed", "lora", "async"):  # partition and plan from ds_shape: as unsharded
+            assert result[name]["same_partition"] and result[name]["same_plan"]
+
+    # Both ranks: identical factors, learning rates at every step, final weights.
+    for name in ("full", "stopped", "resumed", "lora", "async"):
+        for key in ("factors", "tb_factors", "lrs", "weights", "interval"):
+            assert r0[name][key] == r1[name][key], (name, key)
+    assert len(set(full["tb_factors"])) > 3  # matrix units: the factors really differ
+
+    # Step 0: the α and factors of a single process without DeepSpeed on the same weights.
+    torch.manual_seed(0)
+    model = ARCHS["llama"][0]()
+    args = tiny_training_args(tmp_path / "single", max_steps=1, tb_unit="matrix")
+    TempBalanceTrainer(model=model, args=args, train_dataset=dataset_for(model, n=32)).train()
+    single = history(tmp_path / "single")[0]
+    zero3 = history(tmp_path / "full")
+    assert [r["step"] for r in zero3] == [0, 2, 4]
+    assert zero3[0]["alpha"] == single["alpha"] and zero3[0]["factor"] == single["factor"]
+
+    # Resume: the run stopped after its step-3 checkpoint and resumed from it is the uninterrupted run: the same
+    # learning rates of every group at every step, factors, interval, history and final weights.
+    stopped, resumed = r0["stopped"], r0["resumed"]
+    assert stopped["global_step"] == 3 and list(stopped["lrs"]) == ["1", "2", "3"]
+    assert list(resumed["lrs"]) == ["4", "5", "6"] and resumed["step0"] == {}
+    assert {**stopped["lrs"], **resumed["lrs"]} == full["lrs"]
+    assert resumed["factors"] == full["factors"] and resumed["tb_factors"] == full["tb_factors"]
+    assert resumed["interval"] == full["interval"] == 2
+    assert resumed["weights"] == full["weights"]
+    assert _without_seconds(tmp_path / "interrupted") == _without_seconds(tmp_path / "full")
+
+    # peft LoRA under ZeRO-3: the adapted matrices W₀ + ΔW were formed from the gathered base and adapter weights.
+    assert all(unit.endswith(("q_proj", "v_proj")) for unit in r0["lora"]["factors"])
+    assert len(set(r0["lora"]["factors"].values())) > 1
+
+    # tb_async under ZeRO-3: snapshots at steps 2 and 4 (gathered in the training thread), applied at 3 and 5; the
+    # step-2 snapshot is of the same weights as the synchronous run's step-2 pass, so it finds the same α.
+    asynchronous = history(tmp_path / "async")
+    assert [(r["step"], r.get("snapshot_step")) for r in asynchronous] == [(0, None), (3, 2), (5, 4)]
+    assert asynchronous[1]["alpha"] == zero3[1]["alpha"] and asynchronous[1]["factor"] == zero3[1]["factor"]
+    lrs = r0["async"]["lrs"]  # step 3 still runs on the step-0 factors; step 4 on the synchronous run's step-2 ones
+    assert lrs["2"] == full["lrs"]["2"] and lrs["3"] != full["lrs"]["3"] and lrs["4"] == full["lrs"]["4"]
