@@ -19,8 +19,10 @@ The first two are pure functions of plain mappings; only `apply_factors` touches
 from __future__ import annotations
 
 import math
+import random
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -29,16 +31,20 @@ from transformers.utils import logging
 
 from .options import MAPPINGS, METRICS, check_factor_options, check_range
 from .spectral import LayerSpectrum, MatrixKey
+from .state import BASE_LR, BASE_WD, FACTOR, UNIT, WD_FACTOR
 
 logger = logging.get_logger(__name__)
 
 __all__ = [
     "MAPPINGS",
     "METRICS",
+    "Balance",
     "apply_factors",
     "apply_wd_factors",
+    "balance",
     "compute_factors",
     "compute_wd_factors",
+    "permuted",
     "unit_alpha_se",
     "unit_metrics",
 ]
@@ -288,6 +294,48 @@ def compute_wd_factors(
     return {name: ratios.get(name, 1.0) for name in metrics}
 
 
+def permuted(factors: Mapping[str, float], fitted: Iterable[str], seed: int) -> dict[str, float]:
+    """The control experiment ``tb_permute_factors``: the ``fitted`` units' factors shuffled among them by one
+    permutation seeded with ``seed`` (the same at every update)."""
+    fitted = [name for name in factors if name in set(fitted)]
+    order = random.Random(seed).sample(fitted, len(fitted))
+    return {**factors, **{unit: factors[source] for unit, source in zip(fitted, order, strict=True)}}
+
+
+@dataclass(frozen=True)
+class Balance:
+    """What one pass's metrics give each unit: its learning-rate factor and (when weight decay is balanced) its
+    weight-decay ratio, and the units that could not be fitted (factor 1)."""
+
+    factors: dict[str, float]
+    wd_factors: dict[str, float]
+    skipped: list[str]
+
+
+def balance(
+    metrics: Mapping[str, float],
+    tb,
+    *,
+    alphas: Mapping[str, float] | None = None,
+    alpha_se: Mapping[str, float] | None = None,
+    weights: Mapping[str, float] | None = None,
+    seed: int = 0,
+) -> Balance:
+    """The factors of a pass under the options ``tb`` (`tb_hf.TempBalanceArguments`): `compute_factors` of the metric
+    when the learning rate is balanced (else 1), `compute_wd_factors` of α when the weight decay is, both permuted
+    among the fitted units for ``tb_permute_factors``."""
+    alphas = metrics if alphas is None else alphas
+    factors = dict.fromkeys(metrics, 1.0)
+    if tb.balances_lr:
+        factors = compute_factors(metrics, alpha_se=alpha_se or {}, weights=weights, **tb.factor_options())
+    wd_factors = compute_wd_factors(alphas, **tb.wd_factor_options()) if tb.balances_wd else {}
+    fitted = [name for name, value in metrics.items() if math.isfinite(value)]
+    if tb.tb_permute_factors:
+        factors = permuted(factors, fitted, seed)
+        wd_factors = permuted(wd_factors, fitted, seed) if wd_factors else {}
+    return Balance(factors, wd_factors, [name for name in metrics if name not in set(fitted)])
+
+
 # --------------------------------------------------------------------------------------------------
 # Factors into the optimizer
 
@@ -312,7 +360,7 @@ def _scale_value(container: dict | list, key: Any, ratio: float) -> None:
 def apply_factors(optimizer, scheduler, factors: Mapping[str, float]) -> None:
     """Give each unit's param groups the learning rate ``tb_base_lr × factor × schedule(t)``.
 
-    Param groups carry three keys (set when the optimizer is built, see `tb_hf.layers`): ``"tb_unit"``
+    Param groups carry three keys (set when the optimizer is built, see `tb_hf.optim` and `tb_hf.state`): ``"tb_unit"``
     (unit name, or None for groups that are never scaled), ``"tb_base_lr"`` (the group's unscaled learning
     rate) and ``"tb_factor"`` (the factor in effect, updated here). Groups whose unit is not in
     ``factors`` are left alone.
@@ -355,13 +403,13 @@ def apply_factors(optimizer, scheduler, factors: Mapping[str, float]) -> None:
         )
 
     for i, group in enumerate(groups):
-        unit = group.get("tb_unit")
+        unit = group.get(UNIT)
         if unit is None or unit not in factors:
             continue
-        if "tb_base_lr" not in group:
+        if BASE_LR not in group:
             raise KeyError(f"param group {i} (unit {unit!r}) has no 'tb_base_lr'")
         factor = float(factors[unit])
-        new_base = float(group["tb_base_lr"]) * factor
+        new_base = float(group[BASE_LR]) * factor
         if is_lambda:
             lr = new_base * scheduler.lr_lambdas[i](scheduler.last_epoch)
             _set_value(group, "initial_lr", new_base)
@@ -373,7 +421,7 @@ def apply_factors(optimizer, scheduler, factors: Mapping[str, float]) -> None:
         elif scheduler is None:
             _set_value(group, "lr", new_base)
         else:
-            ratio = factor / float(group.get("tb_factor", 1.0))
+            ratio = factor / float(group.get(FACTOR, 1.0))
             _scale_value(group, "lr", ratio)
             if "initial_lr" in group:
                 _scale_value(group, "initial_lr", ratio)
@@ -383,7 +431,7 @@ def apply_factors(optimizer, scheduler, factors: Mapping[str, float]) -> None:
             last_lr = getattr(scheduler, "_last_lr", None)
             if last_lr is not None and i < len(last_lr):
                 _set_value(last_lr, i, float(group["lr"]))
-        group["tb_factor"] = factor
+        group[FACTOR] = factor
 
 
 def apply_wd_factors(optimizer, factors: Mapping[str, float]) -> None:
@@ -394,8 +442,8 @@ def apply_wd_factors(optimizer, factors: Mapping[str, float]) -> None:
     if bad:
         raise ValueError(f"weight-decay factors must be finite and >= 0, got {bad}")
     for group in optimizer.param_groups:
-        unit = group.get("tb_unit")
-        if unit is None or unit not in factors or not group.get("tb_base_wd"):
+        unit = group.get(UNIT)
+        if unit is None or unit not in factors or not group.get(BASE_WD):
             continue
-        _set_value(group, "weight_decay", float(group["tb_base_wd"]) * float(factors[unit]))
-        group["tb_wd_factor"] = float(factors[unit])
+        _set_value(group, "weight_decay", float(group[BASE_WD]) * float(factors[unit]))
+        group[WD_FACTOR] = float(factors[unit])

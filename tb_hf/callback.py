@@ -1,62 +1,54 @@
-"""TempBalanceCallback: when to recompute α, and where the results go.
+"""TempBalanceCallback: TempBalance's one-way data flow, wired into the Trainer's events.
 
-The callback wires the library's one-way data flow into the Trainer's events::
+    setup (`tb_hf.setup`: options, units) -> `SpectralEngine.run` (`tb_hf.engine`: the pass, shared between ranks)
+      -> `balance` (`tb_hf.balancing`: metrics -> factors) -> `apply_factors` / `apply_wd_factors` (the optimizer)
+      -> the Trainer's logs and ``history.jsonl`` (`tb_hf.history`)
 
-    model -> SpectralEngine (tb_hf.engine: the pass, shared between ranks) -> unit metrics
-          -> compute_factors() -> apply_factors()
+When α is recomputed is `tb_hf.schedule`'s decision, what survives a checkpoint lives in the optimizer's param
+groups (`tb_hf.state`); this module only calls them at the right events:
 
-* ``on_train_begin``: check that the optimizer has TempBalance groups and (on a fresh start) run the first
-  pass before the first optimizer step. On ``resume_from_checkpoint`` the factors, the chosen interval and any
-  pass in flight come back with the optimizer state, so nothing is recomputed and the run continues bit for bit.
-* When to recompute (``tb_update_steps``): an integer N — every N optimizer steps, exactly; ``"once"`` — never
-  again; ``"auto"`` — Model Balancing's interval (about ten passes per epoch), but never more often than the
-  budget ``tb_max_overhead`` allows: after `DECIDE_STEP` steps the callback knows the cost of a pass and of a
-  step, and fixes ``interval = max(rule, ceil(pass / (budget × step)))`` for the rest of the run.
-* ``tb_async``: a pass after the first snapshots the matrices at step s (training thread), computes them in a
-  background thread, and applies the factors at step s + lag, waiting there only if the result is late.
-  A checkpoint saved while a pass is in flight waits for it and stores its result, so resuming is exact.
+* ``on_train_begin``: check the optimizer, then (fresh start) the first pass before the first optimizer step. On
+  ``resume_from_checkpoint`` the factors, the interval and any pass in flight come back with the optimizer state
+  and the run continues bit for bit. A resume whose checkpoint has no TempBalance state (``save_only_model=True``)
+  or that changes TempBalance options (the schedule, the map, the estimator, ...) makes a fresh pass at the resume
+  step with the options now in force and decides the interval again from there, and says so; a resume that changes
+  the units (``tb_unit``) or the depth profile (``tb_llrd_decay``), which fixed the param groups, is refused.
+* ``on_optimizer_step``: apply an asynchronous pass due now, let ``"auto"`` decide once it has timed its steps,
+  and run (or, with ``tb_async``, start) the passes that are due.
+* ``on_step_end``: before a checkpoint is written, finish a pass in flight and store it, so resuming is exact.
 
-Results go to the Trainer's logs (``tb/alpha/<unit>``, ``tb/lr_scale/<unit>``, ``tb/skipped_units``,
-``tb/spectral_seconds``) and, on the main process, to ``<output_dir>/tempbalance/history.jsonl``.
+Results go to the Trainer's logs (``tb/alpha/<unit>``, ``tb/lr_scale/<unit>``, ``tb/wd_scale/<unit>``,
+``tb/skipped_units``, ``tb/spectral_seconds``) and, on the main process, to
+``<output_dir>/tempbalance/history.jsonl``.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import random
 import time
-from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 from transformers import TrainerCallback
 from transformers.utils import logging
 
-from .balancing import apply_factors, apply_wd_factors, compute_factors, compute_wd_factors
+from . import state as tb_state
+from .balancing import Balance, apply_factors, apply_wd_factors, balance
 from .config import TempBalanceArguments, tb_arguments
-from .distributed import check_supported, deepspeed_config_sections, max_over_ranks
+from .distributed import deepspeed_config_sections, max_over_ranks
 from .engine import PassResult, SpectralEngine
-from .layers import (
-    REPACKED_4BIT_MESSAGE,
-    Partition,
-    full_shape,
-    keep_4bit_weights_unpacked,
-    partition_model,
-    repacked_4bit_weights,
-)
+from .history import append_history, history_record, trim_history
+from .layers import REPACKED_4BIT_MESSAGE, keep_4bit_weights_unpacked, repacked_4bit_weights
 from .optim import create_tempbalance_optimizer, optimizer_from_args, tempbalance_param_groups
+from .schedule import RecomputeSchedule
+from .setup import Setup, build_setup
 
 logger = logging.get_logger(__name__)
 
 __all__ = ["TempBalanceCallback", "create_tempbalance_optimizer", "optimizer_from_args", "tempbalance_param_groups"]
 
-HISTORY_FILE = os.path.join("tempbalance", "history.jsonl")
-
-#: With tb_update_steps="auto", the interval is fixed after this many optimizer steps (steps 2..DECIDE_STEP
-#: are timed; the first step carries one-time costs).
-DECIDE_STEP = 3
+#: Options that fixed the param groups when the optimizer was built: a resume cannot change them.
+RESUME_FIXED = ("tb_unit", "tb_llrd_decay")
 
 DEEPSPEED_OPTIMIZER_MESSAGE = (
     "TempBalance cannot run with a DeepSpeed config that defines its own 'optimizer' (or 'scheduler'): DeepSpeed "
@@ -68,8 +60,22 @@ DEEPSPEED_OPTIMIZER_MESSAGE = (
 )
 
 
-def _finite_or_none(x: float) -> float | None:
-    return x if math.isfinite(x) else None
+def options_of(tb: TempBalanceArguments) -> dict:
+    """Every TempBalance option's value (what a checkpoint records, `tb_hf.state.write_options`)."""
+    return {name: getattr(tb, name) for name in TempBalanceArguments.__dataclass_fields__}
+
+
+def changed_options(stored: dict | None, tb: TempBalanceArguments) -> dict[str, tuple]:
+    """The options that differ from those a checkpoint recorded: name -> (then, now). An option the checkpoint does
+    not know counts at its default; a checkpoint that recorded none (older versions) changes nothing."""
+    if stored is None:
+        return {}
+    fields = TempBalanceArguments.__dataclass_fields__
+    return {
+        name: (stored.get(name, fields[name].default), value)
+        for name, value in options_of(tb).items()
+        if stored.get(name, fields[name].default) != value
+    }
 
 
 class TempBalanceCallback(TrainerCallback):
@@ -111,114 +117,125 @@ class TempBalanceCallback(TrainerCallback):
             base = {name: getattr(tb_args, name) for name in fields} if tb_args is not None else {}
             tb_args = TempBalanceArguments(**{**base, **{f"tb_{k}": v for k, v in options.items()}})
         self.user_tb_args = tb_args
+        #: Options, units and unit sizes: handed over by `TempBalanceMixin` when it builds the optimizer, else
+        #: built in on_train_begin.
+        self.setup: Setup | None = None
         # Internal state, set in on_train_begin.
-        self.tb: TempBalanceArguments | None = None
-        self.partition: Partition | None = None
         self.engine: SpectralEngine | None = None
+        self.schedule: RecomputeSchedule | None = None
         self.steps_per_epoch: int | None = None
-        self.rule_interval: int | None = None  # before the budget: tb_update_steps, or Model Balancing's rule
-        self.interval: int | None = None  # in force: None = no more passes (or "auto" not yet decided)
-        self.lag: int = 0
-        self.decided = False
         self.permutation_seed = 0  # tb_permute_factors: the TrainingArguments seed
-        self.pass_seconds = math.nan  # cost of the step-0 pass
-        self.step_seconds = math.nan  # measured cost of a training step (for tb_update_steps="auto")
-        self.step_times: dict[int, float] = {}
-        self.unit_weights: dict[str, float] = {}
+        self.pass_seconds = math.nan  # cost of the run's first pass (for tb_update_steps="auto")
+        self.last_pass_seconds = math.nan
         self.factors: dict[str, float] = {}
         self.wd_factors: dict[str, float] = {}  # tb_balance='weight_decay' or 'both': each unit's weight-decay ratio
         self._pending_logs: dict[str, float] = {}
         self._executor: ThreadPoolExecutor | None = None
-        self._pending: dict | None = None  # async pass in flight: snapshot/apply steps, future or result
+        self._pending: tb_state.PendingPass | None = None  # an asynchronous pass in flight
+        self._future: Future | None = None
+        self._started = 0.0
+
+    # The setup and the schedule, as attributes.
+
+    @property
+    def tb(self) -> TempBalanceArguments | None:
+        return None if self.setup is None else self.setup.tb
+
+    @property
+    def partition(self):
+        return None if self.setup is None else self.setup.partition
+
+    @property
+    def unit_weights(self) -> dict[str, float]:
+        return {} if self.setup is None else self.setup.unit_weights
+
+    @property
+    def interval(self) -> int | None:
+        return None if self.schedule is None else self.schedule.interval
+
+    @property
+    def lag(self) -> int:
+        return 0 if self.schedule is None else self.schedule.lag
+
+    @property
+    def decided(self) -> bool:
+        return self.schedule is not None and self.schedule.decided
+
+    @property
+    def rule_interval(self) -> int | None:
+        return None if self.schedule is None else self.schedule.rule
+
+    @property
+    def step_seconds(self) -> float:
+        return math.nan if self.schedule is None else self.schedule.step_seconds()
 
     # ------------------------------------------------------------------------------------------------
     # Events
 
     @torch.no_grad()
     def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
-        self.tb = tb_arguments(args, self.user_tb_args)
+        self._prepare(args, model, optimizer)
         self.permutation_seed = getattr(args, "seed", 0)
-        check_supported(model)
-        self._keep_4bit_unpacked(model)
-        self.partition = partition_model(model, self.tb.tb_unit)
-        self._check_optimizer(optimizer, args)
-        self._check_units(optimizer)
-        self.engine = SpectralEngine(model, self.partition, self.tb)
-        params = dict(model.named_parameters())
-        self.unit_weights = {
-            u.name: float(sum(math.prod(full_shape(params[p])) for p in u.params)) for u in self.partition.units
-        }  # full sizes, also under ZeRO-3
         self.steps_per_epoch = self._steps_per_epoch(args, state, kwargs.get("train_dataloader"))
-        self.rule_interval = self.tb.update_interval(self.steps_per_epoch)
-        self.step_times = {}
+        run = tb_state.read_run_state(optimizer)
+        start = state.global_step
+        why = self._restart_reason(run, start)
         self._pending = None
-        if state.is_world_process_zero:
-            self._trim_history(args.output_dir, state.global_step)
-        group0 = optimizer.param_groups[0]
-        if state.global_step == 0:
-            self.update(model, optimizer, lr_scheduler, args, state)
-            group0["tb_pass_seconds"] = self.pass_seconds  # a resume before the 'auto' decision still knows it
-            self.decided = self.tb.tb_update_steps != "auto"
-            if self.decided:
-                self._fix_interval(optimizer, self.rule_interval, why=f"tb_update_steps={self.tb.tb_update_steps}")
+        if state.is_world_process_zero:  # a fresh pass at the resume step replaces the checkpoint's record there
+            trim_history(args.output_dir, None if start == 0 else start if why is None else start - 1)
+        if start == 0 or why is not None:
+            if why is not None:
+                logger.warning(f"TempBalance: {why}.")
+                tb_state.clear_pending(optimizer)
+                tb_state.forget_interval(optimizer)
+            self.update(model, optimizer, lr_scheduler, args, state, step=start)
+            self.pass_seconds = self.last_pass_seconds  # what 'auto' weighs against a step
+            tb_state.write_options(optimizer, options_of(self.tb), self.pass_seconds)
+            self.schedule = self._new_schedule(start, state.max_steps)
+            if self.schedule.decided:
+                self._record_interval(optimizer)
         else:  # resumed: factors, interval and any pass in flight come back with the optimizer's param groups
-            self.factors = {g["tb_unit"]: g["tb_factor"] for g in optimizer.param_groups if g.get("tb_unit")}
-            self.wd_factors = {
-                g["tb_unit"]: g.get("tb_wd_factor", 1.0) for g in optimizer.param_groups if g.get("tb_unit")
-            }
-            self.decided = "tb_interval" in group0
-            self.interval, self.lag = group0.get("tb_interval"), group0.get("tb_lag", 0)
-            self.pass_seconds = group0.get("tb_pass_seconds", math.nan)
-            if group0.get("tb_pending") is not None:
-                self._pending = {
-                    **group0["tb_pending"],
-                    "factors": self._stored_pending_factors(optimizer),
-                    "wd_factors": self._stored_pending_factors(optimizer, "tb_pending_wd_factor"),
-                }
+            self.factors, self.wd_factors, self.pass_seconds = run.factors, run.wd_factors, run.pass_seconds
+            if run.options is None:  # a checkpoint written before the options were recorded
+                tb_state.write_options(optimizer, options_of(self.tb))
+            if run.decided:
+                self.schedule = self._new_schedule(start, state.max_steps, resumed=run)
+            else:  # 'auto' resumed before its decision: it times the steps after the resume and decides then
+                self.schedule = self._new_schedule(start, state.max_steps)
+            self._pending = run.pending
+        tb = self.tb
         logger.info(
-            f"TempBalance: {len(self.partition.units)} {self.tb.tb_unit} units, {self.tb.tb_xmin_method} xmin, "
-            f"{self.tb.tb_estimator} ESD in {str(self.engine.options['dtype']).removeprefix('torch.')}, "
-            f"{self.tb.tb_mapping} map; {self._schedule_text()}."
+            f"TempBalance: {len(self.partition.units)} {tb.tb_unit} units, {tb.tb_xmin_method} xmin, "
+            f"{tb.tb_estimator} ESD in {str(self.engine.options['dtype']).removeprefix('torch.')}, "
+            f"{tb.tb_mapping} map, balancing {tb.tb_balance}; {self.schedule.text()}."
         )
 
     @torch.no_grad()
     def on_optimizer_step(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
         done = state.global_step + 1  # optimizer steps completed, this one included
-        if self._pending is not None and done == self._pending["apply_step"]:
+        if self._pending is not None and done == self._pending.apply_step:
             self._apply_pending(optimizer, lr_scheduler, args, state)
-        if not self.decided:
-            self.step_times[done] = time.perf_counter()
-            if done >= min(DECIDE_STEP, max(1, state.max_steps - 1)):
-                self._decide(model, optimizer, state)
-        if self.interval is None or done % self.interval != 0 or done >= state.max_steps:
+        if self.schedule.observe(done, time.perf_counter()):
+            self._decide(model, optimizer)
+        if not self.schedule.due(done):
             return
-        if self.tb.tb_async and self._pending is None and done + self.lag < state.max_steps:
-            self._start_async(model, done)
-        elif not self.tb.tb_async:
+        if not self.tb.tb_async:
             self.update(model, optimizer, lr_scheduler, args, state, step=done)
+        elif self._pending is None:
+            self._start_async(model, done)
 
     def on_step_end(self, args, state, control, optimizer=None, **kwargs):
         # A checkpoint is written right after this event: store a pass in flight, finished, so that resuming
         # applies exactly the factors this run will apply.
         if control.should_save and self._pending is not None:
             self._resolve_pending()
-            group0 = optimizer.param_groups[0]
-            pending = self._pending
-            group0["tb_pending"] = {
-                **{k: pending[k] for k in ("snapshot_step", "apply_step", "metrics", "seconds", "skipped")},
-                "alpha_se": pending.get("alpha_se", {}),  # absent from a pass restored from an older checkpoint
-            }
-            for group in optimizer.param_groups:
-                if group.get("tb_unit") is not None:
-                    group["tb_pending_factor"] = pending["factors"][group["tb_unit"]]
-                    if pending.get("wd_factors"):
-                        group["tb_pending_wd_factor"] = pending["wd_factors"][group["tb_unit"]]
+            tb_state.write_pending(optimizer, self._pending)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
-        self._pending = None
+        self._pending = self._future = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         # `TempBalanceTrainer.log` merges the pending values before the integrations see them. With a plain
@@ -229,215 +246,20 @@ class TempBalanceCallback(TrainerCallback):
             if state.log_history:
                 state.log_history[-1].update(pending)
 
-    # ------------------------------------------------------------------------------------------------
-    # When to recompute
-
-    def _time_one_pass(self, model) -> float:
-        start = time.perf_counter()
-        self._finish(lambda: self.engine.run(model), step=-1)
-        return time.perf_counter() - start
-
-    def _decide(self, model, optimizer, state) -> None:
-        """Fix the 'auto' interval from the measured cost of the first pass and of a training step (or, with
-        ``tb_auto_interval``, replay the interval a run recorded)."""
-        if self.tb.tb_auto_interval is not None:
-            why = f"tb_auto_interval={self.tb.tb_auto_interval} replays a recorded 'auto' decision, untimed"
-            self._fix_interval(optimizer, self.tb.tb_auto_interval, why=why, total_steps=state.max_steps)
-            return
-        timed = sorted(self.step_times)
-        if len(timed) >= 2:
-            step_seconds = (self.step_times[timed[-1]] - self.step_times[timed[0]]) / (timed[-1] - timed[0])
-        else:  # a run too short to time: nothing more to decide
-            step_seconds = math.inf
-        self.step_seconds = step_seconds
-        budget = self.tb.tb_max_overhead
-        if not math.isfinite(self.pass_seconds):  # a checkpoint without the step-0 cost: measure one pass now
-            self.pass_seconds = self._time_one_pass(model)
-        needed = math.ceil(self.pass_seconds / (budget * step_seconds)) if step_seconds > 0 else 1
-        interval = max_over_ranks(max(self.rule_interval or 1, needed))  # every rank must pass at the same steps
-        why = (
-            f"a pass costs {self.pass_seconds:.3g} s and a step {step_seconds:.3g} s: every {interval} steps keeps "
-            f"passes within tb_max_overhead={budget:g} (Model Balancing's rule alone: every {self.rule_interval})"
-        )
-        self._fix_interval(optimizer, interval, why=why, total_steps=state.max_steps)
-
-    def _fix_interval(self, optimizer, interval: int | None, *, why: str, total_steps: int | None = None) -> None:
-        self.interval, self.decided = interval, True
-        self.lag = max(1, interval // 2) if (interval and self.tb.tb_async) else 0
-        group0 = optimizer.param_groups[0]
-        group0["tb_interval"], group0["tb_lag"] = interval, self.lag  # saved with the optimizer: resume keeps them
-        if total_steps and interval and interval >= total_steps:
-            why += f"; the run has {total_steps} steps, so the step-0 factors hold throughout"
-        logger.info(f"TempBalance: {self._schedule_text()} ({why}).")
-
-    def _schedule_text(self) -> str:
-        if not self.decided:
-            return f"recompute interval fixed after step {DECIDE_STEP} from the measured costs (tb_max_overhead)"
-        if self.interval is None:
-            return "alpha computed once, before the first step"
-        lag = f", applied {self.lag} steps later (async)" if self.tb.tb_async else ""
-        return f"alpha recomputed every {self.interval} optimizer steps{lag}"
-
-    # ------------------------------------------------------------------------------------------------
-    # Asynchronous passes
-
-    def _start_async(self, model, step: int) -> None:
-        snapshot = self.engine.snapshot(model)  # training thread: gathering may be a collective
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tempbalance")
-        start = time.perf_counter()
-        future: Future = self._executor.submit(self.engine.compute, snapshot)
-        self._pending = {"snapshot_step": step, "apply_step": step + self.lag, "future": future, "start": start}
-
-    def _resolve_pending(self) -> None:
-        """Wait for the pass in flight and exchange its results (every rank joins, at the same step)."""
-        pending = self._pending
-        if "factors" in pending:
-            return
-        local, error = None, None
-        try:
-            local = pending.pop("future").result()
-        except Exception as err:  # noqa: BLE001 - joined below, then every unit keeps its factor
-            error = err
-        result = self._finish(lambda: self.engine.finish(local, error), pending["snapshot_step"])
-        pending.update(self._factors_of(result), seconds=time.perf_counter() - pending.pop("start"))
-
-    def _apply_pending(self, optimizer, lr_scheduler, args, state) -> None:
-        self._resolve_pending()
-        pending, self._pending = self._pending, None
-        self._apply(optimizer, lr_scheduler, pending)
-        for group in optimizer.param_groups:
-            group.pop("tb_pending_factor", None)
-            group.pop("tb_pending_wd_factor", None)
-        optimizer.param_groups[0].pop("tb_pending", None)
-        self._report(args, state, pending["apply_step"], pending, snapshot_step=pending["snapshot_step"])
-
-    @staticmethod
-    def _stored_pending_factors(optimizer, key: str = "tb_pending_factor") -> dict[str, float]:
-        return {g["tb_unit"]: g[key] for g in optimizer.param_groups if key in g}
-
-    # ------------------------------------------------------------------------------------------------
-    # The update
-
-    def _finish(self, run, step: int) -> PassResult | None:
-        try:
-            return run()
-        except Exception as err:  # noqa: BLE001 - a failed pass must never stop training
-            logger.warning(f"TempBalance: spectral pass failed at step {step} ({err!r}); every unit keeps factor 1.")
-            return None
-
-    def _factors_of(self, result: PassResult | None) -> dict:
-        units = self.partition.units
-        metrics = result.metrics if result is not None else {u.name: math.nan for u in units}
-        alpha_se = result.alpha_se if result is not None else {}
-        factors = dict.fromkeys(metrics, 1.0)
-        if self.tb.balances_lr:
-            factors = compute_factors(
-                metrics, alpha_se=alpha_se, weights=self.unit_weights, **self.tb.factor_options()
-            )
-        wd_factors = {}
-        if self.tb.balances_wd:
-            alphas = result.alphas if result is not None else metrics
-            wd_factors = compute_wd_factors(alphas, **self.tb.wd_factor_options())
-        if self.tb.tb_permute_factors:
-            factors = self._permuted(factors, metrics)
-            wd_factors = self._permuted(wd_factors, metrics) if wd_factors else {}
-        skipped = [name for name, value in metrics.items() if not math.isfinite(value)]
-        if skipped and result is not None:
-            unanalysed = (
-                "no LoRA-adapted matrix (tb_lora_view='delta')" if self.tb.tb_lora_view == "delta" else "no matrix"
-            )
-            why = {u.name: result.statuses(u) or [unanalysed] for u in units if u.name in skipped}
-            logger.warning(f"TempBalance: {len(skipped)} unit(s) not fitted keep factor 1: {why}")
-        return {
-            "metrics": metrics, "alpha_se": alpha_se, "factors": factors, "wd_factors": wd_factors, "skipped": skipped
-        }
-
-    def _permuted(self, factors: Mapping[str, float], metrics: Mapping[str, float]) -> dict[str, float]:
-        """tb_permute_factors: the fitted units' factors shuffled among them (seeded: the same every update)."""
-        fitted = [name for name in factors if math.isfinite(metrics.get(name, math.nan))]
-        order = random.Random(self.permutation_seed).sample(fitted, len(fitted))
-        return {**factors, **{unit: factors[source] for unit, source in zip(fitted, order, strict=True)}}
-
-    def update(self, model, optimizer, lr_scheduler, args, state, step: int = 0) -> dict[str, float]:
-        """One synchronous spectral pass and the new factors, applied to ``optimizer``/``lr_scheduler``. Never
-        raises because of a fit: units that could not be fitted keep factor 1 and a warning names them."""
-        start = time.perf_counter()
-        outcome = self._factors_of(self._finish(lambda: self.engine.run(model), step))
-        self._apply(optimizer, lr_scheduler, outcome)
-        outcome["seconds"] = time.perf_counter() - start
-        if step == 0:
-            self.pass_seconds = outcome["seconds"]
-        self._report(args, state, step, outcome)
-        return self.factors
-
-    def _apply(self, optimizer, lr_scheduler, outcome: Mapping) -> None:
-        """The factors of a pass into the optimizer: learning rates, and weight decays when they are balanced."""
-        apply_factors(optimizer, lr_scheduler, outcome["factors"])
-        self.factors = outcome["factors"]
-        if outcome.get("wd_factors"):
-            apply_wd_factors(optimizer, outcome["wd_factors"])
-            self.wd_factors = outcome["wd_factors"]
-
-    def _report(self, args, state, step: int, outcome: Mapping, snapshot_step: int | None = None) -> None:
-        metrics, factors, skipped = outcome["metrics"], outcome["factors"], outcome["skipped"]
-        self._pending_logs = {
-            "tb/spectral_seconds": outcome["seconds"],
-            "tb/skipped_units": float(len(skipped)),
-            **{f"tb/alpha/{name}": value for name, value in metrics.items()},
-            **{f"tb/lr_scale/{name}": value for name, value in factors.items()},
-            **{f"tb/wd_scale/{name}": value for name, value in (outcome.get("wd_factors") or {}).items()},
-        }
-        if state.is_world_process_zero:
-            epoch = step / self.steps_per_epoch if self.steps_per_epoch else (state.epoch or 0.0)
-            self._append_history(
-                args.output_dir,
-                step,
-                epoch,
-                outcome["seconds"],
-                metrics,
-                factors,
-                skipped,
-                snapshot_step,
-                alpha_se=outcome.get("alpha_se") or {},  # absent in a checkpoint written before it was recorded
-                wd_factors=outcome.get("wd_factors") or {},
-            )
-
     def pop_pending_logs(self) -> dict[str, float]:
         pending, self._pending_logs = self._pending_logs, {}
         return pending
 
     # ------------------------------------------------------------------------------------------------
-    # Helpers
+    # Set-up and resume
 
-    @staticmethod
-    def _keep_4bit_unpacked(model) -> None:
-        """QLoRA on CPU: refuse 4-bit weights bitsandbytes has already repacked (LoRA below them cannot learn, and
-        they do not dequantize), and keep the others from being repacked by an evaluation during training."""
-        repacked = repacked_4bit_weights(model)
-        if repacked:
-            names = f"{repacked[0]} and {len(repacked) - 1} more" if len(repacked) > 1 else repacked[0]
-            raise ValueError(REPACKED_4BIT_MESSAGE.format(names=names))
-        if keep_4bit_weights_unpacked(model):
-            logger.info(
-                "TempBalance: set support_avx512bf16_for_cpu=False on the bitsandbytes 4-bit layers, so that an "
-                "evaluation on CPU does not repack their weights (LoRA would stop learning; no dequantizing)."
-            )
-
-    @staticmethod
-    def _check_optimizer(optimizer, args=None) -> None:
-        if deepspeed_config_sections(args) & {"optimizer", "scheduler"}:
-            raise ValueError(DEEPSPEED_OPTIMIZER_MESSAGE)
-        if optimizer is None or not any("tb_unit" in group for group in optimizer.param_groups):
-            raise ValueError(
-                "TempBalanceCallback needs an optimizer with TempBalance's per-unit param groups, and this one has "
-                "none. Either use tb_hf.TempBalanceTrainer instead of Trainer, or build the optimizer with "
-                "tb_hf.create_tempbalance_optimizer(model, torch.optim.AdamW, lr=...) and pass "
-                "Trainer(..., optimizers=(optimizer, None))."
-            )
-
-    def _check_units(self, optimizer) -> None:
-        built = optimizer.param_groups[0].get("tb_llrd_decay", 1.0)
+    def _prepare(self, args, model, optimizer) -> None:
+        """The setup (handed over, or built now), checked against the optimizer; the engine."""
+        check_optimizer(optimizer, args)
+        _keep_4bit_unpacked(model)
+        if self.setup is None:
+            self.setup = build_setup(model, args, self.user_tb_args)
+        built = tb_state.read_run_state(optimizer).llrd_decay
         if built != self.tb.tb_llrd_decay:
             raise ValueError(
                 f"The optimizer's groups follow a depth profile with llrd_decay={built}, but the TempBalance options "
@@ -445,8 +267,7 @@ class TempBalanceCallback(TrainerCallback):
                 f"(create_tempbalance_optimizer(..., llrd_decay={self.tb.tb_llrd_decay})) or pass "
                 f"llrd_decay={built} to the callback."
             )
-        in_optimizer = {g["tb_unit"] for g in optimizer.param_groups if g.get("tb_unit") is not None}
-        expected = {u.name for u in self.partition.units}
+        in_optimizer, expected = tb_state.unit_names(optimizer), self.setup.units
         if in_optimizer != expected:
             raise ValueError(
                 f"The optimizer's TempBalance groups ({len(in_optimizer)} units, e.g. {sorted(in_optimizer)[:2]}) "
@@ -454,6 +275,185 @@ class TempBalanceCallback(TrainerCallback):
                 f"build the optimizer with the same unit (create_tempbalance_optimizer(..., "
                 f"unit={self.tb.tb_unit!r})) after freezing or wrapping the model."
             )
+        self.engine = SpectralEngine(model, self.partition, self.tb)
+
+    def _restart_reason(self, run: tb_state.RunState, start: int) -> str | None:
+        """Why a resumed run makes a fresh pass now (None: it continues as the checkpoint left it). Raises for a
+        resume that changes what the param groups were built for."""
+        if start == 0:
+            return None
+        if not run.restored:
+            return (
+                f"resumed at step {start} from a checkpoint without TempBalance's optimizer state (save_only_model="
+                "True, or an optimizer saved without TempBalance's groups): alpha is computed again now, and the "
+                "recompute interval decided again"
+            )
+        changed = changed_options(run.options, self.tb)
+        fixed = {name: change for name, change in changed.items() if name in RESUME_FIXED}
+        if fixed:
+            text = ", ".join(f"{name}={then!r} (now {now!r})" for name, (then, now) in fixed.items())
+            raise ValueError(
+                f"The checkpoint was written with {text}: these options fixed the optimizer's param groups (which "
+                "parameters share a factor, and their base learning rates), so a resumed run cannot change them. "
+                "Resume with the checkpoint's values, or start a new run from its weights."
+            )
+        if changed:
+            text = ", ".join(f"{name} {then!r} -> {now!r}" for name, (then, now) in changed.items())
+            return (
+                f"resumed at step {start} with other TempBalance options ({text}): alpha is computed again now with "
+                "them, the recompute interval is decided again from here, and a pass the checkpoint held in flight "
+                "is dropped"
+            )
+        return None
+
+    def _new_schedule(self, start: int, max_steps: int, resumed: tb_state.RunState | None = None):
+        tb = self.tb
+        options = dict(
+            update_steps=tb.tb_update_steps,
+            rule=tb.update_interval(self.steps_per_epoch),
+            budget=tb.tb_max_overhead,
+            start_step=start,
+            max_steps=max_steps,
+            async_=tb.tb_async,
+            replay=tb.tb_auto_interval,
+        )
+        if resumed is not None:
+            return RecomputeSchedule.resumed(interval=resumed.interval, lag=resumed.lag, **options)
+        return RecomputeSchedule(**options)
+
+    def _decide(self, model, optimizer) -> None:
+        """Fix the 'auto' interval from the measured cost of a pass and of a training step (or replay one)."""
+        if not math.isfinite(self.pass_seconds):  # a checkpoint without the cost of a pass: measure one now
+            begin = time.perf_counter()
+            self._run_pass(model, step=-1)
+            self.pass_seconds = time.perf_counter() - begin
+        interval = max_over_ranks(self.schedule.decide(self.pass_seconds))  # every rank passes at the same steps
+        self.schedule.fix(interval, self.schedule.explain(interval, self.pass_seconds))
+        self._record_interval(optimizer)
+
+    def _record_interval(self, optimizer) -> None:
+        tb_state.write_interval(optimizer, self.schedule.interval, self.schedule.lag)  # resume keeps it
+        logger.info(f"TempBalance: {self.schedule.text()} ({self.schedule.why}).")
+
+    # ------------------------------------------------------------------------------------------------
+    # Passes
+
+    def update(self, model, optimizer, lr_scheduler, args, state, step: int = 0) -> dict[str, float]:
+        """One synchronous spectral pass and the new factors, applied to ``optimizer``/``lr_scheduler``. Never
+        raises because of a fit: units that could not be fitted keep factor 1 and a warning names them."""
+        begin = time.perf_counter()
+        result = self._run_pass(model, step)
+        outcome = self._balance(result)
+        self._apply(optimizer, lr_scheduler, outcome)
+        self.last_pass_seconds = time.perf_counter() - begin
+        metrics, alpha_se = self._metrics(result)
+        self._report(args, state, step, metrics, alpha_se, outcome, self.last_pass_seconds)
+        return self.factors
+
+    def _run_pass(self, model, step: int) -> PassResult | None:
+        return self._guarded(lambda: self.engine.run(model), step)
+
+    @staticmethod
+    def _guarded(run, step: int) -> PassResult | None:
+        try:
+            return run()
+        except Exception as err:  # noqa: BLE001 - a failed pass must never stop training
+            logger.warning(f"TempBalance: spectral pass failed at step {step} ({err!r}); every unit keeps factor 1.")
+            return None
+
+    def _metrics(self, result: PassResult | None) -> tuple[dict[str, float], dict[str, float]]:
+        if result is None:
+            return {u.name: math.nan for u in self.partition.units}, {}
+        return result.metrics, result.alpha_se
+
+    def _balance(self, result: PassResult | None) -> Balance:
+        metrics, alpha_se = self._metrics(result)
+        outcome = balance(
+            metrics,
+            self.tb,
+            alphas=None if result is None else result.alphas,
+            alpha_se=alpha_se,
+            weights=self.unit_weights,
+            seed=self.permutation_seed,
+        )
+        if outcome.skipped and result is not None:
+            unanalysed = (
+                "no LoRA-adapted matrix (tb_lora_view='delta')" if self.tb.tb_lora_view == "delta" else "no matrix"
+            )
+            skipped = set(outcome.skipped)
+            why = {u.name: result.statuses(u) or [unanalysed] for u in self.partition.units if u.name in skipped}
+            logger.warning(f"TempBalance: {len(outcome.skipped)} unit(s) not fitted keep factor 1: {why}")
+        return outcome
+
+    def _apply(self, optimizer, lr_scheduler, outcome: Balance) -> None:
+        """The factors of a pass into the optimizer: learning rates, and weight decays when they are balanced (or
+        back to their base when they no longer are, after a resume with other options)."""
+        apply_factors(optimizer, lr_scheduler, outcome.factors)
+        self.factors = dict(outcome.factors)
+        wd_factors = outcome.wd_factors
+        if not wd_factors and any(g.get(tb_state.WD_FACTOR, 1.0) != 1.0 for g in optimizer.param_groups):
+            wd_factors = dict.fromkeys(outcome.factors, 1.0)
+        if wd_factors:
+            apply_wd_factors(optimizer, wd_factors)
+            self.wd_factors = dict(wd_factors)
+
+    def _report(self, args, state, step: int, metrics, alpha_se, outcome: Balance, seconds: float,
+                snapshot_step: int | None = None) -> None:  # fmt: skip
+        self._pending_logs = {
+            "tb/spectral_seconds": seconds,
+            "tb/skipped_units": float(len(outcome.skipped)),
+            **{f"tb/alpha/{name}": value for name, value in metrics.items()},
+            **{f"tb/lr_scale/{name}": value for name, value in outcome.factors.items()},
+            **{f"tb/wd_scale/{name}": value for name, value in outcome.wd_factors.items()},
+        }
+        if state.is_world_process_zero and args.output_dir is not None:
+            epoch = step / self.steps_per_epoch if self.steps_per_epoch else (state.epoch or 0.0)
+            record = history_record(
+                step, epoch, seconds, metrics, outcome.factors, outcome.skipped, alpha_se=alpha_se,
+                snapshot_step=snapshot_step, extra={"wd_factor": outcome.wd_factors} if outcome.wd_factors else None,
+            )  # fmt: skip
+            append_history(args.output_dir, record)
+
+    # Asynchronous passes
+
+    def _start_async(self, model, step: int) -> None:
+        snapshot = self.engine.snapshot(model)  # training thread: gathering may be a collective
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tempbalance")
+        self._started = time.perf_counter()
+        self._future = self._executor.submit(self.engine.compute, snapshot)
+        self._pending = tb_state.PendingPass(snapshot_step=step, apply_step=step + self.schedule.lag)
+
+    def _resolve_pending(self) -> None:
+        """Wait for the pass in flight and exchange its results (every rank joins, at the same step)."""
+        pending = self._pending
+        if pending.finished:
+            return
+        local, error = None, None
+        try:
+            local = self._future.result()
+        except Exception as err:  # noqa: BLE001 - joined below, then every unit keeps its factor
+            error = err
+        self._future = None
+        result = self._guarded(lambda: self.engine.finish(local, error), pending.snapshot_step)
+        outcome = self._balance(result)
+        pending.metrics, pending.alpha_se = self._metrics(result)
+        pending.factors, pending.wd_factors, pending.skipped = outcome.factors, outcome.wd_factors, outcome.skipped
+        pending.seconds = time.perf_counter() - self._started
+
+    def _apply_pending(self, optimizer, lr_scheduler, args, state) -> None:
+        self._resolve_pending()
+        pending, self._pending = self._pending, None
+        outcome = Balance(pending.factors, pending.wd_factors, pending.skipped)
+        self._apply(optimizer, lr_scheduler, outcome)
+        tb_state.clear_pending(optimizer)
+        self._report(
+            args, state, pending.apply_step, pending.metrics, pending.alpha_se, outcome, pending.seconds,
+            snapshot_step=pending.snapshot_step,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------------------------------------
+    # Helpers
 
     @staticmethod
     def _steps_per_epoch(args, state, train_dataloader) -> int | None:
@@ -470,45 +470,30 @@ class TempBalanceCallback(TrainerCallback):
             )
             return per_epoch
 
-    @staticmethod
-    def _trim_history(output_dir, global_step: int) -> None:
-        """Start a fresh history, or on resume drop the records after the checkpoint's step."""
-        path = os.path.join(output_dir or "", HISTORY_FILE)
-        if output_dir is None or not os.path.exists(path):
-            return
-        with open(path) as f:
-            kept = [line for line in f if global_step > 0 and json.loads(line)["step"] <= global_step]
-        with open(path, "w") as f:
-            f.writelines(kept)
 
-    @staticmethod
-    def _append_history(
-        output_dir,
-        step,
-        epoch,
-        seconds,
-        metrics: Mapping,
-        factors: Mapping,
-        skipped,
-        snapshot_step=None,
-        alpha_se: Mapping | None = None,
-        wd_factors: Mapping | None = None,
-    ) -> None:
-        if output_dir is None:
-            return
-        path = os.path.join(output_dir, HISTORY_FILE)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        record = {
-            "step": step,
-            "epoch": epoch,  # at the moment of the update (the Trainer's state.epoch lags one step here)
-            "spectral_seconds": seconds,
-            **({"snapshot_step": snapshot_step} if snapshot_step is not None else {}),
-            "skipped": skipped,
-            "alpha": {k: _finite_or_none(v) for k, v in metrics.items()},
-            "factor": dict(factors),
-            # standard error of each unit's α from the fits: how well α is known (seeds do not vary it at step 0)
-            "alpha_se": {k: _finite_or_none(v) for k, v in (alpha_se or {}).items()},
-            **({"wd_factor": dict(wd_factors)} if wd_factors else {}),
-        }
-        with open(path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+def check_optimizer(optimizer, args=None) -> None:
+    """A ValueError saying what to do unless ``optimizer`` holds TempBalance's param groups and no DeepSpeed config
+    builds its own optimizer or schedule (which would have none)."""
+    if deepspeed_config_sections(args) & {"optimizer", "scheduler"}:
+        raise ValueError(DEEPSPEED_OPTIMIZER_MESSAGE)
+    if not tb_state.has_tempbalance_groups(optimizer):
+        raise ValueError(
+            "TempBalanceCallback needs an optimizer with TempBalance's per-unit param groups, and this one has "
+            "none. Either use tb_hf.TempBalanceTrainer instead of Trainer, or build the optimizer with "
+            "tb_hf.create_tempbalance_optimizer(model, torch.optim.AdamW, lr=...) and pass "
+            "Trainer(..., optimizers=(optimizer, None))."
+        )
+
+
+def _keep_4bit_unpacked(model) -> None:
+    """QLoRA on CPU: refuse 4-bit weights bitsandbytes has already repacked (LoRA below them cannot learn, and they
+    do not dequantize), and keep the others from being repacked by an evaluation during training."""
+    repacked = repacked_4bit_weights(model)
+    if repacked:
+        names = f"{repacked[0]} and {len(repacked) - 1} more" if len(repacked) > 1 else repacked[0]
+        raise ValueError(REPACKED_4BIT_MESSAGE.format(names=names))
+    if keep_4bit_weights_unpacked(model):
+        logger.info(
+            "TempBalance: set support_avx512bf16_for_cpu=False on the bitsandbytes 4-bit layers, so that an "
+            "evaluation on CPU does not repack their weights (LoRA would stop learning; no dequantizing)."
+        )

@@ -121,15 +121,17 @@ def read_history(path: str | os.PathLike, *, missing_ok: bool = False) -> list[d
     return sorted(records, key=lambda r: r["step"])
 
 
-def trim_history(output_dir: str | os.PathLike | None, global_step: int) -> None:
-    """Start a fresh history (``global_step`` 0), or on resume keep only the records up to the checkpoint's step.
-    The file is rewritten atomically (a torn last line is dropped, see `read_history`)."""
+def trim_history(output_dir: str | os.PathLike | None, keep_through: int | None) -> None:
+    """Start a fresh history (``keep_through`` None), or on resume keep only the records up to step
+    ``keep_through`` (the checkpoint's step). The file is rewritten atomically (a torn last line is dropped, see
+    `read_history`)."""
     if output_dir is None:
         return
     path = os.path.join(os.fspath(output_dir), HISTORY_FILE)
     if not os.path.exists(path):
         return
-    kept = [r for r in read_history(path, missing_ok=True) if global_step > 0 and r["step"] <= global_step]
+    records = [] if keep_through is None else read_history(path, missing_ok=True)
+    kept = [r for r in records if r["step"] <= keep_through]
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in kept)

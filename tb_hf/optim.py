@@ -20,6 +20,7 @@ from collections.abc import Collection, Iterable
 import torch
 from torch import nn
 
+from . import state
 from .layers import Partition, llrd_depths, partition_model
 
 __all__ = [
@@ -65,7 +66,7 @@ def grouped(
 
 
 def _tb_keys(unit: str | None, learning_rate: float) -> dict:
-    return {"tb_unit": unit, "tb_base_lr": learning_rate, "tb_factor": 1.0}
+    return state.group_keys(unit, learning_rate)
 
 
 def build_param_groups(
@@ -125,9 +126,9 @@ def build_param_groups(
         model, [(keys(u.name, depth.get(u.params[0], 0)), u.params) for u in partition.units], **options
     )
     for group in groups:
-        group["tb_base_wd"] = group["weight_decay"]
+        group[state.BASE_WD] = group["weight_decay"]
     if depth:
-        groups[0]["tb_llrd_decay"] = llrd_decay
+        groups[0][state.LLRD_DECAY] = llrd_decay
     return groups
 
 
@@ -139,9 +140,11 @@ def tempbalance_param_groups(
     unit: str = "block",
     decay_parameter_names: Collection[str] | None = None,
     llrd_decay: float = 1.0,
+    partition: Partition | None = None,
 ) -> list[dict]:
     """TempBalance's param groups for ``model``: per unit a decay and a no-decay group, the unscaled group first
-    (with ``llrd_decay`` < 1, on a layer-wise lr decay profile: see `build_param_groups`)."""
+    (with ``llrd_decay`` < 1, on a layer-wise lr decay profile: see `build_param_groups`). ``partition``: the
+    model's units if already known (default: ``partition_model(model, unit)``)."""
     from .distributed import check_supported
 
     check_supported(model)  # FSDP1's flat shards hide the blocks: say so instead of "no blocks found"
@@ -149,7 +152,7 @@ def tempbalance_param_groups(
         decay_parameter_names = trainer_decay_names(model)
     return build_param_groups(
         model,
-        partition_model(model, unit),
+        partition if partition is not None else partition_model(model, unit),
         learning_rate=lr,
         weight_decay=weight_decay,
         decay_parameter_names=decay_parameter_names,
@@ -206,12 +209,18 @@ def create_tempbalance_optimizer(
 
 
 def optimizer_from_args(
-    model: nn.Module, args, tb_args=None, *, decay_names: Collection[str] | None = None, optimizer_cls_and_kwargs=None
+    model: nn.Module,
+    args,
+    tb_args=None,
+    *,
+    decay_names: Collection[str] | None = None,
+    optimizer_cls_and_kwargs=None,
+    partition: Partition | None = None,
 ) -> torch.optim.Optimizer:
     """The optimizer that ``args.optim`` names (``TrainingArguments``) over TempBalance's param groups.
 
     ``tb_args``: TempBalance options (for ``tb_unit`` and ``tb_llrd_decay``); default: those of ``args`` if it is a
-    `tb_hf.TempBalanceConfig`, else the defaults.
+    `tb_hf.TempBalanceConfig`, else the defaults. ``partition``: the model's units if already known.
     """
     from transformers import Trainer
     from transformers.trainer_optimizer import is_optimizer_factory
@@ -226,6 +235,7 @@ def optimizer_from_args(
         unit=tb.tb_unit,
         decay_parameter_names=decay_names,
         llrd_decay=tb.tb_llrd_decay,
+        partition=partition,
     )
     cls, kwargs = optimizer_cls_and_kwargs or Trainer.get_optimizer_cls_and_kwargs(args, model)
     if is_optimizer_factory(cls) or "params" in kwargs or "model" in kwargs:

@@ -15,7 +15,6 @@ save with ``fig.savefig(path)`` or `save_figure`.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -23,6 +22,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from .history import read_history
 from .spectral import PowerLawFit
 
 __all__ = [
@@ -325,40 +325,7 @@ def plot_factors(factors: Mapping[str, float], *, title: str | None = None, ax=N
 
 
 # --------------------------------------------------------------------------------------------------
-# Training history
-
-
-def read_history(path: str | os.PathLike) -> list[dict]:
-    """The records of a ``history.jsonl`` (a file, or a training output folder holding
-    ``tempbalance/history.jsonl``), sorted by step.
-
-    Raises:
-        FileNotFoundError: If there is no history file.
-        ValueError: If it holds no records or a line is not a TempBalance record.
-    """
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        path = os.path.join(path, "tempbalance", "history.jsonl")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"No TempBalance history at {path}: it is written to <output_dir>/tempbalance/history.jsonl by a "
-            "training run with TempBalanceTrainer or TempBalanceCallback."
-        )
-    records = []
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}, line {number}: not JSON ({err})") from err
-            if not isinstance(record, dict) or "step" not in record or "alpha" not in record:
-                raise ValueError(f"{path}, line {number}: not a TempBalance record (needs 'step' and 'alpha')")
-            records.append(record)
-    if not records:
-        raise ValueError(f"{path} holds no records yet")
-    return sorted(records, key=lambda r: r["step"])
+# Training history (read by `tb_hf.history.read_history`, re-exported here)
 
 
 def _history_matrix(records: Sequence[Mapping], key: str) -> tuple[list[int], list[str], list[list[float]]]:

@@ -2,13 +2,50 @@
 
 from __future__ import annotations
 
-from transformers import Trainer
+import json
+import os
+import re
 
+from transformers import Trainer
+from transformers.utils import logging
+
+from . import state as tb_state
 from .callback import DEEPSPEED_OPTIMIZER_MESSAGE, TempBalanceCallback
 from .config import TempBalanceArguments
 from .distributed import deepspeed_config_sections
 from .layers import find_blocks, keep_4bit_weights_unpacked
 from .optim import optimizer_from_args
+from .setup import build_setup
+
+logger = logging.get_logger(__name__)
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def _complete(folder: str) -> bool:
+    """A checkpoint the Trainer finished writing: its trainer_state.json (written last) is there and whole."""
+    try:
+        with open(os.path.join(folder, "trainer_state.json")) as f:
+            json.load(f)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest ``checkpoint-N`` of ``output_dir`` that was written to the end; newer ones cut short (a crash while
+    saving) are skipped with a warning. None if there is none."""
+    if not os.path.isdir(output_dir):
+        return None
+    found = sorted(
+        ((int(m.group(1)), name) for name in os.listdir(output_dir) if (m := _CHECKPOINT.match(name))), reverse=True
+    )
+    for _, name in found:
+        folder = os.path.join(output_dir, name)
+        if os.path.isdir(folder) and _complete(folder):
+            return folder
+        logger.warning(f"TempBalance: {folder} was not written to the end (no whole trainer_state.json): skipped.")
+    return None
 
 __all__ = ["TempBalanceMixin", "TempBalanceTrainer"]
 
@@ -62,14 +99,39 @@ class TempBalanceMixin:
     def create_optimizer(self, model=None):
         opt_model = self.model if model is None else model
         if self.optimizer is None:
+            # options, units and sizes decided once: the param groups here, the spectral passes in the callback
+            setup = build_setup(opt_model, self.args, self.tempbalance.user_tb_args)
+            self.tempbalance.setup = setup
             self.optimizer = optimizer_from_args(
                 opt_model,
                 self.args,
-                self.tempbalance.user_tb_args,
+                setup.tb,
                 decay_names=self.get_decay_parameter_names(opt_model),
                 optimizer_cls_and_kwargs=self.optimizer_cls_and_kwargs,
+                partition=setup.partition,
             )
         return super().create_optimizer(model)
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        if resume_from_checkpoint is True:  # the last checkpoint written to the end, not one cut short by a crash
+            found = last_complete_checkpoint(self.args.output_dir)
+            if found is None:
+                raise ValueError(f"No complete checkpoint found in output_dir {self.args.output_dir} to resume from.")
+            resume_from_checkpoint = found
+        elif isinstance(resume_from_checkpoint, str | os.PathLike) and os.path.isdir(resume_from_checkpoint):
+            if not _complete(os.fspath(resume_from_checkpoint)):
+                raise ValueError(
+                    f"{resume_from_checkpoint} was not written to the end (no whole trainer_state.json: a crash "
+                    "while saving?): resume from an earlier checkpoint, or pass resume_from_checkpoint=True for the "
+                    "last complete one."
+                )
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        if checkpoint is not None and self.optimizer is not None:  # a clear error before torch's "different number"
+            tb = self.tempbalance.tb
+            tb_state.check_saved_groups(checkpoint, self.optimizer, tb_unit=None if tb is None else tb.tb_unit)
+        return super()._load_optimizer_and_scheduler(checkpoint)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         logs.update(self.tempbalance.pop_pending_logs())

@@ -22,13 +22,12 @@ from tiny_models import ARCHS, dataset_for, history, tiny_training_args
 
 from tb_hf import (
     TempBalanceArguments,
-    TempBalanceCallback,
     TempBalanceTrainer,
     analyze,
     partition_model,
     unit_matrices,
 )
-from tb_hf.callback import DEEPSPEED_OPTIMIZER_MESSAGE
+from tb_hf.callback import DEEPSPEED_OPTIMIZER_MESSAGE, check_optimizer
 from tb_hf.distributed import (
     FSDP1_MESSAGE,
     assign_by_cost,
@@ -148,13 +147,13 @@ def test_deepspeed_config_with_its_own_optimizer_fails_clearly(tmp_path):
     # What the callback sees under DeepSpeed with an "optimizer" section: DeepSpeed's optimizer, no TempBalance groups.
     ds_optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))])
     with pytest.raises(ValueError, match="DeepSpeed config that defines its own 'optimizer'") as err:
-        TempBalanceCallback._check_optimizer(ds_optimizer, SimpleNamespace(deepspeed=config))
+        check_optimizer(ds_optimizer, SimpleNamespace(deepspeed=config))
     assert str(err.value) == DEEPSPEED_OPTIMIZER_MESSAGE
     # A "scheduler" section would give every group DeepSpeed's one learning rate: refused too.
     tb_optimizer = torch.optim.AdamW([{"params": [torch.nn.Parameter(torch.zeros(2))], "tb_unit": "u"}])
     with pytest.raises(ValueError, match="DeepSpeed"):
-        TempBalanceCallback._check_optimizer(tb_optimizer, SimpleNamespace(deepspeed={"scheduler": {}}))
-    TempBalanceCallback._check_optimizer(tb_optimizer, SimpleNamespace(deepspeed={"zero_optimization": {}}))
+        check_optimizer(tb_optimizer, SimpleNamespace(deepspeed={"scheduler": {}}))
+    check_optimizer(tb_optimizer, SimpleNamespace(deepspeed={"zero_optimization": {}}))
 
 
 # --------------------------------------------------------------------------------------------------
