@@ -42,13 +42,12 @@ from .layers import REPACKED_4BIT_MESSAGE, keep_4bit_weights_unpacked, repacked_
 from .optim import create_tempbalance_optimizer, optimizer_from_args, tempbalance_param_groups
 from .schedule import RecomputeSchedule
 from .setup import Setup, build_setup
+from .state import changed_options, options_of
 
 logger = logging.get_logger(__name__)
 
 __all__ = ["TempBalanceCallback", "create_tempbalance_optimizer", "optimizer_from_args", "tempbalance_param_groups"]
 
-#: Options that fixed the param groups when the optimizer was built: a resume cannot change them.
-RESUME_FIXED = ("tb_unit", "tb_llrd_decay")
 
 DEEPSPEED_OPTIMIZER_MESSAGE = (
     "TempBalance cannot run with a DeepSpeed config that defines its own 'optimizer' (or 'scheduler'): DeepSpeed "
@@ -58,24 +57,6 @@ DEEPSPEED_OPTIMIZER_MESSAGE = (
     "lr_scheduler_type, warmup_steps): the Trainer then creates TempBalance's optimizer and schedule and DeepSpeed "
     "wraps them."
 )
-
-
-def options_of(tb: TempBalanceArguments) -> dict:
-    """Every TempBalance option's value (what a checkpoint records, `tb_hf.state.write_options`)."""
-    return {name: getattr(tb, name) for name in TempBalanceArguments.__dataclass_fields__}
-
-
-def changed_options(stored: dict | None, tb: TempBalanceArguments) -> dict[str, tuple]:
-    """The options that differ from those a checkpoint recorded: name -> (then, now). An option the checkpoint does
-    not know counts at its default; a checkpoint that recorded none (older versions) changes nothing."""
-    if stored is None:
-        return {}
-    fields = TempBalanceArguments.__dataclass_fields__
-    return {
-        name: (stored.get(name, fields[name].default), value)
-        for name, value in options_of(tb).items()
-        if stored.get(name, fields[name].default) != value
-    }
 
 
 class TempBalanceCallback(TrainerCallback):
@@ -289,11 +270,10 @@ class TempBalanceCallback(TrainerCallback):
                 "recompute interval decided again"
             )
         changed = changed_options(run.options, self.tb)
-        fixed = {name: change for name, change in changed.items() if name in RESUME_FIXED}
+        fixed = tb_state.fixed_changes_text(changed)
         if fixed:
-            text = ", ".join(f"{name}={then!r} (now {now!r})" for name, (then, now) in fixed.items())
             raise ValueError(
-                f"The checkpoint was written with {text}: these options fixed the optimizer's param groups (which "
+                f"The checkpoint was written with {fixed}: these options fixed the optimizer's param groups (which "
                 "parameters share a factor, and their base learning rates), so a resumed run cannot change them. "
                 "Resume with the checkpoint's values, or start a new run from its weights."
             )

@@ -40,6 +40,32 @@ OPTIONS, INTERVAL, LAG, PASS_SECONDS, PENDING, LLRD_DECAY = (
 _RUN_KEYS = (OPTIONS, INTERVAL, PASS_SECONDS)  # one of them in group 0: the state came from TempBalance
 
 
+#: Options that fixed the param groups when the optimizer was built: a resume cannot change them.
+RESUME_FIXED = ("tb_unit", "tb_llrd_decay")
+
+
+def options_of(tb) -> dict:
+    """Every TempBalance option's value (what a checkpoint records, `tb_hf.state.write_options`)."""
+    from .options import TempBalanceArguments
+
+    return {name: getattr(tb, name) for name in TempBalanceArguments.__dataclass_fields__}
+
+
+def changed_options(stored: dict | None, tb) -> dict[str, tuple]:
+    """The options that differ from those a checkpoint recorded: name -> (then, now). An option the checkpoint does
+    not know counts at its default; a checkpoint that recorded none (older versions) changes nothing."""
+    from .options import TempBalanceArguments
+
+    if stored is None:
+        return {}
+    fields = TempBalanceArguments.__dataclass_fields__
+    return {
+        name: (stored.get(name, fields[name].default), value)
+        for name, value in options_of(tb).items()
+        if stored.get(name, fields[name].default) != value
+    }
+
+
 def group_keys(unit: str | None, base_lr: float) -> dict:
     """The TempBalance keys of a new param group (factors 1; ``tb_base_wd`` is set from the group's decay)."""
     return {UNIT: unit, BASE_LR: base_lr, FACTOR: 1.0}
@@ -165,11 +191,17 @@ def clear_pending(optimizer) -> None:
         group.pop(PENDING_WD_FACTOR, None)
 
 
-def check_saved_groups(checkpoint: str | os.PathLike, optimizer, *, tb_unit: str | None = None) -> None:
+def fixed_changes_text(changed: Mapping[str, tuple]) -> str:
+    """``tb_unit='block' (now 'matrix')``: the `RESUME_FIXED` options among ``changed``, or '' if none."""
+    return ", ".join(f"{name}={then!r} (now {now!r})" for name, (then, now) in changed.items() if name in RESUME_FIXED)
+
+
+def check_saved_groups(checkpoint: str | os.PathLike, optimizer, tb=None) -> None:
     """Before ``resume_from_checkpoint`` loads ``<checkpoint>/optimizer.pt`` into ``optimizer``: a ValueError that
     names the cause when the saved groups cannot be this optimizer's (torch would only say "loaded state dict has a
-    different number of parameter groups"). Nothing to check without an ``optimizer.pt`` (``save_only_model``,
-    DeepSpeed's own layout), or when it cannot be read (the Trainer then says what is wrong with it)."""
+    different number of parameter groups"). ``tb``: the options now in force, to name a changed `RESUME_FIXED`
+    option. Nothing to check without an ``optimizer.pt`` (``save_only_model``, DeepSpeed's own layout), or when it
+    cannot be read (the Trainer then says what is wrong with it)."""
     import torch
 
     path = os.path.join(os.fspath(checkpoint), "optimizer.pt")
@@ -188,13 +220,16 @@ def check_saved_groups(checkpoint: str | os.PathLike, optimizer, *, tb_unit: str
         )
     saved_units = [g.get(UNIT) for g in saved]
     now_units = [g.get(UNIT) for g in now]
-    if saved_units == now_units and all(len(a["params"]) == len(b["params"]) for a, b in zip(saved, now, strict=True)):
+    same = saved_units == now_units and all(
+        len(a["params"]) == len(b["params"]) for a, b in zip(saved, now, strict=True)
+    )
+    fixed = fixed_changes_text(changed_options(saved[0].get(OPTIONS), tb)) if tb is not None else ""
+    if same and not fixed:
         return
     units_then = sorted({u for u in saved_units if u is not None})
     units_now = sorted({u for u in now_units if u is not None})
-    then = (saved[0].get(OPTIONS) or {}).get("tb_unit")
-    if then is not None and tb_unit is not None and then != tb_unit:
-        cause = f"tb_unit changed: the checkpoint was written with tb_unit={then!r}, this run has {tb_unit!r}"
+    if fixed:
+        cause = f"the checkpoint was written with {fixed}, options that fix the param groups"
     elif units_then != units_now:
         cause = (
             f"the units differ: {len(units_then)} then (e.g. {units_then[:1]}), {len(units_now)} now (e.g. "
@@ -203,8 +238,8 @@ def check_saved_groups(checkpoint: str | os.PathLike, optimizer, *, tb_unit: str
         )
     else:
         cause = (
-            "the same units, but other trainable parameters in them (LoRA adapters added or removed, layers frozen "
-            "or unfrozen since the checkpoint)"
+            "the same units, but other trainable parameters or groups in them (LoRA adapters added or removed, "
+            "layers frozen or unfrozen, or another tb_llrd_decay since the checkpoint)"
         )
     raise ValueError(
         f"Cannot resume from {checkpoint}: its optimizer state was built for other param groups ({cause}). Resume "

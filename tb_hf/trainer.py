@@ -129,8 +129,7 @@ class TempBalanceMixin:
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         if checkpoint is not None and self.optimizer is not None:  # a clear error before torch's "different number"
-            tb = self.tempbalance.tb
-            tb_state.check_saved_groups(checkpoint, self.optimizer, tb_unit=None if tb is None else tb.tb_unit)
+            tb_state.check_saved_groups(checkpoint, self.optimizer, self.tempbalance.tb)
         return super()._load_optimizer_and_scheduler(checkpoint)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

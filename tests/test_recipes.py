@@ -107,6 +107,10 @@ def test_run_glue_end_to_end(tmp_path, tokenizer, task, method, extra):
     assert len(subset["indices"]) == results["train_samples"] and subset["seed"] == targs.seed
     history = out / "tempbalance" / "history.jsonl"
     assert history.is_file() == (method == "tempbalance")
+    assert results.get("tb_update_interval") == (2 if method == "tempbalance" else None)  # the interval in force
+    assert json.loads((out / "all_results.json").read_text()).get("tb_update_interval") == results.get(
+        "tb_update_interval"
+    )
     assert results["lora"] == ("lora_r" in extra)
     if task == "stsb":
         assert {"eval_pearson", "eval_spearmanr"} <= results.keys()

@@ -193,3 +193,61 @@ def test_resume_with_balanced_weight_decay_and_a_depth_profile_is_bit_identical(
     assert history(tmp_path / "b")[-1] == history(tmp_path / "a")[-1]
     for pa, pb in zip(trainer_a.model.parameters(), trainer_b.model.parameters(), strict=True):
         assert torch.equal(pa, pb)
+
+
+# --------------------------------------------------------------------------------------------------
+# The policy alone (tb_hf.schedule)
+
+
+def test_schedule_integer_once_and_the_async_lag():
+    from tb_hf.schedule import RecomputeSchedule
+
+    every3 = RecomputeSchedule("3", rule=3, budget=0.03, max_steps=10)
+    assert every3.decided and [s for s in range(1, 11) if every3.due(s)] == [3, 6, 9]
+    once = RecomputeSchedule("once", rule=None, budget=0.03, max_steps=10)
+    assert once.decided and not any(once.due(s) for s in range(1, 11))
+    lagged = RecomputeSchedule("4", rule=4, budget=0.03, max_steps=10, async_=True)
+    assert lagged.lag == 2 and [s for s in range(1, 11) if lagged.due(s)] == [4]  # 8 + 2 is past the end
+    assert not every3.observe(4, 1.0)  # a fixed interval times nothing
+
+
+def test_schedule_auto_decides_from_the_steps_after_the_restart():
+    from tb_hf.schedule import DECIDE_AFTER, RecomputeSchedule, budget_interval
+
+    assert budget_interval(2, pass_seconds=1.0, step_seconds=0.5, budget=0.1) == 20  # ceil(1 / (0.1 * 0.5))
+    assert budget_interval(30, pass_seconds=1.0, step_seconds=0.5, budget=0.1) == 30  # the rule is a floor
+    auto = RecomputeSchedule("auto", rule=2, budget=0.1, start_step=10, max_steps=100)
+    assert not auto.decided and not auto.due(12)  # no pass before the decision
+    times = {11: 5.0, 12: 5.5, 13: 6.0}  # the first step after the restart is not timed: 0.5 s per step after it
+    ready = [auto.observe(step, t) for step, t in times.items()]
+    assert ready == [False, False, True] and DECIDE_AFTER == 3
+    assert auto.step_seconds() == pytest.approx(0.5)
+    interval = auto.decide(pass_seconds=1.0)
+    auto.fix(interval, auto.explain(interval, 1.0))
+    assert interval == 20 and auto.due(20) and not auto.due(30) and "every 20 steps" in auto.why
+    replay = RecomputeSchedule("auto", rule=2, budget=0.1, max_steps=100, replay=7)
+    assert replay.decide(pass_seconds=1.0) == 7 and "replays" in replay.explain(7, 1.0)
+
+
+@pytest.mark.slow  # two short runs
+def test_auto_interval_is_recorded_and_replayed_exactly(tmp_path):
+    """'auto' depends on the machine's load; tb_auto_interval=N replays a run's recorded decision: the same passes
+    at the same steps, the same learning rates."""
+    runs = {}
+    for name, overrides in (("auto", {}), ("replay", None)):
+        if overrides is None:
+            overrides = {"tb_auto_interval": runs["auto"][1].tempbalance.interval}
+        torch.manual_seed(0)
+        model = ARCHS["bert"][0]()
+        recorder = Recorder()
+        args = tiny_training_args(tmp_path / name, max_steps=12, tb_update_steps="auto", tb_max_overhead=1.0,
+                                  **overrides)  # fmt: skip
+        trainer = TempBalanceTrainer(
+            model=model, args=args, train_dataset=dataset_for(model, n=32), callbacks=[recorder]
+        )
+        trainer.train()
+        runs[name] = (recorder.steps, trainer)
+    (auto_lrs, auto), (replay_lrs, replay) = runs["auto"], runs["replay"]
+    assert replay.tempbalance.interval == auto.tempbalance.interval and "replays" in replay.tempbalance.schedule.why
+    assert [r["step"] for r in history(tmp_path / "replay")] == [r["step"] for r in history(tmp_path / "auto")]
+    assert replay_lrs == auto_lrs
