@@ -9,8 +9,8 @@ a tie (equal to 4 decimals) goes to the variant listed first in the config. Refu
 one with unfinished trials (unless ``--partial``).
 
 Writes ``<output_dir>/selection.md`` (every trial's mean and std, the chosen ones in bold) and
-``<output_dir>/chosen.yaml`` (per task and family the chosen variant's settings: its ``method_args`` entry without
-``method``), and prints the latter.
+``<output_dir>/chosen.yaml`` (per task and family the chosen variant's settings: its ``method_args`` entry, with the
+task's own ``method_args`` for it, without ``method``), and prints the latter.
 """
 
 from __future__ import annotations
@@ -60,7 +60,9 @@ def choose(config: dict, *, partial: bool = False) -> tuple[dict, str]:
                 raise ValueError(f"{task}, {fam}: only seeds {list(table.index)} finished every trial")
             means = table.mean().round(4)
             best = max(means.index, key=lambda m: (means[m], -order[m]))
-            entry = {k: v for k, v in (method_args.get(best) or {}).items() if k != "method"}
+            task_args = ((config["tasks"].get(task) or {}).get("method_args") or {}).get(best) or {}
+            merged = {**(method_args.get(best) or {}), **task_args}  # the trial's settings, the task's own included
+            entry = {k: v for k, v in merged.items() if k != "method"}
             chosen.setdefault(task, {})[fam] = {"variant": best, **entry}
             for m in sorted(table.columns, key=order.get):
                 text = f"{100 * table[m].mean():.2f} ± {100 * table[m].std(ddof=1):.2f}"

@@ -1,0 +1,91 @@
+"""scripts/make_study_configs.py: every stage of the llrd-vs-spectral study follows from the stage before, and every
+config it writes passes the sweep's checks (run_glue parses every run) before any of its runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from recipes import sweep
+from scripts import make_study_configs as make
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _fake_chosen(tmp_path: Path, stage: str, tasks, families: dict) -> None:
+    out = tmp_path / "results" / "llrd-vs-spectral" / stage
+    out.mkdir(parents=True, exist_ok=True)
+    chosen = {task: {fam: {"variant": "x", **settings} for fam, settings in families.items()} for task in tasks}
+    (out / "chosen.yaml").write_text(yaml.safe_dump(chosen))
+
+
+@pytest.mark.parametrize("winner", ["tb-se", "llrd-alpha", "alphadecay"])
+def test_every_stage_follows_from_the_one_before_and_validates(tmp_path, monkeypatch, winner):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(make, "HERE", tmp_path / "configs")
+    (tmp_path / "configs").mkdir()
+    ft = {"ft": {"learning_rate": 4e-4, "num_train_epochs": 20}}
+    methods = {
+        "llrd": {"llrd_decay": 0.85},
+        "tb-se": {
+            "tb_mapping": "se",
+            "tb_se_threshold": 2.0,
+            "tb_lr_min": 0.5,
+            "tb_lr_max": 2.0,
+            "tb_update_steps": 4,
+        },
+        "alphadecay": {"tb_balance": "weight_decay", "tb_wd_min_ratio": 0.5, "tb_wd_max_ratio": 1.5},
+        "tempbalance-mb": {
+            "tb_mapping": "sigmoid",
+            "tb_xmin_pos": 1.5,
+            "tb_sigmoid_s_low": 1.0,
+            "tb_sigmoid_s_high": 0.5,
+        },
+    }
+    alpha = {"llrd-alpha": {"tb_llrd_decay": 0.85, "tb_lr_min": 0.8, "tb_lr_max": 1.2, "tb_update_steps": 4}}
+    for stage, tasks, families in (
+        ("minilm-tune-ft", make.MINILM_TASKS, ft),
+        ("minilm-tune-methods", make.MINILM_TASKS, methods),
+        ("minilm-tune-llrd-alpha", make.MINILM_TASKS, alpha),
+        ("mpnet-tune-ft", make.MPNET_TASKS, ft),
+        ("mpnet-tune-methods", make.MPNET_TASKS, {"llrd": methods["llrd"], winner: {**methods, **alpha}.get(winner)}),
+        ("mpnet-tune-llrd-alpha", make.MPNET_TASKS, alpha),
+    ):
+        _fake_chosen(tmp_path, stage, tasks, families)
+    stages = ["minilm-tune-methods", "minilm-tune-llrd-alpha", "minilm-screen", "mpnet-tune-ft",
+              "mpnet-tune-methods", "mpnet-confirm"]  # fmt: skip
+    for stage in stages:
+        path = tmp_path / "configs" / f"{stage.replace('-', '_')}.yaml"
+        path.write_text(make.make(stage, winner))
+        config = sweep.load_config(path)
+        runs = sweep.expand_grid(config)
+        sweep.validate(config, runs)  # every run's arguments parse as run_glue's
+        assert path.read_text().startswith("# python -m recipes.sweep recipes/sweeps/llrd_vs_spectral/")
+    screen = {
+        r.name: r.args for r in sweep.expand_grid(sweep.load_config(tmp_path / "configs" / "minilm_screen.yaml"))
+    }
+    assert len(screen) == 6 * 20 * 6  # tasks x seeds x methods
+    rte = screen["rte/shots16/llrd-alpha/seed13"]
+    assert (rte["tb_llrd_decay"], rte["tb_lr_max"], rte["learning_rate"], rte["num_train_epochs"]) == (
+        0.85,
+        1.2,
+        4e-4,
+        20,
+    )
+    assert (
+        screen["bbc/shots16/llrd/seed13"]["llrd_decay"] == 0.85 and screen["bbc/shots16/ft/seed13"]["method"] == "ft"
+    )
+    assert screen["sst2/shots16/tb-se/seed13"]["tb_mapping"] == "se" and "eval_on_train_holdout" not in rte
+    confirm = sweep.load_config(tmp_path / "configs" / "mpnet_confirm.yaml")
+    assert confirm["seeds"] == list(range(1001, 1016)) and confirm["args"]["eval_strategy"] == "no"
+    assert f"{winner} vs llrd" in confirm["contrasts"]
+    runs = {r.name: r.args for r in sweep.expand_grid(confirm)}
+    assert runs[f"cola/shots16/{winner}-permuted/seed1001"]["tb_permute_factors"] is True
+    assert runs["mrpc/shots16/llrd/seed1001"]["llrd_decay"] == 0.85
+
+
+def test_the_first_tuning_config_is_the_committed_one():
+    config = sweep.load_config(ROOT / "recipes" / "sweeps" / "llrd_vs_spectral" / "minilm_tune_ft.yaml")
+    assert set(config["tasks"]) == set(make.MINILM_TASKS) and config["args"]["eval_on_train_holdout"] == 200
