@@ -156,14 +156,14 @@ def _():
 # Models
 
 
-def _train(model, tmp, dataset=None, **options):
+def _train(model, tmp, dataset=None, resume=None, **options):
     from tiny_models import dataset_for, tiny_training_args
 
     from tb_hf import TempBalanceTrainer
 
     args = tiny_training_args(tmp, **options)
     trainer = TempBalanceTrainer(model=model, args=args, train_dataset=dataset or dataset_for(model))
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume)
     return trainer
 
 
@@ -623,6 +623,132 @@ for _name, _methods, _argv, _words in [
         _sweep(_SWEEP.format(out=_tmp(), methods=methods), "--dry-run", *argv)
 
     case(_name, "error", "exit 2", *_words)(_fn)
+
+
+for _name, _config_text, _argv, _words in [
+    ("sweep: seeds [1, 1]", _SWEEP.replace("seeds: [1]", "seeds: [1, 1]"), [], ["seeds", "more than once"]),
+    ("sweep: abbreviated flag --method", _SWEEP, ["--method", "ft"], ["did you mean --methods?"]),
+]:
+
+    def _fn(text=_config_text, argv=_argv):
+        _sweep(text.format(out=_tmp(), methods="[ft]"), "--dry-run", *argv)
+
+    case(_name, "error", "exit 2", *_words)(_fn)
+
+
+@case("sweep: output_dir is a file", "error", "exit 2", "is a file, not a folder")
+def _():
+    out = _tmp() / "a_file"
+    out.write_text("")
+    _sweep(_SWEEP.format(out=out, methods="[ft]"))
+
+
+@case("sweep: a finished run whose learning_rate changed in the config", "error", "exit 2", "other settings",
+      "learning_rate 0.0001 -> 0.0002", "--redo-changed")  # fmt: skip
+def _():
+    import json
+
+    from recipes import sweep
+
+    out = _tmp()
+    first = _SWEEP.format(out=out, methods="[ft]") + "  learning_rate: 1.0e-4\n"
+    path = _tmp() / "first.yaml"
+    path.write_text(first)
+    run = sweep.expand_grid(sweep.load_config(path))[0]
+    run.out.mkdir(parents=True)
+    record = {"task": run.task, "size_key": run.size_key, "size": run.size, "method": run.method, "lora": False,
+              "seed": run.seed, "key": run.key, "args": run.args,
+              "results": {"main_metric": "accuracy", "best_eval_accuracy": 0.6, "eval_accuracy": 0.6}}  # fmt: skip
+    (run.out / "result.json").write_text(json.dumps(record))  # as if it had run
+    _sweep(first.replace("1.0e-4", "2.0e-4"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Resuming
+
+
+def _resume_pair(tmp: Path, first: dict, then: dict, *, save_steps: int = 4):
+    """Train 8 steps saving at ``save_steps``, then resume from that checkpoint with other options: the second
+    trainer, and the history of the resumed run."""
+    import torch
+    from tiny_models import ARCHS
+
+    from tb_hf.history import read_history
+
+    torch.manual_seed(0)
+    _train(ARCHS["bert"][0](), tmp / "a", max_steps=8, save_strategy="steps", save_steps=save_steps, **first)
+    torch.manual_seed(0)
+    trainer = _train(ARCHS["bert"][0](), tmp / "b", max_steps=8, resume=str(tmp / "a" / f"checkpoint-{save_steps}"),
+                     **then)  # fmt: skip
+    return trainer, read_history(tmp / "b", missing_ok=True)
+
+
+@case("resume with another tb_mapping and tb_update_steps", "warning", "other tempbalance options", "tb_mapping")
+def _():
+    trainer, records = _resume_pair(_tmp(), {}, {"tb_mapping": "sigmoid", "tb_update_steps": "3"})
+    assert [r["step"] for r in records] == [4, 6] and trainer.tempbalance.interval == 3, records
+    assert max(records[0]["factor"].values()) != 1.5  # the sigmoid map's factors, not the linear map's
+
+
+@case("resume with another tb_unit", "error", "tb_unit='block'", "(now 'matrix')")
+def _():
+    _resume_pair(_tmp(), {}, {"tb_unit": "matrix"})
+
+
+@case("resume from a save_only_model checkpoint, tb_update_steps once", "warning",
+      "without tempbalance's optimizer state")  # fmt: skip
+def _():
+    once = {"tb_update_steps": "once"}
+    trainer, records = _resume_pair(_tmp(), {**once, "save_only_model": True}, once)
+    assert [r["step"] for r in records] == [4], records  # one fresh pass, not one every step
+    assert set(trainer.tempbalance.factors.values()) == {0.5, 1.5}
+
+
+@case("resume 'auto' from a checkpoint before its decision (step 2)", "correct")
+def _():
+    auto = {"tb_update_steps": "auto", "tb_max_overhead": 0.2}
+    trainer, records = _resume_pair(_tmp(), auto, auto, save_steps=2)
+    tb = trainer.tempbalance
+    assert tb.decided and tb.schedule.start_step == 2 and min(tb.schedule.step_times) == 3
+    assert len(records) <= 8 // tb.interval, records  # passes at the decided interval, not every step
+
+
+@case("resume a plain Trainer's checkpoint with TempBalanceTrainer", "error",
+      "without tempbalance's param groups", "from_pretrained")  # fmt: skip
+def _():
+    import torch
+    from tiny_models import ARCHS, dataset_for, tiny_training_args
+    from transformers import Trainer
+
+    tmp = _tmp()
+    torch.manual_seed(0)
+    model = ARCHS["bert"][0]()
+    args = tiny_training_args(tmp / "a", max_steps=2, save_strategy="steps", save_steps=2)
+    Trainer(model=model, args=args, train_dataset=dataset_for(model, n=16)).train()
+    _train(ARCHS["bert"][0](), tmp / "b", max_steps=4, resume=str(tmp / "a" / "checkpoint-2"))
+
+
+@case("history.jsonl with a torn last line (kill -9 mid-write)", "warning", "cut short", "dropped")
+def _():
+    from tb_hf.history import read_history
+
+    path = _tmp() / "history.jsonl"
+    path.write_text('{"step": 0, "alpha": {}, "factor": {}}\n{"step": 4, "alph')
+    assert [r["step"] for r in read_history(path)] == [0]
+
+
+@case("resume_from_checkpoint=True with the newest checkpoint cut short", "warning", "not written to the end")
+def _():
+    import torch
+    from tiny_models import ARCHS
+
+    tmp = _tmp()
+    torch.manual_seed(0)
+    _train(ARCHS["bert"][0](), tmp, max_steps=8, save_strategy="steps", save_steps=4)
+    (tmp / "checkpoint-8" / "trainer_state.json").unlink()  # a crash while saving at step 8
+    torch.manual_seed(0)
+    trainer = _train(ARCHS["bert"][0](), tmp, max_steps=8, resume=True)
+    assert trainer.state.global_step == 8 and (tmp / "checkpoint-8" / "trainer_state.json").is_file()
 
 
 # --------------------------------------------------------------------------------------------------

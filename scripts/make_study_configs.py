@@ -146,16 +146,22 @@ def _config(header: str, output_dir: str, model: str, tasks: dict, seeds: list, 
         "args": args,
         "method_args": {name: entry for name, entry in methods.items() if entry},
     }
-    body = yaml.safe_dump(config, sort_keys=False, width=118, default_flow_style=None)
-    return header + body
+    parts = []
+    for key, value in config.items():  # args in block style, one setting a line; lists and task entries compact
+        flow = None if isinstance(value, dict | list) and key != "args" else False
+        parts.append(yaml.safe_dump({key: value}, sort_keys=False, width=118, default_flow_style=flow))
+    return header + "".join(parts)
 
 
 def _header(stage: str, text: str) -> str:
+    import textwrap
+
     name = stage.replace("-", "_")
+    about = textwrap.wrap(f"Study results/llrd-vs-spectral (PROTOCOL.md there): {text}", width=116)
     return (
         f"# python -m recipes.sweep recipes/sweeps/llrd_vs_spectral/{name}.yaml --workers 2\n"
         f"#\n# Written by python -m scripts.make_study_configs {stage} (do not edit by hand).\n"
-        f"# Study results/llrd-vs-spectral (PROTOCOL.md there): {text}\n"
+        + "".join(f"# {line}\n" for line in about)
     )
 
 
