@@ -208,18 +208,8 @@ def analyze_shared(
     Alone (no process group of several ranks) this is ``local(tasks)``. A rank whose ``local`` raises still
     joins the exchange, and then every rank raises (no rank goes on with different factors).
     """
-    if not dist_utils.is_distributed():
-        return dict(local(tasks))
-    rank, world = dist_utils.rank_and_world()
-    owners = dist_utils.assign_by_cost([t.cost for t in tasks], world)
-    mine = [t for t, o in zip(tasks, owners, strict=True) if o == rank]
-    results: Mapping[MatrixKey, LayerSpectrum] = {}
-    error: BaseException | None = None
-    try:
-        results = local(mine) if mine else {}
-    except Exception as err:  # noqa: BLE001 - must still join the collective, then fail on every rank
-        error = err
-    return dist_utils.exchange(tasks, owners, results, error)
+    split = dist_utils.Split.of(tasks)
+    return split.shared(lambda: local(split.mine) if split.mine else {})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -278,6 +268,8 @@ class SpectralEngine:
                     aspect_ratio=self.options["farms_aspect_ratio"],
                     grid=self.options["farms_grid_size"],
                 )
+        #: Which rank computes which task: fixed for the plan and the process group, so every pass shares it.
+        self.split = dist_utils.Split.of(self.tasks)
         params = dict(model.named_parameters())
         # Quantized weights (QLoRA) are dequantized one block at a time, never all at once.
         self.packed = any(is_packed(params[t.key.param]) for t in self.tasks)
@@ -391,24 +383,16 @@ class SpectralEngine:
         """
         start = time.perf_counter()
         esd_keys, esds = set(esd_keys), {}
-        if self.sharding is not None and dist_utils.is_distributed():
-            # Every rank gathers every block (a collective) and computes its own share inside it.
-            rank, world = dist_utils.rank_and_world()
-            owners = dist_utils.assign_by_cost([t.cost for t in self.tasks], world)
-            mine = [t for t, o in zip(self.tasks, owners, strict=True) if o == rank]
-            results, error = {}, None
-            try:  # _share gathers every block, in step with the other ranks, even after a local failure
-                results = self._share(model, mine, by_block=True, esd_keys=esd_keys, esds=esds, progress=progress)
-            except Exception as err:  # noqa: BLE001 - join the exchange, then fail on every rank
-                error = err
-            spectra = dist_utils.exchange(self.tasks, owners, results, error)
-        else:
-            spectra = analyze_shared(
-                self.tasks,
-                lambda share: self._share(
-                    model, share, by_block=by_block, esd_keys=esd_keys, esds=esds, progress=progress
-                ),
-            )
+        mine = self.split.mine
+
+        def compute() -> dict:
+            if not mine and self.sharding is None:
+                return {}
+            # Under sharding every rank gathers every block (a collective), in step with the other ranks even with
+            # no share or after a local failure, and computes its own share inside it.
+            return self._share(model, mine, by_block=by_block, esd_keys=esd_keys, esds=esds, progress=progress)
+
+        spectra = self.split.shared(compute)
         return self.result(spectra, esds=esds, seconds=time.perf_counter() - start)
 
     def snapshot(self, model: nn.Module) -> dict[MatrixKey, torch.Tensor]:
@@ -417,16 +401,13 @@ class SpectralEngine:
         On CUDA the copies go to pinned host memory on a side stream (the training stream is not
         synchronised); the host computes them. Elsewhere they are plain copies.
         """
-        rank, world = dist_utils.rank_and_world()
-        owners = dist_utils.assign_by_cost([t.cost for t in self.tasks], world)
-        mine = {t.key for t, o in zip(self.tasks, owners, strict=True) if o == rank}
         out: dict[MatrixKey, torch.Tensor] = {}
         cuda = self.device.type == "cuda"
         stream = torch.cuda.Stream(self.device) if cuda else None
         if stream is not None:
             stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-            for _share, mats in self._blocks(model, [t for t in self.tasks if t.key in mine]):
+            for _share, mats in self._blocks(model, self.split.mine):
                 for key, mat in mats.items():
                     if cuda:
                         host = torch.empty(mat.shape, dtype=mat.dtype, device="cpu", pin_memory=True)
@@ -441,23 +422,21 @@ class SpectralEngine:
     def compute(self, snapshot: Mapping[MatrixKey, torch.Tensor]) -> dict[MatrixKey, LayerSpectrum]:
         """This rank's spectra from a `snapshot` (safe in a background thread: no collective, no model access).
         A snapshot of CUDA weights is computed on the host in the precision chosen for CUDA."""
-        tasks = [t for t in self.tasks if t.key in snapshot or t.status is not None]
+        tasks = [t for t in self.split.mine if t.key in snapshot or t.status is not None]
         return analyze_tasks(tasks, snapshot, self.options)
 
     def finish(
         self, local: Mapping[MatrixKey, LayerSpectrum] | None, error: BaseException | None = None
     ) -> PassResult:
-        """Exchange the results of `compute` between the ranks (every rank, same step) and build the result."""
-        if not dist_utils.is_distributed():
+        """Exchange the results of `compute` (or its ``error``) between the ranks (every rank, same step) and build
+        the result; every rank raises if any rank's computation failed."""
+
+        def computed() -> Mapping[MatrixKey, LayerSpectrum]:  # `compute` ran in another thread: its outcome again
             if error is not None:
                 raise error
-            return self.result(dict(local))
-        rank, world = dist_utils.rank_and_world()
-        owners = dist_utils.assign_by_cost([t.cost for t in self.tasks], world)
-        mine = {t.key for t, o in zip(self.tasks, owners, strict=True) if o == rank}
-        local = {k: v for k, v in (local or {}).items() if k in mine}
-        spectra = dist_utils.exchange(self.tasks, owners, local, error)
-        return self.result(spectra)
+            return local or {}
+
+        return self.result(self.split.shared(computed))
 
     # ------------------------------------------------------------------------------------------------
     # Unit metrics
