@@ -39,6 +39,7 @@ from .layers import (
     is_packed,
     lora_layers,
     lora_weight,
+    parent_paths,
 )
 from .spectral import LayerSpectrum, MatrixKey, analyze, esd, farms_esd, farms_windows
 
@@ -135,10 +136,10 @@ def plan(model: nn.Module, partition: Partition, *, lora_view: str = "effective"
             if lora_view == "delta" and not adapted:
                 continue
             shape = full_shape(param)
-            owner_block = next((p for p in _parents(name) if p in blocks), block)
+            owner_block = next((p for p in parent_paths(name) if p in blocks), block)
             label = name
             if lora_view == "delta":
-                layer = next(p for p in _parents(name) if p in modules and modules[p] in lora[id(param)])
+                layer = next(p for p in parent_paths(name) if p in modules and modules[p] in lora[id(param)])
                 label = f"{layer}.ΔW"
             # Packed weights that cannot be dequantized (not bitsandbytes 4/8-bit) are not fitted; ΔW needs no W₀.
             undequantizable = is_packed(param) and not can_dequantize(param, modules.get(name.rsplit(".", 1)[0]))
@@ -169,12 +170,6 @@ def plan(model: nn.Module, partition: Partition, *, lora_view: str = "effective"
                     )
                 )
     return tasks
-
-
-def _parents(name: str) -> Iterator[str]:
-    while "." in name:
-        name = name.rsplit(".", 1)[0]
-        yield name
 
 
 # --------------------------------------------------------------------------------------------------

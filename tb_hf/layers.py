@@ -54,6 +54,7 @@ __all__ = [
     "llrd_depths",
     "lora_layers",
     "lora_weight",
+    "parent_paths",
     "partition_model",
     "repacked_4bit_weights",
     "unit_matrices",
@@ -302,7 +303,7 @@ def llrd_depths(model: torch.nn.Module) -> dict[str, int]:
 # Partition
 
 
-def _prefixes(name: str) -> Iterator[str]:
+def parent_paths(name: str) -> Iterator[str]:
     """``"a.b.c"`` -> ``"a.b"``, ``"a"``: the paths of the modules containing a parameter, innermost first."""
     while "." in name:
         name = name.rsplit(".", 1)[0]
@@ -310,7 +311,7 @@ def _prefixes(name: str) -> Iterator[str]:
 
 
 def _innermost(name: str, paths: Collection[str]) -> str | None:
-    return next((prefix for prefix in _prefixes(name) if prefix in paths), None)
+    return next((prefix for prefix in parent_paths(name) if prefix in paths), None)
 
 
 def _multiplies(module: nn.Module | None, attr: str, shape: tuple[int, ...]) -> bool:
@@ -342,7 +343,7 @@ def _is_analysed(name: str, param: torch.Tensor, modules: dict[str, nn.Module]) 
     owner, attr = name.rsplit(".", 1)
     if not _multiplies(modules.get(owner), attr, shape):
         return False
-    for prefix in _prefixes(name):
+    for prefix in parent_paths(name):
         module = modules[prefix]
         # peft adapter weights (lora_A, lora_B, lora_embedding_*): only the wrapped base_layer is analysed.
         if isinstance(module, BaseTunerLayer) and not name.startswith(f"{prefix}.base_layer."):
