@@ -31,6 +31,7 @@ from transformers.utils import logging
 from . import distributed as dist_utils
 from .balancing import unit_alpha_se, unit_metrics
 from .layers import (
+    LORA_VIEWS,
     Partition,
     Unit,
     can_dequantize,
@@ -45,7 +46,7 @@ from .spectral import LayerSpectrum, MatrixKey, analyze, esd, farms_esd, farms_w
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["PassResult", "SpectralEngine", "Task", "analyze_shared", "analyze_tasks", "plan"]
+__all__ = ["PassResult", "SpectralEngine", "Task", "analyze_shared", "analyze_tasks", "plan", "unit_matrices"]
 
 #: Smallest per-model FARMS window: below it matrices are analysed whole.
 _MIN_MODEL_WINDOW = 32
@@ -123,6 +124,8 @@ def plan(model: nn.Module, partition: Partition, *, lora_view: str = "effective"
 
     In the ``"delta"`` LoRA view, matrices without LoRA are left out. ``options`` are `tb_hf.spectral.analyze`'s.
     """
+    if lora_view not in LORA_VIEWS:
+        raise ValueError(f"lora_view must be one of {LORA_VIEWS}, got {lora_view!r}")
     params = dict(model.named_parameters())
     lora = lora_layers(model)
     modules = dict(model.named_modules())
@@ -170,6 +173,51 @@ def plan(model: nn.Module, partition: Partition, *, lora_view: str = "effective"
                     )
                 )
     return tasks
+
+
+# --------------------------------------------------------------------------------------------------
+# Matrices
+
+
+@torch.no_grad()
+def _weights(model: nn.Module, tasks: Sequence[Task], lora_view: str) -> dict[str, torch.Tensor]:
+    """The analysed weight of each task's parameter, ``{parameter name: tensor}`` (a 3-D expert weight whole), from
+    the model's current full parameters; tasks with a status are left out. See `unit_matrices`."""
+    params = dict(model.named_parameters())
+    modules = dict(model.named_modules())
+    lora = lora_layers(model)
+    out: dict[str, torch.Tensor] = {}
+    for task in tasks:
+        name = task.key.param
+        if task.status is not None or name in out:
+            continue
+        param = params[name]
+        if id(param) in lora and lora_view == "delta":  # ΔW alone: W₀ is not read (nor dequantized)
+            out[name] = lora_weight(param, lora[id(param)], lora_view)
+            continue
+        weight = dense_weight(param, modules.get(name.rsplit(".", 1)[0]), name)
+        out[name] = lora_weight(weight, lora[id(param)], lora_view) if id(param) in lora else weight
+    return out
+
+
+def unit_matrices(model: nn.Module, partition: Partition, *, lora_view: str = "effective") -> dict[str, torch.Tensor]:
+    """The matrices the pass analyses, ``{matrix name: tensor}``, for every unit of ``partition`` (full weights: not
+    for a sharded model), built as `SpectralEngine` builds them (its `plan`, then the same code).
+
+    Tensors are detached, on the parameter's device and in its dtype (float32 for W₀ + ΔW and ΔW, see
+    `tb_hf.layers.lora_weight`); a 3-D expert weight comes whole. For a matrix adapted by peft LoRA:
+
+    * ``lora_view="effective"``: the weight the forward pass uses, W₀ + ΔW with ΔW = ``get_delta_weight`` (B·A
+      times ``lora_alpha / r``, or ``/ √r`` with rsLoRA, in the base weight's layout, also for GPT-2's
+      ``Conv1D``) summed over the layer's active adapters. Adapters already merged into W₀ are not added twice;
+      merged adapters that are not active (or adapters disabled with ``disable_adapter()``) are taken out.
+    * ``lora_view="delta"``: ΔW alone (zero while adapters are disabled). Matrices without LoRA are left out.
+
+    Matrices without LoRA are returned as they are in the ``"effective"`` view. Quantized bitsandbytes weights (QLoRA)
+    come dequantized (`tb_hf.layers.dense_weight`: W₀ is the dequantized base); other packed formats
+    (`tb_hf.layers.can_dequantize` false, status ``"quantized"`` in the pass) are left out.
+    """
+    return _weights(model, plan(model, partition, lora_view=lora_view, options={}), lora_view)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -282,30 +330,15 @@ class SpectralEngine:
     # Matrices
 
     def _matrices(self, model: nn.Module, tasks: Sequence[Task]) -> dict:
-        """The tasks' matrices from the model's current full parameters (W₀ + ΔW under LoRA, in float32; a
-        bitsandbytes-quantized W₀ dequantized, `tb_hf.layers.dense_weight`)."""
-        params = dict(model.named_parameters())
-        modules = dict(model.named_modules())
-        lora = lora_layers(model)
-        view = self.tb.tb_lora_view
-        out = {}
-        whole: dict[str, torch.Tensor] = {}
-        for task in tasks:
-            if task.status is not None:
-                continue
-            name = task.key.param
-            if name not in whole:
-                param = params[name]
-                if id(param) in lora and view == "delta":  # ΔW alone: W₀ is not read (nor dequantized)
-                    weight = lora_weight(param, lora[id(param)], view)
-                else:
-                    weight = dense_weight(param, modules.get(name.rsplit(".", 1)[0]), name)
-                    if id(param) in lora:
-                        weight = lora_weight(weight, lora[id(param)], view)
-                whole[name] = weight
-            weight = whole[name]
-            out[task.key] = weight if task.key.index is None else weight[task.key.index]
-        return out
+        """The tasks' matrices from the model's current full parameters (`unit_matrices`: W₀ + ΔW under LoRA, in
+        float32; a bitsandbytes-quantized W₀ dequantized), one per expert of a 3-D weight; tasks with a status are
+        left out."""
+        weights = _weights(model, tasks, self.tb.tb_lora_view)
+        return {
+            t.key: weights[t.key.param] if t.key.index is None else weights[t.key.param][t.key.index]
+            for t in tasks
+            if t.status is None
+        }
 
     def _blocks(self, model: nn.Module, tasks: Sequence[Task]) -> Iterator[tuple[list[Task], dict]]:
         """``(tasks of a block, their matrices)``, one block at a time, each gathered while it is consumed.

@@ -152,6 +152,10 @@ def test_lora_views_go_through_unchanged():
         engine = SpectralEngine(model, partition, TempBalanceArguments(tb_min_evals=4, tb_lora_view=view))
         got = engine.run(model).spectra
         assert [k.param for k in got] == list(expected)
+        matrices = unit_matrices(model, partition, lora_view=view)  # what the pass analyses, tensor for tensor
+        built = {k: m for _, mats in engine._blocks(model, engine.tasks) for k, m in mats.items()}
+        assert [k.param for k in built] == list(matrices)
+        assert all(torch.equal(m, matrices[k.param]) and not m.requires_grad for k, m in built.items())
         assert all(same(got[k].alpha, expected[k.param].alpha) for k in got)
         if view == "delta":  # labelled as the update ΔW of the LoRA layer, and rank 4: no fit of round-off
             assert [s.name for s in got.values()][:2] == [
