@@ -41,10 +41,10 @@ from .engine import PassResult, SpectralEngine
 from .layers import (
     REPACKED_4BIT_MESSAGE,
     Partition,
-    full_shape,
     keep_4bit_weights_unpacked,
     partition_model,
     repacked_4bit_weights,
+    unit_weights,
 )
 from .optim import create_tempbalance_optimizer, optimizer_from_args, tempbalance_param_groups
 
@@ -144,10 +144,7 @@ class TempBalanceCallback(TrainerCallback):
         self._check_optimizer(optimizer, args)
         self._check_units(optimizer)
         self.engine = SpectralEngine(model, self.partition, self.tb)
-        params = dict(model.named_parameters())
-        self.unit_weights = {
-            u.name: float(sum(math.prod(full_shape(params[p])) for p in u.params)) for u in self.partition.units
-        }  # full sizes, also under ZeRO-3
+        self.unit_weights = unit_weights(model, self.partition)  # full sizes, also under ZeRO-3
         self.steps_per_epoch = self._steps_per_epoch(args, state, kwargs.get("train_dataloader"))
         self.rule_interval = self.tb.update_interval(self.steps_per_epoch)
         self.step_times = {}

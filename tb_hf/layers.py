@@ -26,6 +26,7 @@ Conventions (``docs/method.md``, sections 5-6):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
@@ -57,6 +58,7 @@ __all__ = [
     "parent_paths",
     "partition_model",
     "repacked_4bit_weights",
+    "unit_weights",
 ]
 
 logger = logging.get_logger(__name__)
@@ -432,6 +434,13 @@ def partition_model(model: nn.Module, unit: str = "block") -> Partition:
         f"{len(outside)} trainable parameters outside the units."
     )
     return Partition(units=tuple(units), outside=tuple(outside), blocks=tuple(blocks))
+
+
+def unit_weights(model: nn.Module, partition: Partition) -> dict[str, float]:
+    """Unit → its number of trainable parameters (the weights of ``tb_normalize``), from the parameters' full
+    shapes (`full_shape`), so the same whether the model is sharded (ZeRO-3's local tensors are empty) or not."""
+    params = dict(model.named_parameters())
+    return {u.name: float(sum(math.prod(full_shape(params[p])) for p in u.params)) for u in partition.units}
 
 
 # --------------------------------------------------------------------------------------------------
