@@ -15,9 +15,9 @@ from tiny_models import ARCHS, stack_blocks
 from torch import nn
 from transformers import Trainer
 
-from tb_hf.engine import unit_matrices
 from tb_hf import TempBalanceArguments
 from tb_hf.analysis import analyze_model
+from tb_hf.engine import unit_matrices
 from tb_hf.layers import UNIT_KINDS, Partition, find_blocks, partition_model, unit_weights
 from tb_hf.optim import build_param_groups
 from tb_hf.spectral import MatrixKey, analyze
