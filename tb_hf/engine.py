@@ -67,6 +67,7 @@ class Task:
         adapted: Whether peft LoRA adapts it.
         status: A status given without computing (``"quantized"``: a packed weight that cannot be dequantized),
             else None.
+        packed: Whether the parameter is stored packed (`tb_hf.layers.is_packed`: quantized, dequantized when read).
     """
 
     key: MatrixKey
@@ -77,6 +78,7 @@ class Task:
     cost: int
     adapted: bool = False
     status: str | None = None
+    packed: bool = False
 
 
 @dataclass
@@ -145,7 +147,8 @@ def plan(model: nn.Module, partition: Partition, *, lora_view: str = "effective"
                 layer = next(p for p in parent_paths(name) if p in modules and modules[p] in lora[id(param)])
                 label = f"{layer}.ΔW"
             # Packed weights that cannot be dequantized (not bitsandbytes 4/8-bit) are not fitted; ΔW needs no W₀.
-            undequantizable = is_packed(param) and not can_dequantize(param, modules.get(name.rsplit(".", 1)[0]))
+            packed = is_packed(param)
+            undequantizable = packed and not can_dequantize(param, modules.get(name.rsplit(".", 1)[0]))
             status = "quantized" if undequantizable and not (lora_view == "delta" and adapted) else None
             parts = (
                 [(MatrixKey(name, e), shape[1:]) for e in range(shape[0])]
@@ -170,6 +173,7 @@ def plan(model: nn.Module, partition: Partition, *, lora_view: str = "effective"
                         ),
                         adapted=adapted,
                         status=status,
+                        packed=packed,
                     )
                 )
     return tasks
@@ -313,9 +317,8 @@ class SpectralEngine:
                 )
         #: Which rank computes which task: fixed for the plan and the process group, so every pass shares it.
         self.split = dist_utils.Split.of(self.tasks)
-        params = dict(model.named_parameters())
         # Quantized weights (QLoRA) are dequantized one block at a time, never all at once.
-        self.packed = any(is_packed(params[t.key.param]) for t in self.tasks)
+        self.packed = any(t.packed for t in self.tasks)
         quantized = [t.label for t in self.tasks if t.status == "quantized"]
         if quantized:
             logger.warning_once(
