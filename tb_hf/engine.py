@@ -13,6 +13,7 @@ thread: pure computation on the copies) and `SpectralEngine.finish` (training th
 collective every rank joins at the same step, and the unit metrics).
 
 Results are keyed by `tb_hf.spectral.MatrixKey` (parameter name, expert index), never by parsed strings.
+`unit_matrices` gives the matrices of the pass by parameter name, built by the same code.
 """
 
 from __future__ import annotations

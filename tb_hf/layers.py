@@ -16,7 +16,7 @@ Conventions (``docs/method.md``, sections 5-6):
   ``nn.Embedding`` weights (T5's relative attention bias), depthwise/1-D convolution kernels or raw parameters
   (Mamba's ``conv1d`` and ``A_log``, RWKV's ``time_mix``), nor the adapter weights of peft layers (LoRA
   ``lora_A``/``lora_B``): with LoRA the analysed matrix is the wrapped ``base_layer`` weight, seen as W₀ + ΔW
-  (`lora_weight`; the pass builds its matrices in `tb_hf.engine`, see `tb_hf.engine.unit_matrices`).
+  (`lora_weight`) by the pass (`tb_hf.engine.unit_matrices`).
 * A **unit** shares one learning-rate factor: a whole block (``unit="block"``, the default) or one module
   owning analysed matrices (``unit="matrix"``, e.g. ``...q_proj`` with its bias and LoRA adapters). A unit is
   kept only if it has at least one analysed matrix and at least one trainable parameter. Every other trainable
