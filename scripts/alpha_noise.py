@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from tb_hf.analysis import analyze_model
     from tb_hf.balancing import compute_factors, unit_alpha_se
+    from tb_hf.layers import unit_weights
 
     model = AutoModelForSequenceClassification.from_pretrained(
         str(Path(args.model).expanduser()), num_labels=2, dtype=torch.float32
@@ -79,8 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             np.array([s.alpha for s in ok]),
             np.array([(s.alpha - 1.0) / math.sqrt(s.num_tail) for s in ok]),
         )
-    params = dict(model.named_parameters())
-    weights = {u.name: float(sum(params[p].numel() for p in u.params)) for u in units}
+    weights = {name: w for name, w in unit_weights(model, analysis.partition).items() if name in fits}
     factor_options = tb.factor_options()
 
     def factors_of(alphas: dict[str, float]) -> dict[str, float]:

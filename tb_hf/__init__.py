@@ -21,11 +21,11 @@ _EXPORTS = {
     "TempBalanceConfig": "config",
     "PassResult": "engine",
     "SpectralEngine": "engine",
+    "unit_matrices": "engine",
     "Partition": "layers",
     "Unit": "layers",
     "find_blocks": "layers",
     "partition_model": "layers",
-    "unit_matrices": "layers",
     "build_param_groups": "optim",
     "create_tempbalance_optimizer": "optim",
     "tempbalance_param_groups": "optim",
@@ -88,8 +88,8 @@ if TYPE_CHECKING:
     from .balancing import apply_factors, apply_wd_factors, compute_factors, compute_wd_factors, unit_metrics
     from .callback import TempBalanceCallback
     from .config import TempBalanceConfig
-    from .engine import PassResult, SpectralEngine
-    from .layers import Partition, Unit, find_blocks, partition_model, unit_matrices
+    from .engine import PassResult, SpectralEngine, unit_matrices
+    from .layers import Partition, Unit, find_blocks, partition_model
     from .optim import build_param_groups, create_tempbalance_optimizer, tempbalance_param_groups
     from .options import TempBalanceArguments
     from .spectral import LayerSpectrum, MatrixKey, PowerLawFit, analyze, esd, farms_esd, fit_power_law

@@ -18,7 +18,7 @@ import torch
 
 from .balancing import compute_factors
 from .engine import SpectralEngine
-from .layers import Partition, partition_model
+from .layers import Partition, partition_model, unit_weights
 from .options import TempBalanceArguments
 from .spectral import LayerSpectrum, MatrixKey
 
@@ -117,9 +117,7 @@ def analyze_model(
     result = engine.run(
         model, by_block=True, progress=progress, esd_keys=[t.key for t in engine.tasks if t.key.param in wanted]
     )
-    params = dict(model.named_parameters())
-    weights = {u.name: float(sum(params[p].numel() for p in u.params)) for u in partition.units}
-    factors = compute_factors(result.metrics, weights=weights, **tb.factor_options())
+    factors = compute_factors(result.metrics, weights=unit_weights(model, partition), **tb.factor_options())
     rows = []
     for task in engine.tasks:
         s = result.spectra[task.key]

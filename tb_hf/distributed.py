@@ -6,10 +6,12 @@ callbacks. The pass itself is `tb_hf.engine.SpectralEngine`; this module gives i
 * `matrix_cost` and `assign_by_cost`: a deterministic, cost-balanced split of the matrices between the ranks
   (greedy longest-processing-time by the cost of the eigen-solve, k³ + m·n·k for an m×n matrix, k = min(m, n)).
   The plan is a pure function of the model, identical on every rank, so the split needs no communication.
+  `Split` holds it for one plan and process group: the owners, and this rank's share.
 * `exchange`: each rank packs the numeric fields of its results into one float64 tensor and a single
   ``all_gather`` gives every rank all results, bit for bit the numbers the owning rank computed. A rank whose
   computation failed still joins; then every rank raises the same error, so no rank ever goes on with
-  different learning rates.
+  different learning rates. `Split.shared` is the whole protocol: compute this rank's share, exchange, raise
+  everywhere if any rank failed.
 * `gathered`: full weights of one block at a time, on all ranks in the same order: FSDP2 (``fully_shard``,
   DTensor parameters) with ``DTensor.full_tensor()``, DeepSpeed ZeRO-3 with
   ``deepspeed.zero.GatheredParameters(modifier_rank=None)`` (read-only). DDP and ZeRO-1/2 hold full weights.
@@ -25,7 +27,9 @@ import contextlib
 import json
 import math
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import torch.distributed as dist
@@ -37,6 +41,7 @@ from .spectral import ESTIMATORS, STATUSES, LayerSpectrum, farms_grid
 logger = logging.get_logger(__name__)
 
 __all__ = [
+    "Split",
     "assign_by_cost",
     "check_supported",
     "deepspeed_config_sections",
@@ -152,6 +157,53 @@ def assign_by_cost(costs: Sequence[float], world_size: int) -> list[int]:
         owners[i] = rank
         loads[rank] += costs[i]
     return owners
+
+
+@dataclass(frozen=True)
+class Split:
+    """Which rank computes which task of a pass. The plan and the process group are fixed, so it is made once
+    (`Split.of`) and every pass of the plan uses it.
+
+    Attributes:
+        tasks: The pass's tasks (`tb_hf.engine.Task`: ``key``, ``label``, ``shape``, ``cost``), identical on every
+            rank.
+        owners: The rank computing each task (`assign_by_cost` of the costs).
+        rank: This process's rank (0 alone).
+        world: The number of ranks (1 alone: no process group of several ranks).
+    """
+
+    tasks: tuple
+    owners: tuple[int, ...]
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def of(cls, tasks: Sequence) -> Split:
+        """The cost-balanced split of ``tasks`` over the ranks of the current process group (all to rank 0 alone)."""
+        rank, world = rank_and_world()
+        return cls(tuple(tasks), tuple(assign_by_cost([t.cost for t in tasks], world)), rank, world)
+
+    @cached_property
+    def mine(self) -> list:
+        """This rank's share: its tasks, in task order (every task alone)."""
+        return [t for t, o in zip(self.tasks, self.owners, strict=True) if o == self.rank]
+
+    def shared(self, compute: Callable[[], Mapping]) -> dict:
+        """Every task's result, this rank's share computed by ``compute()`` (task key → `LayerSpectrum`), the rest
+        from the other ranks in one `exchange` (call it on every rank at the same point).
+
+        Alone this is ``compute()``. A rank whose ``compute`` raises still joins the exchange, and then every rank
+        raises (no rank goes on with different factors).
+        """
+        if self.world == 1:
+            return dict(compute())
+        local: Mapping = {}
+        error: BaseException | None = None
+        try:
+            local = compute()
+        except Exception as err:  # noqa: BLE001 - must still join the collective, then fail on every rank
+            error = err
+        return exchange(self.tasks, self.owners, local, error)
 
 
 # --------------------------------------------------------------------------------------------------

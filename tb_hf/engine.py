@@ -13,6 +13,7 @@ thread: pure computation on the copies) and `SpectralEngine.finish` (training th
 collective every rank joins at the same step, and the unit metrics).
 
 Results are keyed by `tb_hf.spectral.MatrixKey` (parameter name, expert index), never by parsed strings.
+`unit_matrices` gives the matrices of the pass by parameter name, built by the same code.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from transformers.utils import logging
 from . import distributed as dist_utils
 from .balancing import unit_alpha_se, unit_metrics
 from .layers import (
+    LORA_VIEWS,
     Partition,
     Unit,
     can_dequantize,
@@ -39,12 +41,13 @@ from .layers import (
     is_packed,
     lora_layers,
     lora_weight,
+    parent_paths,
 )
 from .spectral import LayerSpectrum, MatrixKey, analyze, esd, farms_esd, farms_windows
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["PassResult", "SpectralEngine", "Task", "analyze_shared", "analyze_tasks", "plan"]
+__all__ = ["PassResult", "SpectralEngine", "Task", "analyze_shared", "analyze_tasks", "plan", "unit_matrices"]
 
 #: Smallest per-model FARMS window: below it matrices are analysed whole.
 _MIN_MODEL_WINDOW = 32
@@ -65,6 +68,7 @@ class Task:
         adapted: Whether peft LoRA adapts it.
         status: A status given without computing (``"quantized"``: a packed weight that cannot be dequantized),
             else None.
+        packed: Whether the parameter is stored packed (`tb_hf.layers.is_packed`: quantized, dequantized when read).
     """
 
     key: MatrixKey
@@ -75,6 +79,7 @@ class Task:
     cost: int
     adapted: bool = False
     status: str | None = None
+    packed: bool = False
 
 
 @dataclass
@@ -122,6 +127,8 @@ def plan(model: nn.Module, partition: Partition, *, lora_view: str = "effective"
 
     In the ``"delta"`` LoRA view, matrices without LoRA are left out. ``options`` are `tb_hf.spectral.analyze`'s.
     """
+    if lora_view not in LORA_VIEWS:
+        raise ValueError(f"lora_view must be one of {LORA_VIEWS}, got {lora_view!r}")
     params = dict(model.named_parameters())
     lora = lora_layers(model)
     modules = dict(model.named_modules())
@@ -135,13 +142,14 @@ def plan(model: nn.Module, partition: Partition, *, lora_view: str = "effective"
             if lora_view == "delta" and not adapted:
                 continue
             shape = full_shape(param)
-            owner_block = next((p for p in _parents(name) if p in blocks), block)
+            owner_block = next((p for p in parent_paths(name) if p in blocks), block)
             label = name
             if lora_view == "delta":
-                layer = next(p for p in _parents(name) if p in modules and modules[p] in lora[id(param)])
+                layer = next(p for p in parent_paths(name) if p in modules and modules[p] in lora[id(param)])
                 label = f"{layer}.ΔW"
             # Packed weights that cannot be dequantized (not bitsandbytes 4/8-bit) are not fitted; ΔW needs no W₀.
-            undequantizable = is_packed(param) and not can_dequantize(param, modules.get(name.rsplit(".", 1)[0]))
+            packed = is_packed(param)
+            undequantizable = packed and not can_dequantize(param, modules.get(name.rsplit(".", 1)[0]))
             status = "quantized" if undequantizable and not (lora_view == "delta" and adapted) else None
             parts = (
                 [(MatrixKey(name, e), shape[1:]) for e in range(shape[0])]
@@ -166,15 +174,55 @@ def plan(model: nn.Module, partition: Partition, *, lora_view: str = "effective"
                         ),
                         adapted=adapted,
                         status=status,
+                        packed=packed,
                     )
                 )
     return tasks
 
 
-def _parents(name: str) -> Iterator[str]:
-    while "." in name:
-        name = name.rsplit(".", 1)[0]
-        yield name
+# --------------------------------------------------------------------------------------------------
+# Matrices
+
+
+@torch.no_grad()
+def _weights(model: nn.Module, tasks: Sequence[Task], lora_view: str) -> dict[str, torch.Tensor]:
+    """The analysed weight of each task's parameter, ``{parameter name: tensor}`` (a 3-D expert weight whole), from
+    the model's current full parameters; tasks with a status are left out. See `unit_matrices`."""
+    params = dict(model.named_parameters())
+    modules = dict(model.named_modules())
+    lora = lora_layers(model)
+    out: dict[str, torch.Tensor] = {}
+    for task in tasks:
+        name = task.key.param
+        if task.status is not None or name in out:
+            continue
+        param = params[name]
+        if id(param) in lora and lora_view == "delta":  # ΔW alone: W₀ is not read (nor dequantized)
+            out[name] = lora_weight(param, lora[id(param)], lora_view)
+            continue
+        weight = dense_weight(param, modules.get(name.rsplit(".", 1)[0]), name)
+        out[name] = lora_weight(weight, lora[id(param)], lora_view) if id(param) in lora else weight
+    return out
+
+
+def unit_matrices(model: nn.Module, partition: Partition, *, lora_view: str = "effective") -> dict[str, torch.Tensor]:
+    """The matrices the pass analyses, ``{matrix name: tensor}``, for every unit of ``partition`` (full weights: not
+    for a sharded model), built as `SpectralEngine` builds them (its `plan`, then the same code).
+
+    Tensors are detached, on the parameter's device and in its dtype (float32 for W₀ + ΔW and ΔW, see
+    `tb_hf.layers.lora_weight`); a 3-D expert weight comes whole. For a matrix adapted by peft LoRA:
+
+    * ``lora_view="effective"``: the weight the forward pass uses, W₀ + ΔW with ΔW = ``get_delta_weight`` (B·A
+      times ``lora_alpha / r``, or ``/ √r`` with rsLoRA, in the base weight's layout, also for GPT-2's
+      ``Conv1D``) summed over the layer's active adapters. Adapters already merged into W₀ are not added twice;
+      merged adapters that are not active (or adapters disabled with ``disable_adapter()``) are taken out.
+    * ``lora_view="delta"``: ΔW alone (zero while adapters are disabled). Matrices without LoRA are left out.
+
+    Matrices without LoRA are returned as they are in the ``"effective"`` view. Quantized bitsandbytes weights (QLoRA)
+    come dequantized (`tb_hf.layers.dense_weight`: W₀ is the dequantized base); other packed formats
+    (`tb_hf.layers.can_dequantize` false, status ``"quantized"`` in the pass) are left out.
+    """
+    return _weights(model, plan(model, partition, lora_view=lora_view, options={}), lora_view)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -208,18 +256,8 @@ def analyze_shared(
     Alone (no process group of several ranks) this is ``local(tasks)``. A rank whose ``local`` raises still
     joins the exchange, and then every rank raises (no rank goes on with different factors).
     """
-    if not dist_utils.is_distributed():
-        return dict(local(tasks))
-    rank, world = dist_utils.rank_and_world()
-    owners = dist_utils.assign_by_cost([t.cost for t in tasks], world)
-    mine = [t for t, o in zip(tasks, owners, strict=True) if o == rank]
-    results: Mapping[MatrixKey, LayerSpectrum] = {}
-    error: BaseException | None = None
-    try:
-        results = local(mine) if mine else {}
-    except Exception as err:  # noqa: BLE001 - must still join the collective, then fail on every rank
-        error = err
-    return dist_utils.exchange(tasks, owners, results, error)
+    split = dist_utils.Split.of(tasks)
+    return split.shared(lambda: local(split.mine) if split.mine else {})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -278,9 +316,10 @@ class SpectralEngine:
                     aspect_ratio=self.options["farms_aspect_ratio"],
                     grid=self.options["farms_grid_size"],
                 )
-        params = dict(model.named_parameters())
+        #: Which rank computes which task: fixed for the plan and the process group, so every pass shares it.
+        self.split = dist_utils.Split.of(self.tasks)
         # Quantized weights (QLoRA) are dequantized one block at a time, never all at once.
-        self.packed = any(is_packed(params[t.key.param]) for t in self.tasks)
+        self.packed = any(t.packed for t in self.tasks)
         quantized = [t.label for t in self.tasks if t.status == "quantized"]
         if quantized:
             logger.warning_once(
@@ -295,30 +334,15 @@ class SpectralEngine:
     # Matrices
 
     def _matrices(self, model: nn.Module, tasks: Sequence[Task]) -> dict:
-        """The tasks' matrices from the model's current full parameters (W₀ + ΔW under LoRA, in float32; a
-        bitsandbytes-quantized W₀ dequantized, `tb_hf.layers.dense_weight`)."""
-        params = dict(model.named_parameters())
-        modules = dict(model.named_modules())
-        lora = lora_layers(model)
-        view = self.tb.tb_lora_view
-        out = {}
-        whole: dict[str, torch.Tensor] = {}
-        for task in tasks:
-            if task.status is not None:
-                continue
-            name = task.key.param
-            if name not in whole:
-                param = params[name]
-                if id(param) in lora and view == "delta":  # ΔW alone: W₀ is not read (nor dequantized)
-                    weight = lora_weight(param, lora[id(param)], view)
-                else:
-                    weight = dense_weight(param, modules.get(name.rsplit(".", 1)[0]), name)
-                    if id(param) in lora:
-                        weight = lora_weight(weight, lora[id(param)], view)
-                whole[name] = weight
-            weight = whole[name]
-            out[task.key] = weight if task.key.index is None else weight[task.key.index]
-        return out
+        """The tasks' matrices from the model's current full parameters (`unit_matrices`: W₀ + ΔW under LoRA, in
+        float32; a bitsandbytes-quantized W₀ dequantized), one per expert of a 3-D weight; tasks with a status are
+        left out."""
+        weights = _weights(model, tasks, self.tb.tb_lora_view)
+        return {
+            t.key: weights[t.key.param] if t.key.index is None else weights[t.key.param][t.key.index]
+            for t in tasks
+            if t.status is None
+        }
 
     def _blocks(self, model: nn.Module, tasks: Sequence[Task]) -> Iterator[tuple[list[Task], dict]]:
         """``(tasks of a block, their matrices)``, one block at a time, each gathered while it is consumed.
@@ -391,24 +415,16 @@ class SpectralEngine:
         """
         start = time.perf_counter()
         esd_keys, esds = set(esd_keys), {}
-        if self.sharding is not None and dist_utils.is_distributed():
-            # Every rank gathers every block (a collective) and computes its own share inside it.
-            rank, world = dist_utils.rank_and_world()
-            owners = dist_utils.assign_by_cost([t.cost for t in self.tasks], world)
-            mine = [t for t, o in zip(self.tasks, owners, strict=True) if o == rank]
-            results, error = {}, None
-            try:  # _share gathers every block, in step with the other ranks, even after a local failure
-                results = self._share(model, mine, by_block=True, esd_keys=esd_keys, esds=esds, progress=progress)
-            except Exception as err:  # noqa: BLE001 - join the exchange, then fail on every rank
-                error = err
-            spectra = dist_utils.exchange(self.tasks, owners, results, error)
-        else:
-            spectra = analyze_shared(
-                self.tasks,
-                lambda share: self._share(
-                    model, share, by_block=by_block, esd_keys=esd_keys, esds=esds, progress=progress
-                ),
-            )
+        mine = self.split.mine
+
+        def compute() -> dict:
+            if not mine and self.sharding is None:
+                return {}
+            # Under sharding every rank gathers every block (a collective), in step with the other ranks even with
+            # no share or after a local failure, and computes its own share inside it.
+            return self._share(model, mine, by_block=by_block, esd_keys=esd_keys, esds=esds, progress=progress)
+
+        spectra = self.split.shared(compute)
         return self.result(spectra, esds=esds, seconds=time.perf_counter() - start)
 
     def snapshot(self, model: nn.Module) -> dict[MatrixKey, torch.Tensor]:
@@ -417,16 +433,13 @@ class SpectralEngine:
         On CUDA the copies go to pinned host memory on a side stream (the training stream is not
         synchronised); the host computes them. Elsewhere they are plain copies.
         """
-        rank, world = dist_utils.rank_and_world()
-        owners = dist_utils.assign_by_cost([t.cost for t in self.tasks], world)
-        mine = {t.key for t, o in zip(self.tasks, owners, strict=True) if o == rank}
         out: dict[MatrixKey, torch.Tensor] = {}
         cuda = self.device.type == "cuda"
         stream = torch.cuda.Stream(self.device) if cuda else None
         if stream is not None:
             stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-            for _share, mats in self._blocks(model, [t for t in self.tasks if t.key in mine]):
+            for _share, mats in self._blocks(model, self.split.mine):
                 for key, mat in mats.items():
                     if cuda:
                         host = torch.empty(mat.shape, dtype=mat.dtype, device="cpu", pin_memory=True)
@@ -441,23 +454,21 @@ class SpectralEngine:
     def compute(self, snapshot: Mapping[MatrixKey, torch.Tensor]) -> dict[MatrixKey, LayerSpectrum]:
         """This rank's spectra from a `snapshot` (safe in a background thread: no collective, no model access).
         A snapshot of CUDA weights is computed on the host in the precision chosen for CUDA."""
-        tasks = [t for t in self.tasks if t.key in snapshot or t.status is not None]
+        tasks = [t for t in self.split.mine if t.key in snapshot or t.status is not None]
         return analyze_tasks(tasks, snapshot, self.options)
 
     def finish(
         self, local: Mapping[MatrixKey, LayerSpectrum] | None, error: BaseException | None = None
     ) -> PassResult:
-        """Exchange the results of `compute` between the ranks (every rank, same step) and build the result."""
-        if not dist_utils.is_distributed():
+        """Exchange the results of `compute` (or its ``error``) between the ranks (every rank, same step) and build
+        the result; every rank raises if any rank's computation failed."""
+
+        def computed() -> Mapping[MatrixKey, LayerSpectrum]:  # `compute` ran in another thread: its outcome again
             if error is not None:
                 raise error
-            return self.result(dict(local))
-        rank, world = dist_utils.rank_and_world()
-        owners = dist_utils.assign_by_cost([t.cost for t in self.tasks], world)
-        mine = {t.key for t, o in zip(self.tasks, owners, strict=True) if o == rank}
-        local = {k: v for k, v in (local or {}).items() if k in mine}
-        spectra = dist_utils.exchange(self.tasks, owners, local, error)
-        return self.result(spectra)
+            return local or {}
+
+        return self.result(self.split.shared(computed))
 
     # ------------------------------------------------------------------------------------------------
     # Unit metrics

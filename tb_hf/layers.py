@@ -16,7 +16,7 @@ Conventions (``docs/method.md``, sections 5-6):
   ``nn.Embedding`` weights (T5's relative attention bias), depthwise/1-D convolution kernels or raw parameters
   (Mamba's ``conv1d`` and ``A_log``, RWKV's ``time_mix``), nor the adapter weights of peft layers (LoRA
   ``lora_A``/``lora_B``): with LoRA the analysed matrix is the wrapped ``base_layer`` weight, seen as W₀ + ΔW
-  by `unit_matrices`.
+  (`lora_weight`) by the pass (`tb_hf.engine.unit_matrices`).
 * A **unit** shares one learning-rate factor: a whole block (``unit="block"``, the default) or one module
   owning analysed matrices (``unit="matrix"``, e.g. ``...q_proj`` with its bias and LoRA adapters). A unit is
   kept only if it has at least one analysed matrix and at least one trainable parameter. Every other trainable
@@ -26,6 +26,7 @@ Conventions (``docs/method.md``, sections 5-6):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
@@ -54,9 +55,10 @@ __all__ = [
     "llrd_depths",
     "lora_layers",
     "lora_weight",
+    "parent_paths",
     "partition_model",
     "repacked_4bit_weights",
-    "unit_matrices",
+    "unit_weights",
 ]
 
 logger = logging.get_logger(__name__)
@@ -302,7 +304,7 @@ def llrd_depths(model: torch.nn.Module) -> dict[str, int]:
 # Partition
 
 
-def _prefixes(name: str) -> Iterator[str]:
+def parent_paths(name: str) -> Iterator[str]:
     """``"a.b.c"`` -> ``"a.b"``, ``"a"``: the paths of the modules containing a parameter, innermost first."""
     while "." in name:
         name = name.rsplit(".", 1)[0]
@@ -310,7 +312,7 @@ def _prefixes(name: str) -> Iterator[str]:
 
 
 def _innermost(name: str, paths: Collection[str]) -> str | None:
-    return next((prefix for prefix in _prefixes(name) if prefix in paths), None)
+    return next((prefix for prefix in parent_paths(name) if prefix in paths), None)
 
 
 def _multiplies(module: nn.Module | None, attr: str, shape: tuple[int, ...]) -> bool:
@@ -342,7 +344,7 @@ def _is_analysed(name: str, param: torch.Tensor, modules: dict[str, nn.Module]) 
     owner, attr = name.rsplit(".", 1)
     if not _multiplies(modules.get(owner), attr, shape):
         return False
-    for prefix in _prefixes(name):
+    for prefix in parent_paths(name):
         module = modules[prefix]
         # peft adapter weights (lora_A, lora_B, lora_embedding_*): only the wrapped base_layer is analysed.
         if isinstance(module, BaseTunerLayer) and not name.startswith(f"{prefix}.base_layer."):
@@ -434,6 +436,13 @@ def partition_model(model: nn.Module, unit: str = "block") -> Partition:
     return Partition(units=tuple(units), outside=tuple(outside), blocks=tuple(blocks))
 
 
+def unit_weights(model: nn.Module, partition: Partition) -> dict[str, float]:
+    """Unit → its number of trainable parameters (the weights of ``tb_normalize``), from the parameters' full
+    shapes (`full_shape`), so the same whether the model is sharded (ZeRO-3's local tensors are empty) or not."""
+    params = dict(model.named_parameters())
+    return {u.name: float(sum(math.prod(full_shape(params[p])) for p in u.params)) for u in partition.units}
+
+
 # --------------------------------------------------------------------------------------------------
 # Matrices
 
@@ -478,42 +487,4 @@ def lora_weight(weight: torch.Tensor, layers: list[LoraLayer], lora_view: str) -
                     "TempBalance: DoRA's magnitude vector is left out of the analysed weight (W₀ + B·A·scaling)."
                 )
             out = out + sign * layer.get_delta_weight(adapter).to(device=weight.device, dtype=dtype)
-    return out
-
-
-@torch.no_grad()
-def unit_matrices(model: nn.Module, partition: Partition, *, lora_view: str = "effective") -> dict[str, torch.Tensor]:
-    """The matrices to analyse, ``{matrix name: tensor}``, for every unit of ``partition``.
-
-    Tensors are detached, on the parameter's device and in its dtype (float32 for W₀ + ΔW and ΔW, see
-    `lora_weight`). For a matrix adapted by peft LoRA:
-
-    * ``lora_view="effective"``: the weight the forward pass uses, W₀ + ΔW with ΔW = ``get_delta_weight`` (B·A
-      times ``lora_alpha / r``, or ``/ √r`` with rsLoRA, in the base weight's layout, also for GPT-2's
-      ``Conv1D``) summed over the layer's active adapters. Adapters already merged into W₀ are not added twice;
-      merged adapters that are not active (or adapters disabled with ``disable_adapter()``) are taken out.
-    * ``lora_view="delta"``: ΔW alone (zero while adapters are disabled). Matrices without LoRA are left out.
-
-    Matrices without LoRA are returned as they are in the ``"effective"`` view. Quantized bitsandbytes weights (QLoRA)
-    come dequantized (`dense_weight`: W₀ is the dequantized base); other packed formats (`can_dequantize` false) are
-    left out.
-    """
-    if lora_view not in LORA_VIEWS:
-        raise ValueError(f"lora_view must be one of {LORA_VIEWS}, got {lora_view!r}")
-    params = dict(model.named_parameters())
-    modules = dict(model.named_modules())
-    lora = lora_layers(model)
-    out: dict[str, torch.Tensor] = {}
-    for unit in partition.units:
-        for name in unit.matrices:
-            param, module = params[name], modules.get(name.rsplit(".", 1)[0])
-            adapted = id(param) in lora
-            if lora_view == "delta":
-                if adapted:
-                    out[name] = lora_weight(param, lora[id(param)], lora_view)
-                continue
-            if is_packed(param) and not can_dequantize(param, module):
-                continue
-            weight = dense_weight(param, module, name)
-            out[name] = lora_weight(weight, lora[id(param)], lora_view) if adapted else weight
     return out

@@ -7,23 +7,15 @@ own builds it at the start of training and checks the optimizer against it.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from torch import nn
 
 from .distributed import check_supported
-from .layers import Partition, full_shape, partition_model
+from .layers import Partition, partition_model, unit_weights
 from .options import TempBalanceArguments, tb_arguments
 
-__all__ = ["Setup", "build_setup", "unit_weights"]
-
-
-def unit_weights(model: nn.Module, partition: Partition) -> dict[str, float]:
-    """Each unit's number of trainable parameters, at their full size (also when ZeRO-3 or FSDP2 shards them): the
-    weights of ``tb_normalize``."""
-    params = dict(model.named_parameters())
-    return {u.name: float(sum(math.prod(full_shape(params[p])) for p in u.params)) for u in partition.units}
+__all__ = ["Setup", "build_setup"]
 
 
 @dataclass(frozen=True)

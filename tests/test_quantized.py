@@ -87,6 +87,7 @@ def test_quantized_base_is_dequantized_and_fitted_like_the_float_model(float_lla
     partition = partition_model(model, "matrix")
     engine = SpectralEngine(model, partition, TB)
     assert engine.packed and {t.status for t in engine.tasks} == {None}  # nothing left out as "quantized"
+    assert all(t.packed for t in engine.tasks)  # the plan says which weights are read dequantized
     base = model.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight
     assert type(base).__name__ == ("Int8Params" if kind == "int8" else "Params4bit")
     assert [t.shape for t in engine.tasks][:3] == [(128, 128), (64, 128), (128, 256)]  # the matrix, not the bytes
@@ -107,6 +108,7 @@ def test_quantized_base_is_dequantized_and_fitted_like_the_float_model(float_lla
     assert {s.status for s in result.spectra.values()} == {"ok"}
     float_engine = SpectralEngine(reference, partition_model(reference, "matrix"), TB)
     float_alpha = float_engine.run(reference).alphas
+    assert not float_engine.packed and not any(t.packed for t in float_engine.tasks)
     tolerance = 0.01 if kind == "int8" else 0.05
     assert len(result.alphas) == 6
     for unit, alpha in result.alphas.items():

