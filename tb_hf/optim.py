@@ -122,9 +122,7 @@ def build_param_groups(
     groups = grouped(model, outside, **options)
     if not groups:
         groups = [{**_tb_keys(None, learning_rate), "params": [], "lr": learning_rate, "weight_decay": 0.0}]
-    groups += grouped(
-        model, [(keys(u.name, depth.get(u.params[0], 0)), u.params) for u in partition.units], **options
-    )
+    groups += grouped(model, [(keys(u.name, depth.get(u.params[0], 0)), u.params) for u in partition.units], **options)
     for group in groups:
         group[state.BASE_WD] = group["weight_decay"]
     if depth:

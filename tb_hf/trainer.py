@@ -47,6 +47,7 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
         logger.warning(f"TempBalance: {folder} was not written to the end (no whole trainer_state.json): skipped.")
     return None
 
+
 __all__ = ["TempBalanceMixin", "TempBalanceTrainer"]
 
 
