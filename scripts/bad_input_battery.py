@@ -30,7 +30,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path[:0] = [str(ROOT / "tests")]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 GLUE = ROOT.parent / "shared" / "data" / "glue"
 
@@ -157,9 +156,8 @@ def _():
 
 
 def _train(model, tmp, dataset=None, resume=None, **options):
-    from tiny_models import dataset_for, tiny_training_args
-
     from tb_hf import TempBalanceTrainer
+    from tb_hf.testing import dataset_for, tiny_training_args
 
     args = tiny_training_args(tmp, **options)
     trainer = TempBalanceTrainer(model=model, args=args, train_dataset=dataset or dataset_for(model))
@@ -170,9 +168,9 @@ def _train(model, tmp, dataset=None, resume=None, **options):
 @case("model without transformer blocks", "error", "no transformer blocks", "plain trainer")
 def _():
     import torch.nn as nn
-    from tiny_models import tiny_training_args
 
     from tb_hf import TempBalanceTrainer
+    from tb_hf.testing import tiny_training_args
 
     TempBalanceTrainer(model=nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)), args=tiny_training_args(_tmp()))
 
@@ -180,7 +178,8 @@ def _():
 @case("NaN weight in one block", "warning", "non_finite", "keep factor 1")
 def _():
     import torch
-    from tiny_models import ARCHS
+
+    from tb_hf.testing import ARCHS
 
     model = ARCHS["bert"][0]()
     with torch.no_grad():
@@ -192,7 +191,7 @@ def _():
 
 @case("only the head trains (all blocks frozen)", "warning", "nothing to balance")
 def _():
-    from tiny_models import ARCHS
+    from tb_hf.testing import ARCHS
 
     model = ARCHS["bert"][0]()
     for name, p in model.named_parameters():
@@ -203,7 +202,8 @@ def _():
 @case("zero-size nn.Linear(32, 0) in each block", "correct")
 def _():
     import torch.nn as nn
-    from tiny_models import ARCHS
+
+    from tb_hf.testing import ARCHS
 
     model = ARCHS["bert"][0]()
     for layer in model.bert.encoder.layer:
@@ -217,7 +217,7 @@ def _():
 
 @case("two blocks, one frozen (one trainable unit)", "warning", "single trainable unit", "tb_unit='matrix'")
 def _():
-    from tiny_models import ARCHS
+    from tb_hf.testing import ARCHS
 
     model = ARCHS["bert"][0]()
     for name, p in model.named_parameters():
@@ -229,7 +229,7 @@ def _():
 
 @case("tb_lora_view='delta' on a model without LoRA", "warning", "has no lora adapters", "tb_lora_view='effective'")
 def _():
-    from tiny_models import ARCHS
+    from tb_hf.testing import ARCHS
 
     model = ARCHS["roberta"][0]()
     trainer = _train(model, _tmp(), tb_lora_view="delta", tb_update_steps="once")
@@ -239,7 +239,8 @@ def _():
 @case("IterableDataset with tb_update_steps='auto'", "warning", "no length", "max_steps=6")
 def _():
     from datasets import IterableDataset
-    from tiny_models import ARCHS, dataset_for
+
+    from tb_hf.testing import ARCHS, dataset_for
 
     model = ARCHS["bert"][0]()
     rows = dataset_for(model, n=64).to_list()
@@ -253,10 +254,10 @@ def _():
 def _():
     import peft
     import torch
-    from tiny_models import ARCHS
 
     from tb_hf import TempBalanceArguments, partition_model
     from tb_hf.engine import SpectralEngine
+    from tb_hf.testing import ARCHS
 
     model = peft.get_peft_model(ARCHS["llama"][0](), peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     with torch.no_grad():
@@ -273,10 +274,10 @@ def _():
 def _():
     import torch
     import torch.nn as nn
-    from tiny_models import ARCHS
 
     from tb_hf import TempBalanceArguments, partition_model
     from tb_hf.engine import SpectralEngine
+    from tb_hf.testing import ARCHS
 
     model = ARCHS["llama"][0]()
     q = model.model.layers[0].self_attn.q_proj
@@ -360,10 +361,10 @@ def _():
 @case("optimizer built for other units than the callback's", "error", "do not match the callback's")
 def _():
     import torch
-    from tiny_models import ARCHS, dataset_for
     from transformers import Trainer, TrainingArguments
 
     from tb_hf import TempBalanceCallback, create_tempbalance_optimizer
+    from tb_hf.testing import ARCHS, dataset_for
 
     model = ARCHS["bert"][0]()
     args = TrainingArguments(output_dir=str(_tmp()), max_steps=2, report_to="none", use_cpu=True, disable_tqdm=True)
@@ -376,10 +377,10 @@ def _():
 
 @case("plain Trainer + callback without TempBalance's optimizer", "error", "create_tempbalance_optimizer")
 def _():
-    from tiny_models import ARCHS, dataset_for
     from transformers import Trainer, TrainingArguments
 
     from tb_hf import TempBalanceCallback
+    from tb_hf.testing import ARCHS, dataset_for
 
     model = ARCHS["bert"][0]()
     args = TrainingArguments(output_dir=str(_tmp()), max_steps=2, report_to="none", use_cpu=True, disable_tqdm=True)
@@ -671,9 +672,9 @@ def _resume_pair(tmp: Path, first: dict, then: dict, *, save_steps: int = 4):
     """Train 8 steps saving at ``save_steps``, then resume from that checkpoint with other options: the second
     trainer, and the history of the resumed run."""
     import torch
-    from tiny_models import ARCHS
 
     from tb_hf.history import read_history
+    from tb_hf.testing import ARCHS
 
     torch.manual_seed(0)
     _train(ARCHS["bert"][0](), tmp / "a", max_steps=8, save_strategy="steps", save_steps=save_steps, **first)
@@ -717,8 +718,9 @@ def _():
       "without tempbalance's param groups", "from_pretrained")  # fmt: skip
 def _():
     import torch
-    from tiny_models import ARCHS, dataset_for, tiny_training_args
     from transformers import Trainer
+
+    from tb_hf.testing import ARCHS, dataset_for, tiny_training_args
 
     tmp = _tmp()
     torch.manual_seed(0)
@@ -740,7 +742,8 @@ def _():
 @case("resume_from_checkpoint=True with the newest checkpoint cut short", "warning", "not written to the end")
 def _():
     import torch
-    from tiny_models import ARCHS
+
+    from tb_hf.testing import ARCHS
 
     tmp = _tmp()
     torch.manual_seed(0)

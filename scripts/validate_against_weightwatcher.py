@@ -34,18 +34,15 @@ import io
 import json
 import logging
 import os
-import sys
 import time
 import warnings
 from pathlib import Path
 
 import torch
+from prepare_smollm2 import DEFAULT_OUT as SMOLLM2_DIR  # scripts/ is on sys.path when run as a script
+from prepare_smollm2 import is_prepared, prepare
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from prepare_smollm2 import DEFAULT_OUT as SMOLLM2_DIR  # noqa: E402
-from prepare_smollm2 import is_prepared, prepare  # noqa: E402
-
-from tb_hf import cli  # noqa: E402
+from tb_hf import cli
 
 WW_MODE = ["--tb_xmin_method", "ks", "--tb_filter_zeros", "true", "--device", "cpu"]
 

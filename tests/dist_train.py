@@ -29,7 +29,6 @@ import sys
 
 import torch
 import torch.distributed as dist
-from tiny_models import ARCHS, batch_for, dataset_for, tiny_training_args
 from transformers import TrainerCallback
 
 import tb_hf.distributed as tbd
@@ -44,6 +43,7 @@ from tb_hf import (
     unit_metrics,
 )
 from tb_hf.spectral import analyze
+from tb_hf.testing import ARCHS, batch_for, dataset_for, tiny_training_args
 
 OPTIONS = dict(min_evals=8)
 

@@ -283,9 +283,8 @@ def test_adapter_that_does_not_match_the_model(saved_model, saved_adapter, tmp_p
 @pytest.fixture(scope="module")
 def training_run(tmp_path_factory):
     """A real history.jsonl: TempBalanceTrainer on a tiny BERT for 6 steps, updating every 2."""
-    from tiny_models import ARCHS, dataset_for, tiny_training_args
-
     from tb_hf import TempBalanceTrainer
+    from tb_hf.testing import ARCHS, dataset_for, tiny_training_args
 
     torch.manual_seed(0)
     model = ARCHS["bert"][0]()

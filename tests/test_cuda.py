@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
-from tiny_models import ARCHS, dataset_for, tiny_training_args
 
 from tb_hf import TempBalanceTrainer, analyze
+from tb_hf.testing import ARCHS, dataset_for, tiny_training_args
 
 require_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 pytestmark = require_cuda

@@ -7,56 +7,30 @@ by the rendezvous) running ``tests/dist_train.py``; each rank writes a JSON file
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import peft
 import pytest
 import torch
 import torch.distributed as dist
-from tiny_models import ARCHS, dataset_for, history, tiny_training_args
 
-import tb_hf.distributed as tbd
 from tb_hf import (
-    TempBalanceArguments,
     TempBalanceTrainer,
-    analyze,
-    partition_model,
-    unit_matrices,
 )
 from tb_hf.callback import DEEPSPEED_OPTIMIZER_MESSAGE, check_optimizer
 from tb_hf.distributed import (
     FSDP1_MESSAGE,
-    Split,
     assign_by_cost,
     deepspeed_config_sections,
-    is_distributed,
     matrix_cost,
-    sharding_kind,
 )
-from tb_hf.engine import SpectralEngine
+from tb_hf.testing import ARCHS, dataset_for, history, same, tiny_training_args
 
 HERE = Path(__file__).parent
 LLAMA_7B_BLOCK = [(4096, 4096)] * 4 + [(11008, 4096), (11008, 4096), (4096, 11008)]
-
-
-def same(a, b) -> bool:
-    """Equality that treats NaN (JSON null) as equal to itself."""
-    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
-        return True
-    return a == b
-
-
-def same_spectra(a: dict, b: dict) -> bool:
-    """Two `analyze` results are equal, field by field, in the same order (NaN equal to NaN); keys as labels."""
-    a, b = {str(k): v for k, v in a.items()}, {str(k): v for k, v in b.items()}
-    if list(a) != list(b):
-        return False
-    return all(same(x, y) for k in a for x, y in zip(a[k].to_dict().values(), b[k].to_dict().values(), strict=True))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -92,76 +66,6 @@ def test_assignment_is_lpt_balanced_and_deterministic():
     assert assign_by_cost([1, 1, 1, 1], 2) == [0, 1, 0, 1]
     with pytest.raises(ValueError):
         assign_by_cost([1], 0)
-
-
-def test_the_split_is_made_once_per_engine_and_every_pass_uses_it(monkeypatch):
-    torch.manual_seed(0)
-    model = ARCHS["mixtral"][0]()
-    engine = SpectralEngine(model, partition_model(model, "matrix"), TempBalanceArguments(tb_min_evals=8))
-    split = engine.split
-    assert split.tasks == tuple(engine.tasks) and (split.rank, split.world) == (0, 1)
-    assert split.owners == (0,) * len(engine.tasks) and split.mine == list(engine.tasks)  # alone: every task
-    costs = [t.cost for t in engine.tasks]
-    second = Split(split.tasks, tuple(assign_by_cost(costs, 2)), rank=1, world=2)
-    assert second.mine == [t for t, o in zip(engine.tasks, assign_by_cost(costs, 2), strict=True) if o == 1]
-    assert 0 < len(second.mine) < len(engine.tasks)
-
-    calls = []
-    monkeypatch.setattr(tbd, "assign_by_cost", lambda *a: calls.append(a) or [0] * len(a[0]))
-    sync = engine.run(model)
-    both = engine.run(model, by_block=True)
-    async_ = engine.finish(engine.compute(engine.snapshot(model)))
-    assert calls == []  # no pass splits the plan again
-    assert same_spectra(sync.spectra, both.spectra) and same_spectra(sync.spectra, async_.spectra)
-    with pytest.raises(RuntimeError, match="injected"):  # alone, the error of `compute` itself
-        engine.finish(None, RuntimeError("injected"))
-    with pytest.raises(KeyError):
-        split.shared(lambda: {}["missing"])
-
-
-@pytest.mark.parametrize("name", ["llama", "mixtral", "gpt2"])
-def test_single_process_pass_is_the_plain_pass(name):
-    assert not is_distributed()
-    torch.manual_seed(0)
-    model = ARCHS[name][0]()
-    partition = partition_model(model, "matrix")
-    assert sharding_kind(model) is None
-    expected = analyze(unit_matrices(model, partition), min_evals=8)
-    engine = SpectralEngine(model, partition, TempBalanceArguments(tb_min_evals=8, tb_unit="matrix"))
-    assert same_spectra(engine.run(model).spectra, expected)
-    assert same_spectra(engine.run(model, by_block=True).spectra, expected)  # block by block: the same numbers
-    blocks = list(engine._blocks(model, engine.tasks))
-    assert [share[0].block for share, _ in blocks] == list(partition.blocks)
-    gathered = {str(k): v for _, mats in blocks for k, v in mats.items()}
-    if name == "mixtral":  # 3-D expert weights come as one matrix per expert, named as analyze names them
-        assert "model.layers.0.mlp.experts.down_proj[3]" in gathered
-    assert set(gathered) == {str(k) for k in expected}
-
-
-def test_lora_views_go_through_unchanged():
-    torch.manual_seed(0)
-    model = peft.get_peft_model(ARCHS["llama"][0](), peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
-    partition = partition_model(model, "block")
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5)
-    for view in ("effective", "delta"):
-        expected = analyze(unit_matrices(model, partition, lora_view=view), min_evals=4)
-        engine = SpectralEngine(model, partition, TempBalanceArguments(tb_min_evals=4, tb_lora_view=view))
-        got = engine.run(model).spectra
-        assert [k.param for k in got] == list(expected)
-        matrices = unit_matrices(model, partition, lora_view=view)  # what the pass analyses, tensor for tensor
-        built = {k: m for _, mats in engine._blocks(model, engine.tasks) for k, m in mats.items()}
-        assert [k.param for k in built] == list(matrices)
-        assert all(torch.equal(m, matrices[k.param]) and not m.requires_grad for k, m in built.items())
-        assert all(same(got[k].alpha, expected[k.param].alpha) for k in got)
-        if view == "delta":  # labelled as the update ΔW of the LoRA layer, and rank 4: no fit of round-off
-            assert [s.name for s in got.values()][:2] == [
-                "base_model.model.model.layers.0.self_attn.q_proj.ΔW",
-                "base_model.model.model.layers.0.self_attn.v_proj.ΔW",
-            ]
-            assert {s.status for s in got.values()} == {"rank_deficient"}
 
 
 def test_deepspeed_config_with_its_own_optimizer_fails_clearly(tmp_path):

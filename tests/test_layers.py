@@ -11,27 +11,18 @@ import math
 import peft
 import pytest
 import torch
-from tiny_models import ARCHS, stack_blocks
 from torch import nn
 from transformers import Trainer
 
-from tb_hf import TempBalanceArguments
-from tb_hf.analysis import analyze_model
 from tb_hf.engine import unit_matrices
 from tb_hf.layers import UNIT_KINDS, Partition, find_blocks, partition_model, unit_weights
 from tb_hf.optim import build_param_groups
 from tb_hf.spectral import MatrixKey, analyze
+from tb_hf.testing import ARCHS, stack_blocks
 
 LR = 1e-3
 WD = 0.1
 GROUP_KEYS = {"params", "lr", "weight_decay", "tb_unit", "tb_base_lr", "tb_factor", "tb_base_wd"}
-
-
-@pytest.fixture(scope="module", params=list(ARCHS))
-def arch(request):
-    torch.manual_seed(0)
-    factory, blocks, mats, per_block = ARCHS[request.param]
-    return request.param, factory(), blocks, mats, per_block
 
 
 def _decay_names(model: nn.Module) -> list[str]:
@@ -116,18 +107,6 @@ def test_matrix_units(arch):
     _check_groups(model, partition)
 
 
-def test_unit_matrices_plain(arch):
-    _, model, _, _, _ = arch
-    partition = partition_model(model)
-    matrices = unit_matrices(model, partition)
-    params = dict(model.named_parameters())
-    assert list(matrices) == [m for u in partition.units for m in u.matrices]
-    for name, w in matrices.items():
-        assert not w.requires_grad
-        assert torch.equal(w, params[name])
-    assert unit_matrices(model, partition, lora_view="delta") == {}  # no LoRA, no deltas
-
-
 def test_unit_weights_count_full_shapes_also_under_zero3():
     torch.manual_seed(0)
     model = peft.get_peft_model(ARCHS["llama"][0](), peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
@@ -142,19 +121,6 @@ def test_unit_weights_count_full_shapes_also_under_zero3():
         p.ds_shape = p.shape
         p.data = torch.empty(0)
     assert unit_weights(zero3, partition) == weights
-
-
-def test_analyze_normalizes_with_the_unit_weights_training_uses():
-    torch.manual_seed(0)
-    model = ARCHS["llama"][0]()
-    for name, p in model.named_parameters():  # blocks of different sizes: k_proj and gate_proj train in block 0 only
-        p.requires_grad_(not name.endswith(("k_proj.weight", "gate_proj.weight")) or ".layers.0." in name)
-    tb = TempBalanceArguments(tb_min_evals=8, tb_normalize=True)
-    analysis = analyze_model(model, tb)
-    weights = unit_weights(model, analysis.partition)
-    assert len(set(weights.values())) > 1 and len(set(analysis.factors.values())) > 1
-    mean = sum(analysis.factors[u] * w for u, w in weights.items()) / sum(weights.values())
-    assert mean == pytest.approx(1.0)
 
 
 def test_t5_and_mixtral_matrix_units():

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import ARCHS, Recorder, dataset_for, tiny_training_args
 
 from tb_hf import TempBalanceTrainer, partition_model
 from tb_hf.baselines import LLRDTrainer
 from tb_hf.optim import build_param_groups, create_tempbalance_optimizer, tempbalance_param_groups, trainer_decay_names
+from tb_hf.testing import ARCHS, Recorder, dataset_for, tiny_training_args
 
 
 def _names(model, group) -> list[str]:

@@ -16,11 +16,11 @@ import peft
 import pytest
 import torch
 import transformers as tf
-from tiny_models import dataset_for, history, tiny_training_args
 
 from tb_hf import TempBalanceArguments, TempBalanceTrainer, partition_model, unit_matrices
 from tb_hf.engine import SpectralEngine
 from tb_hf.layers import REPACKED_4BIT_MESSAGE, full_shape, keep_4bit_weights_unpacked, repacked_4bit_weights
+from tb_hf.testing import dataset_for, history, tiny_training_args
 
 WIDE_LLAMA = dict(
     hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,

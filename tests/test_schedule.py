@@ -8,9 +8,9 @@ import shutil
 import pytest
 import torch
 from datasets import IterableDataset
-from tiny_models import ARCHS, Recorder, dataset_for, history, tiny_training_args
 
 from tb_hf import TempBalanceTrainer
+from tb_hf.testing import ARCHS, Recorder, dataset_for, history, tiny_training_args
 
 
 def test_once_computes_alpha_only_before_the_first_step(tmp_path):

@@ -11,12 +11,12 @@ from pathlib import Path
 import peft
 import pytest
 import torch
-from tiny_models import ARCHS, Recorder, dataset_for, history, tiny_training_args
 from transformers import Trainer
 
 from tb_hf import TempBalanceTrainer
 from tb_hf.history import read_history
 from tb_hf.state import read_run_state
+from tb_hf.testing import ARCHS, Recorder, dataset_for, history, tiny_training_args
 
 DATA = Path(__file__).parent / "data" / "checkpoints"
 

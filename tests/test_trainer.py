@@ -9,7 +9,6 @@ import peft
 import pytest
 import torch
 import transformers as tf
-from tiny_models import ARCHS, LLAMA_LIKE, Recorder, dataset_for, history, tiny_training_args
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments, get_scheduler
 
@@ -20,6 +19,7 @@ from tb_hf import (
     create_tempbalance_optimizer,
     find_blocks,
 )
+from tb_hf.testing import ARCHS, LLAMA_LIKE, Recorder, dataset_for, history, tiny_training_args
 
 
 def config(tmp_path, **overrides) -> TempBalanceConfig:

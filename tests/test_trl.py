@@ -6,11 +6,11 @@ import peft
 import pytest
 import torch
 import transformers as tf
-from tiny_models import ARCHS, LLAMA_LIKE, Recorder, dataset_for, history
 from torch import nn
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, get_scheduler
 
 from tb_hf import TempBalanceArguments, TempBalanceMixin, TempBalanceTrainer, find_blocks
+from tb_hf.testing import ARCHS, LLAMA_LIKE, Recorder, dataset_for, history
 
 trl = pytest.importorskip("trl")
 

@@ -7,14 +7,12 @@ Each folder is the checkpoint (without training_args.bin) and the run's whole hi
 """
 
 import shutil
-import sys
 from pathlib import Path
 
-sys.path.insert(0, "tests")
 import torch
-from tiny_models import ARCHS, dataset_for, tiny_training_args
 
 from tb_hf import TempBalanceTrainer
+from tb_hf.testing import ARCHS, dataset_for, tiny_training_args
 
 
 def run(out, async_, update, save_steps, max_steps=8):

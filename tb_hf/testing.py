@@ -1,4 +1,6 @@
-"""Tiny random models of the architectures TempBalance must handle, built in-process from configs (no Hub).
+"""Tiny random models of the architectures TempBalance must handle, built in-process from configs (no Hub), and
+helpers to train them for a few steps: for tb_hf's tests, the bad-input battery and your own tests of a TempBalance
+set-up, like ``transformers.testing_utils``. Never for benchmarks or demos (random weights have no meaningful α).
 
 ``ARCHS[name] = (factory, block paths, matrix-name tails of each block, matrix-mode units per block)``.
 """
@@ -6,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -201,7 +204,7 @@ def tiny_training_args(output_dir, **overrides):
 
 
 def history(output_dir) -> list[dict]:
-    """The records of ``<output_dir>/tempbalance/history.jsonl``, one per spectral update."""
+    """The records of ``<output_dir>/tempbalance/history.jsonl``, one per spectral update, in file order."""
     with open(Path(output_dir) / "tempbalance" / "history.jsonl") as f:
         return [json.loads(line) for line in f]
 
@@ -215,3 +218,18 @@ class Recorder(tf.TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
         groups = [(g["tb_unit"], g["lr"], g["tb_base_lr"], g["tb_factor"]) for g in optimizer.param_groups]
         self.steps.append((state.global_step, groups))
+
+
+def same(a, b) -> bool:
+    """Equality that treats NaN (JSON null) as equal to itself."""
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b
+
+
+def same_spectra(a: dict, b: dict) -> bool:
+    """Two `analyze` results are equal, field by field, in the same order (NaN equal to NaN); keys as labels."""
+    a, b = {str(k): v for k, v in a.items()}, {str(k): v for k, v in b.items()}
+    if list(a) != list(b):
+        return False
+    return all(same(x, y) for k in a for x, y in zip(a[k].to_dict().values(), b[k].to_dict().values(), strict=True))

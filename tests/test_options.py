@@ -1,0 +1,122 @@
+"""tb_hf.options: every TempBalance option's help, choices and ranges, checked at construction (no torch needed)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from tb_hf import TempBalanceArguments, analyze
+from tb_hf.options import MAPPINGS, tb_arguments
+
+
+def test_every_option_has_help_and_a_tb_name():
+    fields = dataclasses.fields(TempBalanceArguments)
+    assert all(f.name.startswith("tb_") and f.metadata.get("help") for f in fields)
+    assert "se" in MAPPINGS and TempBalanceArguments().tb_mapping == "linear"  # the default is TempBalance's
+
+
+def test_update_interval_is_model_balancings_rule_for_auto():
+    assert TempBalanceArguments().update_interval(320) == 32  # about ten passes an epoch
+    assert TempBalanceArguments().update_interval(5000) == 100 and TempBalanceArguments().update_interval(4) == 1
+    assert TempBalanceArguments().update_interval(None) == 100
+    assert TempBalanceArguments(tb_update_steps="7").update_interval(320) == 7
+    assert TempBalanceArguments(tb_update_steps="once").update_interval(320) is None
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        (dict(tb_mapping="se", tb_metric="stable_rank"), "tb_mapping='se' .* needs tb_metric='alpha'"),
+        (dict(tb_mapping="se", tb_lr_min=1.2, tb_lr_max=2.0), r"needs tb_lr_min <= 1 <= tb_lr_max"),
+        (dict(tb_se_threshold=0), "tb_se_threshold must be a finite number in"),
+        (dict(tb_llrd_decay=0), r"tb_llrd_decay must be a finite number in \(0, 1\]"),
+        (dict(tb_llrd_decay=1.1), "tb_llrd_decay"),
+        (dict(tb_balance="momentum"), "tb_balance must be one of"),
+        (dict(tb_wd_min_ratio=2.0, tb_wd_max_ratio=1.0), "tb_wd_min_ratio must be <= tb_wd_max_ratio"),
+        (dict(tb_wd_min_ratio=-1.0), "tb_wd_min_ratio must be a finite number"),
+        (dict(tb_auto_interval=5, tb_update_steps="4"), "tb_auto_interval replays a tb_update_steps='auto' run"),
+        (dict(tb_auto_interval=0), r"tb_auto_interval must be an integer in \[1, "),
+        (dict(tb_auto_interval=2.5), "tb_auto_interval must be an integer"),
+    ],
+)
+def test_the_new_methods_options_are_checked(options, match):
+    with pytest.raises(ValueError, match=match):
+        TempBalanceArguments(**options)
+
+
+def test_the_new_methods_options_in_the_form_the_library_takes_them():
+    tb = TempBalanceArguments(tb_mapping="se", tb_se_threshold=1.5, tb_balance="both", tb_wd_min_ratio=0.2,
+                              tb_wd_max_ratio=1.8, tb_auto_interval=np.int64(6))  # fmt: skip
+    assert tb.factor_options()["se_threshold"] == 1.5 and tb.factor_options()["mapping"] == "se"
+    assert tb.wd_factor_options() == {"wd_min_ratio": 0.2, "wd_max_ratio": 1.8}
+    assert tb.balances_lr and tb.balances_wd and tb.tb_auto_interval == 6 and type(tb.tb_auto_interval) is int
+    only_wd = TempBalanceArguments(tb_balance="weight_decay")
+    assert not only_wd.balances_lr and only_wd.balances_wd
+    assert tb_arguments(tb_args=tb) is tb
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        (dict(tb_lora_average="some"), "tb_lora_average must be one of"),  # was silently 'all'
+        (dict(tb_async="false"), "tb_async must be True or False"),  # a non-empty string was True
+        (dict(tb_normalize="no"), "tb_normalize must be True or False"),
+        (dict(tb_filter_zeros=1), "tb_filter_zeros must be True or False"),
+    ],
+)
+def test_choice_and_boolean_options_are_checked(options, match):
+    with pytest.raises(ValueError, match=match):
+        TempBalanceArguments(**options)
+
+
+def test_numpy_numbers_are_accepted_as_numbers():
+    import numpy as np
+
+    assert TempBalanceArguments(tb_xmin_pos=np.float32(1.5)).tb_xmin_pos == 1.5
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        # FARMS options with the plain estimator were ignored without a word (tb_farms_window was refused)
+        (dict(tb_farms_aspect_ratio=2.0), r"tb_farms_aspect_ratio is set but tb_estimator is 'plain'.*'farms'"),
+        (dict(tb_farms_grid=4), r"tb_farms_grid is set but tb_estimator is 'plain'.*'farms'"),
+        (dict(tb_farms_window=64), r"tb_farms_window is set but tb_estimator is 'plain'.*'farms'"),
+        # '²' passed isdigit(), then failed in a bare int()
+        (dict(tb_update_steps="²"), r"tb_update_steps must be 'auto', 'once' or a positive integer, got '²'"),
+        (dict(tb_update_steps="٥"), r"tb_update_steps must be"),  # an Arabic-Indic digit: not an integer here
+        (dict(tb_update_steps="-3"), r"tb_update_steps must be"),
+        (dict(tb_update_steps="2.5"), r"tb_update_steps must be"),
+        # hidden upper limits are stated
+        (dict(tb_min_evals=10**8), r"tb_min_evals must be an integer in \[2, 10000000\].*got 100000000"),
+        (dict(tb_min_evals=1), r"tb_min_evals must be an integer in \[2, 10000000\]"),
+        (dict(tb_min_evals=50.0), r"tb_min_evals must be an integer"),
+        (dict(tb_min_evals=True), r"tb_min_evals must be an integer"),
+        (dict(tb_estimator="farms", tb_farms_window=2 * 10**6), r"tb_farms_window must be .*\[1, 1000000\].*2000000"),
+        (dict(tb_estimator="farms", tb_farms_window=0), r"tb_farms_window must be .*\[1, 1000000\]"),
+        (dict(tb_estimator="farms", tb_farms_grid=65), r"tb_farms_grid must be an integer in \[1, 64\]"),
+        (dict(tb_estimator="farms", tb_farms_grid=np.True_), r"tb_farms_grid must be an integer"),
+    ],
+)
+def test_issue18_options_are_refused_with_their_limits(options, match):
+    with pytest.raises(ValueError, match=match):
+        TempBalanceArguments(**options)
+
+
+def test_numpy_integers_are_accepted_as_integers():
+    """np.int64(50) was refused for integer options while numpy floats passed (issue 18 C); stored as int."""
+    tb = TempBalanceArguments(
+        tb_min_evals=np.int64(50), tb_estimator="farms", tb_farms_window=np.int32(64), tb_farms_grid=np.int16(5),
+        tb_update_steps=np.int64(7), tb_lr_min=np.int64(1), tb_lr_max=np.int64(2),
+    )  # fmt: skip
+    assert (tb.tb_min_evals, tb.tb_farms_window, tb.tb_farms_grid, tb.tb_update_steps) == (50, 64, 5, "7")
+    assert all(type(v) is int for v in (tb.tb_min_evals, tb.tb_farms_window, tb.tb_farms_grid))
+    assert tb.update_interval(100) == 7
+    assert TempBalanceArguments(tb_farms_aspect_ratio=1, tb_farms_grid=9).tb_farms_grid == 9  # the defaults pass
+    res = analyze({"w": torch.randn(64, 64)}, min_evals=np.int64(10), farms_grid_size=np.int64(3))
+    assert res["w"].ok
+    with pytest.raises(ValueError, match=r"min_evals must be an integer in \[2, 10000000\]"):
+        analyze({"w": torch.randn(64, 64)}, min_evals=10**8)
