@@ -28,8 +28,9 @@ def family(method: str) -> str:
     return method.split("_", 1)[0]
 
 
-def choose(config: dict, *, partial: bool = False) -> tuple[dict, str]:
-    """(task -> family -> {"variant": name, **settings}, the selection table in markdown)."""
+def choose(config: dict, *, partial: bool = False, families: list[str] | None = None) -> tuple[dict, str]:
+    """(task -> family -> {"variant": name, **settings}, the selection table in markdown); ``families``: only these
+    methods (e.g. the one a later tuning step needs first)."""
     runs = expand_grid(config)
     results = collect(config["output_dir"], runs)
     if results.empty:
@@ -49,11 +50,15 @@ def choose(config: dict, *, partial: bool = False) -> tuple[dict, str]:
         part = results[results["task"] == task]
         wide = part.pivot_table(index="seed", columns="method", values="final")
         for fam in dict.fromkeys(family(m) for m in config["methods"]):
+            if families is not None and fam not in families:
+                continue
             variants = [m for m in config["methods"] if family(m) == fam and (task, m) in expected]
             missing = [m for m in variants if m not in wide.columns]
             if missing and not partial:
                 raise ValueError(f"{task}: {missing} have no finished run yet (or pass --partial)")
             table = wide[[m for m in variants if m in wide.columns]].dropna()
+            if table.empty and partial:  # nothing to choose from yet: the other methods can be chosen already
+                continue
             if table.empty:
                 raise ValueError(f"{task}, {fam}: no seed finished every trial")
             if len(table) < len(set(r.seed for r in runs)) and not partial:
@@ -79,14 +84,25 @@ def choose(config: dict, *, partial: bool = False) -> tuple[dict, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("config", help="The tuning sweep's YAML config.")
-    parser.add_argument("--partial", action="store_true", help="Choose from the finished trials only.")
+    parser.add_argument(
+        "--partial",
+        action="store_true",
+        help="A preview: choose from the seeds that finished every trial so far (methods with none left out), and "
+        "print it without writing selection.md or chosen.yaml.",
+    )
+    parser.add_argument("--families", help="Comma-separated: choose only these methods (e.g. llrd).")
     ns = parser.parse_args(argv)
+    families = [f.strip() for f in ns.families.split(",")] if ns.families else None
     try:
         config = load_config(ns.config)
-        chosen, table = choose(config, partial=ns.partial)
+        chosen, table = choose(config, partial=ns.partial, families=families)
     except (ValueError, OSError) as err:
         print(f"choose_settings: {err}", file=sys.stderr)
         return 2
+    if ns.partial:  # a preview: the files are only written from complete trials
+        print(table, file=sys.stderr)
+        print(yaml.safe_dump(chosen, sort_keys=False))
+        return 0
     out = Path(config["output_dir"])
     (out / "selection.md").write_text(f"Tuning on held-out training examples ({ns.config}):\n\n{table}")
     text = yaml.safe_dump(chosen, sort_keys=False)

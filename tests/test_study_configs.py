@@ -89,3 +89,45 @@ def test_every_stage_follows_from_the_one_before_and_validates(tmp_path, monkeyp
 def test_the_first_tuning_config_is_the_committed_one():
     config = sweep.load_config(ROOT / "recipes" / "sweeps" / "llrd_vs_spectral" / "minilm_tune_ft.yaml")
     assert set(config["tasks"]) == set(make.MINILM_TASKS) and config["args"]["eval_on_train_holdout"] == 200
+
+
+def test_choose_settings_picks_the_best_mean_final_holdout_score_per_task(tmp_path, capsys):
+    import json
+
+    from scripts import choose_settings
+
+    config = {
+        "output_dir": str(tmp_path / "tune"),
+        "tasks": {"rte": {"shots_per_class": [4], "method_args": {"llrd_d0.9": {"llrd_decay": 0.9}}}},
+        "seeds": [1, 2],
+        "methods": ["llrd_d0.8", "llrd_d0.9", "tb-se_r1"],
+        "baseline": "llrd_d0.8",
+        "args": {"eval_on_train_holdout": 20},
+        "method_args": {"llrd_d0.8": {"method": "llrd", "llrd_decay": 0.8}, "llrd_d0.9": {"method": "llrd"},
+                        "tb-se_r1": {"method": "tempbalance", "tb_mapping": "se"}},
+    }  # fmt: skip
+    scores = {("llrd_d0.8", 1): 0.60, ("llrd_d0.8", 2): 0.70, ("llrd_d0.9", 1): 0.66, ("llrd_d0.9", 2): 0.66}
+    for run in sweep.expand_grid(config):
+        if run.method == "tb-se_r1":
+            continue  # not finished: its family cannot be chosen yet
+        run.out.mkdir(parents=True)
+        final = scores[(run.method, run.seed)]
+        results = {"main_metric": "accuracy", "best_eval_accuracy": final, "eval_accuracy": final,
+                   "eval_split": "train_holdout", "epoch_scores": [final]}  # fmt: skip
+        record = {"task": run.task, "size_key": run.size_key, "size": run.size, "method": run.method, "lora": False,
+                  "seed": run.seed, "key": run.key, "args": run.args, "results": results}  # fmt: skip
+        (run.out / "result.json").write_text(json.dumps(record))
+    path = tmp_path / "tune.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert choose_settings.main([str(path)]) == 2  # tb-se has no finished trial
+    assert "['tb-se_r1'] have no finished run" in capsys.readouterr().err
+    assert choose_settings.main([str(path), "--families", "llrd"]) == 0
+    chosen = yaml.safe_load((tmp_path / "tune" / "chosen.yaml").read_text())
+    # means 0.65 (0.8) and 0.66 (0.9): 0.9 wins; its decay comes from the task's own method_args
+    assert chosen == {"rte": {"llrd": {"variant": "llrd_d0.9", "llrd_decay": 0.9}}}
+    assert "**llrd_d0.9**" in (tmp_path / "tune" / "selection.md").read_text()
+    capsys.readouterr()
+    assert choose_settings.main([str(path), "--partial"]) == 0  # a preview writes nothing new
+    assert "llrd_d0.9" in capsys.readouterr().out
+    (tmp_path / "tune" / "runs" / "rte").rename(tmp_path / "elsewhere")
+    assert choose_settings.main([str(path), "--families", "llrd"]) == 2
