@@ -41,6 +41,12 @@ def sign_test(wins: int, losses: int) -> float:
     return float(binomtest(wins, n, 0.5).pvalue) if n else math.nan
 
 
+def _cell(key: tuple, method: str) -> dict:
+    """The columns of a cell (`CELL`: model, task, size_key, size, lora) and the method, from a groupby key."""
+    row = dict(zip(CELL, key, strict=True))
+    return {**row, "lora": bool(row["lora"]), "method": method}
+
+
 def _with_defaults(frame):
     """Frames from before the model or LoRA columns (tests, old records): one unnamed model, no LoRA."""
     if "model" not in frame.columns:
@@ -61,17 +67,12 @@ def summarize(results, baseline: str = "ft", score: str = "best"):
 
     results = _with_defaults(results)
     rows = []
-    for (model, task, size_key, size, lora), cell in results.groupby(CELL, sort=True):
+    for key, cell in results.groupby(CELL, sort=True):
         base = cell[cell["method"] == baseline].set_index("seed")[score]
         for method, group in cell.groupby("method", sort=False):
             scores = group.set_index("seed")[score]
             row = {
-                "model": model,
-                "task": task,
-                "size_key": size_key,
-                "size": size,
-                "lora": bool(lora),
-                "method": method,
+                **_cell(key, method),
                 "metric": group["metric"].iloc[0],
                 "n_train": group["n_train"].iloc[0],
                 "n_eval": group["n_eval"].iloc[0],
@@ -183,9 +184,7 @@ def curves(results):
     import pandas as pd
 
     rows = []
-    for (model, task, size_key, size, lora, method), group in _with_defaults(results).groupby(
-        [*CELL, "method"], sort=True
-    ):
+    for key, group in _with_defaults(results).groupby([*CELL, "method"], sort=True):
         lists = [[float(x) for x in str(text).split()] for text in group["epoch_scores"] if str(text).strip()]
         lists = [x for x in lists if lists and len(x) == len(lists[0])]
         if not lists:
@@ -193,8 +192,7 @@ def curves(results):
         mean = np.mean(lists, axis=0)
         rows.append(
             {
-                "model": model, "task": task, "size_key": size_key, "size": size, "lora": bool(lora),
-                "method": method, "learning_rate": group["learning_rate"].iloc[0], "n_seeds": len(lists),
+                **_cell(key[:-1], key[-1]), "learning_rate": group["learning_rate"].iloc[0], "n_seeds": len(lists),
                 "mean_scores": mean.tolist(), "best_eval": int(np.argmax(mean)) + 1, "best_mean": float(mean.max()),
             }
         )  # fmt: skip
@@ -211,9 +209,7 @@ def alpha_spread(alphas):
     import pandas as pd
 
     rows = []
-    for (model, task, size_key, size, lora, method), cell in _with_defaults(alphas).groupby(
-        [*CELL, "method"], sort=True
-    ):
+    for key, cell in _with_defaults(alphas).groupby([*CELL, "method"], sort=True):
         wide0 = cell.pivot_table(index="seed", columns="block", values="alpha_step0")
         wide_last = cell.pivot_table(index="seed", columns="block", values="alpha_last")
         factors = cell.pivot_table(index="seed", columns="block", values="factor_step0")
@@ -221,12 +217,7 @@ def alpha_spread(alphas):
         moved = (wide_last - wide0).abs().max(axis=1)
         rows.append(
             {
-                "model": model,
-                "task": task,
-                "size_key": size_key,
-                "size": size,
-                "lora": bool(lora),
-                "method": method,
+                **_cell(key[:-1], key[-1]),
                 "n_seeds": len(wide0),
                 "n_blocks": wide0.shape[1],
                 "spread_step0": float((wide0.max(axis=1) - wide0.min(axis=1)).mean()),
