@@ -215,6 +215,14 @@ def make(stage: str, winner: str | None = None) -> str:
             "mpnet-tune-ft", "mpnet", dict(MPNET_TASKS), [1, 2], methods, baseline="ft_lr0.0001_ep10",
             holdout=True, evals="once",
         )  # fmt: skip
+    if stage == "mpnet-tune-methods" and winner is None:  # LLRD's decay first: it does not wait for the screen
+        ft = chosen("mpnet-tune-ft")
+        return _config(
+            _header(stage, "tuning step 2 on MPNet-base: LLRD's decay per task, at the task's FT lr, on 200 held-out "
+                    "training examples (seeds 1, 2); the screen's winner's trials are added when it is known."),
+            "mpnet-tune-methods", "mpnet", _tasks_with_ft(MPNET_TASKS, ft), [1, 2], llrd_trials(),
+            baseline="llrd_d0.9", holdout=True, evals="once",
+        )  # fmt: skip
     if winner not in TRIALS or winner in ("llrd", "tempbalance-mb"):
         raise SystemExit(f"--winner must be one of llrd-alpha, tb-se, alphadecay (the screen's rule), got {winner!r}")
     if stage == "mpnet-tune-methods":
