@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .balancing import compute_factors
+from .balancing import balance
 from .engine import SpectralEngine
 from .layers import Partition, partition_model, unit_weights
 from .options import TempBalanceArguments
@@ -61,6 +61,7 @@ class ModelAnalysis:
     rows: list[MatrixRow]
     esds: dict[MatrixKey, torch.Tensor] = field(default_factory=dict)  # matrix -> eigenvalues (CPU, float64)
     seconds: float = 0.0
+    wd_factors: dict[str, float] = field(default_factory=dict)  # unit -> weight-decay ratio (tb_balance)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -117,7 +118,10 @@ def analyze_model(
     result = engine.run(
         model, by_block=True, progress=progress, esd_keys=[t.key for t in engine.tasks if t.key.param in wanted]
     )
-    factors = compute_factors(result.metrics, weights=unit_weights(model, partition), **tb.factor_options())
+    outcome = balance(
+        result.metrics, tb, alphas=result.alphas, alpha_se=result.alpha_se, weights=unit_weights(model, partition)
+    )  # what training would give each unit, the 'se' map and weight-decay balancing included
+    factors = outcome.factors
     rows = []
     for task in engine.tasks:
         s = result.spectra[task.key]
@@ -144,6 +148,7 @@ def analyze_model(
         rows=rows,
         esds=result.esds,
         seconds=result.seconds,
+        wd_factors=outcome.wd_factors,
     )
 
 

@@ -45,3 +45,23 @@ def test_analyze_normalizes_with_the_unit_weights_training_uses():
     assert len(set(weights.values())) > 1 and len(set(analysis.factors.values())) > 1
     mean = sum(analysis.factors[u] * w for u, w in weights.items()) / sum(weights.values())
     assert mean == pytest.approx(1.0)
+
+
+def test_analyze_gives_the_factors_training_would_for_every_map_and_balance():
+    """tb-hf analyze once failed with mapping='se' (it did not pass the fits' standard errors) and showed no
+    weight-decay ratios: it computes the factors as training does (`tb_hf.balancing.balance`)."""
+    from tb_hf.balancing import balance
+    from tb_hf.engine import SpectralEngine
+    from tb_hf.layers import partition_model
+
+    torch.manual_seed(0)
+    model = ARCHS["llama"][0]()
+    tb = TempBalanceArguments(tb_min_evals=8, tb_mapping="se", tb_se_threshold=0.5, tb_lr_min=0.5, tb_lr_max=2.0,
+                              tb_balance="both")  # fmt: skip
+    analysis = analyze_model(model, tb)
+    partition = partition_model(model)
+    result = SpectralEngine(model, partition, tb).run(model)
+    expected = balance(result.metrics, tb, alphas=result.alphas, alpha_se=result.alpha_se,
+                       weights=unit_weights(model, partition))  # fmt: skip
+    assert analysis.factors == expected.factors and analysis.wd_factors == expected.wd_factors
+    assert set(analysis.wd_factors.values()) == {0.5, 1.5}
