@@ -1,7 +1,8 @@
 """mkdocs build hooks (``hooks:`` in mkdocs.yml): the study write-ups and the option table.
 
 * **Studies.** Each study's write-up lives beside its data, in ``results/<study>/README.md``, outside ``docs/``.
-  `on_files` adds the files of every ``results/<study>/`` folder (not the per-run folders) to the site under the
+  `on_files` adds the files of every ``results/<study>/`` folder and of its stages (``results/<study>/<stage>/``;
+  not the per-run folders) to the site under the
   same paths, so ``results/<study>/README.md`` is the page ``results/<study>/`` and its figures and tables come
   with it. `on_page_markdown` makes the links that are right in a checkout (and on GitHub) right on the site
   too: from ``docs/x.md``, ``../results/<study>/...`` becomes ``results/<study>/...``; from a study page,
@@ -28,8 +29,9 @@ def _root(config) -> Path:
 
 
 def on_files(files, config):
-    for path in sorted((_root(config) / RESULTS).glob("*/*")):
-        if path.is_file():  # not runs/: per-run files are data for the sweep, not pages
+    root = _root(config) / RESULTS
+    for path in sorted([*root.glob("*/*"), *root.glob("*/*/*")]):  # a study's files, and those of its stages
+        if path.is_file() and "runs" not in path.relative_to(root).parts:  # per-run files are data, not pages
             uri = path.relative_to(_root(config)).as_posix()
             files.append(File.generated(config, uri, abs_src_path=str(path)))
     return files
