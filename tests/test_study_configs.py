@@ -131,3 +131,10 @@ def test_choose_settings_picks_the_best_mean_final_holdout_score_per_task(tmp_pa
     assert "llrd_d0.9" in capsys.readouterr().out
     (tmp_path / "tune" / "runs" / "rte").rename(tmp_path / "elsewhere")
     assert choose_settings.main([str(path), "--families", "llrd"]) == 2
+
+
+def test_detectable_effect_of_sixty_pairs_with_a_five_point_std():
+    from scripts.detectable_effect import detectable
+
+    assert detectable(5.0, 60) == pytest.approx(1.84, abs=0.01)  # the protocol's "about 1.8 points"
+    assert detectable(5.0, 120) < detectable(5.0, 60) and detectable(5.0, 1) != detectable(5.0, 1)  # nan
