@@ -138,3 +138,37 @@ def test_detectable_effect_of_sixty_pairs_with_a_five_point_std():
 
     assert detectable(5.0, 60) == pytest.approx(1.84, abs=0.01)  # the protocol's "about 1.8 points"
     assert detectable(5.0, 120) < detectable(5.0, 60) and detectable(5.0, 1) != detectable(5.0, 1)  # nan
+
+
+def _contrasts(path: Path, diffs: dict, pairs: int) -> Path:
+    rows = [
+        {"contrast": f"{name} − llrd", "model": "minilm", "lora": False, "scope": scope, "n_pairs": pairs,
+         "diff_vs_baseline": diff if scope == "all" else -1.0, "p_value": 0.5, "wins": 1, "losses": 2, "ties": 0,
+         "sign_p": 1.0, "diff_std": 0.05, "score": score}
+        for name, diff in diffs.items() for scope in ("all", "cell") for score in ("final", "best")
+    ]  # fmt: skip
+    import pandas as pd
+
+    pd.DataFrame(rows).to_csv(path / "contrasts.csv", index=False)
+    return path / "contrasts.csv"
+
+
+def test_screen_winner_applies_the_protocols_rule_only_when_every_pair_is_in(tmp_path, capsys):
+    from scripts import screen_winner
+
+    diffs = {"llrd-alpha": 0.004, "tb-se": 0.011, "alphadecay": -0.002, "tempbalance-mb": 0.05}  # not a candidate
+    path = _contrasts(tmp_path, diffs, 120)
+    assert screen_winner.main([str(path)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "tb-se"
+    # Before the 20 seeds are done the rule decides nothing: exit 2, or 0 with --interim, and no winner line.
+    path = _contrasts(tmp_path, diffs, 54)
+    assert screen_winner.main([str(path)]) == 2
+    assert screen_winner.main([str(path), "--interim"]) == 0
+    out = capsys.readouterr().out
+    assert "54 of 120 pairs" in out and not out.strip().endswith("tb-se")
+    # An exact tie goes to the candidate listed first.
+    path = _contrasts(tmp_path, {"llrd-alpha": 0.01, "tb-se": 0.01, "alphadecay": 0.0}, 120)
+    assert screen_winner.main([str(path)]) == 0 and capsys.readouterr().out.strip().endswith("llrd-alpha")
+    # A missing comparison is named.
+    path = _contrasts(tmp_path, {"llrd-alpha": 0.01, "tb-se": 0.01}, 120)
+    assert screen_winner.main([str(path)]) == 2 and "alphadecay − llrd" in capsys.readouterr().err
