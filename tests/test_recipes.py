@@ -19,6 +19,7 @@ from scipy.stats import ttest_rel
 
 from recipes import sweep
 from recipes.glue import run_glue
+from recipes.sweep.grid import validate
 from tb_hf import cli as tb_cli
 from tb_hf.baselines import LLRDTrainer, llrd_depths, llrd_param_groups
 
@@ -433,8 +434,11 @@ def test_configs_start_with_their_command_and_parse():
         if "glue/configs" in str(path):
             margs, dargs, targs = run_glue.parse_args([str(path), "--seed", "7"])
             assert targs.seed == 7 and dargs.task_name
-        else:
-            assert sweep.expand_grid(sweep.load_config(path))
+        else:  # every run of every committed sweep parses as it will run (a typo in method_args fails here)
+            config = sweep.load_config(path)
+            runs = sweep.expand_grid(config)
+            assert runs
+            validate(config, runs)
 
 
 # --------------------------------------------------------------------------------------------------

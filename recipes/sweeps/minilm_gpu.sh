@@ -6,8 +6,9 @@
 # 1. chooses the learning rate on held-out training examples (recipes/sweeps/minilm_gpu_select.yaml,
 #    scripts/choose_lr.py), never on dev;
 # 2. runs recipes/sweeps/minilm_gpu.yaml at that rate, in order of priority: FT and TempBalance-MB at 16 per class
-#    (STS-B: 32 examples) on every task and seed, then at 64 per class (STS-B: 128), then the frozen- and
-#    permuted-profile controls, then the other methods;
+#    (STS-B: 32 examples) on every task and seed, then LLRD and the llrd-vs-spectral study's three methods at that
+#    size, then FT and TempBalance-MB at 64 per class (STS-B: 128), then the frozen- and permuted-profile controls,
+#    then the other methods;
 # 3. aggregates both studies into results/minilm-gpu{-select,}/ and, if OUT is set, packs them (the aggregates,
 #    each run's result.json and history.jsonl, failed runs' error.txt) into $OUT/minilm-gpu.tar.gz.
 # A step still running when the budget is spent is stopped (its unfinished runs leave no result); a second call
@@ -106,6 +107,7 @@ print(",".join(f"{s:g}" for s in sorted(sizes)))
 PY
 )
 step "$tmp/study.yaml" --methods ft,tempbalance-mb --sizes "$small"
+step "$tmp/study.yaml" --methods llrd,llrd-alpha,tb-se,alphadecay --sizes "$small"
 step "$tmp/study.yaml" --methods ft,tempbalance-mb
 step "$tmp/study.yaml" --methods ft,tempbalance-mb,tempbalance-once,tempbalance-permuted
 step "$tmp/study.yaml"
