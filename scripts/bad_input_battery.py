@@ -106,6 +106,19 @@ for _name, _options, _words in [
         dict(tb_estimator="farms", tb_farms_window=2 * 10**6),
         ["tb_farms_window", "[1, 1000000]"],
     ),
+    ("tb_wd_min_ratio without weight-decay balancing", dict(tb_wd_min_ratio=0.2), ["tb_wd_min_ratio", "tb_balance"]),
+    ("tb_se_threshold without the se map", dict(tb_se_threshold=3.0), ["tb_se_threshold", "tb_mapping='se'"]),
+    ("tb_lr_min with the sigmoid map", dict(tb_mapping="sigmoid", tb_lr_min=0.2), ["tb_lr_min", "tb_sigmoid_s_low"]),
+    (
+        "tb_mapping with only the weight decay balanced",
+        dict(tb_balance="weight_decay", weight_decay=0.1, tb_mapping="sigmoid"),
+        ["tb_mapping", "tb_balance='lr' or 'both'"],
+    ),
+    (
+        "tb_balance='weight_decay' with weight_decay 0 (the default)",
+        dict(tb_balance="weight_decay"),
+        ["weight_decay", "which is 0", "e.g. 0.1"],
+    ),
 ]:
 
     def _fn(options=_options):

@@ -256,6 +256,13 @@ class TempBalanceCallback(TrainerCallback):
                 f"build the optimizer with the same unit (create_tempbalance_optimizer(..., "
                 f"unit={self.tb.tb_unit!r})) after freezing or wrapping the model."
             )
+        unit_groups = [g for g in optimizer.param_groups if g.get(tb_state.UNIT) is not None]
+        if self.tb.balances_wd and not any(g.get(tb_state.BASE_WD) for g in unit_groups):
+            raise ValueError(
+                f"tb_balance={self.tb.tb_balance!r} scales each unit's weight decay, but every TempBalance group of "
+                "the optimizer has weight_decay 0: set weight_decay (e.g. TrainingArguments(weight_decay=0.1), or the "
+                "optimizer's own), or tb_balance='lr'"
+            )
         self.engine = SpectralEngine(model, self.partition, self.tb)
 
     def _restart_reason(self, run: tb_state.RunState, start: int) -> str | None:

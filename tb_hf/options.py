@@ -9,6 +9,7 @@ and the modules that use them (`tb_hf.spectral`, `tb_hf.layers`, `tb_hf.balancin
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import re
@@ -353,6 +354,43 @@ class TempBalanceArguments:
                     "tb_auto_interval replays a tb_update_steps='auto' run; with tb_update_steps="
                     f"{self.tb_update_steps!r} the interval is already fixed: drop tb_auto_interval"
                 )
+        self._refuse_unused_options()
+        if self.balances_wd and getattr(self, "weight_decay", None) == 0:  # TempBalanceConfig: TrainingArguments'
+            raise ValueError(
+                f"tb_balance={self.tb_balance!r} scales each unit's weight_decay, which is 0 here (TrainingArguments' "
+                "default): set weight_decay (e.g. 0.1), or tb_balance='lr'"
+            )
+
+    def _refuse_unused_options(self) -> None:
+        """An option set away from its default that this configuration does not use is refused, naming what would
+        make it apply (as for the FARMS options): it would otherwise be ignored without a word."""
+        mapping = self.tb_mapping
+        # option -> the mappings of the learning-rate map that use it (None: every mapping)
+        lr_options = {
+            "tb_mapping": None, "tb_metric": None, "tb_normalize": None,
+            "tb_lr_min": ("linear", "se"), "tb_lr_max": ("linear", "se"),
+            "tb_sigmoid_tau": ("sigmoid",), "tb_sigmoid_s_low": ("sigmoid",), "tb_sigmoid_s_high": ("sigmoid",),
+            "tb_se_threshold": ("se",),
+        }  # fmt: skip
+        defaults = {f.name: f.default for f in dataclasses.fields(TempBalanceArguments)}
+        for name, default in defaults.items():
+            value = getattr(self, name)
+            if value == default:
+                continue
+            if name in lr_options and not self.balances_lr:
+                needs = "tb_balance='lr' or 'both' (only the weight decay is balanced now, by a linear map of alpha)"
+            elif name in lr_options and lr_options[name] is not None and mapping not in lr_options[name]:
+                needs = " or ".join(f"tb_mapping={m!r}" for m in lr_options[name])
+                if name in ("tb_lr_min", "tb_lr_max"):
+                    needs += " (the sigmoid map's range is set by tb_sigmoid_s_low / tb_sigmoid_s_high)"
+            elif name in ("tb_wd_min_ratio", "tb_wd_max_ratio") and not self.balances_wd:
+                needs = "tb_balance='weight_decay' or 'both'"
+            else:
+                continue
+            raise ValueError(
+                f"{name}={value!r} has no effect with tb_balance={self.tb_balance!r}, tb_mapping={mapping!r}: it "
+                f"applies with {needs}. Set that, or leave {name} at its default ({default!r})."
+            )
 
     # Options in the form the library functions take them.
 

@@ -47,6 +47,44 @@ def test_the_new_methods_options_are_checked(options, match):
         TempBalanceArguments(**options)
 
 
+@pytest.mark.parametrize(
+    "options, match",
+    [  # an option the configuration does not use was ignored without a word (like the FARMS options before)
+        (dict(tb_wd_min_ratio=0.2), r"tb_wd_min_ratio=0.2 has no effect .* applies with tb_balance='weight_decay'"),
+        (dict(tb_wd_max_ratio=3.0), "tb_wd_max_ratio=3.0 has no effect"),
+        (dict(tb_se_threshold=3.0), r"tb_se_threshold=3.0 has no effect .* applies with tb_mapping='se'"),
+        (dict(tb_sigmoid_s_low=3.0), r"tb_sigmoid_s_low=3.0 .* applies with tb_mapping='sigmoid'"),
+        (dict(tb_mapping="sigmoid", tb_lr_min=0.2), r"tb_lr_min=0.2 .* tb_mapping='linear' or tb_mapping='se'"),
+        (dict(tb_mapping="sigmoid", tb_lr_max=3.0), "the sigmoid map's range is set by tb_sigmoid_s_low"),
+        (dict(tb_mapping="se", tb_sigmoid_tau=5.0), "tb_sigmoid_tau=5.0 has no effect"),
+        (dict(tb_balance="weight_decay", tb_mapping="sigmoid"), r"tb_mapping='sigmoid' .* tb_balance='lr' or 'both'"),
+        (dict(tb_balance="weight_decay", tb_lr_max=2.0), "only the weight decay is balanced"),
+        (dict(tb_balance="weight_decay", tb_normalize=True), "tb_normalize=True has no effect"),
+        (dict(tb_balance="weight_decay", tb_metric="stable_rank"), "tb_metric='stable_rank' has no effect"),
+    ],
+)
+def test_options_the_configuration_does_not_use_are_refused(options, match):
+    with pytest.raises(ValueError, match=match):
+        TempBalanceArguments(**options)
+
+
+def test_options_in_use_and_defaults_are_accepted():
+    TempBalanceArguments(tb_mapping="sigmoid", tb_sigmoid_s_low=3.0, tb_lr_min=0.5)  # lr_min at its default
+    TempBalanceArguments(tb_mapping="se", tb_se_threshold=1.0, tb_lr_min=0.6, tb_lr_max=1.4)
+    TempBalanceArguments(tb_balance="both", tb_mapping="sigmoid", tb_wd_min_ratio=0.1, tb_sigmoid_tau=3.0)
+    TempBalanceArguments(tb_balance="weight_decay", tb_wd_max_ratio=2.0, tb_llrd_decay=0.9)  # depth + AlphaDecay
+
+
+def test_weight_decay_balancing_without_weight_decay_is_refused(tmp_path):
+    from tb_hf import TempBalanceConfig
+
+    for balance in ("weight_decay", "both"):  # TrainingArguments' default weight_decay is 0: nothing to scale
+        with pytest.raises(ValueError, match=rf"tb_balance='{balance}' scales each unit's weight_decay, which is 0"):
+            TempBalanceConfig(output_dir=str(tmp_path), tb_balance=balance)
+    TempBalanceConfig(output_dir=str(tmp_path), tb_balance="weight_decay", weight_decay=0.1)
+    TempBalanceConfig(output_dir=str(tmp_path))  # lr balancing needs no weight decay
+
+
 def test_the_new_methods_options_in_the_form_the_library_takes_them():
     tb = TempBalanceArguments(tb_mapping="se", tb_se_threshold=1.5, tb_balance="both", tb_wd_min_ratio=0.2,
                               tb_wd_max_ratio=1.8, tb_auto_interval=np.int64(6))  # fmt: skip

@@ -236,6 +236,20 @@ def test_callback_refuses_an_optimizer_built_for_other_units(tmp_path):
         trainer.train()
 
 
+def test_callback_refuses_weight_decay_balancing_when_every_group_has_no_decay(tmp_path):
+    """The callback path: the optimizer's groups carry the decay (here TrainingArguments' default, 0)."""
+    model = ARCHS["bert"][0]()
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, report_to="none", use_cpu=True, disable_tqdm=True)
+    callback = TempBalanceCallback(balance="weight_decay")
+    optimizer = create_tempbalance_optimizer(model, args, tb_args=callback.user_tb_args)
+    trainer = Trainer(
+        model=model, args=args, train_dataset=dataset_for(model), optimizers=(optimizer, None), callbacks=[callback]
+    )
+    with pytest.raises(ValueError, match="every TempBalance group of the optimizer has weight_decay 0"):
+        trainer.train()
+    assert trainer.state.global_step == 0  # refused before the first step
+
+
 @pytest.mark.parametrize("kind", ["config", "arguments"])
 def test_callback_takes_a_whole_config_or_the_arguments(kind, tmp_path):
     """Passing a whole TempBalanceConfig (TrainingArguments fields and all) with an option used to raise
