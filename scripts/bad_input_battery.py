@@ -115,6 +115,11 @@ for _name, _options, _words in [
         ["tb_mapping", "tb_balance='lr' or 'both'"],
     ),
     (
+        "tb_max_overhead with a fixed interval",
+        dict(tb_update_steps="4", tb_max_overhead=0.1),
+        ["tb_max_overhead", "tb_update_steps='auto'"],
+    ),
+    (
         "tb_balance='weight_decay' with weight_decay 0 (the default)",
         dict(tb_balance="weight_decay"),
         ["weight_decay", "which is 0", "e.g. 0.1"],

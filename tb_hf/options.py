@@ -385,11 +385,14 @@ class TempBalanceArguments:
                     needs += " (the sigmoid map's range is set by tb_sigmoid_s_low / tb_sigmoid_s_high)"
             elif name in ("tb_wd_min_ratio", "tb_wd_max_ratio") and not self.balances_wd:
                 needs = "tb_balance='weight_decay' or 'both'"
+            elif name == "tb_max_overhead" and self.tb_update_steps != "auto":
+                needs = "tb_update_steps='auto' (the budget caps its passes; a fixed interval or 'once' has none)"
             else:
                 continue
             raise ValueError(
-                f"{name}={value!r} has no effect with tb_balance={self.tb_balance!r}, tb_mapping={mapping!r}: it "
-                f"applies with {needs}. Set that, or leave {name} at its default ({default!r})."
+                f"{name}={value!r} has no effect with tb_balance={self.tb_balance!r}, tb_mapping={mapping!r}, "
+                f"tb_update_steps={self.tb_update_steps!r}: it applies with {needs}. Set that, or leave {name} at its "
+                f"default ({default!r})."
             )
 
     # Options in the form the library functions take them.

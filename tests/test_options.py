@@ -61,6 +61,7 @@ def test_the_new_methods_options_are_checked(options, match):
         (dict(tb_balance="weight_decay", tb_lr_max=2.0), "only the weight decay is balanced"),
         (dict(tb_balance="weight_decay", tb_normalize=True), "tb_normalize=True has no effect"),
         (dict(tb_balance="weight_decay", tb_metric="stable_rank"), "tb_metric='stable_rank' has no effect"),
+        (dict(tb_update_steps="4", tb_max_overhead=0.1), r"tb_max_overhead=0.1 .* with tb_update_steps='auto'"),
     ],
 )
 def test_options_the_configuration_does_not_use_are_refused(options, match):
