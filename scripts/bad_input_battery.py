@@ -516,6 +516,11 @@ for _name, _argv, _words in [
         ["--task_name", "sst2", "--learning_rat", "1e-3"],
         ["unrecognized", "did you mean --learning_rate?"],
     ),
+    (
+        "recipe --llrd_decay with --method tempbalance",
+        ["--task_name", "sst2", "--method", "tempbalance", "--llrd_decay", "0.8"],
+        ["llrd_decay", "--tb_llrd_decay"],
+    ),
 ]:
 
     def _fn(argv=_argv):
@@ -523,6 +528,14 @@ for _name, _argv, _words in [
         _recipe(*base, *argv)
 
     case(_name, "error", "exit 2", *_words)(_fn)
+
+
+@case("recipe --method ft with a TempBalance option", "warning", "--tb_mapping not used", "--method tempbalance")
+def _():
+    from recipes.glue import run_glue
+
+    margs, _, targs = run_glue.parse_args(["--output_dir", str(_tmp()), "--method", "ft", "--tb_mapping", "sigmoid"])
+    assert margs.method == "ft"  # it trains plain FT, as asked; the option is named as not used
 
 
 @case("recipe YAML key learning_rat: 1e-3", "error", "exit 2", "learning_rat", "run.yaml", "--learning_rate?")

@@ -357,6 +357,32 @@ def test_pin_memory_off_without_cuda_and_no_bars_off_a_terminal_unless_asked():
     assert targs.dataloader_pin_memory is True and targs.disable_tqdm is False
 
 
+@pytest.mark.parametrize(
+    "flags, words",
+    [  # each was ignored without a word: a sweep's shared arguments may carry them for every method
+        (
+            ["--method", "ft", "--tb_mapping", "sigmoid"],
+            "--tb_mapping not used: they only apply with --method tempbalance",
+        ),
+        (["--method", "llrd", "--tb_update_steps", "4", "--tb_xmin_pos", "1.5"], "--tb_xmin_pos, --tb_update_steps"),
+        (["--method", "ft", "--llrd_decay", "0.8"], "--llrd_decay not used: it only applies with --method llrd"),
+    ],
+)
+def test_options_of_another_method_are_named_in_a_warning(flags, words, caplog):
+    with caplog.at_level(logging.WARNING):
+        run_glue.parse_args(["--output_dir", "x", *flags])
+    assert words in caplog.text
+
+
+def test_llrd_decay_with_tempbalance_is_refused_and_options_of_the_method_are_accepted(caplog):
+    with pytest.raises(ValueError, match="for LLRD's depth profile under TempBalance use --tb_llrd_decay"):
+        run_glue.parse_args(["--output_dir", "x", "--method", "tempbalance", "--llrd_decay", "0.8"])
+    with caplog.at_level(logging.WARNING):
+        margs, _, _ = run_glue.parse_args(["--output_dir", "x", "--method", "llrd", "--llrd_decay", "0.8"])
+        _, _, targs = run_glue.parse_args(["--output_dir", "x", "--method", "tempbalance", "--tb_llrd_decay", "0.8"])
+    assert margs.llrd_decay == 0.8 and targs.tb_llrd_decay == 0.8 and "not used" not in caplog.text
+
+
 def test_peft_wrapping_does_not_warn_about_transformers_internals():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -46,6 +46,7 @@ accelerate launch recipes/glue/run_glue.py recipes/glue/configs/minilm_rte_tempb
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging as pylogging
 import os
@@ -234,6 +235,7 @@ def parse_args(
     )
     if unknown:
         parser.error(unrecognized_message(parser, unknown, from_config))
+    _check_method_options(model_args, training_args)
     import torch
 
     if "--dataloader_pin_memory" not in argv and not torch.cuda.is_available():
@@ -241,6 +243,31 @@ def parse_args(
     if "--disable_tqdm" not in argv and not _on_terminal():
         training_args.disable_tqdm = True  # a bar in a log file is a line of escape codes per update
     return model_args, data_args, training_args
+
+
+def _check_method_options(model_args: ModelArguments, training_args: TempBalanceConfig) -> None:
+    """Options of another method than --method are not used: TempBalance options with ft or llrd get a warning (a
+    sweep's shared arguments may carry them for every method); --llrd_decay with --method tempbalance is refused,
+    since LLRD's depth profile under TempBalance is --tb_llrd_decay, and the run would silently lack it."""
+    from tb_hf import TempBalanceArguments
+
+    defaults = {f.name: f.default for f in dataclasses.fields(TempBalanceArguments)}
+    if model_args.method != "tempbalance":
+        changed = [f"--{name}" for name, default in defaults.items() if getattr(training_args, name) != default]
+        if changed:
+            logger.warning(
+                f"{', '.join(changed)} not used: they only apply with --method tempbalance, and --method is "
+                f"{model_args.method!r}."
+            )
+    if model_args.method != "llrd" and model_args.llrd_decay != ModelArguments.llrd_decay:
+        if model_args.method == "tempbalance":
+            raise ValueError(
+                "--llrd_decay only applies with --method llrd, and --method is 'tempbalance': for LLRD's depth "
+                "profile under TempBalance use --tb_llrd_decay; or set --method llrd."
+            )
+        logger.warning(
+            f"--llrd_decay not used: it only applies with --method llrd, and --method is {model_args.method!r}."
+        )
 
 
 def _on_terminal() -> bool:
