@@ -124,6 +124,22 @@ for _name, _options, _words in [
         dict(tb_balance="weight_decay"),
         ["weight_decay", "which is 0", "e.g. 0.1"],
     ),
+    ("tb_preset = llrd+alpha (unknown)", dict(tb_preset="llrd+alpha"), ["tb_preset", "'llrd-alpha'"]),
+    (
+        "tb_preset='se' with another map",
+        dict(tb_preset="se", tb_mapping="sigmoid"),
+        ["tb_preset='se' sets tb_mapping='se'", "drop one of the two"],
+    ),
+    (
+        "tb_preset='alphadecay' with weight_decay 0",
+        dict(tb_preset="alphadecay"),
+        ["weight_decay", "which is 0"],
+    ),
+    (
+        "tb_preset='llrd-alpha' with the sigmoid map",
+        dict(tb_preset="llrd-alpha", tb_mapping="sigmoid"),
+        ["tb_lr_min=0.65 (tb_preset='llrd-alpha' sets it)", "tb_mapping='linear'"],
+    ),
 ]:
 
     def _fn(options=_options):

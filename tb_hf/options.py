@@ -10,6 +10,7 @@ and the modules that use them (`tb_hf.spectral`, `tb_hf.layers`, `tb_hf.balancin
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import numbers
 import re
@@ -23,6 +24,7 @@ __all__ = [
     "LORA_VIEWS",
     "MAPPINGS",
     "METRICS",
+    "PRESETS",
     "UNIT_KINDS",
     "XMIN_METHODS",
     "TempBalanceArguments",
@@ -46,6 +48,28 @@ BALANCED = ("lr", "weight_decay", "both")
 #: `LayerSpectrum` fields that can drive the mapping (α is the paper's choice; the others are ablations).
 METRICS = ("alpha", "alpha_hat", "spectral_norm", "stable_rank")
 ESD_DTYPE_CHOICES = ("auto", "float32", "float64")
+#: Named settings of the profile, each a method of the study in results/llrd-vs-spectral (its name there in
+#: brackets) at a middle value of the one free parameter the study tuned per task (its README has the table; tune it
+#: per task as the study did). A preset fills the options it names that are still at their defaults; an option set
+#: away from its default keeps that value, except the map and the balanced quantity, which define the preset. The
+#: recompute interval is not part of a preset (the study used tb_update_steps=4).
+PRESETS: dict[str, dict] = {
+    # TempBalance's own defaults: linear map 0.5-1.5 of alpha, median xmin over the top half
+    "tempbalance": {},
+    # [tempbalance-mb] Model Balancing's GLUE setting: sigmoid map (tau 10, s 2 below / 1 above), top third
+    "model-balancing": {"tb_mapping": "sigmoid", "tb_xmin_pos": 1.5},
+    # [llrd-alpha] alpha on top of depth: LLRD 0.9 times a linear alpha correction in 1 -/+ 0.35
+    "llrd-alpha": {"tb_llrd_decay": 0.9, "tb_lr_min": 0.65, "tb_lr_max": 1.35},
+    # [tb-se] the standard-error map: units beyond 2 standard errors of the mean alpha move within 1/2..2
+    "se": {"tb_mapping": "se", "tb_se_threshold": 2.0, "tb_lr_min": 0.5, "tb_lr_max": 2.0},
+    # [alphadecay] AlphaDecay: flat learning rates, each unit's weight decay x a linear map of alpha into 0.75..1.25
+    "alphadecay": {"tb_balance": "weight_decay", "tb_wd_min_ratio": 0.75, "tb_wd_max_ratio": 1.25},
+}
+#: Options that define a preset: setting one away from the preset's value is refused, not silently mixed.
+PRESET_SHAPE = ("tb_mapping", "tb_balance")
+
+logger = logging.getLogger(__name__)
+
 #: Model Balancing's recompute rule: about ten times per epoch, at most every 100 steps.
 MAX_AUTO_INTERVAL = 100
 
@@ -101,6 +125,18 @@ def check_factor_options(mapping: str, *, prefix: str = "", **values: float) -> 
 class TempBalanceArguments:
     """The TempBalance options alone (for `tb-hf analyze`, the callback, or your own argument parser)."""
 
+    tb_preset: str | None = field(
+        default=None,
+        metadata={
+            "help": "A named setting of the options below, one per method of the project's study "
+            "(results/llrd-vs-spectral): 'tempbalance' (the defaults), 'model-balancing' (sigmoid map, tb_xmin_pos "
+            "1.5), 'llrd-alpha' (tb_llrd_decay 0.9 x a linear alpha map in 0.65..1.35), 'se' (the standard-error "
+            "map in 0.5..2) or 'alphadecay' (weight decay x alpha's map into 0.75..1.25). It fills the options still "
+            "at their defaults; options you set keep your value (e.g. tb_llrd_decay=0.8), except tb_mapping and "
+            "tb_balance, which define the preset (an option at its default value counts as not set).",
+            "choices": list(PRESETS),
+        },
+    )
     tb_xmin_method: str = field(
         default="median",
         metadata={
@@ -273,6 +309,7 @@ class TempBalanceArguments:
     def __post_init__(self):
         if hasattr(super(), "__post_init__"):
             super().__post_init__()  # TrainingArguments' checks, when mixed into TempBalanceConfig
+        self._apply_preset()
         for name, allowed in [
             ("tb_xmin_method", XMIN_METHODS),
             ("tb_estimator", ESTIMATORS),
@@ -356,10 +393,40 @@ class TempBalanceArguments:
                 )
         self._refuse_unused_options()
         if self.balances_wd and getattr(self, "weight_decay", None) == 0:  # TempBalanceConfig: TrainingArguments'
+            preset = PRESETS.get(self.tb_preset, {})
+            origin = f" (set by tb_preset={self.tb_preset!r})" if "tb_balance" in preset else ""
             raise ValueError(
-                f"tb_balance={self.tb_balance!r} scales each unit's weight_decay, which is 0 here (TrainingArguments' "
-                "default): set weight_decay (e.g. 0.1), or tb_balance='lr'"
+                f"tb_balance={self.tb_balance!r}{origin} scales each unit's weight_decay, which is 0 here "
+                "(TrainingArguments' default): set weight_decay (e.g. 0.1), or tb_balance='lr'"
             )
+
+    def _apply_preset(self) -> None:
+        """Fill the preset's options that are still at their defaults (a copy of filled options changes nothing)."""
+        if self.tb_preset is None:
+            return
+        if self.tb_preset not in PRESETS:
+            raise ValueError(f"tb_preset must be one of {list(PRESETS)} or None, got {self.tb_preset!r}")
+        fields = TempBalanceArguments.__dataclass_fields__
+        filled, kept = [], []
+        for name, value in PRESETS[self.tb_preset].items():
+            current, default = getattr(self, name), fields[name].default
+            if current == value:
+                continue
+            if current == default:
+                setattr(self, name, value)
+                filled.append(f"{name}={value!r}")
+            elif name in PRESET_SHAPE:
+                raise ValueError(
+                    f"tb_preset={self.tb_preset!r} sets {name}={value!r}, and {name} is {current!r}: drop one of "
+                    f"the two (tb_preset=None and your own options, or the preset as it is)"
+                )
+            else:
+                kept.append(f"{name}={current!r}")
+        if filled or kept:
+            logger.info(
+                "tb_preset=%r: %s%s", self.tb_preset, ", ".join(filled) or "nothing filled",
+                f"; kept as set: {', '.join(kept)}" if kept else "",
+            )  # fmt: skip
 
     def _refuse_unused_options(self) -> None:
         """An option set away from its default that this configuration does not use is refused, naming what would
@@ -389,8 +456,10 @@ class TempBalanceArguments:
                 needs = "tb_update_steps='auto' (the budget caps its passes; a fixed interval or 'once' has none)"
             else:
                 continue
+            preset = PRESETS.get(self.tb_preset, {})
+            origin = f" (tb_preset={self.tb_preset!r} sets it)" if name in preset and preset[name] == value else ""
             raise ValueError(
-                f"{name}={value!r} has no effect with tb_balance={self.tb_balance!r}, tb_mapping={mapping!r}, "
+                f"{name}={value!r}{origin} has no effect with tb_balance={self.tb_balance!r}, tb_mapping={mapping!r}, "
                 f"tb_update_steps={self.tb_update_steps!r}: it applies with {needs}. Set that, or leave {name} at its "
                 f"default ({default!r})."
             )

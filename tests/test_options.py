@@ -159,3 +159,76 @@ def test_numpy_integers_are_accepted_as_integers():
     assert res["w"].ok
     with pytest.raises(ValueError, match=r"min_evals must be an integer in \[2, 10000000\]"):
         analyze({"w": torch.randn(64, 64)}, min_evals=10**8)
+
+
+def test_presets_fill_the_defaults_and_keep_what_was_set(caplog):
+    from tb_hf.options import PRESETS
+
+    assert TempBalanceArguments(tb_preset="tempbalance") == TempBalanceArguments(tb_preset="tempbalance", **{})
+    with caplog.at_level("INFO", logger="tb_hf.options"):
+        tb = TempBalanceArguments(tb_preset="llrd-alpha", tb_lr_max=1.2)
+    assert (tb.tb_llrd_decay, tb.tb_lr_min, tb.tb_lr_max, tb.tb_mapping) == (0.9, 0.65, 1.2, "linear")
+    assert "tb_llrd_decay=0.9, tb_lr_min=0.65; kept as set: tb_lr_max=1.2" in caplog.text
+    mb = TempBalanceArguments(tb_preset="model-balancing", tb_sigmoid_s_low=4.0, tb_sigmoid_s_high=2.0)
+    assert (mb.tb_mapping, mb.tb_xmin_pos, mb.tb_sigmoid_s_low, mb.tb_sigmoid_s_high) == ("sigmoid", 1.5, 4.0, 2.0)
+    se = TempBalanceArguments(tb_preset="se")
+    assert (se.tb_mapping, se.tb_se_threshold, se.tb_lr_min, se.tb_lr_max) == ("se", 2.0, 0.5, 2.0)
+    wd = TempBalanceArguments(tb_preset="alphadecay")
+    assert (wd.tb_balance, wd.tb_wd_min_ratio, wd.tb_wd_max_ratio) == ("weight_decay", 0.75, 1.25)
+    for name in PRESETS:  # a copy (tb_arguments of a TempBalanceConfig, a resumed run's options) changes nothing
+        tb = TempBalanceArguments(tb_preset=name)
+        assert TempBalanceArguments(**dataclasses.asdict(tb)) == tb
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        (dict(tb_preset="llrd+alpha"), r"tb_preset must be one of \['tempbalance', 'model-balancing', 'llrd-alpha'"),
+        (dict(tb_preset="llrd-alpha", tb_mapping="sigmoid"), r"tb_lr_min=0.65 \(tb_preset='llrd-alpha' sets it\) has"),
+        (dict(tb_preset="se", tb_mapping="sigmoid"), r"tb_preset='se' sets tb_mapping='se', and tb_mapping is 'sig"),
+        (dict(tb_preset="model-balancing", tb_mapping="se"), r"sets tb_mapping='sigmoid', and tb_mapping is 'se'"),
+        (dict(tb_preset="alphadecay", tb_balance="both"), r"sets tb_balance='weight_decay', and tb_balance is 'both'"),
+        (dict(tb_preset="alphadecay", tb_lr_max=2.0), "tb_lr_max=2.0 has no effect"),  # checked after the preset
+        (dict(tb_preset="model-balancing", tb_lr_min=0.2), "tb_lr_min=0.2 has no effect"),
+    ],
+)
+def test_presets_refuse_what_would_change_or_not_use_them(options, match):
+    with pytest.raises(ValueError, match=match):
+        TempBalanceArguments(**options)
+
+
+def test_each_preset_is_a_setting_the_study_ran():
+    """The presets are the study's methods (results/llrd-vs-spectral): each one's options, but for the depth decay
+    (tuned with LLRD's per task) and the recompute interval, are the settings one task of the MiniLM screen ran."""
+    from pathlib import Path
+
+    import yaml
+
+    from tb_hf.options import PRESETS
+
+    config = Path(__file__).parents[1] / "recipes/sweeps/llrd_vs_spectral/minilm_screen.yaml"
+    tasks = yaml.safe_load(config.read_text())["tasks"]
+    study = {"model-balancing": "tempbalance-mb", "llrd-alpha": "llrd-alpha", "se": "tb-se",
+             "alphadecay": "alphadecay"}  # fmt: skip
+    assert set(study) == set(PRESETS) - {"tempbalance"}
+    for preset, method in study.items():
+        want = TempBalanceArguments(tb_preset=preset)
+        ran = [
+            TempBalanceArguments(**{k: v for k, v in task["method_args"][method].items() if k != "tb_update_steps"})
+            for task in tasks.values()
+        ]
+        depth = want.tb_llrd_decay
+        same = [tb for tb in ran if dataclasses.replace(tb, tb_preset=preset, tb_llrd_decay=depth) == want]
+        assert same, f"tb_preset={preset!r} is none of the settings the screen ran for {method}"
+
+
+def test_a_preset_reaches_the_trainers_param_groups(tmp_path):
+    from tb_hf import TempBalanceTrainer
+    from tb_hf.testing import ARCHS, dataset_for, tiny_training_args
+
+    model = ARCHS["bert"][0]()
+    args = tiny_training_args(tmp_path, learning_rate=1e-2, tb_preset="llrd-alpha")
+    trainer = TempBalanceTrainer(model=model, args=args, train_dataset=dataset_for(model))
+    trainer.create_optimizer()
+    base = {g["tb_unit"]: g["tb_base_lr"] for g in trainer.optimizer.param_groups if g.get("tb_unit")}
+    assert base == pytest.approx({"bert.encoder.layer.0": 1e-2 * 0.9, "bert.encoder.layer.1": 1e-2})
