@@ -172,3 +172,51 @@ def test_screen_winner_applies_the_protocols_rule_only_when_every_pair_is_in(tmp
     # A missing comparison is named.
     path = _contrasts(tmp_path, {"llrd-alpha": 0.01, "tb-se": 0.01}, 120)
     assert screen_winner.main([str(path)]) == 2 and "alphadecay − llrd" in capsys.readouterr().err
+
+
+def _confirm_tables(path: Path, diff: float, p: float, pairs: int) -> Path:
+    import pandas as pd
+
+    common = {"model": "mpnet", "lora": False, "wins": 30, "losses": 25, "ties": 5, "sign_p": 0.6, "diff_std": 0.05}
+    rows = [
+        {"contrast": name, "scope": scope, "task": "sst2" if scope == "cell" else None, "n_pairs": n,
+         "diff_vs_baseline": d, "p_value": p, "score": score, **common}
+        for name, d, n in [("tb-se − llrd", diff, pairs), ("tb-se − tb-se-once", 0.01, 15),
+                           ("tb-se-once − tb-se-permuted", 0.02, 15)]
+        for scope in ("all", "cell") for score in ("final", "best")
+    ]  # fmt: skip
+    pooled = [
+        {"method": m, "scope": "all", "n_pairs": pairs, "diff_vs_baseline": 0.02, "p_value": 0.01, "score": "final",
+         **common}
+        for m in ("tb-se", "llrd")
+    ]  # fmt: skip
+    path.mkdir(exist_ok=True)
+    pd.DataFrame(rows).to_csv(path / "contrasts.csv", index=False)
+    pd.DataFrame(pooled).to_csv(path / "pooled.csv", index=False)
+    return path
+
+
+def test_confirm_result_states_the_protocols_verdict_only_when_every_pair_is_in(tmp_path, capsys):
+    from scripts import confirm_result
+
+    stage = _confirm_tables(tmp_path / "confirm", 0.012, 0.2, 60)
+    assert confirm_result.main([str(stage)]) == 0
+    out = capsys.readouterr().out
+    # std 5 points over 60 pairs: the protocol's detectable effect of about 1.8 points
+    assert "| tb-se − llrd | 60 | +1.20 | 5.00 | 0.2 | 30:25:5 | 0.6 | 1.84 |" in out
+    said = "No difference found between tb-se and tuned LLRD: +1.20 points (p 0.2, 60 pairs); these pairs would"
+    assert out.strip().endswith(said + " detect a true difference of 1.84 points with 80% power.")
+    assert "| tb-se-once − tb-se-permuted | 15 | +2.00 |" in out and "| llrd − ft | 60 | +2.00 |" in out
+    stage = _confirm_tables(tmp_path / "confirm", 0.02, 0.01, 60)
+    assert confirm_result.main([str(stage)]) == 0
+    assert capsys.readouterr().out.strip().endswith("tb-se beats tuned LLRD: +2.00 points (p 0.01, 60 pairs).")
+    stage = _confirm_tables(tmp_path / "confirm", -0.02, 0.01, 60)
+    assert confirm_result.main([str(stage)]) == 0
+    assert capsys.readouterr().out.strip().endswith("Tuned LLRD beats tb-se: -2.00 points (p 0.01, 60 pairs).")
+    # Before the fixed size is reached nothing is concluded: exit 2, or 0 with --interim, and no verdict.
+    stage = _confirm_tables(tmp_path / "confirm", 0.02, 0.01, 24)
+    assert confirm_result.main([str(stage)]) == 2
+    assert confirm_result.main([str(stage), "--interim"]) == 0
+    out = capsys.readouterr().out
+    assert "Interim: 24 of 60 pairs" in out and "beats" not in out
+    assert confirm_result.main([str(tmp_path / "nowhere")]) == 2 and "contrasts.csv" in capsys.readouterr().err
