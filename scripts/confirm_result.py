@@ -1,8 +1,9 @@
 """The confirmation's primary result (results/llrd-vs-spectral/PROTOCOL.md, stage 2), read off the sweep's tables
 mechanically: the screen's winner − tuned LLRD on the final dev score, pooled over every task × seed pair, with the
-paired t-test, the sign test, the std of the differences and the effect the pairs can detect; beside it the
-per-task differences, each method − FT, and the SST-2 controls. It states the verdict only when all the pairs are
-in (the protocol's fixed size); before that ``--interim`` shows the tables and concludes nothing.
+paired t-test, the sign test, the std of the differences and the effect the pairs can detect; beside it the per-task
+differences, the secondary arm (tempbalance-mb) − LLRD, each method − FT, and the SST-2 controls. It states the
+verdict only when all the pairs are in (the protocol's fixed size); before that ``--interim`` shows the tables and
+concludes nothing.
 
     python -m scripts.confirm_result                 # results/llrd-vs-spectral/mpnet-confirm
     python -m scripts.confirm_result --interim       # while the confirmation runs
@@ -27,10 +28,11 @@ STAGE = Path("results/llrd-vs-spectral/mpnet-confirm")
 BASELINE = "llrd"
 PAIRS = 60  # 4 tasks × 15 seeds
 LEVEL = 0.05
+REFERENCE = "tempbalance-mb"  # the secondary arm (amendment 4): reported, no verdict
 
 
 def _winner(contrasts: pd.DataFrame) -> str:
-    names = sorted({c.split(" − ")[0] for c in contrasts["contrast"] if c.endswith(f" − {BASELINE}")})
+    names = sorted({c.split(" − ")[0] for c in contrasts["contrast"] if c.endswith(f" − {BASELINE}")} - {REFERENCE})
     if len(names) != 1:
         raise ValueError(f"expected one comparison '<winner> − {BASELINE}' in contrasts.csv, found {names}")
     return names[0]
@@ -103,7 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         print("\nPer task:\n")
         print(_markdown([{"task": r["task"], **_line(f"{winner} − {BASELINE}", r)} for _, r in cells.iterrows()]))
     secondary = []
-    for method in (winner, BASELINE):
+    r = _row(contrasts, "contrast", f"{REFERENCE} − {BASELINE}")
+    if r is not None:
+        secondary.append(_line(f"{REFERENCE} − {BASELINE}", r))
+    for method in (winner, REFERENCE, BASELINE):
         r = _row(pooled, "method", method)
         if r is not None:
             secondary.append(_line(f"{method} − ft", r))

@@ -5,7 +5,7 @@ tuning stage chose, so that every stage's config follows from the one before by 
     python -m scripts.make_study_configs minilm-tune-llrd-alpha  # + minilm-tune-methods/chosen.yaml
     python -m scripts.make_study_configs minilm-screen           # + minilm-tune-llrd-alpha/chosen.yaml
     python -m scripts.make_study_configs mpnet-tune-ft
-    python -m scripts.make_study_configs mpnet-tune-methods --winner tb-se   # the screen's winner
+    python -m scripts.make_study_configs mpnet-tune-methods --winner tb-se   # the screen's winner (+ tempbalance-mb)
     python -m scripts.make_study_configs mpnet-confirm --winner tb-se
 
 Each writes ``recipes/sweeps/llrd_vs_spectral/<stage>.yaml`` (underscores for dashes). The chosen settings are read
@@ -105,6 +105,10 @@ def llrd_alpha_trials() -> dict:
         for r in (0.1, 0.2, 0.35, 0.5)
     }  # fmt: skip
 
+
+#: The library's Model Balancing setting: tuned and confirmed on MPNet beside the winner, as a secondary arm
+#: (PROTOCOL.md, amendment 4), whatever the screen shows.
+REFERENCE = "tempbalance-mb"
 
 TRIALS = {"llrd": llrd_trials, "tb-se": se_trials, "alphadecay": alphadecay_trials, "tempbalance-mb": mb_trials,
           "llrd-alpha": llrd_alpha_trials}  # fmt: skip
@@ -231,9 +235,10 @@ def make(stage: str, winner: str | None = None) -> str:
         methods = llrd_trials()
         if winner != "llrd-alpha":  # llrd-alpha is tuned after LLRD, at its decay (mpnet-tune-llrd-alpha)
             methods |= TRIALS[winner]()
+        methods |= TRIALS[REFERENCE]()
         return _config(
-            _header(stage, f"tuning step 2 on MPNet-base: LLRD's decay and {winner}'s parameter per task, at the "
-                    "task's FT lr, on 200 held-out training examples (seeds 1, 2)."),  # fmt: skip
+            _header(stage, f"tuning step 2 on MPNet-base: LLRD's decay, {winner}'s parameter and {REFERENCE}'s scale "
+                    "per task, at the task's FT lr, on 200 held-out training examples (seeds 1, 2)."),  # fmt: skip
             "mpnet-tune-methods", "mpnet", tasks, [1, 2], methods, baseline="llrd_d0.9", holdout=True, evals="once",
         )  # fmt: skip
     if stage == "mpnet-tune-llrd-alpha":
@@ -251,7 +256,7 @@ def make(stage: str, winner: str | None = None) -> str:
         ft, picked = chosen("mpnet-tune-ft"), chosen("mpnet-tune-methods")
         winner_pick = chosen("mpnet-tune-llrd-alpha") if winner == "llrd-alpha" else picked
         tasks = _tasks_with_ft(MPNET_TASKS, ft)
-        methods = {"ft": {}, "llrd": {"method": "llrd"}, winner: dict(SPECTRAL),
+        methods = {"ft": {}, "llrd": {"method": "llrd"}, winner: dict(SPECTRAL), REFERENCE: dict(SPECTRAL),
                    f"{winner}-once": {**SPECTRAL, "tb_update_steps": "once"},
                    f"{winner}-permuted": {**SPECTRAL, "tb_update_steps": "once",
                                           "tb_permute_factors": True}}  # fmt: skip
@@ -260,15 +265,18 @@ def make(stage: str, winner: str | None = None) -> str:
             llrd.pop("method", None)
             mine = _settings(winner_pick[task][winner])
             mine.pop("method", None)
+            reference = _settings(picked[task][REFERENCE])
+            reference.pop("method", None)
             tasks[task]["method_args"] = {"llrd": llrd, winner: dict(mine), f"{winner}-once": dict(mine),
-                                          f"{winner}-permuted": dict(mine)}  # fmt: skip
+                                          f"{winner}-permuted": dict(mine), REFERENCE: reference}  # fmt: skip
         return _config(
-            _header(stage, f"the confirmation on MPNet-base: {winner} (the screen's winner) against LLRD and FT, each "
-                    "at its setting chosen per task on held-out training examples, 15 seeds (60 pairs), full dev "
-                    "sets, one evaluation at the end; the frozen and permuted controls run on SST-2 only "
-                    "(--methods/--tasks)."),  # fmt: skip
+            _header(stage, f"the confirmation on MPNet-base: {winner} (the screen's winner) against LLRD and FT, and "
+                    f"{REFERENCE} as a secondary arm, each at its setting chosen per task on held-out training "
+                    "examples, 15 seeds (60 pairs), full dev sets, one evaluation at the end; the frozen and "
+                    "permuted controls run on SST-2 only (--methods/--tasks)."),  # fmt: skip
             "mpnet-confirm", "mpnet", tasks, CONFIRM_SEEDS, methods, baseline="ft", holdout=False, evals="once",
-            contrasts=[f"{winner} vs llrd", f"{winner} vs {winner}-once", f"{winner}-once vs {winner}-permuted"],
+            contrasts=[f"{winner} vs llrd", f"{REFERENCE} vs llrd", f"{winner} vs {winner}-once",
+                       f"{winner}-once vs {winner}-permuted"],  # fmt: skip
         )  # fmt: skip
     raise SystemExit(f"unknown stage {stage!r}")
 

@@ -50,7 +50,15 @@ def test_every_stage_follows_from_the_one_before_and_validates(tmp_path, monkeyp
         ("minilm-tune-methods", make.MINILM_TASKS, methods),
         ("minilm-tune-llrd-alpha", make.MINILM_TASKS, alpha),
         ("mpnet-tune-ft", make.MPNET_TASKS, ft),
-        ("mpnet-tune-methods", make.MPNET_TASKS, {"llrd": methods["llrd"], winner: {**methods, **alpha}.get(winner)}),
+        (
+            "mpnet-tune-methods",
+            make.MPNET_TASKS,
+            {
+                "llrd": methods["llrd"],
+                winner: {**methods, **alpha}.get(winner),
+                "tempbalance-mb": methods["tempbalance-mb"],
+            },
+        ),  # fmt: skip
         ("mpnet-tune-llrd-alpha", make.MPNET_TASKS, alpha),
     ):
         _fake_chosen(tmp_path, stage, tasks, families)
@@ -80,8 +88,11 @@ def test_every_stage_follows_from_the_one_before_and_validates(tmp_path, monkeyp
     assert screen["sst2/shots16/tb-se/seed13"]["tb_mapping"] == "se" and "eval_on_train_holdout" not in rte
     confirm = sweep.load_config(tmp_path / "configs" / "mpnet_confirm.yaml")
     assert confirm["seeds"] == list(range(1001, 1016)) and confirm["args"]["eval_strategy"] == "no"
-    assert f"{winner} vs llrd" in confirm["contrasts"]
+    assert f"{winner} vs llrd" in confirm["contrasts"] and "tempbalance-mb vs llrd" in confirm["contrasts"]
     runs = {r.name: r.args for r in sweep.expand_grid(confirm)}
+    assert runs["rte/shots16/tempbalance-mb/seed1015"]["tb_sigmoid_s_low"] == 1.0  # the reference arm, tuned too
+    tune = sweep.load_config(tmp_path / "configs" / "mpnet_tune_methods.yaml")
+    assert {"llrd_d0.8", "tempbalance-mb_c2"} <= set(tune["methods"])
     assert runs[f"cola/shots16/{winner}-permuted/seed1001"]["tb_permute_factors"] is True
     assert runs["mrpc/shots16/llrd/seed1001"]["llrd_decay"] == 0.85
 
@@ -181,7 +192,8 @@ def _confirm_tables(path: Path, diff: float, p: float, pairs: int) -> Path:
     rows = [
         {"contrast": name, "scope": scope, "task": "sst2" if scope == "cell" else None, "n_pairs": n,
          "diff_vs_baseline": d, "p_value": p, "score": score, **common}
-        for name, d, n in [("tb-se − llrd", diff, pairs), ("tb-se − tb-se-once", 0.01, 15),
+        for name, d, n in [("tb-se − llrd", diff, pairs), ("tempbalance-mb − llrd", 0.03, pairs),
+                           ("tb-se − tb-se-once", 0.01, 15),
                            ("tb-se-once − tb-se-permuted", 0.02, 15)]
         for scope in ("all", "cell") for score in ("final", "best")
     ]  # fmt: skip
@@ -207,6 +219,7 @@ def test_confirm_result_states_the_protocols_verdict_only_when_every_pair_is_in(
     said = "No difference found between tb-se and tuned LLRD: +1.20 points (p 0.2, 60 pairs); these pairs would"
     assert out.strip().endswith(said + " detect a true difference of 1.84 points with 80% power.")
     assert "| tb-se-once − tb-se-permuted | 15 | +2.00 |" in out and "| llrd − ft | 60 | +2.00 |" in out
+    assert "| tempbalance-mb − llrd | 60 | +3.00 |" in out  # the secondary arm: reported, never the verdict
     stage = _confirm_tables(tmp_path / "confirm", 0.02, 0.01, 60)
     assert confirm_result.main([str(stage)]) == 0
     assert capsys.readouterr().out.strip().endswith("tb-se beats tuned LLRD: +2.00 points (p 0.01, 60 pairs).")
