@@ -422,7 +422,7 @@ class TempBalanceArguments:
                 )
             else:
                 kept.append(f"{name}={current!r}")
-        if filled or kept:
+        if filled:  # once: a copy of the filled options fills nothing
             logger.info(
                 "tb_preset=%r: %s%s", self.tb_preset, ", ".join(filled) or "nothing filled",
                 f"; kept as set: {', '.join(kept)}" if kept else "",

@@ -53,7 +53,8 @@ def options_of(tb) -> dict:
 
 def changed_options(stored: dict | None, tb) -> dict[str, tuple]:
     """The options that differ from those a checkpoint recorded: name -> (then, now). An option the checkpoint does
-    not know counts at its default; a checkpoint that recorded none (older versions) changes nothing."""
+    not know counts at its default; a checkpoint that recorded none (older versions) changes nothing. ``tb_preset``
+    is no change of its own: what it set is in the other options."""
     from .options import TempBalanceArguments
 
     if stored is None:
@@ -62,7 +63,7 @@ def changed_options(stored: dict | None, tb) -> dict[str, tuple]:
     return {
         name: (stored.get(name, fields[name].default), value)
         for name, value in options_of(tb).items()
-        if stored.get(name, fields[name].default) != value
+        if name != "tb_preset" and stored.get(name, fields[name].default) != value
     }
 
 

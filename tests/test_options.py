@@ -232,3 +232,12 @@ def test_a_preset_reaches_the_trainers_param_groups(tmp_path):
     trainer.create_optimizer()
     base = {g["tb_unit"]: g["tb_base_lr"] for g in trainer.optimizer.param_groups if g.get("tb_unit")}
     assert base == pytest.approx({"bert.encoder.layer.0": 1e-2 * 0.9, "bert.encoder.layer.1": 1e-2})
+
+
+def test_a_resume_that_names_the_same_settings_by_their_preset_changes_nothing():
+    from tb_hf.state import changed_options, options_of
+
+    explicit = TempBalanceArguments(tb_llrd_decay=0.9, tb_lr_min=0.65, tb_lr_max=1.35)
+    assert changed_options(options_of(explicit), TempBalanceArguments(tb_preset="llrd-alpha")) == {}
+    changed = changed_options(options_of(explicit), TempBalanceArguments(tb_preset="se"))
+    assert set(changed) == {"tb_mapping", "tb_llrd_decay", "tb_lr_min", "tb_lr_max"}
