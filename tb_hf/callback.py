@@ -40,6 +40,7 @@ from .engine import PassResult, SpectralEngine
 from .history import append_history, history_record, trim_history
 from .layers import REPACKED_4BIT_MESSAGE, keep_4bit_weights_unpacked, repacked_4bit_weights
 from .optim import create_tempbalance_optimizer, optimizer_from_args, tempbalance_param_groups
+from .options import PRESETS
 from .schedule import RecomputeSchedule
 from .setup import Setup, build_setup
 from .state import changed_options, options_of
@@ -242,9 +243,11 @@ class TempBalanceCallback(TrainerCallback):
             self.setup = build_setup(model, args, self.user_tb_args)
         built = tb_state.read_run_state(optimizer).llrd_decay
         if built != self.tb.tb_llrd_decay:
+            preset = PRESETS.get(self.tb.tb_preset, {})
+            origin = f" (set by tb_preset={self.tb.tb_preset!r})" if "tb_llrd_decay" in preset else ""
             raise ValueError(
                 f"The optimizer's groups follow a depth profile with llrd_decay={built}, but the TempBalance options "
-                f"say tb_llrd_decay={self.tb.tb_llrd_decay}: build the optimizer with the same decay "
+                f"say tb_llrd_decay={self.tb.tb_llrd_decay}{origin}: build the optimizer with the same decay "
                 f"(create_tempbalance_optimizer(..., llrd_decay={self.tb.tb_llrd_decay})) or pass "
                 f"llrd_decay={built} to the callback."
             )

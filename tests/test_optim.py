@@ -129,3 +129,8 @@ def test_callback_refuses_an_optimizer_with_another_depth_profile(tmp_path):
                       callbacks=[TempBalanceCallback()])  # fmt: skip
     with pytest.raises(ValueError, match=r"llrd_decay=0.9, but the TempBalance options say tb_llrd_decay=1.0"):
         trainer.train()
+    optimizer = create_tempbalance_optimizer(model, torch.optim.AdamW, lr=1e-3)  # the preset's decay is not built
+    trainer = Trainer(model=model, args=args, train_dataset=dataset_for(model), optimizers=(optimizer, None),
+                      callbacks=[TempBalanceCallback(preset="llrd-alpha")])  # fmt: skip
+    with pytest.raises(ValueError, match=r"tb_llrd_decay=0.9 \(set by tb_preset='llrd-alpha'\): build the opt"):
+        trainer.train()
