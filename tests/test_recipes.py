@@ -366,6 +366,8 @@ def test_pin_memory_off_without_cuda_and_no_bars_off_a_terminal_unless_asked():
         ),
         (["--method", "llrd", "--tb_update_steps", "4", "--tb_xmin_pos", "1.5"], "--tb_xmin_pos, --tb_update_steps"),
         (["--method", "ft", "--llrd_decay", "0.8"], "--llrd_decay not used: it only applies with --method llrd"),
+        (["--method", "ft", "--tb_preset", "se"], "--tb_preset not used:"),  # not the options it filled in
+        (["--method", "ft", "--tb_preset", "se", "--tb_lr_max", "3"], "--tb_preset, --tb_lr_max not used:"),
     ],
 )
 def test_options_of_another_method_are_named_in_a_warning(flags, words, caplog):

@@ -250,10 +250,16 @@ def _check_method_options(model_args: ModelArguments, training_args: TempBalance
     sweep's shared arguments may carry them for every method); --llrd_decay with --method tempbalance is refused,
     since LLRD's depth profile under TempBalance is --tb_llrd_decay, and the run would silently lack it."""
     from tb_hf import TempBalanceArguments
+    from tb_hf.options import PRESETS
 
     defaults = {f.name: f.default for f in dataclasses.fields(TempBalanceArguments)}
+    preset = PRESETS.get(training_args.tb_preset, {})  # what --tb_preset filled in is named by --tb_preset alone
     if model_args.method != "tempbalance":
-        changed = [f"--{name}" for name, default in defaults.items() if getattr(training_args, name) != default]
+        changed = [
+            f"--{name}"
+            for name, default in defaults.items()
+            if getattr(training_args, name) != default and preset.get(name, default) != getattr(training_args, name)
+        ]
         if changed:
             logger.warning(
                 f"{', '.join(changed)} not used: they only apply with --method tempbalance, and --method is "
