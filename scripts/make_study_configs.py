@@ -267,8 +267,11 @@ def make(stage: str, winner: str | None = None) -> str:
             mine.pop("method", None)
             reference = _settings(picked[task][REFERENCE])
             reference.pop("method", None)
-            tasks[task]["method_args"] = {"llrd": llrd, winner: dict(mine), f"{winner}-once": dict(mine),
-                                          f"{winner}-permuted": dict(mine), REFERENCE: reference}  # fmt: skip
+            # The controls take the winner's tuned settings but not its update interval: a task's method_args
+            # override the top-level ones, and the controls are defined by theirs ("once").
+            control = {k: v for k, v in mine.items() if k != "tb_update_steps"}
+            tasks[task]["method_args"] = {"llrd": llrd, winner: dict(mine), f"{winner}-once": dict(control),
+                                          f"{winner}-permuted": dict(control), REFERENCE: reference}  # fmt: skip
         return _config(
             _header(stage, f"the confirmation on MPNet-base: {winner} (the screen's winner) against LLRD and FT, and "
                     f"{REFERENCE} as a secondary arm, each at its setting chosen per task on held-out training "

@@ -94,6 +94,15 @@ def test_every_stage_follows_from_the_one_before_and_validates(tmp_path, monkeyp
     tune = sweep.load_config(tmp_path / "configs" / "mpnet_tune_methods.yaml")
     assert {"llrd_d0.8", "tempbalance-mb_c2"} <= set(tune["methods"])
     assert runs[f"cola/shots16/{winner}-permuted/seed1001"]["tb_permute_factors"] is True
+    # the controls keep the winner's tuned settings but their own interval, not the tuned one (a task's
+    # method_args override the top-level ones)
+    for task in make.MPNET_TASKS:
+        tuned, once = runs[f"{task}/shots16/{winner}/seed1001"], runs[f"{task}/shots16/{winner}-once/seed1001"]
+        permuted = runs[f"{task}/shots16/{winner}-permuted/seed1001"]
+        assert tuned["tb_update_steps"] == 4
+        assert once["tb_update_steps"] == permuted["tb_update_steps"] == "once"
+        own = ("tb_update_steps", "output_dir")
+        assert {k: v for k, v in once.items() if k not in own} == {k: v for k, v in tuned.items() if k not in own}
     assert runs["mrpc/shots16/llrd/seed1001"]["llrd_decay"] == 0.85
 
 
