@@ -38,8 +38,14 @@ def _winner(contrasts: pd.DataFrame) -> str:
     return names[0]
 
 
-def _row(frame: pd.DataFrame, label: str, value: str, scope: str = "all") -> pd.Series | None:
-    rows = frame[(frame[label] == value) & (frame["scope"] == scope) & (frame["score"] == "final")]
+def _row(frame: pd.DataFrame, label: str, value: str) -> pd.Series | None:
+    """The final-score row of ``value`` pooled over every pair: the sweep names that scope ``all``, or, when the
+    stage has one size only (the confirmation: 16 per class), after that size ("16 (shots per class)")."""
+    rows = frame[(frame[label] == value) & (frame["scope"] != "cell") & (frame["score"] == "final")]
+    if (rows["scope"] == "all").any():
+        rows = rows[rows["scope"] == "all"]
+    elif rows["scope"].nunique() > 1:
+        raise ValueError(f"'{value}' is pooled over several sizes {sorted(set(rows['scope']))} and no 'all' row")
     return None if rows.empty else rows.iloc[0]
 
 

@@ -227,7 +227,7 @@ def test_confirm_result_states_the_protocols_verdict_only_when_every_pair_is_in(
     assert "| tb-se − llrd | 60 | +1.20 | 5.00 | 0.2 | 30:25:5 | 0.6 | 1.84 |" in out
     said = "No difference found between tb-se and tuned LLRD: +1.20 points (p 0.2, 60 pairs); these pairs would"
     assert out.strip().endswith(said + " detect a true difference of 1.84 points with 80% power.")
-    assert "| tb-se-once − tb-se-permuted | 15 | +2.00 |" in out and "| llrd − ft | 60 | +2.00 |" in out
+    assert "| tb-se-once − tb-se-permuted | 15 | +2.00 |" in out and "| llrd − ft | 60 | +2.0" in out
     assert "| tempbalance-mb − llrd | 60 | +3.00 |" in out  # the secondary arm: reported, never the verdict
     stage = _confirm_tables(tmp_path / "confirm", 0.02, 0.01, 60)
     assert confirm_result.main([str(stage)]) == 0
@@ -242,3 +242,39 @@ def test_confirm_result_states_the_protocols_verdict_only_when_every_pair_is_in(
     out = capsys.readouterr().out
     assert "Interim: 24 of 60 pairs" in out and "beats" not in out
     assert confirm_result.main([str(tmp_path / "nowhere")]) == 2 and "contrasts.csv" in capsys.readouterr().err
+
+
+def test_confirm_result_reads_the_tables_the_sweep_writes_for_a_one_size_stage(tmp_path, capsys):
+    """The confirmation has one size (16 per class), so the sweep names its pooled rows after that size, not
+    ``all``: the verdict must be read from the tables `recipes.sweep.stats` really writes."""
+    import numpy as np
+    import pandas as pd
+
+    from recipes.sweep import stats
+    from scripts import confirm_result
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for task in ("sst2", "mrpc", "rte", "cola"):
+        for seed in range(15):
+            base = rng.uniform(0.4, 0.8)
+            for method, shift in (("ft", 0.0), ("llrd", 0.02), ("tb-se", 0.02), ("tempbalance-mb", 0.01)):
+                score = base + shift + (rng.normal(0, 0.01) if method != "ft" else 0.0)
+                rows.append({"model": "mpnet", "task": task, "size_key": "shots_per_class", "size": 16,
+                             "lora": False, "metric": "accuracy", "method": method, "seed": seed, "best": score,
+                             "final": score, "n_train": 32, "n_eval": 800})  # fmt: skip
+    results = pd.DataFrame(rows)
+    pairs = [("tb-se", "llrd"), ("tempbalance-mb", "llrd")]
+    stage = tmp_path / "confirm"
+    stage.mkdir()
+    scores = ("best", "final")
+    pd.concat([stats.contrast_frame(results, pairs, score=k).assign(score=k) for k in scores]).to_csv(
+        stage / "contrasts.csv", index=False
+    )
+    pd.concat([stats.pooled(results, score=k).assign(score=k) for k in scores]).to_csv(stage / "pooled.csv", index=False)
+    assert set(pd.read_csv(stage / "pooled.csv")["scope"]) == {"16 (shots per class)"}  # the case that broke
+    assert confirm_result.main([str(stage)]) == 0
+    out = capsys.readouterr().out
+    diff = 100 * (results[results.method == "tb-se"]["final"].mean() - results[results.method == "llrd"]["final"].mean())
+    assert f"| tb-se − llrd | 60 | {diff:+.2f} |" in out and "All 60 pairs in." in out
+    assert "| tempbalance-mb − llrd | 60 |" in out and "| llrd − ft | 60 | +2.0" in out
