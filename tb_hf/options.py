@@ -50,9 +50,11 @@ METRICS = ("alpha", "alpha_hat", "spectral_norm", "stable_rank")
 ESD_DTYPE_CHOICES = ("auto", "float32", "float64")
 #: Named settings of the profile, each a method of the study in results/llrd-vs-spectral (its name there in
 #: brackets) at a middle value of the one free parameter the study tuned per task (its README has the table; tune it
-#: per task as the study did). A preset fills the options it names that are still at their defaults; an option set
-#: away from its default keeps that value, except the map and the balanced quantity, which define the preset. The
-#: recompute interval is not part of a preset (the study used tb_update_steps=4).
+#: per task as the study did). None of them beat LLRD with a tuned decay there (docs/results.md), so the project
+#: recommends `tb_hf.baselines.LLRDTrainer`; these stay as measured options. A preset fills the options it names
+#: that are still at their defaults; an option set away from its default keeps that value, except the map and the
+#: balanced quantity, which define the preset. The recompute interval is not part of a preset (the study used
+#: tb_update_steps=4).
 PRESETS: dict[str, dict] = {
     # TempBalance's own defaults: linear map 0.5-1.5 of alpha, median xmin over the top half
     "tempbalance": {},
