@@ -160,6 +160,10 @@ def test_bad_custom_column_and_bad_flags(tmp_path):
         run_glue.ModelArguments(method="sgd")
     with pytest.raises(ValueError, match="--llrd_decay"):
         run_glue.ModelArguments(llrd_decay=0.0)
+    # LoRA options without --lora_r would train every weight under a LoRA-looking command line: refused.
+    with pytest.raises(ValueError, match=r"--lora_target_modules, --use_rslora have no effect without --lora_r"):
+        run_glue.ModelArguments(lora_target_modules=["query"], use_rslora=True)
+    assert run_glue.ModelArguments(lora_r=4, lora_alpha=8, use_rslora=True).use_rslora
 
 
 @pytest.mark.slow  # a real training run or subprocess

@@ -693,3 +693,15 @@ def test_per_task_method_args_and_the_seeds_filter(tmp_path, capsys):
     with pytest.raises(SystemExit):
         sweep.main([write_config(tmp_path, config), "--dry-run"])
     assert "Task 'mrpc': method_args has ['tempbalance']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"lora": [True], "lora_args": {"lora_alpha": 16}},  # LoRA asked for, no rank: it would train every weight
+     {"lora": [False], "args": {"lora_r": 8}}],  # plain asked for, LoRA set: the tables would say "no LoRA"
+)  # fmt: skip
+def test_the_lora_column_must_be_what_the_run_does(tmp_path, settings):
+    args = {"glue_dir": "g"} | settings.pop("args", {})
+    config = glue_config(tmp_path, tasks={"sst2": {"shots_per_class": [8]}}, args=args) | settings
+    with pytest.raises(ValueError, match="needs lora_args with lora_r"):
+        sweep.expand_grid(config)

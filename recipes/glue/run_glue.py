@@ -74,6 +74,8 @@ if TYPE_CHECKING:
 logger = logging.get_logger("tb_hf.recipes.run_glue")
 
 METHODS = ("ft", "tempbalance", "llrd")
+#: The model arguments that only act on LoRA (so they are refused without --lora_r, instead of silently ignored).
+LORA_ONLY = ("lora_alpha", "lora_dropout", "lora_target_modules", "use_rslora")
 
 
 @dataclass
@@ -121,6 +123,14 @@ class ModelArguments:
             raise ValueError(f"--llrd_decay must be in (0, 1], got {self.llrd_decay}.")
         if self.lora_r is not None and self.lora_r < 1:
             raise ValueError(f"--lora_r must be >= 1 (or unset for full fine-tuning), got {self.lora_r}.")
+        if self.lora_r is None:
+            unused = [f"--{f.name}" for f in dataclasses.fields(self) if f.name in LORA_ONLY and getattr(self, f.name)
+                      != f.default]  # fmt: skip
+            if unused:
+                raise ValueError(
+                    f"LoRA option(s) {', '.join(unused)} have no effect without --lora_r (full fine-tuning): add "
+                    "--lora_r 8 (say) for LoRA, or drop them."
+                )
 
 
 @dataclass

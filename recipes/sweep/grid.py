@@ -187,6 +187,12 @@ def expand_grid(config: dict) -> list[Run]:
             args |= method_args
             if lora:
                 args |= dict(config.get("lora_args") or {"lora_r": 8, "lora_alpha": 16})
+            if bool(lora) != (args.get("lora_r") is not None):  # the tables' lora column must be what the run does
+                raise ValueError(
+                    f"Task {task!r}, method {method!r}: a 'lora: true' run needs lora_args with lora_r (e.g. "
+                    "{lora_r: 8, lora_alpha: 16}), and a 'lora: false' run must not set lora_r (put LoRA settings "
+                    f"in lora_args, not args or method_args); got lora={bool(lora)}, lora_r={args.get('lora_r')!r}."
+                )
             args |= {s.flag: None for s in SIZES.values()}  # the sweep's size is the only one
             args |= {size.flag: value, "method": recipe, "seed": seed}
             value = float(value) if size.column == "fraction" else int(value)
