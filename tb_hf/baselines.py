@@ -25,7 +25,8 @@ from transformers import Trainer
 from transformers.utils import logging
 
 from .layers import find_blocks, llrd_depths
-from .optim import grouped, trainer_decay_names
+from .optim import grouped, optimizer_cls_kwargs_and_lr, trainer_decay_names
+from .options import check_range
 
 __all__ = ["LLRDTrainer", "llrd_depths", "llrd_param_groups"]
 
@@ -75,27 +76,39 @@ class LLRDTrainer(Trainer):
     """
 
     def __init__(self, *args, llrd_decay: float = 0.9, **kwargs):
-        if not 0 < llrd_decay <= 1:
-            raise ValueError(f"llrd_decay must be in (0, 1], got {llrd_decay}")
-        self.llrd_decay = llrd_decay
+        check_range("llrd_decay", llrd_decay, 0.0, 1.0, low_open=True)
+        self.llrd_decay = float(llrd_decay)
         super().__init__(*args, **kwargs)
+        if self.optimizer is not None and not any("llrd_depth" in g for g in self.optimizer.param_groups):
+            raise ValueError(
+                "LLRDTrainer builds its own per-depth param groups, and the optimizer passed in optimizers=(...) "
+                "has none, so llrd_decay would be ignored. Pass optimizer_cls_and_kwargs=(torch.optim.AdamW, "
+                "{'lr': ...}) instead, or build the optimizer over tb_hf.baselines.llrd_param_groups(model, ...)."
+            )
+        depth = getattr(self.args, "tb_llrd_decay", 1.0)  # a TempBalanceConfig's depth decay: not LLRD's setting
+        if depth != 1.0 and depth != self.llrd_decay:
+            raise ValueError(
+                f"The TempBalanceConfig sets tb_llrd_decay={depth:g}, which LLRDTrainer does not read; it uses "
+                f"llrd_decay={self.llrd_decay:g}. Pass LLRDTrainer(..., llrd_decay={depth:g}) (and plain "
+                "TrainingArguments), or use TempBalanceTrainer for the α profile on top of depth."
+            )
         if self.model is not None:
             find_blocks(self.model)  # fails here, before training, for a model without transformer blocks
 
     def create_optimizer(self, model=None):
         opt_model = self.model if model is None else model
         if self.optimizer is None:
+            cls, kwargs, lr = optimizer_cls_kwargs_and_lr(self.args, opt_model, self.optimizer_cls_and_kwargs)
             groups = llrd_param_groups(
                 opt_model,
-                learning_rate=self.args.learning_rate,
+                learning_rate=lr,
                 decay=self.llrd_decay,
                 weight_decay=self.args.weight_decay,
                 decay_parameter_names=self.get_decay_parameter_names(opt_model),
             )
-            cls, kwargs = self.optimizer_cls_and_kwargs or self.get_optimizer_cls_and_kwargs(self.args, opt_model)
             self.optimizer = cls(groups, **kwargs)
             logger.info(
-                f"LLRD: {len(groups)} param groups, lr from {self.args.learning_rate:g} (top) down to "
+                f"LLRD: {len(groups)} param groups, lr from {lr:g} (top) down to "
                 f"{min(g['lr'] for g in groups):g} (embeddings)."
             )
         return super().create_optimizer(model)

@@ -206,6 +206,17 @@ def create_tempbalance_optimizer(
     return optimizer_cls(groups, lr=lr, **optimizer_kwargs)
 
 
+def optimizer_cls_kwargs_and_lr(args, model: nn.Module, optimizer_cls_and_kwargs=None) -> tuple[type, dict, float]:
+    """The optimizer class and kwargs the Trainer would use (the ``optimizer_cls_and_kwargs`` it was given, else
+    those ``args.optim`` names) and the base learning rate of the param groups: the kwargs' ``lr`` where they set
+    one (as with a plain Trainer, whose groups then take it), else ``args.learning_rate``."""
+    from transformers import Trainer
+
+    cls, kwargs = optimizer_cls_and_kwargs or Trainer.get_optimizer_cls_and_kwargs(args, model)
+    lr = kwargs.get("lr")
+    return cls, kwargs, float(args.learning_rate if lr is None else lr)
+
+
 def optimizer_from_args(
     model: nn.Module,
     args,
@@ -220,22 +231,21 @@ def optimizer_from_args(
     ``tb_args``: TempBalance options (for ``tb_unit`` and ``tb_llrd_decay``); default: those of ``args`` if it is a
     `tb_hf.TempBalanceConfig`, else the defaults. ``partition``: the model's units if already known.
     """
-    from transformers import Trainer
     from transformers.trainer_optimizer import is_optimizer_factory
 
     from .config import tb_arguments
 
     tb = tb_arguments(args, tb_args)
+    cls, kwargs, lr = optimizer_cls_kwargs_and_lr(args, model, optimizer_cls_and_kwargs)
     groups = tempbalance_param_groups(
         model,
-        lr=args.learning_rate,
+        lr=lr,
         weight_decay=args.weight_decay,
         unit=tb.tb_unit,
         decay_parameter_names=decay_names,
         llrd_decay=tb.tb_llrd_decay,
         partition=partition,
     )
-    cls, kwargs = optimizer_cls_and_kwargs or Trainer.get_optimizer_cls_and_kwargs(args, model)
     if is_optimizer_factory(cls) or "params" in kwargs or "model" in kwargs:
         raise ValueError(
             f"optim={args.optim!r} builds its own parameter groups, so TempBalance cannot give each block its own "

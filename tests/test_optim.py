@@ -134,3 +134,38 @@ def test_callback_refuses_an_optimizer_with_another_depth_profile(tmp_path):
                       callbacks=[TempBalanceCallback(preset="llrd-alpha")])  # fmt: skip
     with pytest.raises(ValueError, match=r"tb_llrd_decay=0.9 \(set by tb_preset='llrd-alpha'\): build the opt"):
         trainer.train()
+
+
+@pytest.mark.parametrize("trainer_cls", [LLRDTrainer, TempBalanceTrainer])
+def test_the_optimizer_kwargs_lr_is_the_base_rate_as_with_a_plain_trainer(tmp_path, trainer_cls):
+    from transformers import Trainer
+
+    sgd = (torch.optim.SGD, {"lr": 1e-3, "momentum": 0.9})
+    plain = Trainer(model=ARCHS["bert"][0](), args=tiny_training_args(tmp_path), optimizer_cls_and_kwargs=sgd)
+    plain.create_optimizer()
+    assert {g["lr"] for g in plain.optimizer.param_groups} == {1e-3}  # what a Trainer user expects
+    kw = {"llrd_decay": 0.5} if trainer_cls is LLRDTrainer else {"tb_llrd_decay": 0.5}
+    args = tiny_training_args(tmp_path, learning_rate=5e-5, **({} if trainer_cls is LLRDTrainer else kw))
+    trainer = trainer_cls(model=ARCHS["bert"][0](), args=args, optimizer_cls_and_kwargs=sgd,
+                          **(kw if trainer_cls is LLRDTrainer else {}))  # fmt: skip
+    trainer.create_optimizer()
+    assert isinstance(trainer.optimizer, torch.optim.SGD)
+    assert max(g["lr"] for g in trainer.optimizer.param_groups) == pytest.approx(1e-3)  # the top block and head
+    assert min(g["lr"] for g in trainer.optimizer.param_groups if g["params"]) == pytest.approx(1e-3 * 0.5**2)
+
+
+def test_llrd_refuses_what_it_would_silently_ignore(tmp_path):
+    model = ARCHS["bert"][0]()
+    flat = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    with pytest.raises(ValueError, match="has none, so llrd_decay would be ignored"):
+        LLRDTrainer(model=model, args=tiny_training_args(tmp_path), optimizers=(flat, None), llrd_decay=0.5)
+    with pytest.raises(ValueError, match=r"tb_llrd_decay=0.5, which LLRDTrainer does not read"):
+        LLRDTrainer(model=model, args=tiny_training_args(tmp_path, tb_llrd_decay=0.5), llrd_decay=0.9)
+    for bad in ("0.9", True, float("nan"), 1.5):
+        with pytest.raises(ValueError, match=r"llrd_decay must be a finite number in \(0, 1\]"):
+            LLRDTrainer(model=model, args=tiny_training_args(tmp_path), llrd_decay=bad)
+    # An optimizer over LLRD's own groups is accepted.
+    from tb_hf.baselines import llrd_param_groups
+
+    own = torch.optim.AdamW(llrd_param_groups(model, learning_rate=1e-3, decay=0.5))
+    assert LLRDTrainer(model=model, args=tiny_training_args(tmp_path), optimizers=(own, None)).optimizer is own
