@@ -166,6 +166,29 @@ def test_bad_custom_column_and_bad_flags(tmp_path):
     assert run_glue.ModelArguments(lora_r=4, lora_alpha=8, use_rslora=True).use_rslora
 
 
+def test_flags_that_would_not_do_what_they_say_are_refused_before_training(tmp_path, tokenizer):
+    with pytest.raises(ValueError, match="--stratify keeps the class proportions of a random subset"):
+        recipe_args(tmp_path, task_name="sst2", subset_strategy="first", stratify=True)
+    # A longer --max_seq_length than the model's 64 positions: refused before tokenizing or training, instead of a
+    # shape error from inside the model at the first long example.
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\n" + "".join(f"{w} film,{i % 2}\n" for i, w in enumerate(WORDS[:8])))
+    margs, dargs, targs = recipe_args(
+        tmp_path, train_file=str(data), validation_file=str(data), text_columns=["text"], max_seq_length=128,
+        max_train_samples=None,
+    )
+    with pytest.raises(ValueError, match=r"--max_seq_length 128 is more than this model reads \(64 tokens\)"):
+        run_glue.main(margs, dargs, targs, model=tiny_bert(2, len(tokenizer)), tokenizer=tokenizer)
+    assert not (Path(targs.output_dir) / "trainer_state.json").exists()
+
+
+def test_the_best_evaluation_leaves_out_nan_scores():
+    nan = float("nan")
+    epochs = [{"epoch": 1, "eval_x": nan}, {"epoch": 2, "eval_x": 0.4}, {"epoch": 3, "eval_x": 0.3}]
+    assert run_glue.best_evaluation(epochs, "eval_x")["epoch"] == 2  # max() alone would keep the NaN at epoch 1
+    assert run_glue.best_evaluation([{"epoch": 1, "eval_x": nan}] * 2, "eval_x")["epoch"] == 1
+
+
 @pytest.mark.slow  # a real training run or subprocess
 def test_custom_task_end_to_end(tmp_path, tokenizer):
     rows = [("a good film", "pos"), ("a bad film", "neg")] * 6

@@ -49,6 +49,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging as pylogging
+import math
 import os
 import re
 import sys
@@ -188,6 +189,37 @@ class DataArguments:
                 )
         if self.max_seq_length < 8:
             raise ValueError(f"--max_seq_length must be >= 8, got {self.max_seq_length}.")
+        if self.stratify and self.subset_strategy == "first":
+            raise ValueError(
+                "--stratify keeps the class proportions of a random subset; with --subset_strategy first the subset "
+                "is the first examples in file order, whatever their classes. Drop one of the two."
+            )
+
+
+def best_evaluation(epochs: list[dict], key: str) -> dict:
+    """The evaluation with the highest ``key``; evaluations that scored NaN (STS-B's correlation of constant
+    predictions) are left out, with a warning, unless every one did (then the last)."""
+    scored = [e for e in epochs if not math.isnan(e[key])]
+    if len(scored) < len(epochs):
+        logger.warning(f"{len(epochs) - len(scored)} evaluation(s) scored NaN {key}: left out of the best epoch.")
+    return max(scored, key=lambda e: e[key]) if scored else epochs[-1]
+
+
+def max_input_length(model, tokenizer) -> int | None:
+    """The most tokens the model can take: the tokenizer's ``model_max_length`` where it is a real limit (not
+    transformers' "unset" sentinel), and a learned table of absolute positions (BERT, RoBERTa, MPNet, ...: a
+    ``position_embeddings`` embedding), less the positions a padding index reserves (RoBERTa-style models count
+    from padding_idx + 1). None where neither says (rotary positions have no table)."""
+    import torch
+
+    limits = []
+    if 0 < getattr(tokenizer, "model_max_length", 0) < 10**6:
+        limits.append(int(tokenizer.model_max_length))
+    for name, module in model.named_modules():
+        if name.endswith("position_embeddings") and isinstance(module, torch.nn.Embedding):
+            pad = module.padding_idx
+            limits.append(module.num_embeddings - (pad + 1 if pad is not None else 0))
+    return min(limits) if limits else None
 
 
 def make_parser(raise_errors: bool = False) -> HfArgumentParser:
@@ -511,6 +543,13 @@ def main(
         )
 
     # 3. Features.
+    limit = max_input_length(model, tokenizer)
+    if limit is not None and data_args.max_seq_length > limit:  # else a long example crashes the run mid-way
+        raise ValueError(
+            f"--max_seq_length {data_args.max_seq_length} is more than this model reads ({limit} tokens): set "
+            f"--max_seq_length {limit} or less."
+        )
+
     def tokenize(batch):
         texts = [batch[c] for c in task.text_columns]
         return tokenizer(*texts, truncation=True, max_length=data_args.max_seq_length)
@@ -548,7 +587,7 @@ def main(
     eval_metrics = {k: v for k, v in epochs[-1].items() if k.startswith("eval_")}
     eval_metrics["eval_samples"] = len(eval_ds)
     key = f"eval_{task.main_metric}"
-    best = max(epochs, key=lambda e: e[key])
+    best = best_evaluation(epochs, key)
     summary = {
         "task": task.name,
         "method": model_args.method,
