@@ -705,3 +705,15 @@ def test_the_lora_column_must_be_what_the_run_does(tmp_path, settings):
     config = glue_config(tmp_path, tasks={"sst2": {"shots_per_class": [8]}}, args=args) | settings
     with pytest.raises(ValueError, match="needs lora_args with lora_r"):
         sweep.expand_grid(config)
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [(dict(args={"glue_dir": "g", "task_name": "sst2"}), r"args sets \['task_name'\]"),  # would relabel the data
+     (dict(args={"glue_dir": "g", "seed": 5}), r"args sets \['seed'\]"),
+     (dict(tasks={"rte": {"fractions": [0.1], "method": "llrd"}}), r"task 'rte' sets \['method'\]"),
+     (dict(tasks={"rte": {"fractions": [0.1234561, 0.1234562]}}), "would share one folder")],
+)  # fmt: skip
+def test_the_grid_refuses_what_it_would_silently_override_or_collide(tmp_path, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        sweep.expand_grid(glue_config(tmp_path, **overrides))

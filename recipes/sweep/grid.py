@@ -178,6 +178,17 @@ def expand_grid(config: dict) -> list[Run]:
         extra = [m for m in task_methods if m not in config["methods"]]
         if extra:
             raise ValueError(f"Task {task!r}: method_args has {extra}, which are not among the methods.")
+        owned = {"task_name", "seed", "output_dir"}  # the grid sets these for each run (method_args may name a
+        # variant's run_glue "method"; a size flag outside the task's size list is dropped, the size list wins)
+        for where, given in [("args", config.get("args") or {}), (f"task {task!r}", task_cfg),
+                             *[(f"method_args of {m!r}", v or {}) for m, v in (config.get("method_args") or {}).items()],
+                             *[(f"task {task!r}'s method_args of {m!r}", v or {}) for m, v in task_methods.items()]]:
+            clash = sorted((owned | ({"method"} if "method_args" not in where else set())) & set(given))
+            if clash:
+                raise ValueError(
+                    f"{where} sets {clash}, which the sweep sets itself for each run (the task is the entry's name, "
+                    "the seed from 'seeds', the method from 'methods', the folder from output_dir): remove them."
+                )  # fmt: skip
         custom = "train_file" in task_cfg or "train_file" in (config.get("args") or {})
         for value, seed, method, lora in itertools.product(values, seeds, config["methods"], loras):
             args = ({} if custom else {"task_name": task}) | dict(config.get("args") or {}) | task_cfg
@@ -199,6 +210,13 @@ def expand_grid(config: dict) -> list[Run]:
             run = Run(task, size.column, value, method, bool(lora), int(seed), args)
             run.args["output_dir"] = str(out_root / "runs" / run.name)
             runs.append(run)
+    names = [r.name for r in runs]
+    same = sorted({n for n in names if names.count(n) > 1})
+    if same and len(set(config["methods"])) == len(config["methods"]):  # a method listed twice: validate says so
+        raise ValueError(
+            f"Runs {same[:3]} would share one folder (sizes that print alike at 6 significant digits, or a size "
+            "listed twice): make the sizes distinct."
+        )
     return runs
 
 
