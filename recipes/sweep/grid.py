@@ -3,6 +3,7 @@ run_glue arguments that define it, checked before the first run."""
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import itertools
 import json
@@ -210,8 +211,7 @@ def expand_grid(config: dict) -> list[Run]:
             run = Run(task, size.column, value, method, bool(lora), int(seed), args)
             run.args["output_dir"] = str(out_root / "runs" / run.name)
             runs.append(run)
-    names = [r.name for r in runs]
-    same = sorted({n for n in names if names.count(n) > 1})
+    same = sorted(n for n, k in collections.Counter(r.name for r in runs).items() if k > 1)
     if same and len(set(config["methods"])) == len(config["methods"]):  # a method listed twice: validate says so
         raise ValueError(
             f"Runs {same[:3]} would share one folder (sizes that print alike at 6 significant digits, or a size "
