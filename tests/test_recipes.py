@@ -174,7 +174,11 @@ def test_flags_that_would_not_do_what_they_say_are_refused_before_training(tmp_p
     data = tmp_path / "d.csv"
     data.write_text("text,label\n" + "".join(f"{w} film,{i % 2}\n" for i, w in enumerate(WORDS[:8])))
     margs, dargs, targs = recipe_args(
-        tmp_path, train_file=str(data), validation_file=str(data), text_columns=["text"], max_seq_length=128,
+        tmp_path,
+        train_file=str(data),
+        validation_file=str(data),
+        text_columns=["text"],
+        max_seq_length=128,
         max_train_samples=None,
     )
     with pytest.raises(ValueError, match=r"--max_seq_length 128 is more than this model reads \(64 tokens\)"):

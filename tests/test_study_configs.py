@@ -271,10 +271,14 @@ def test_confirm_result_reads_the_tables_the_sweep_writes_for_a_one_size_stage(t
     pd.concat([stats.contrast_frame(results, pairs, score=k).assign(score=k) for k in scores]).to_csv(
         stage / "contrasts.csv", index=False
     )
-    pd.concat([stats.pooled(results, score=k).assign(score=k) for k in scores]).to_csv(stage / "pooled.csv", index=False)
+    pd.concat([stats.pooled(results, score=k).assign(score=k) for k in scores]).to_csv(
+        stage / "pooled.csv", index=False
+    )
     assert set(pd.read_csv(stage / "pooled.csv")["scope"]) == {"16 (shots per class)"}  # the case that broke
     assert confirm_result.main([str(stage)]) == 0
     out = capsys.readouterr().out
-    diff = 100 * (results[results.method == "tb-se"]["final"].mean() - results[results.method == "llrd"]["final"].mean())
+    diff = 100 * (
+        results[results.method == "tb-se"]["final"].mean() - results[results.method == "llrd"]["final"].mean()
+    )
     assert f"| tb-se − llrd | 60 | {diff:+.2f} |" in out and "All 60 pairs in." in out
     assert "| tempbalance-mb − llrd | 60 |" in out and "| llrd − ft | 60 | +2.0" in out

@@ -701,8 +701,9 @@ def test_per_task_method_args_and_the_seeds_filter(tmp_path, capsys):
      {"lora": [False], "args": {"lora_r": 8}}],  # plain asked for, LoRA set: the tables would say "no LoRA"
 )  # fmt: skip
 def test_the_lora_column_must_be_what_the_run_does(tmp_path, settings):
-    args = {"glue_dir": "g"} | settings.pop("args", {})
-    config = glue_config(tmp_path, tasks={"sst2": {"shots_per_class": [8]}}, args=args) | settings
+    args = {"glue_dir": "g"} | settings.get("args", {})
+    rest = {k: v for k, v in settings.items() if k != "args"}
+    config = glue_config(tmp_path, tasks={"sst2": {"shots_per_class": [8]}}, args=args) | rest
     with pytest.raises(ValueError, match="needs lora_args with lora_r"):
         sweep.expand_grid(config)
 

@@ -179,12 +179,17 @@ def expand_grid(config: dict) -> list[Run]:
         extra = [m for m in task_methods if m not in config["methods"]]
         if extra:
             raise ValueError(f"Task {task!r}: method_args has {extra}, which are not among the methods.")
-        owned = {"task_name", "seed", "output_dir"}  # the grid sets these for each run (method_args may name a
-        # variant's run_glue "method"; a size flag outside the task's size list is dropped, the size list wins)
-        for where, given in [("args", config.get("args") or {}), (f"task {task!r}", task_cfg),
-                             *[(f"method_args of {m!r}", v or {}) for m, v in (config.get("method_args") or {}).items()],
-                             *[(f"task {task!r}'s method_args of {m!r}", v or {}) for m, v in task_methods.items()]]:
-            clash = sorted((owned | ({"method"} if "method_args" not in where else set())) & set(given))
+        # What the grid sets for each run (a size flag outside the task's size list is dropped: the list wins).
+        # A method_args entry may name a variant's run_glue "method"; args and the task entry may not.
+        owned = {"task_name", "seed", "output_dir"}
+        places = [
+            ("args", config.get("args") or {}, owned | {"method"}),
+            (f"task {task!r}", task_cfg, owned | {"method"}),
+        ]
+        places += [(f"method_args of {m!r}", v or {}, owned) for m, v in (config.get("method_args") or {}).items()]
+        places += [(f"task {task!r}'s method_args of {m!r}", v or {}, owned) for m, v in task_methods.items()]
+        for where, given, refused in places:
+            clash = sorted(refused & set(given))
             if clash:
                 raise ValueError(
                     f"{where} sets {clash}, which the sweep sets itself for each run (the task is the entry's name, "
