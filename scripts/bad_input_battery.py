@@ -426,7 +426,7 @@ def _():
 
 
 def _load(train: str, dev: str | None = None, **kw):
-    from tb_hf.data import load_task
+    from recipes.data import load_task
 
     return load_task(None, train_file=train, validation_file=dev or train, text_columns=["text"], **kw)
 
@@ -488,7 +488,7 @@ for _suffix, _text in [
 
 @case("missing text column", "error", "review")
 def _():
-    from tb_hf.data import load_task
+    from recipes.data import load_task
 
     path = _csv(_tmp() / "y.csv", "sentence,label\na,pos\nb,neg\n")
     load_task(None, train_file=path, validation_file=path, text_columns=["review"])
@@ -496,14 +496,14 @@ def _():
 
 @case("unknown GLUE task", "error", "sst3")
 def _():
-    from tb_hf.data import load_task
+    from recipes.data import load_task
 
     load_task("sst3", glue_dir=str(GLUE))
 
 
 @case("impossible fraction", "error", "fraction")
 def _():
-    from tb_hf.data import select_train_indices
+    from recipes.data import select_train_indices
 
     select_train_indices([0, 1] * 10, fraction=2.0)
 

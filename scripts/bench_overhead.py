@@ -54,7 +54,7 @@ def load_data(preset: dict, tokenizer, seed: int):
     import pandas as pd
     from datasets import Dataset
 
-    from tb_hf.data import load_rotten_tomatoes, select_train_indices
+    from recipes.data import load_rotten_tomatoes, select_train_indices
 
     if preset["data"] == "random":  # token ids for the shape presets: speed, not accuracy
         import torch

@@ -1,4 +1,4 @@
-"""tb_hf.data: GLUE loaders against the real release files, custom files, the built-in data, subsets."""
+"""recipes.data: GLUE loaders against the real release files, custom files, the built-in data, subsets."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tb_hf.data import (
+from recipes.data import (
     GLUE_TASKS,
     glue_task,
     load_files,
@@ -178,7 +178,7 @@ def _custom(tmp_path, content: str, name: str = "d.csv", **kwargs):
 
 
 def test_numeric_labels_are_names_in_numeric_order(tmp_path, caplog):
-    with caplog.at_level("INFO", logger="tb_hf.data"):
+    with caplog.at_level("INFO", logger="tb_hf.recipes.data"):
         raw, task = _custom(tmp_path, "text,label\na,1\nb,2\nc,3\nd,4\ne,5\n")
     assert task.label_names == ("1", "2", "3", "4", "5")  # labels 1..5 -> ids 0..4, none merged
     assert raw["train"]["label"] == [0, 1, 2, 3, 4]

@@ -365,7 +365,7 @@ def test_help_and_argument_errors_answer_before_the_training_stack_loads(tmp_pat
     script.write_text(
         "import json, runpy, sys\n"
         "out = {}\n"
-        "heavy = ['transformers.trainer', 'datasets', 'evaluate', 'tb_hf.baselines', 'tb_hf.metrics']\n"
+        "heavy = ['transformers.trainer', 'datasets', 'evaluate', 'tb_hf.baselines', 'recipes.metrics']\n"
         "for argv in (['--help'], ['--method', 'sgd'], ['--train_fraction', '2', '--task_name', 'sst9']):\n"
         "    sys.argv = ['run_glue.py', *argv]\n"
         "    try:\n"

@@ -63,7 +63,10 @@ import yaml
 from transformers.utils import logging
 
 from tb_hf.cli import DTYPES, check_dtype, resolve_model, torch_dtype, unrecognized_message
-from tb_hf.data import SUBSET_STRATEGIES, load_task, select_train_indices
+
+if str(Path(__file__).resolve().parents[2]) not in sys.path:  # run as a script: `recipes` is in the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from recipes.data import SUBSET_STRATEGIES, load_task, select_train_indices  # noqa: E402
 
 # The training stack (Trainer, datasets, evaluate, peft, the model classes) is imported inside the functions that
 # use it, so that --help and argument errors answer before it loads.
@@ -348,7 +351,7 @@ def _epoch_scores(log_history: list[dict], main_metric: str) -> list[dict]:
 class PreparedData:
     """Step 1 of `main`: the task, its splits and the training subset."""
 
-    task: Any  # tb_hf.data.TaskSpec
+    task: Any  # recipes.data.TaskSpec
     raw: Any  # datasets.DatasetDict, the full splits
     train: Any  # the training subset
     eval: Any  # the evaluation set (a fixed subset with --max_eval_samples, training examples with a holdout)
@@ -424,7 +427,7 @@ def prepare_data(data_args: DataArguments, training_args: TempBalanceConfig) -> 
         eval_raw = raw["validation"]
     if data_args.max_eval_samples is not None and data_args.max_eval_samples < len(eval_raw):
         eval_raw = eval_raw.shuffle(seed=0).select(range(data_args.max_eval_samples))
-    if not task.is_regression and task.name != "custom":  # tb_hf.data logs a custom task's own mapping
+    if not task.is_regression and task.name != "custom":  # recipes.data logs a custom task's own mapping
         logger.info(f"{task.name}: label -> id " + ", ".join(f"{n!r}: {i}" for i, n in enumerate(task.label_names)))
     return PreparedData(task, raw, raw["train"].select(indices), eval_raw, indices, subset_seed, holdout)
 
@@ -478,9 +481,9 @@ def main(
         set_seed,
     )
 
+    from recipes.metrics import glue_compute_metrics
     from tb_hf import TempBalanceTrainer
     from tb_hf.baselines import LLRDTrainer
-    from tb_hf.metrics import glue_compute_metrics
 
     start = time.time()
     # 1. Data and subsets first: impossible requests fail here, before any model is loaded.

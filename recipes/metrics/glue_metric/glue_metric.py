@@ -1,6 +1,6 @@
-"""GLUE metrics as an `evaluate.Metric` that ships with tb_hf and works without the Hugging Face Hub.
+"""GLUE metrics as an `evaluate.Metric` that ships with the recipes and works without the Hugging Face Hub.
 
-Load it with ``evaluate.load(tb_hf.metrics.GLUE_METRIC_PATH, config_name)`` (or ``tb_hf.metrics.load_metric``).
+Load it with ``evaluate.load(recipes.metrics.GLUE_METRIC_PATH, config_name)`` (or ``recipes.metrics.load_metric``).
 Config names: the GLUE tasks (``cola, sst2, mrpc, qqp, stsb, mnli, mnli_matched, mnli_mismatched, qnli, rte,
 wnli, hans, ax``) with the metrics of the official GLUE metric, plus ``accuracy``, ``classification`` (accuracy
 and macro-F1) and ``regression`` (Pearson, Spearman) for custom tasks. Computed with scikit-learn and scipy.

@@ -8,9 +8,9 @@ more shots than a class has) raise ``ValueError`` naming the fix, before any mod
 
 Example:
     ```python
-    from tb_hf.data import load_task, select_train_indices
+    from recipes.data import load_task, select_train_indices
 
-    raw, task = load_task("rte", glue_dir="../shared/data/glue")
+    raw, task = load_task("rte", glue_dir="glue_data/")
     idx = select_train_indices(raw["train"]["label"], fraction=0.1, seed=13, stratify=True)
     train = raw["train"].select(idx)
     ```
@@ -44,7 +44,7 @@ __all__ = [
     "select_train_indices",
 ]
 
-logger = logging.get_logger(__name__)
+logger = logging.get_logger("tb_hf.recipes.data")  # under tb_hf: the recipe shows tb_hf's notes
 
 SUBSET_STRATEGIES = ("random", "first")
 
@@ -57,7 +57,7 @@ class TaskSpec:
         name: Task name (``"sst2"``) or ``"custom"``.
         text_columns: One column (single sentence) or two (sentence pair), as named in the returned dataset.
         label_names: Class names in id order; empty for regression.
-        metric_config: Config name of the bundled metric module (`tb_hf.metrics`), e.g. ``"mrpc"``.
+        metric_config: Config name of the bundled metric module (`recipes.metrics`), e.g. ``"mrpc"``.
         main_metric: Key of the metric results used to pick the best epoch (``"combined_score"`` is the mean
             of all metrics, as transformers' ``run_glue.py`` logs it).
     """
