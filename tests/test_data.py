@@ -340,3 +340,96 @@ def test_paths_with_a_tilde_are_expanded(tmp_path, monkeypatch):
     (tmp_path / "dev.csv").write_text(rows)
     raw, task = load_task(train_file="~/train.csv", validation_file="~/dev.csv", text_columns=["text"])
     assert len(raw["train"]) == 6 and tuple(task.label_names) == ("neg", "pos")
+
+
+# --------------------------------------------------------------------------------------------------
+# Issue 28, item 6: missing-value labels, file lines, duplicated columns, empty files, one-class subsets
+
+
+@pytest.mark.parametrize("marker", ["NaN", "nan", "NA", "N/A", "null", "None", "<NA>"])
+def test_missing_value_markers_are_not_classes(tmp_path, marker):
+    """'NaN' in a label cell became a class named 'NaN' (pandas and datasets read these cells as missing)."""
+    with pytest.raises(
+        ValueError, match=rf"d.csv: missing label \({marker!r}.*row 2 \(line 3\).*fill it in or delete"
+    ):
+        _custom(tmp_path, f"text,label\na,pos\nb,{marker}\nc,neg\n")
+
+
+def test_label_rows_are_reported_as_file_lines(tmp_path):
+    """A blank (or blank-looking) line before a bad row shifted the reported line."""
+    with pytest.raises(ValueError, match=r"empty label in row 2 \(line 5\)"):
+        _custom(tmp_path, "text,label\na,pos\n\n  \nb,\nc,neg\n")
+    with pytest.raises(ValueError, match=r"missing label \('NaN'.*row 3 \(line 6\)"):
+        _custom(tmp_path, 'text,label\n"two\nlines",pos\nb,neg\n\nc,NaN\n')  # a quoted line break, a blank line
+    with pytest.raises(ValueError, match=r"d.tsv: empty label in row 2 \(line 4\)"):
+        _custom(tmp_path, "text\tlabel\na\tpos\n\nb\t\nc\tneg\n", "d.tsv")
+    with pytest.raises(ValueError, match=r"d.csv, row 2 \(line 4\): label 'x' is not a number"):
+        _custom(tmp_path, "text,label\na,1.5\n\nb,x\n", is_regression=True)
+
+
+def test_text_nan_and_a_class_named_none_in_capitals_stay_as_written(tmp_path):
+    raw, task = _custom(tmp_path, "text,label\nNaN,NONE\nnull,favor\nNA,against\n")
+    assert raw["train"]["text"] == ["NaN", "null", "NA"] and task.label_names == ("NONE", "against", "favor")
+
+
+@pytest.mark.parametrize(
+    "header, message",
+    [
+        ("text,text,label", r"d.csv: the header names column 'text' twice"),
+        ("text,label,label", r"d.csv: the header names column 'label' twice"),
+    ],
+)
+def test_a_duplicated_column_is_refused(tmp_path, header, message):
+    """pandas renames the second 'text' to 'text.1', so one of the two was silently dropped."""
+    with pytest.raises(ValueError, match=message + r".*rename or delete one"):
+        _custom(tmp_path, f"{header}\na,b,pos\nc,d,neg\n")
+    raw, _ = _custom(tmp_path, "text,note,note,label\na,x,y,pos\nc,x,y,neg\n")  # a column nobody reads: fine
+    assert raw["train"]["text"] == ["a", "c"]
+
+
+def test_a_duplicated_glue_column_is_refused(tmp_path):
+    (tmp_path / "SST-2").mkdir()
+    (tmp_path / "SST-2" / "train.tsv").write_text("sentence\tlabel\ngood\t1\nbad\t0\n")
+    (tmp_path / "SST-2" / "dev.tsv").write_text("sentence\tsentence\tlabel\ngood\tx\t1\n")
+    with pytest.raises(ValueError, match=r"dev.tsv: the header names column 'sentence' twice"):
+        load_glue("sst2", tmp_path)
+
+
+@pytest.mark.parametrize("dev, name", [("text,label\n", "dev.csv"), ("text,label\n\n", "dev.csv"), ("", "dev.jsonl")])
+def test_a_split_without_examples_is_refused_by_the_loader(tmp_path, dev, name):
+    """A header-only validation file loaded, then failed after the model loaded (Column 'input_ids' doesn't exist)."""
+    (tmp_path / "train.csv").write_text("text,label\na,pos\nb,neg\n")
+    (tmp_path / name).write_text(dev)
+    with pytest.raises(ValueError, match=rf"{name} holds no examples.*validation"):
+        load_task(train_file=tmp_path / "train.csv", validation_file=tmp_path / name, text_columns=["text"])
+
+
+def test_a_glue_split_without_examples_is_refused(tmp_path):
+    (tmp_path / "RTE").mkdir()
+    (tmp_path / "RTE" / "train.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n")
+    (tmp_path / "RTE" / "dev.tsv").write_text("index\tsentence1\tsentence2\tlabel\n")
+    with pytest.raises(ValueError, match=r"RTE/dev.tsv holds no examples"):
+        load_glue("rte", tmp_path)
+
+
+def test_a_one_class_training_subset_warns():
+    from recipes.data import ROTTEN_TOMATOES, one_class_warning
+
+    labels = [0] * 10 + [1] * 10
+    message = one_class_warning(labels, list(range(5)), ROTTEN_TOMATOES)
+    assert "holds only class 'negative'" in message and "5 examples" in message and "cannot learn" in message
+    assert one_class_warning(labels, [0, 15], ROTTEN_TOMATOES) is None
+    assert one_class_warning([0] * 20, list(range(5)), ROTTEN_TOMATOES) is None  # the whole file is one class
+
+
+def test_the_recipe_warns_about_a_one_class_subset(tmp_path, caplog):
+    from recipes.glue import run_glue
+
+    rows = "text,label\n" + "".join(f"t{i},{'pos' if i < 10 else 'neg'}\n" for i in range(20))
+    (tmp_path / "train.csv").write_text(rows)
+    argv = ["--train_file", str(tmp_path / "train.csv"), "--validation_file", str(tmp_path / "train.csv")]
+    argv += ["--text_columns", "text", "--max_train_samples", "4", "--subset_strategy", "first"]
+    _, data_args, training_args = run_glue.parse_args([*argv, "--output_dir", str(tmp_path / "out")])
+    with caplog.at_level("WARNING"):
+        run_glue.prepare_data(data_args, training_args)
+    assert "training subset of 4 examples holds only class 'pos'" in caplog.text

@@ -66,7 +66,7 @@ from tb_hf.cli import DTYPES, check_dtype, resolve_model, torch_dtype, unrecogni
 
 if str(Path(__file__).resolve().parents[2]) not in sys.path:  # run as a script: `recipes` is in the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from recipes.data import SUBSET_STRATEGIES, load_task, select_train_indices  # noqa: E402
+from recipes.data import SUBSET_STRATEGIES, load_task, one_class_warning, select_train_indices  # noqa: E402
 
 # The training stack (Trainer, datasets, evaluate, peft, the model classes) is imported inside the functions that
 # use it, so that --help and argument errors answer before it loads.
@@ -413,6 +413,8 @@ def prepare_data(data_args: DataArguments, training_args: TempBalanceConfig) -> 
         seed=subset_seed,
         is_regression=task.is_regression,
     )
+    if (note := one_class_warning(raw["train"]["label"], indices, task)) is not None:
+        logger.warning(note)
     holdout = None
     if data_args.eval_on_train_holdout is not None:
         holdout = select_holdout_indices(
