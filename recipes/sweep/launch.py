@@ -1,8 +1,9 @@
 """Running a sweep's runs: what is done, claiming a run, launching it (in-process, as a process, under accelerate),
 progress lines, and worker processes that end with their parent.
 
-A run is *done* when its folder holds ``result.json`` written for the same settings (`grid.run_key`); a
-``result.json`` written for other settings makes the run *changed*: never reused silently (see `cli.main`).
+A run is *done* when its folder holds ``result.json`` written for the same settings (`grid.run_key`) and the same
+data (the sha256 of each local data file it read, see `provenance`); a ``result.json`` written for other settings or
+other data, or one that stores no settings, makes the run *changed*: never reused silently (see `cli.main`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .grid import RESULT_FILE, Run, changed_settings
+from . import provenance
+from .grid import RESULT_FILE, Run
 
 RECIPE = Path(__file__).resolve().parents[1] / "glue" / "run_glue.py"
 LOCK_FILE = "running.lock"
@@ -36,21 +38,16 @@ REPLACED_FILE = "result.replaced.json"
 
 def stored_record(run: Run) -> dict | None:
     """The run's ``result.json`` record, or None if there is none (or it cannot be read: a run to redo)."""
-    path = run.out / RESULT_FILE
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    from .results import read_record
+
+    return read_record(run.out / RESULT_FILE)
 
 
 def changes(run: Run, record: dict | None = None) -> dict[str, tuple]:
-    """How the finished run's settings differ from the config's (empty: the same run, or a record too old to say)."""
+    """How the finished run differs from the config's (empty: the same run, or no record): its settings, its data
+    files' content, or a record that stores no settings (see `provenance.changes`)."""
     record = stored_record(run) if record is None else record
-    if record is None or not isinstance(record.get("args"), dict):
-        return {}  # no record, or one written before the arguments were stored: nothing to compare
-    if record.get("key") == run.key:
-        return {}
-    return changed_settings(record["args"], run.args)
+    return {} if record is None else provenance.changes(run, record)
 
 
 def status(run: Run) -> str:
@@ -68,8 +65,14 @@ def is_done(run: Run) -> bool:
 def describe_changes(run: Run, limit: int = 4) -> str:
     """``learning_rate 0.0001 -> 0.0002, num_train_epochs 10 -> 20``: what changed since the run finished."""
     items = list(changes(run).items())
-    text = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in items[:limit])
+    text = ", ".join(provenance.describe(k, old, new) for k, (old, new) in items[:limit])
     return text + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
+
+
+def unverified_files(run: Run) -> list[str]:
+    """The data files of a done run that its ``result.json`` cannot vouch for (see `provenance.unverified`)."""
+    record = stored_record(run)
+    return [] if record is None or changes(run, record) else provenance.unverified(run, record)
 
 
 def replace_changed(run: Run) -> None:
@@ -91,48 +94,94 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _claim(out: Path) -> str | None:
-    """Take the run in ``out`` for this process, or say who holds it.
+class Conflict(str):
+    """Why a run is skipped when another sweep process runs it, or has finished it, with OTHER settings: two sweeps
+    of different configs share the output folder, and this sweep's run would never happen."""
 
-    The claim is ``out/running.lock`` holding ``host pid``, created exclusively, so that two sweep processes over
-    one grid (started at different times, or on machines that share the folder) never run the same run twice. A
-    lock of a process of this machine that is gone (killed, crashed) is taken over; one of another machine cannot
-    be checked from here and is left alone (delete it by hand if that machine's sweep is dead).
+
+def _holder(lock: Path) -> tuple[str, str | None] | None:
+    """Who holds ``lock`` (``running.lock``: ``host pid key``; locks of older sweeps lack the key): (where, run
+    key), or None when nobody does (no lock, an unreadable one, or one of a dead process of this machine)."""
+    try:
+        host, pid, *key = lock.read_text().split()
+        pid = int(pid)
+    except (OSError, ValueError):
+        return None  # no lock, or unreadable or half-written: stale
+    if host != socket.gethostname():
+        return f"running on {host} (process {pid}; {lock})", (key or [None])[0]
+    if pid != os.getpid() and _alive(pid):
+        return f"running in process {pid}", (key or [None])[0]
+    return None
+
+
+def _conflict(run: Run, where: str, key: str) -> Conflict:
+    return Conflict(
+        f"{where} with OTHER settings (run key {key}; this config's is {run.key}): another sweep with a different "
+        f"config uses this output folder ({run.out}). Give each config its own output_dir, or wait for the other "
+        "sweep to end."
+    )
+
+
+def lock_conflict(run: Run) -> Conflict | None:
+    """Why ``run`` is held by a live sweep process with other settings (see `Conflict`), or None."""
+    held = _holder(run.out / LOCK_FILE)
+    if held is None or held[1] is None or held[1] == run.key:
+        return None
+    return _conflict(run, *held)
+
+
+def _claim(run: Run) -> str | None:
+    """Take ``run`` for this process, or say who holds it.
+
+    The claim is ``running.lock`` in the run's folder holding ``host pid key`` (the run key), created exclusively,
+    so that two sweep processes over one grid (started at different times, or on machines that share the folder)
+    never run the same run twice. A lock of a process of this machine that is gone (killed, crashed) is taken over;
+    one of another machine cannot be checked from here and is left alone (delete it by hand if that machine's sweep
+    is dead). A holder with another key runs other settings in this folder: a `Conflict`.
 
     Returns:
         None once this process holds the run, else why it is skipped.
     """
-    lock, me = out / LOCK_FILE, f"{socket.gethostname()} {os.getpid()}"
+    lock, me = run.out / LOCK_FILE, f"{socket.gethostname()} {os.getpid()} {run.key}"
     for _ in range(2):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            try:
-                host, pid = lock.read_text().split()
-                pid = int(pid)
-            except (OSError, ValueError):
-                host, pid = "", 0  # unreadable or half-written: stale
-            if host and host != socket.gethostname():
-                return f"running on {host} (process {pid}; {lock})"
-            if pid and pid != os.getpid() and _alive(pid):
-                return f"running in process {pid}"
-            lock.unlink(missing_ok=True)
-            continue
+            held = _holder(lock)
+            if held is None:
+                lock.unlink(missing_ok=True)
+                continue
+            where, key = held
+            return _conflict(run, where, key) if key is not None and key != run.key else where
         with os.fdopen(fd, "w") as f:
             f.write(me)
         return None
     return "taken by another process"
 
 
+def _finished_elsewhere(run: Run) -> str | None:
+    """Why ``run`` need not (or must not) run here after all: another process finished it with these settings, or
+    with other settings (a `Conflict`: its result is not overwritten)."""
+    state = status(run)
+    if state == "changed":
+        return Conflict(
+            f"finished meanwhile by another sweep with OTHER settings ({describe_changes(run)}): another config uses "
+            f"this output folder ({run.out}). Give each config its own output_dir."
+        )
+    return "finished elsewhere" if state == "done" else None
+
+
 def _take(run: Run) -> str | None:
     """None once this process holds ``run`` (see `_claim`); else why it is skipped: another process holds it, or
     finished it after this sweep listed its work."""
-    if is_done(run):
-        return "finished elsewhere"
-    why = _claim(run.out)
-    if why is None and is_done(run):  # finished between the check and the claim
-        (run.out / LOCK_FILE).unlink()
-        return "finished elsewhere"
+    why = _finished_elsewhere(run)
+    if why is not None:
+        return why
+    why = _claim(run)
+    if why is None:
+        why = _finished_elsewhere(run)  # finished between the check and the claim
+        if why is not None:
+            (run.out / LOCK_FILE).unlink()
     return why
 
 
@@ -247,7 +296,7 @@ class _Progress:
             self.bar.close()
 
 
-def _write_result(run: Run, results: dict, seconds: float) -> None:
+def _write_result(run: Run, results: dict, seconds: float, data: dict[str, str | None]) -> None:
     record = {
         "task": run.task,
         "size_key": run.size_key,
@@ -259,6 +308,7 @@ def _write_result(run: Run, results: dict, seconds: float) -> None:
         "run_seconds": seconds,
         "key": run.key,  # what defines the run (its arguments but output_dir): a changed config is never reused
         "args": run.args,
+        "data": data,  # sha256 of each local data file, taken before the run: an edited file is never reused
         "results": results,
     }
     tmp = run.out / f"{RESULT_FILE}.tmp"
@@ -269,15 +319,16 @@ def _write_result(run: Run, results: dict, seconds: float) -> None:
 def execute(
     runs: list[Run], launcher: str = "inprocess", *, quiet: bool = True, position: int = 0, label: str = "sweep"
 ) -> dict[str, int]:
-    """Run what is not done yet; returns counts of ``done`` (skipped), ``ok`` and ``failed`` runs, and
-    ``elsewhere``: runs another sweep process over the same folders was running (see `_claim`) or finished meanwhile.
+    """Run what is not done yet; returns counts of ``done`` (skipped), ``ok`` and ``failed`` runs, ``elsewhere``:
+    runs another sweep process over the same folders was running (see `_claim`) or finished meanwhile, and
+    ``conflict``: runs another sweep process runs or finished with other settings (they did not run here).
 
     A failing run (any exception, or run_glue exiting) leaves its traceback in ``error.txt`` and the others go on.
     A run whose stored result was made with other settings is not run here (`cli.main` refuses it, or sets its
     result aside with ``--redo-changed`` first).
     """
     todo = [run for run in runs if status(run) == "todo"]
-    counts = {"done": len(runs) - len(todo), "ok": 0, "failed": 0, "elsewhere": 0}
+    counts = {"done": len(runs) - len(todo), "ok": 0, "failed": 0, "elsewhere": 0, "conflict": 0}
     if counts["done"]:
         print(f"{label}: skipped {counts['done']} finished runs, {len(todo)} to run", file=sys.stderr)
     progress = _Progress(len(todo), label, position)
@@ -286,11 +337,12 @@ def execute(
         run.out.mkdir(parents=True, exist_ok=True)
         why = _take(run)
         if why is not None:
-            counts["elsewhere"] += 1
-            progress.finish(run, f"skipped ({why})", 0.0)
+            counts["conflict" if isinstance(why, Conflict) else "elsewhere"] += 1
+            progress.finish(run, f"{'NOT RUN' if isinstance(why, Conflict) else 'skipped'} ({why})", 0.0)
             continue
         try:
             (run.out / "error.txt").unlink(missing_ok=True)
+            data = provenance.fingerprints(run.args)  # the files as this run reads them
             start = time.time()
             try:
                 if launcher == "inprocess":
@@ -303,7 +355,7 @@ def execute(
                 (run.out / "error.txt").write_text(traceback.format_exc())
                 progress.finish(run, f"FAILED (see {run.out / 'error.txt'})", time.time() - start)
                 continue
-            _write_result(run, results, time.time() - start)
+            _write_result(run, results, time.time() - start, data)
         finally:
             (run.out / LOCK_FILE).unlink(missing_ok=True)
         counts["ok"] += 1

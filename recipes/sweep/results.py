@@ -4,12 +4,17 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
 from tb_hf.history import read_history
 
-from .grid import RESULT_FILE, SIZES, Run, run_key
+from . import provenance
+from .grid import RESULT_FILE, SIZES, Run
+
+logger = logging.getLogger("recipes.sweep")
+_SKIPPED: set[str] = set()  # result files already named as unreadable in this process (one warning each)
 
 #: The columns that identify a cell of the grid: runs of one cell differ only in method and seed.
 CELL = ["model", "task", "size_key", "size", "lora"]
@@ -24,19 +29,35 @@ def _model_label(rec: dict) -> str:
     return Path(os.path.expanduser(name.rstrip("/"))).name or name
 
 
+def read_record(path: Path) -> dict | None:
+    """A run's ``result.json`` record, or None if it is missing, half-written or damaged (not a JSON object with
+    ``results``): such a run is to do, and a normal run of the sweep runs it again."""
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) and isinstance(rec.get("results"), dict) else None
+
+
 def _records(output_dir: str | Path, runs: list[Run] | None):
     """(path, record) of every finished run under ``output_dir``; with ``runs``, only theirs, made with their
-    settings (a record written for other settings, or for a run the config no longer has, is left out)."""
+    settings and data (a record written for other settings or data, one that stores no settings, or one for a run
+    the config no longer has, is left out). A result file that cannot be read is skipped with a warning."""
     root = Path(output_dir)
     wanted = None if runs is None else {run.name: run for run in runs}
     for path in sorted(root.glob(f"runs/**/{RESULT_FILE}")):
-        rec = json.loads(path.read_text())
+        rec = read_record(path)
+        if rec is None:
+            if str(path) not in _SKIPPED:
+                _SKIPPED.add(str(path))
+                logger.warning(
+                    f"sweep: skipped {path}: not a complete result record (half-written or damaged). A run of the "
+                    "sweep without --aggregate-only runs it again."
+                )
+            continue
         if wanted is not None:
             run = wanted.get(path.parent.relative_to(root / "runs").as_posix())
-            if run is None:
-                continue
-            args = rec.get("args")
-            if isinstance(args, dict) and rec.get("key", run_key(args)) != run.key:
+            if run is None or provenance.changes(run, rec):
                 continue
         yield path, rec
 
