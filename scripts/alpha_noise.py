@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             np.array([(s.alpha - 1.0) / math.sqrt(s.num_tail) for s in ok]),
         )
     weights = {name: w for name, w in unit_weights(model, analysis.partition).items() if name in fits}
-    factor_options = tb.factor_options()
+    factor_options = tb.tb_options.balance.factor_kwargs()
 
     def factors_of(alphas: dict[str, float]) -> dict[str, float]:
         return compute_factors(alphas, weights=weights, **factor_options)

@@ -153,7 +153,7 @@ def _():
     from tb_hf import TempBalanceCallback
 
     cb = TempBalanceCallback(_config(tb_xmin_pos=1.5), mapping="sigmoid")
-    assert (cb.user_tb_args.tb_mapping, cb.user_tb_args.tb_xmin_pos) == ("sigmoid", 1.5)
+    assert (cb.user_options.tb_mapping, cb.user_options.tb_xmin_pos) == ("sigmoid", 1.5)
 
 
 @case("numpy integer options (np.int64(50))", "correct")
@@ -243,7 +243,7 @@ def _():
     for layer in model.bert.encoder.layer:
         layer.pruned = nn.Linear(32, 0)
     trainer = _train(model, _tmp(), tb_update_steps="once")
-    spectra = trainer.tempbalance.engine.run(model).spectra
+    spectra = trainer.tempbalance.balancer.engine.run(model).spectra
     assert {s.status for k, s in spectra.items() if "pruned" in k.param} == {"too_small"}
     factors = {g["tb_unit"]: g["tb_factor"] for g in trainer.optimizer.param_groups if g["tb_unit"]}
     assert sorted(factors.values()) == [0.5, 1.5], factors  # the other matrices fit: balanced
@@ -281,7 +281,7 @@ def _():
     trainer = _train(
         model, _tmp(), IterableDataset.from_generator(lambda: iter(rows)), max_steps=6, tb_update_steps="auto"
     )
-    assert trainer.tempbalance.steps_per_epoch == 6 and trainer.tempbalance.rule_interval == 1
+    assert trainer.tempbalance.steps_per_epoch == 6 and trainer.tempbalance.schedule.rule == 1
 
 
 @case("LoRA delta view (rank-r ΔW)", "correct")
@@ -867,7 +867,7 @@ def _resume_pair(tmp: Path, first: dict, then: dict, *, save_steps: int = 4):
 @case("resume with another tb_mapping and tb_update_steps", "warning", "other tempbalance options", "tb_mapping")
 def _():
     trainer, records = _resume_pair(_tmp(), {}, {"tb_mapping": "sigmoid", "tb_update_steps": "3"})
-    assert [r["step"] for r in records] == [4, 6] and trainer.tempbalance.interval == 3, records
+    assert [r["step"] for r in records] == [4, 6] and trainer.tempbalance.schedule.interval == 3, records
     assert max(records[0]["factor"].values()) != 1.5  # the sigmoid map's factors, not the linear map's
 
 
@@ -882,7 +882,7 @@ def _():
     once = {"tb_update_steps": "once"}
     trainer, records = _resume_pair(_tmp(), {**once, "save_only_model": True}, once)
     assert [r["step"] for r in records] == [4], records  # one fresh pass, not one every step
-    assert set(trainer.tempbalance.factors.values()) == {0.5, 1.5}
+    assert set(trainer.tempbalance.balancer.factors.values()) == {0.5, 1.5}
 
 
 @case("resume 'auto' from a checkpoint before its decision (step 2)", "correct")
@@ -890,8 +890,8 @@ def _():
     auto = {"tb_update_steps": "auto", "tb_max_overhead": 0.2}
     trainer, records = _resume_pair(_tmp(), auto, auto, save_steps=2)
     tb = trainer.tempbalance
-    assert tb.decided and tb.schedule.start_step == 2 and min(tb.schedule.step_times) == 3
-    assert len(records) <= 8 // tb.interval, records  # passes at the decided interval, not every step
+    assert tb.schedule.decided and tb.schedule.start_step == 2 and min(tb.schedule.step_times) == 3
+    assert len(records) <= 8 // tb.schedule.interval, records  # passes at the decided interval, not every step
 
 
 @case("resume a plain Trainer's checkpoint with TempBalanceTrainer", "error",

@@ -161,7 +161,7 @@ def run(kind: str, preset: dict, data, tokenizer, seed: int, device: str, out: s
     if kind != "plain":
         with open(os.path.join(out, "tempbalance", "history.jsonl")) as f:
             records = [json.loads(line) for line in f]
-        interval = trainer.tempbalance.interval
+        interval = trainer.tempbalance.schedule.interval
     return dict(
         seconds=seconds, accuracy=accuracy, records=records, interval=interval, steps=trainer.state.global_step
     )

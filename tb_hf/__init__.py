@@ -24,8 +24,12 @@ _EXPORTS = {
     "unit_matrices": "engine",
     "Partition": "layers",
     "Unit": "layers",
-    "find_blocks": "layers",
+    "find_blocks": "blocks",
     "partition_model": "layers",
+    "LLRDTrainer": "baselines",
+    "Balancer": "balancer",
+    "TempBalanceOptions": "options",
+    "resolve_options": "options",
     "build_param_groups": "optim",
     "create_tempbalance_optimizer": "optim",
     "tempbalance_param_groups": "optim",
@@ -42,6 +46,8 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "Balancer",
+    "LLRDTrainer",
     "LayerSpectrum",
     "MatrixKey",
     "Partition",
@@ -52,6 +58,7 @@ __all__ = [
     "TempBalanceCallback",
     "TempBalanceConfig",
     "TempBalanceMixin",
+    "TempBalanceOptions",
     "TempBalanceTrainer",
     "Unit",
     "analyze",
@@ -66,6 +73,7 @@ __all__ = [
     "find_blocks",
     "fit_power_law",
     "partition_model",
+    "resolve_options",
     "tempbalance_param_groups",
     "unit_matrices",
     "unit_metrics",
@@ -85,12 +93,15 @@ def __dir__():
 
 
 if TYPE_CHECKING:
+    from .balancer import Balancer
     from .balancing import apply_factors, apply_wd_factors, compute_factors, compute_wd_factors, unit_metrics
+    from .baselines import LLRDTrainer
+    from .blocks import find_blocks
     from .callback import TempBalanceCallback
     from .config import TempBalanceConfig
     from .engine import PassResult, SpectralEngine, unit_matrices
-    from .layers import Partition, Unit, find_blocks, partition_model
+    from .layers import Partition, Unit, partition_model
     from .optim import build_param_groups, create_tempbalance_optimizer, tempbalance_param_groups
-    from .options import TempBalanceArguments
+    from .options import TempBalanceArguments, TempBalanceOptions, resolve_options
     from .spectral import LayerSpectrum, MatrixKey, PowerLawFit, analyze, esd, farms_esd, fit_power_law
     from .trainer import TempBalanceMixin, TempBalanceTrainer

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import torch
 
+from .balancer import Balancer
 from .balancing import balance
 from .engine import SpectralEngine
-from .layers import Partition, partition_model, unit_weights
-from .options import TempBalanceArguments
+from .layers import Partition
+from .options import TempBalanceArguments, TempBalanceOptions, resolve_options
 from .spectral import LayerSpectrum, MatrixKey
 
 __all__ = [
@@ -46,7 +47,9 @@ class MatrixRow:
     num_evals: int
     status: str
     unit_alpha: float
-    factor: float
+    factor: float  # the unit's α factor
+    lr_scale: float  # the unit's learning rate relative to the run's: depth profile × α factor
+    wd_factor: float  # the unit's weight-decay ratio (1 when the weight decay is not balanced)
 
 
 @dataclass
@@ -57,11 +60,13 @@ class ModelAnalysis:
     spectra: dict[MatrixKey, LayerSpectrum]
     metrics: dict[str, float]  # unit -> the metric that drives the factors (tb_metric)
     unit_alpha: dict[str, float]  # unit -> mean α (for the figures, whatever tb_metric is)
-    factors: dict[str, float]
+    factors: dict[str, float]  # unit -> α factor
     rows: list[MatrixRow]
     esds: dict[MatrixKey, torch.Tensor] = field(default_factory=dict)  # matrix -> eigenvalues (CPU, float64)
     seconds: float = 0.0
     wd_factors: dict[str, float] = field(default_factory=dict)  # unit -> weight-decay ratio (tb_balance)
+    lr_scales: dict[str, float] = field(default_factory=dict)  # unit -> depth profile × α factor
+    options: TempBalanceOptions = field(default_factory=TempBalanceOptions)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -88,22 +93,26 @@ def default_esd_matrices(partition: Partition) -> list[str]:
 
 def analyze_model(
     model: torch.nn.Module,
-    tb: TempBalanceArguments,
+    tb: TempBalanceArguments | TempBalanceOptions,
     *,
     esd_matrices: list[str] | None = None,
     progress: bool = False,
 ) -> ModelAnalysis:
-    """What TempBalance would see and do on ``model`` with options ``tb``, computed one block at a time.
+    """What training with options ``tb`` would see and do on ``model``, computed one block at a time.
 
-    The same engine, partition, matrices, fits, unit metrics and factors as training. ``esd_matrices``: globs
-    (see `_matches`) of matrices whose eigenvalues to keep for figures; None keeps none, ``[]`` a default set
-    (`default_esd_matrices`).
+    The same partition, base rates, engine, matrices, fits, unit metrics and factors as training at step 0: each unit's
+    α factor, its learning rate relative to the run's (``lr_scales``: depth profile × α factor) and, when the weight
+    decay is balanced, its weight-decay ratio. The pass runs whatever the profile (with ``tb_mapping='none'``
+    training makes none, and its factors are 1). ``esd_matrices``: globs (see `_matches`) of matrices whose eigenvalues
+    to keep for figures; None keeps none, ``[]`` a default set (`default_esd_matrices`).
 
     Raises:
         ValueError: If ``esd_matrices`` matches none of the analysed matrices.
     """
-    partition = partition_model(model, tb.tb_unit)
-    engine = SpectralEngine(model, partition, tb)
+    options = resolve_options(tb)
+    balancer = Balancer(model, options)
+    partition = balancer.partition
+    engine = SpectralEngine(model, partition, options.spectral)
     wanted: set[str] = set()
     if esd_matrices is not None:
         names = [n for u in partition.units for n in u.matrices]
@@ -118,10 +127,10 @@ def analyze_model(
     result = engine.run(
         model, by_block=True, progress=progress, esd_keys=[t.key for t in engine.tasks if t.key.param in wanted]
     )
-    outcome = balance(
-        result.metrics, tb, alphas=result.alphas, alpha_se=result.alpha_se, weights=unit_weights(model, partition)
-    )  # what training would give each unit, the 'se' map and weight-decay balancing included
+    outcome = balance(result.metrics, options.balance, alphas=result.alphas, alpha_se=result.alpha_se,
+                      weights=balancer.unit_weights)  # fmt: skip # what training gives each unit at step 0
     factors = outcome.factors
+    lr_scales = {unit: balancer.lr_ratios[unit] * factor for unit, factor in factors.items()}
     rows = []
     for task in engine.tasks:
         s = result.spectra[task.key]
@@ -137,6 +146,8 @@ def analyze_model(
                 status=s.status,
                 unit_alpha=result.metrics[task.unit],
                 factor=factors[task.unit],
+                lr_scale=lr_scales[task.unit],
+                wd_factor=outcome.wd_factors.get(task.unit, 1.0),
             )
         )
     return ModelAnalysis(
@@ -149,6 +160,8 @@ def analyze_model(
         esds=result.esds,
         seconds=result.seconds,
         wd_factors=outcome.wd_factors,
+        lr_scales=lr_scales,
+        options=options,
     )
 
 
@@ -164,8 +177,9 @@ def _relative(matrix: str, unit: str) -> str:
     return matrix[len(unit) + 1 :] if matrix.startswith(f"{unit}.") else matrix
 
 
-def print_table(rows: list[MatrixRow], metric: str = "alpha", file=None) -> None:
-    """One line per matrix, grouped by unit; the unit's metric and factor on its first line."""
+def print_table(rows: list[MatrixRow], metric: str = "alpha", file=None, *, weight_decay: bool = False) -> None:
+    """One line per matrix, grouped by unit; on its first line the unit's metric, its α factor, its learning rate
+    relative to the run's (``lr ×``: depth profile × α factor) and, with ``weight_decay``, its weight-decay ratio."""
     if not rows:
         print("(no matrices analysed)", file=file)
         return
@@ -174,7 +188,7 @@ def print_table(rows: list[MatrixRow], metric: str = "alpha", file=None) -> None
     unit_col = "unit α" if metric == "alpha" else f"unit {metric}"
     header = (
         f"{'unit':<{uw}}  {'matrix':<{mw}}  {'shape':>11}  {'α':>7}  {'xmin':>9}  {'KS':>6}  {'status':<10}  "
-        f"{unit_col:>10}  {'factor':>6}"
+        f"{unit_col:>10}  {'factor':>6}  {'lr ×':>6}" + (f"  {'wd ×':>6}" if weight_decay else "")
     )
     print(header, file=file)
     print("-" * len(header), file=file)
@@ -184,7 +198,9 @@ def print_table(rows: list[MatrixRow], metric: str = "alpha", file=None) -> None
         last_unit = r.unit
         shape = "x".join(map(str, r.shape))
         xmin = "nan" if math.isnan(r.xmin) else f"{r.xmin:.3g}"
-        tail = f"{_fmt(r.unit_alpha):>10}  {r.factor:6.3f}" if first else ""
+        tail = f"{_fmt(r.unit_alpha):>10}  {r.factor:6.3f}  {r.lr_scale:6.3f}" if first else ""
+        if first and weight_decay:
+            tail += f"  {r.wd_factor:6.3f}"
         print(
             f"{r.unit if first else '':<{uw}}  {_relative(r.matrix, r.unit):<{mw}}  {shape:>11}  {_fmt(r.alpha):>7}  "
             f"{xmin:>9}  {_fmt(r.ks_distance):>6}  {r.status:<10}  {tail}".rstrip(),
@@ -217,6 +233,8 @@ def write_report(rows: list[MatrixRow], out: Path, meta: dict | None = None, ana
                 "metric": _json_value(analysis.metrics[u.name]),
                 "alpha": _json_value(analysis.unit_alpha[u.name]),
                 "factor": analysis.factors[u.name],
+                "lr_scale": analysis.lr_scales[u.name],
+                "wd_factor": analysis.wd_factors.get(u.name, 1.0),
                 "matrices": list(u.matrices),
             }
             for u in analysis.partition.units
@@ -230,13 +248,16 @@ def write_report(rows: list[MatrixRow], out: Path, meta: dict | None = None, ana
         json.dump(report, f, indent=1, allow_nan=False)
 
 
-def write_figures(analysis: ModelAnalysis, tb: TempBalanceArguments, out: Path, *, label: str, fmt: str = "png"):
-    """``esd``, ``alpha`` and ``factors`` figures of an analysis; returns the paths written."""
+def write_figures(analysis: ModelAnalysis, out: Path, *, label: str, fmt: str = "png") -> list[Path]:
+    """``esd``, ``alpha`` and ``factors`` figures of an analysis (and ``wd_factors`` when the weight decay is
+    balanced); returns the paths written. Titles name the options the analysis used (``analysis.options``)."""
     from . import plotting
 
+    options = analysis.options
+    s, b = options.spectral, options.balance
     out.mkdir(parents=True, exist_ok=True)
-    how = f"{tb.tb_xmin_method} xmin, {tb.tb_estimator} ESD" + (", λ > 1e-5" if tb.tb_filter_zeros else "")
-    if tb.tb_lora_view == "delta":
+    how = f"{s.xmin_method} xmin, {s.estimator} ESD" + (", λ > 1e-5" if s.filter_zeros else "")
+    if s.lora_view == "delta":
         how += ", ΔW only"
     paths = []
     if analysis.esds:
@@ -247,20 +268,19 @@ def write_figures(analysis: ModelAnalysis, tb: TempBalanceArguments, out: Path, 
         fig = plotting.plot_esds(panels, suptitle=f"{label}: empirical spectral densities ({how})")
         paths.append(plotting.save_figure(fig, out / f"esd.{fmt}"))
     matrix_alpha = None
-    if tb.tb_unit == "block":
+    if b.unit == "block":
         matrix_alpha = {u.name: {} for u in analysis.partition.units}
         for r in analysis.rows:
             matrix_alpha[r.unit][_relative(r.matrix, r.unit).removesuffix(".weight")] = r.alpha
-    fig = plotting.plot_alpha(analysis.unit_alpha, matrix_alpha, title=f"{label}: α per {tb.tb_unit} ({how})")
+    fig = plotting.plot_alpha(analysis.unit_alpha, matrix_alpha, title=f"{label}: α per {b.unit} ({how})")
     paths.append(plotting.save_figure(fig, out / f"alpha.{fmt}"))
-    if tb.tb_mapping == "linear":
-        mapping = f"linear map {tb.tb_lr_min:g}-{tb.tb_lr_max:g}"
-    else:
-        mapping = f"sigmoid map, τ={tb.tb_sigmoid_tau:g}, s={tb.tb_sigmoid_s_low:g}/{tb.tb_sigmoid_s_high:g}"
-    driver = "" if tb.tb_metric == "alpha" else f" of {tb.tb_metric}"
-    fig = plotting.plot_factors(
-        analysis.factors,
-        title=f"{label}: learning-rate factors ({mapping}{driver}{', normalized' if tb.tb_normalize else ''})",
-    )
+    parts = [b.map_text() + ("" if s.metric == "alpha" or not b.balances_lr else f" of {s.metric}")]
+    if b.llrd_decay != 1:
+        parts.insert(0, f"depth profile {b.llrd_decay:g}^depth")
+    fig = plotting.plot_factors(analysis.lr_scales, title=f"{label}: learning rate ÷ base rate ({' × '.join(parts)})")
     paths.append(plotting.save_figure(fig, out / f"factors.{fmt}"))
+    if b.balances_wd:
+        title = f"{label}: weight decay ÷ base ({b.wd_min_ratio:g}-{b.wd_max_ratio:g} linear map of α)"
+        fig = plotting.plot_factors(analysis.wd_factors, title=title)
+        paths.append(plotting.save_figure(fig, out / f"wd_factors.{fmt}"))
     return paths

@@ -29,7 +29,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from transformers.utils import logging
 
-from .options import MAPPINGS, METRICS, check_factor_options, check_range
+from .options import MAPPINGS, METRICS, BalanceOptions, check_factor_options, check_range
 from .spectral import LayerSpectrum, MatrixKey
 from .state import BASE_LR, BASE_WD, FACTOR, UNIT, WD_FACTOR
 
@@ -211,24 +211,29 @@ def _normalized(factors: Mapping[str, float], weights: Mapping[str, float] | Non
     return {name: factor / mean for name, factor in factors.items()}
 
 
+_B = BalanceOptions()  # the defaults, defined once in tb_hf.options
+
+
 def compute_factors(
     metrics: Mapping[str, float],
     *,
-    mapping: str = "linear",
-    lr_min: float = 0.5,
-    lr_max: float = 1.5,
-    tau: float = 10.0,
-    s_low: float = 2.0,
-    s_high: float = 1.0,
-    se_threshold: float = 2.0,
+    mapping: str = _B.mapping,
+    lr_min: float = _B.lr_min,
+    lr_max: float = _B.lr_max,
+    tau: float = _B.sigmoid_tau,
+    s_low: float = _B.sigmoid_s_low,
+    s_high: float = _B.sigmoid_s_high,
+    se_threshold: float = _B.se_threshold,
     alpha_se: Mapping[str, float] | None = None,
     weights: Mapping[str, float] | None = None,
-    normalize: bool = False,
+    normalize: bool = _B.normalize,
 ) -> dict[str, float]:
     """Learning-rate factor per unit from its metric (``docs/method.md``, section 5).
 
     Only *fitted* units (finite metric) take part; the others get factor 1.0 and are left out of the
     minimum, maximum and mean below.
+
+    * ``"none"``: factor 1 for every unit (a depth profile alone, e.g. LLRD).
 
     * ``"linear"`` (TempBalance): ``factor = lr_min + (lr_max − lr_min)·(α − α_min)/(α_max − α_min)``, so the
       lowest α gets ``lr_min`` and the highest ``lr_max``; if all α are equal every factor is 1. With
@@ -266,7 +271,7 @@ def compute_factors(
         check_range("se_threshold", se_threshold, 0, 100, low_open=True)
     fitted = {name: float(value) for name, value in metrics.items() if math.isfinite(value)}
     factors: dict[str, float] = {}
-    if fitted:
+    if fitted and mapping != "none":
         if mapping == "linear":
             factors = _linear_factors(fitted, lr_min, lr_max)
         elif mapping == "sigmoid":
@@ -281,7 +286,7 @@ def compute_factors(
 
 
 def compute_wd_factors(
-    metrics: Mapping[str, float], *, wd_min_ratio: float = 0.5, wd_max_ratio: float = 1.5
+    metrics: Mapping[str, float], *, wd_min_ratio: float = _B.wd_min_ratio, wd_max_ratio: float = _B.wd_max_ratio
 ) -> dict[str, float]:
     """Weight-decay ratio per unit (AlphaDecay, He et al., NeurIPS 2025): a linear map of α into
     ``[wd_min_ratio, wd_max_ratio]``, so the unit with the highest α (the lightest-tailed spectrum) gets the most
@@ -314,23 +319,30 @@ class Balance:
 
 def balance(
     metrics: Mapping[str, float],
-    tb,
+    options: BalanceOptions,
     *,
     alphas: Mapping[str, float] | None = None,
     alpha_se: Mapping[str, float] | None = None,
     weights: Mapping[str, float] | None = None,
     seed: int = 0,
 ) -> Balance:
-    """The factors of a pass under the options ``tb`` (`tb_hf.TempBalanceArguments`): `compute_factors` of the metric
-    when the learning rate is balanced (else 1), `compute_wd_factors` of α when the weight decay is, both permuted
-    among the fitted units for ``tb_permute_factors``."""
+    """The factors of a pass under ``options`` (`tb_hf.options.BalanceOptions`, or a `TempBalanceArguments` /
+    `TempBalanceOptions`, whose balancing options are taken): `compute_factors` of the metric when
+    the learning rate is balanced (else 1), `compute_wd_factors` of α when the weight decay is, both permuted among
+    the fitted units for ``permute_factors``."""
+    if not isinstance(options, BalanceOptions):  # a TempBalanceArguments or TempBalanceOptions
+        from .options import resolve_options
+
+        options = resolve_options(options).balance
     alphas = metrics if alphas is None else alphas
     factors = dict.fromkeys(metrics, 1.0)
-    if tb.balances_lr:
-        factors = compute_factors(metrics, alpha_se=alpha_se or {}, weights=weights, **tb.factor_options())
-    wd_factors = compute_wd_factors(alphas, **tb.wd_factor_options()) if tb.balances_wd else {}
+    if options.balances_lr:
+        factors = compute_factors(metrics, alpha_se=alpha_se or {}, weights=weights, **options.factor_kwargs())
+    wd_factors = {}
+    if options.balances_wd:
+        wd_factors = compute_wd_factors(alphas, wd_min_ratio=options.wd_min_ratio, wd_max_ratio=options.wd_max_ratio)
     fitted = [name for name, value in metrics.items() if math.isfinite(value)]
-    if tb.tb_permute_factors:
+    if options.permute_factors:
         factors = permuted(factors, fitted, seed)
         wd_factors = permuted(wd_factors, fitted, seed) if wd_factors else {}
     return Balance(factors, wd_factors, [name for name in metrics if name not in set(fitted)])

@@ -429,13 +429,15 @@ def cmd_analyze(argv: list[str]) -> ModelAnalysis:
     tb, extra, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     if unknown:
         parser.error(unrecognized_message(parser, unknown))
-    if tb.tb_permute_factors:
+    options = tb.tb_options
+    s, b = options.spectral, options.balance
+    if b.permute_factors:
         raise SystemExit(
             "tb-hf analyze shows the factors TempBalance assigns by α; --tb_permute_factors is a training control "
             "(the factors shuffled among the units, one permutation per TrainingArguments seed), so it has no "
             "table here: leave it out."
         )
-    if tb.tb_lora_view == "delta" and extra.adapter is None:
+    if s.lora_view == "delta" and extra.adapter is None:
         raise SystemExit(
             "--tb_lora_view delta analyses the LoRA update ΔW alone, so it needs LoRA adapters, and a model folder "
             "has none: pass --adapter ADAPTER_FOLDER (a peft adapter trained on this model), or leave --tb_lora_view "
@@ -457,7 +459,7 @@ def cmd_analyze(argv: list[str]) -> ModelAnalysis:
     model = load_model(extra.model, extra.model_class, device, extra.dtype, extra.adapter)
     load_seconds = time.perf_counter() - start
     try:
-        analysis = analyze_model(model, tb, esd_matrices=extra.esd_matrices if figures else None, progress=True)
+        analysis = analyze_model(model, options, esd_matrices=extra.esd_matrices if figures else None, progress=True)
     except ValueError as err:
         raise SystemExit(str(err)) from err
     rows = analysis.rows
@@ -465,14 +467,13 @@ def cmd_analyze(argv: list[str]) -> ModelAnalysis:
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
     fitted = sum(r.status == "ok" for r in rows)
     print(
-        f"{extra.model}{f' + adapter {extra.adapter} ({tb.tb_lora_view} view)' if extra.adapter else ''}: "
+        f"{extra.model}{f' + adapter {extra.adapter} ({s.lora_view} view)' if extra.adapter else ''}: "
         f"{model_type} ({str(dtype).removeprefix('torch.')}, {device}), {len(analysis.partition.units)} "
-        f"{tb.tb_unit} units, {len(rows)} matrices ({fitted} fitted); xmin_method={tb.tb_xmin_method}, "
-        f"estimator={tb.tb_estimator}, esd_dtype={str(tb.esd_dtype(device)).removeprefix('torch.')}, "
-        f"mapping={tb.tb_mapping}; "
+        f"{b.unit} units, {len(rows)} matrices ({fitted} fitted); xmin_method={s.xmin_method}, "
+        f"estimator={s.estimator}, esd_dtype={str(s.dtype(device)).removeprefix('torch.')}; {options.text()}; "
         f"load {load_seconds:.1f} s, spectral pass {analysis.seconds:.1f} s"
     )
-    print_table(rows, metric=tb.tb_metric)
+    print_table(rows, metric=s.metric, weight_decay=b.balances_wd)
     if extra.out is None:
         print("(pass --out DIR to write alpha.csv, alpha.json and figures)")
         return analysis
@@ -482,7 +483,7 @@ def cmd_analyze(argv: list[str]) -> ModelAnalysis:
         "adapter": extra.adapter,
         "device": device,
         "dtype": str(dtype).removeprefix("torch."),
-        "options": {k: getattr(tb, k) for k in TempBalanceArguments.__dataclass_fields__},
+        "options": options.to_dict(),
         "load_seconds": load_seconds,
         "spectral_seconds": analysis.seconds,
     }
@@ -490,7 +491,7 @@ def cmd_analyze(argv: list[str]) -> ModelAnalysis:
     written = [extra.out / "alpha.csv", extra.out / "alpha.json"]
     if figures:
         label = _display_name(extra.model)
-        written += write_figures(analysis, tb, extra.out, label=label, fmt=extra.fig_format)
+        written += write_figures(analysis, extra.out, label=label, fmt=extra.fig_format)
     print("wrote " + ", ".join(map(str, written)))
     return analysis
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 from transformers import TrainingArguments
 
-from .options import TempBalanceArguments, tb_arguments
+from .options import TempBalanceArguments
 
-__all__ = ["TempBalanceArguments", "TempBalanceConfig", "tb_arguments"]
+__all__ = ["TempBalanceArguments", "TempBalanceConfig"]
 
 
 @dataclass
@@ -23,6 +23,9 @@ class TempBalanceConfig(TempBalanceArguments, TrainingArguments):
         ```python
         from tb_hf import TempBalanceConfig
 
-        args = TempBalanceConfig(output_dir="out", learning_rate=2e-5, tb_mapping="sigmoid", tb_xmin_pos=1.5)
+        args = TempBalanceConfig(output_dir="out", learning_rate=2e-5, tb_preset="llrd", tb_llrd_decay=0.9)
         ```
+
+    The ``tb_*`` fields keep what you set (None: unset); ``args.tb_options`` is what the run uses (preset and
+    defaults filled in), and ``args.to_dict()`` shows it.
     """

@@ -36,7 +36,10 @@ import torch.distributed as dist
 from torch import nn
 from transformers.utils import logging
 
+from .options import SpectralOptions
 from .spectral import ESTIMATORS, STATUSES, LayerSpectrum, farms_grid
+
+_S = SpectralOptions()  # the defaults, defined once in tb_hf.options
 
 logger = logging.get_logger(__name__)
 
@@ -118,10 +121,10 @@ def max_over_ranks(value: int) -> int:
 def matrix_cost(
     shape: Sequence[int],
     *,
-    estimator: str = "plain",
+    estimator: str = _S.estimator,
     farms_window: int | None = None,
-    farms_aspect_ratio: float = 1.0,
-    farms_grid_size: int = 9,
+    farms_aspect_ratio: float = _S.farms_aspect_ratio,
+    farms_grid_size: int = _S.farms_grid,
 ) -> int:
     """Relative cost of the ESD of one matrix: k³ (eigen-solve) + m·n·k (Gram product), k = min(m, n).
 

@@ -31,24 +31,18 @@ from transformers.utils import logging
 
 from . import distributed as dist_utils
 from .balancing import unit_alpha_se, unit_metrics
-from .layers import (
-    LORA_VIEWS,
-    Partition,
-    Unit,
-    can_dequantize,
-    dense_weight,
-    full_shape,
-    is_packed,
-    lora_layers,
-    lora_weight,
-    parent_paths,
-)
+from .blocks import parent_paths
+from .layers import Partition, Unit
+from .lora import lora_layers, lora_weight
+from .options import LORA_VIEWS, SpectralOptions, resolve_options
+from .quantized import can_dequantize, dense_weight, full_shape, is_packed
 from .spectral import LayerSpectrum, MatrixKey, analyze, esd, farms_esd, farms_windows
 
 logger = logging.get_logger(__name__)
 
 __all__ = ["PassResult", "SpectralEngine", "Task", "analyze_shared", "analyze_tasks", "plan", "unit_matrices"]
 
+_DEFAULT = SpectralOptions()
 #: Smallest per-model FARMS window: below it matrices are analysed whole.
 _MIN_MODEL_WINDOW = 32
 
@@ -68,7 +62,7 @@ class Task:
         adapted: Whether peft LoRA adapts it.
         status: A status given without computing (``"quantized"``: a packed weight that cannot be dequantized),
             else None.
-        packed: Whether the parameter is stored packed (`tb_hf.layers.is_packed`: quantized, dequantized when read).
+        packed: Whether the parameter is stored packed (`tb_hf.quantized.is_packed`: quantized, dequantized when read).
     """
 
     key: MatrixKey
@@ -122,11 +116,12 @@ def model_farms_window(shapes: Sequence[tuple[int, ...]], aspect_ratio: float) -
     return window if window >= _MIN_MODEL_WINDOW else None
 
 
-def plan(model: nn.Module, partition: Partition, *, lora_view: str = "effective", options: Mapping) -> list[Task]:
+def plan(model: nn.Module, partition: Partition, spectral: SpectralOptions = _DEFAULT) -> list[Task]:
     """Every ESD of the pass, in model order. Reads names, shapes and dtypes only: nothing is gathered.
 
-    In the ``"delta"`` LoRA view, matrices without LoRA are left out. ``options`` are `tb_hf.spectral.analyze`'s.
+    In the ``"delta"`` LoRA view (``spectral.lora_view``), matrices without LoRA are left out.
     """
+    lora_view = spectral.lora_view
     if lora_view not in LORA_VIEWS:
         raise ValueError(f"lora_view must be one of {LORA_VIEWS}, got {lora_view!r}")
     params = dict(model.named_parameters())
@@ -167,10 +162,10 @@ def plan(model: nn.Module, partition: Partition, *, lora_view: str = "effective"
                         shape=tuple(part_shape),
                         cost=dist_utils.matrix_cost(
                             tuple(part_shape),
-                            estimator=options.get("estimator", "plain"),
-                            farms_window=options.get("farms_window"),
-                            farms_aspect_ratio=options.get("farms_aspect_ratio", 1.0),
-                            farms_grid_size=options.get("farms_grid_size", 9),
+                            estimator=spectral.estimator,
+                            farms_window=spectral.farms_window,
+                            farms_aspect_ratio=spectral.farms_aspect_ratio,
+                            farms_grid_size=spectral.farms_grid,
                         ),
                         adapted=adapted,
                         status=status,
@@ -210,7 +205,7 @@ def unit_matrices(model: nn.Module, partition: Partition, *, lora_view: str = "e
     for a sharded model), built as `SpectralEngine` builds them (its `plan`, then the same code).
 
     Tensors are detached, on the parameter's device and in its dtype (float32 for W₀ + ΔW and ΔW, see
-    `tb_hf.layers.lora_weight`); a 3-D expert weight comes whole. For a matrix adapted by peft LoRA:
+    `tb_hf.lora.lora_weight`); a 3-D expert weight comes whole. For a matrix adapted by peft LoRA:
 
     * ``lora_view="effective"``: the weight the forward pass uses, W₀ + ΔW with ΔW = ``get_delta_weight`` (B·A
       times ``lora_alpha / r``, or ``/ √r`` with rsLoRA, in the base weight's layout, also for GPT-2's
@@ -219,10 +214,10 @@ def unit_matrices(model: nn.Module, partition: Partition, *, lora_view: str = "e
     * ``lora_view="delta"``: ΔW alone (zero while adapters are disabled). Matrices without LoRA are left out.
 
     Matrices without LoRA are returned as they are in the ``"effective"`` view. Quantized bitsandbytes weights (QLoRA)
-    come dequantized (`tb_hf.layers.dense_weight`: W₀ is the dequantized base); other packed formats
-    (`tb_hf.layers.can_dequantize` false, status ``"quantized"`` in the pass) are left out.
+    come dequantized (`tb_hf.quantized.dense_weight`: W₀ is the dequantized base); other packed formats
+    (`tb_hf.quantized.can_dequantize` false, status ``"quantized"`` in the pass) are left out.
     """
-    return _weights(model, plan(model, partition, lora_view=lora_view, options={}), lora_view)
+    return _weights(model, plan(model, partition, SpectralOptions(lora_view=lora_view)), lora_view)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -237,13 +232,14 @@ def _skipped(task: Task, estimator: str) -> LayerSpectrum:
     )  # fmt: skip
 
 
-def analyze_tasks(tasks: Sequence[Task], matrices: Mapping[MatrixKey, torch.Tensor], options: Mapping) -> dict:
-    """`analyze` of the tasks' matrices, relabelled; tasks with a status are not computed."""
-    estimator = options.get("estimator", "plain")
+def analyze_tasks(tasks: Sequence[Task], matrices: Mapping[MatrixKey, torch.Tensor], fit_kwargs: Mapping) -> dict:
+    """`analyze` of the tasks' matrices with ``fit_kwargs`` (`SpectralOptions.fit_kwargs`), relabelled; tasks with a
+    status are not computed."""
+    estimator = fit_kwargs["estimator"]
     out = {t.key: _skipped(t, estimator) for t in tasks if t.status is not None}
     todo = [t for t in tasks if t.status is None]
     if todo:
-        spectra = analyze({t.key: matrices[t.key] for t in todo}, **options)
+        spectra = analyze({t.key: matrices[t.key] for t in todo}, **fit_kwargs)
         out.update({t.key: dataclasses.replace(spectra[t.key], name=t.label) for t in todo})
     return {t.key: out[t.key] for t in tasks}
 
@@ -271,50 +267,54 @@ class SpectralEngine:
         model: The model the Trainer hands to callbacks (unwrapped under DDP/DeepSpeed, FSDP2-sharded or not),
             peft-wrapped or not.
         partition: From `tb_hf.layers.partition_model`.
-        tb: `tb_hf.TempBalanceArguments` (or a `TempBalanceConfig`): estimator, fit, precision, LoRA view and
-            averaging, metric.
+        spectral: `tb_hf.options.SpectralOptions` (or a `TempBalanceArguments` / `TempBalanceOptions`, whose
+            spectral options are taken): estimator, fit, precision, LoRA view and averaging, metric.
 
     Example:
         ```python
-        from tb_hf import SpectralEngine, TempBalanceArguments, partition_model
+        from tb_hf import SpectralEngine, partition_model
+        from tb_hf.options import SpectralOptions
 
-        engine = SpectralEngine(model, partition_model(model), TempBalanceArguments())
+        engine = SpectralEngine(model, partition_model(model), SpectralOptions())
         result = engine.run(model)          # PassResult: spectra, unit metrics
         ```
     """
 
-    def __init__(self, model: nn.Module, partition: Partition, tb):
+    def __init__(self, model: nn.Module, partition: Partition, spectral):
+        if not isinstance(spectral, SpectralOptions):  # a TempBalanceArguments or TempBalanceOptions
+            spectral = resolve_options(spectral).spectral
         dist_utils.check_supported(model)
         self.partition = partition
-        self.tb = tb
+        self.spectral = spectral
         self.sharding = dist_utils.sharding_kind(model)
         device = next((p.device for p in model.parameters() if p.device.type != "meta"), torch.device("cpu"))
         self.device = device
-        self.options = tb.spectral_options(device)
-        self.tasks = plan(model, partition, lora_view=tb.tb_lora_view, options=self.options)
-        if tb.tb_lora_view == "delta" and not lora_layers(model):
+        self.tasks = plan(model, partition, spectral)
+        if spectral.lora_view == "delta" and not lora_layers(model):
             logger.warning_once(
                 f"TempBalance: {type(model).__name__} has no LoRA adapters, so tb_lora_view='delta' has nothing to "
                 "analyse (it looks at the LoRA update ΔW alone) and every unit keeps factor 1. Use "
                 "tb_lora_view='effective' (the default) for a model without LoRA, or add adapters with "
                 "peft.get_peft_model before training."
             )
-        if self.options["estimator"] == "farms" and self.options["farms_window"] is None:
-            window = model_farms_window([t.shape for t in self.tasks], self.options["farms_aspect_ratio"])
+        if spectral.estimator == "farms" and spectral.farms_window is None:
+            window = model_farms_window([t.shape for t in self.tasks], spectral.farms_aspect_ratio)
             if window is not None:  # the costs depend on the window: plan again with it
-                self.options["farms_window"] = window
-                self.tasks = plan(model, partition, lora_view=tb.tb_lora_view, options=self.options)
+                self.spectral = dataclasses.replace(spectral, farms_window=window)
+                self.tasks = plan(model, partition, self.spectral)
                 logger.info(f"TempBalance: FARMS window {window} rows for every matrix.")
-        if self.options["estimator"] == "farms":
+        #: The keyword arguments of `tb_hf.spectral.analyze` (the FARMS window decided, the precision for the device).
+        self.fit_kwargs = self.spectral.fit_kwargs(device)
+        if self.spectral.estimator == "farms":
             for t in self.tasks:  # say once per shape which matrices FARMS cannot window
                 if min(t.shape) == 0:  # zero-size: status "too_small", nothing to window
                     continue
                 farms_windows(
                     t.shape[:2],
                     name=t.label,
-                    window=self.options["farms_window"],
-                    aspect_ratio=self.options["farms_aspect_ratio"],
-                    grid=self.options["farms_grid_size"],
+                    window=self.spectral.farms_window,
+                    aspect_ratio=self.spectral.farms_aspect_ratio,
+                    grid=self.spectral.farms_grid,
                 )
         #: Which rank computes which task: fixed for the plan and the process group, so every pass shares it.
         self.split = dist_utils.Split.of(self.tasks)
@@ -337,7 +337,7 @@ class SpectralEngine:
         """The tasks' matrices from the model's current full parameters (`unit_matrices`: W₀ + ΔW under LoRA, in
         float32; a bitsandbytes-quantized W₀ dequantized), one per expert of a 3-D weight; tasks with a status are
         left out."""
-        weights = _weights(model, tasks, self.tb.tb_lora_view)
+        weights = _weights(model, tasks, self.spectral.lora_view)
         return {
             t.key: weights[t.key.param] if t.key.index is None else weights[t.key.param][t.key.index]
             for t in tasks
@@ -360,7 +360,7 @@ class SpectralEngine:
         if not by_block and self.sharding is None and not self.packed:
             mats = self._matrices(model, tasks)
             self._keep_esds(mats, esd_keys, esds)
-            return analyze_tasks(tasks, mats, self.options)
+            return analyze_tasks(tasks, mats, self.fit_kwargs)
         out, error = {}, None
         n_blocks = len(dict.fromkeys(t.block for t in self.tasks))
         for share, mats in tqdm(
@@ -368,7 +368,7 @@ class SpectralEngine:
         ):
             if share and error is None:
                 try:
-                    out.update(analyze_tasks(share, mats, self.options))
+                    out.update(analyze_tasks(share, mats, self.fit_kwargs))
                     self._keep_esds(mats, esd_keys, esds)
                 except Exception as err:  # noqa: BLE001 - keep gathering in step with the other ranks
                     error = err
@@ -383,22 +383,14 @@ class SpectralEngine:
 
     def esd(self, matrix: torch.Tensor) -> torch.Tensor:
         """The eigenvalues the fit of ``matrix`` uses (FARMS-pooled or plain), as CPU float64."""
-        o = self.options
+        o, dtype = self.spectral, self.fit_kwargs["dtype"]
         if matrix.numel() == 0:  # a zero-size matrix has no eigenvalues
             return torch.empty(0, dtype=torch.float64)
-        windows = None
-        if o["estimator"] == "farms":
-            windows = farms_windows(
-                tuple(matrix.shape[:2]), window=o["farms_window"], aspect_ratio=o["farms_aspect_ratio"],
-                grid=o["farms_grid_size"],
-            )  # fmt: skip
-        if windows is not None:
-            evals = farms_esd(
-                matrix, window=o["farms_window"], aspect_ratio=o["farms_aspect_ratio"], grid=o["farms_grid_size"],
-                dtype=o["dtype"], filter_zeros=o["filter_zeros"],
-            )  # fmt: skip
+        window = dict(window=o.farms_window, aspect_ratio=o.farms_aspect_ratio, grid=o.farms_grid)
+        if o.estimator == "farms" and farms_windows(tuple(matrix.shape[:2]), **window) is not None:
+            evals = farms_esd(matrix, **window, dtype=dtype, filter_zeros=o.filter_zeros)
         else:
-            evals = esd(matrix, dtype=o["dtype"], filter_zeros=o["filter_zeros"])
+            evals = esd(matrix, dtype=dtype, filter_zeros=o.filter_zeros)
         return evals.to("cpu", torch.float64)
 
     # ------------------------------------------------------------------------------------------------
@@ -455,7 +447,7 @@ class SpectralEngine:
         """This rank's spectra from a `snapshot` (safe in a background thread: no collective, no model access).
         A snapshot of CUDA weights is computed on the host in the precision chosen for CUDA."""
         tasks = [t for t in self.split.mine if t.key in snapshot or t.status is not None]
-        return analyze_tasks(tasks, snapshot, self.options)
+        return analyze_tasks(tasks, snapshot, self.fit_kwargs)
 
     def finish(
         self, local: Mapping[MatrixKey, LayerSpectrum] | None, error: BaseException | None = None
@@ -476,7 +468,7 @@ class SpectralEngine:
     def metric_units(self) -> list[Unit]:
         """The units as `unit_metrics` sees them: under LoRA with ``tb_lora_average='adapted'`` a unit that has
         adapted matrices averages over those only (Model Balancing); frozen, unadapted ones do not count."""
-        if self.tb.tb_lora_average != "adapted":
+        if self.spectral.lora_average != "adapted":
             return list(self.partition.units)
         adapted: dict[str, list[str]] = {}
         for t in self.tasks:
@@ -489,8 +481,8 @@ class SpectralEngine:
 
     def result(self, spectra: dict, *, esds=None, seconds: float = 0.0) -> PassResult:
         units = self.metric_units()
-        metrics = unit_metrics(spectra, units, metric=self.tb.tb_metric)
-        alphas = metrics if self.tb.tb_metric == "alpha" else unit_metrics(spectra, units, metric="alpha")
+        metrics = unit_metrics(spectra, units, metric=self.spectral.metric)
+        alphas = metrics if self.spectral.metric == "alpha" else unit_metrics(spectra, units, metric="alpha")
         return PassResult(
             spectra=spectra,
             metrics=metrics,

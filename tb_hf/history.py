@@ -2,7 +2,10 @@
 
 Each record holds the optimizer ``step`` of the update, the ``epoch``, the pass's ``spectral_seconds``, the units
 that were ``skipped`` (not fitted: factor 1), and per unit its ``alpha`` (null where it is not finite), its
-``alpha_se`` (the fits' standard error) and its ``factor``; an asynchronous pass also has its ``snapshot_step``.
+``alpha_se`` (the fits' standard error), its α ``factor`` and its ``lr_scale`` (the unit's learning rate relative to
+the run's: the depth profile times the factor); an asynchronous pass also has its ``snapshot_step``, a pass that
+balances weight decay its ``wd_factor``, and the first record of a run (or of a resumed stretch) the ``options`` in
+force, resolved.
 The training callback writes it (main process only), ``tb-hf plot-history`` and the sweeps read it.
 
 A record is written as one line, flushed and synced before the next step, so a crash leaves at most its last line
@@ -21,7 +24,16 @@ from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["HISTORY_FILE", "append_history", "history_path", "history_record", "read_history", "trim_history"]
+__all__ = [
+    "HISTORY_FILE",
+    "append_history",
+    "history_path",
+    "history_record",
+    "read_history",
+    "trim_history",
+    "update_logs",
+    "update_record",
+]
 
 HISTORY_FILE = os.path.join("tempbalance", "history.jsonl")
 
@@ -61,6 +73,32 @@ def history_record(
         "alpha_se": {k: _finite_or_none(v) for k, v in (alpha_se or {}).items()},
         **dict(extra or {}),
     }
+
+
+def update_logs(update, lr_ratios: Mapping[str, float]) -> dict[str, float]:
+    """The Trainer log values of a `tb_hf.balancer.Update`: ``tb/alpha/<unit>``, ``tb/lr_scale/<unit>`` (the unit's
+    learning rate relative to the run's: depth profile × factor), ``tb/wd_scale/<unit>``, ``tb/skipped_units`` and
+    ``tb/spectral_seconds``."""
+    outcome = update.outcome
+    return {
+        "tb/spectral_seconds": update.seconds,
+        "tb/skipped_units": float(len(outcome.skipped)),
+        **{f"tb/alpha/{name}": value for name, value in update.metrics.items()},
+        **{f"tb/lr_scale/{name}": lr_ratios.get(name, 1.0) * value for name, value in outcome.factors.items()},
+        **{f"tb/wd_scale/{name}": value for name, value in outcome.wd_factors.items()},
+    }
+
+
+def update_record(update, epoch: float, lr_ratios: Mapping[str, float], options: Mapping | None = None) -> dict:
+    """The history record of a `tb_hf.balancer.Update` (``options``: the resolved options, for the first record)."""
+    outcome = update.outcome
+    extra = {"lr_scale": {name: lr_ratios.get(name, 1.0) * value for name, value in outcome.factors.items()}}
+    if outcome.wd_factors:
+        extra["wd_factor"] = outcome.wd_factors
+    if options is not None:
+        extra["options"] = dict(options)
+    return history_record(update.step, epoch, update.seconds, update.metrics, outcome.factors, outcome.skipped,
+                          alpha_se=update.alpha_se, snapshot_step=update.snapshot_step, extra=extra)  # fmt: skip
 
 
 def append_history(output_dir: str | os.PathLike, record: Mapping) -> None:

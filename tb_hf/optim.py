@@ -1,4 +1,4 @@
-"""Optimizer param groups for TempBalance (and LLRD), and the optimizer built over them.
+"""Optimizer param groups for every layer-wise profile (TempBalance, LLRD, both), and the optimizer built over them.
 
 Like ``peft.optimizers.create_loraplus_optimizer``, `create_tempbalance_optimizer` is a plain function for
 your own training loop::
@@ -8,9 +8,10 @@ your own training loop::
 It needs no ``TrainingArguments``. For a `transformers.Trainer`, `optimizer_from_args` builds the optimizer
 that ``args.optim`` names over the same groups (what `tb_hf.TempBalanceTrainer` does).
 
-Every group carries ``tb_unit`` (None for the unscaled groups), ``tb_base_lr``, ``tb_factor`` and ``tb_base_wd``;
-they survive ``optimizer.state_dict()`` and so checkpoints. `tb_hf.balancing.apply_factors` scales the groups of a
-unit.
+A group's unscaled learning rate is ``lr × ratio``, the ratio coming from the depth profile (`lr_ratios`: layer-wise
+lr decay, 1 without one); TempBalance's α factor multiplies it during training. Every group carries ``tb_unit``
+(None for the groups outside the units), ``tb_base_lr``, ``tb_factor`` and ``tb_base_wd``, and group 0 records the
+profile the groups were built for (``tb_groups``); they survive ``optimizer.state_dict()`` and so checkpoints.
 """
 
 from __future__ import annotations
@@ -21,15 +22,18 @@ import torch
 from torch import nn
 
 from . import state
-from .layers import Partition, llrd_depths, partition_model
+from .blocks import depths
+from .layers import Partition, partition_model
+from .options import BalanceOptions, TempBalanceOptions, check_range, to_float
 
 __all__ = [
     "build_param_groups",
     "create_tempbalance_optimizer",
-    "trainer_decay_names",
     "grouped",
+    "lr_ratios",
     "optimizer_from_args",
     "tempbalance_param_groups",
+    "trainer_decay_names",
 ]
 
 
@@ -65,8 +69,15 @@ def grouped(
     return groups
 
 
-def _tb_keys(unit: str | None, learning_rate: float) -> dict:
-    return state.group_keys(unit, learning_rate)
+def lr_ratios(
+    model: nn.Module, partition: Partition, llrd_decay: float = BalanceOptions.llrd_decay
+) -> dict[str, float]:
+    """Each trainable parameter's base learning rate relative to ``lr``: ``llrd_decay ** depth``
+    (`tb_hf.blocks.depths`: per stack, embeddings at the bottom, head and final norm at the top), 1 without a
+    profile."""
+    if llrd_decay == 1:
+        return {name: 1.0 for name, p in model.named_parameters() if p.requires_grad}
+    return {name: llrd_decay**depth for name, depth in depths(model, list(partition.blocks)).items()}
 
 
 def build_param_groups(
@@ -76,26 +87,23 @@ def build_param_groups(
     learning_rate: float,
     weight_decay: float,
     decay_parameter_names: Collection[str],
-    llrd_decay: float = 1.0,
+    llrd_decay: float = BalanceOptions.llrd_decay,
 ) -> list[dict]:
-    """Optimizer param groups: a weight-decay and a no-decay group per unit, and the same for the outside.
+    """Optimizer param groups: a weight-decay and a no-decay group per unit, and the same outside the units per base
+    rate.
 
-    The outside groups come first, so group 0 is unscaled and the Trainer's logged ``learning_rate`` (group
-    0's) shows the base schedule; if nothing is outside, group 0 is an empty ``{"params": []}`` placeholder.
-    Empty groups are otherwise omitted. Every group carries ``tb_unit`` (None outside the units),
-    ``tb_base_lr`` (its unscaled learning rate), ``tb_factor`` (1.0) and ``tb_base_wd`` (its weight decay).
-
-    With ``llrd_decay`` < 1 the groups also follow a depth profile (layer-wise lr decay, `tb_hf.layers.llrd_depths`):
-    a unit in a block of depth d (0 for the top block) has ``tb_base_lr = learning_rate × llrd_decay^d``, the
-    outside parameters are grouped by depth the same way (embeddings at depth n, the head at 0, shallowest first),
-    and TempBalance's factors multiply that profile. Group 0 then carries ``tb_llrd_decay``.
+    A unit's groups have the base rate ``learning_rate × ratio`` of its block (`lr_ratios`; with ``llrd_decay`` < 1 a
+    layer-wise lr decay profile, 1 otherwise); the parameters outside the units are grouped by their ratio. Group 0
+    is at ``learning_rate`` itself, so the Trainer's logged ``learning_rate`` (group 0's) shows the base schedule: an
+    outside group with ratio 1 (the head), else an empty ``{"params": []}`` placeholder. Every group carries
+    ``tb_unit`` (None outside the units), ``tb_base_lr``, ``tb_factor`` (1.0) and ``tb_base_wd``; group 0 carries
+    ``tb_groups``, the profile the groups were built for (a resume or a callback with another profile is refused).
 
     Raises:
         ValueError: If a trainable parameter of the model is missing from the partition or appears twice in it
             (the partition is stale: recompute it after changing which parameters are trainable).
     """
-    if not 0 < llrd_decay <= 1:
-        raise ValueError(f"llrd_decay must be in (0, 1] (1: no depth profile), got {llrd_decay}")
+    llrd_decay = check_range("llrd_decay", llrd_decay, 0, 1, low_open=True, why=" (1: no depth profile)")
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     names = [name for name in partition.params if name in trainable]
     missing = trainable - set(names)
@@ -105,28 +113,24 @@ def build_param_groups(
             "The partition does not match the model's trainable parameters (recompute it with partition_model "
             f"after changing requires_grad): missing {sorted(missing)[:5]}, duplicated {duplicates[:5]}."
         )
-    options = dict(learning_rate=learning_rate, weight_decay=weight_decay, decay_names=decay_parameter_names)
-    depth = llrd_depths(model) if llrd_decay != 1 else {}
+    learning_rate = to_float("lr", learning_rate)
+    options = dict(learning_rate=learning_rate, weight_decay=to_float("weight_decay", weight_decay),
+                   decay_names=decay_parameter_names)  # fmt: skip
+    ratio = lr_ratios(model, partition, llrd_decay)
 
-    def keys(unit: str | None, d: int) -> dict:
-        lr = learning_rate * llrd_decay**d
-        return {**_tb_keys(unit, lr), "lr": lr}
+    def keys(unit: str | None, r: float) -> dict:
+        return {**state.group_keys(unit, learning_rate * r), "lr": learning_rate * r}
 
-    if depth:  # the outside by depth, the shallowest (the head: the base schedule) first
-        by_depth: dict[int, list[str]] = {}
-        for name in partition.outside:
-            by_depth.setdefault(depth[name], []).append(name)
-        outside = [(keys(None, d), by_depth[d]) for d in sorted(by_depth)]
-    else:
-        outside = [(_tb_keys(None, learning_rate), partition.outside)]
-    groups = grouped(model, outside, **options)
-    if not groups:
-        groups = [{**_tb_keys(None, learning_rate), "params": [], "lr": learning_rate, "weight_decay": 0.0}]
-    groups += grouped(model, [(keys(u.name, depth.get(u.params[0], 0)), u.params) for u in partition.units], **options)
+    by_ratio: dict[float, list[str]] = {}
+    for name in partition.outside:
+        by_ratio.setdefault(ratio[name], []).append(name)
+    groups = grouped(model, [(keys(None, r), by_ratio[r]) for r in sorted(by_ratio, reverse=True)], **options)
+    if not groups or groups[0][state.BASE_LR] != learning_rate:
+        groups.insert(0, {**keys(None, 1.0), "params": [], "weight_decay": 0.0})
+    groups += grouped(model, [(keys(u.name, ratio[u.params[0]]), u.params) for u in partition.units], **options)
     for group in groups:
         group[state.BASE_WD] = group["weight_decay"]
-    if depth:
-        groups[0][state.LLRD_DECAY] = llrd_decay
+    groups[0][state.GROUPS] = {"unit": partition.unit, "llrd_decay": llrd_decay}
     return groups
 
 
@@ -135,14 +139,14 @@ def tempbalance_param_groups(
     *,
     lr: float,
     weight_decay: float = 0.0,
-    unit: str = "block",
+    unit: str = BalanceOptions.unit,
     decay_parameter_names: Collection[str] | None = None,
-    llrd_decay: float = 1.0,
+    llrd_decay: float = BalanceOptions.llrd_decay,
     partition: Partition | None = None,
 ) -> list[dict]:
-    """TempBalance's param groups for ``model``: per unit a decay and a no-decay group, the unscaled group first
-    (with ``llrd_decay`` < 1, on a layer-wise lr decay profile: see `build_param_groups`). ``partition``: the
-    model's units if already known (default: ``partition_model(model, unit)``)."""
+    """The param groups of `build_param_groups` for ``model`` (per unit a decay and a no-decay group, on a depth
+    profile with ``llrd_decay`` < 1). ``partition``: the model's units if already known (default:
+    ``partition_model(model, unit)``)."""
     from .distributed import check_supported
 
     check_supported(model)  # FSDP1's flat shards hide the blocks: say so instead of "no blocks found"
@@ -164,19 +168,21 @@ def create_tempbalance_optimizer(
     *,
     lr: float | None = None,
     weight_decay: float = 0.0,
-    unit: str = "block",
-    llrd_decay: float = 1.0,
+    unit: str = BalanceOptions.unit,
+    llrd_decay: float = BalanceOptions.llrd_decay,
     **optimizer_kwargs,
 ) -> torch.optim.Optimizer:
-    """An optimizer over TempBalance's per-unit param groups, peft-style: no ``TrainingArguments`` needed.
+    """An optimizer over the per-unit param groups, peft-style: no ``TrainingArguments`` needed.
 
     Args:
         model: Any model with transformer blocks, peft-wrapped or not.
         optimizer_cls: The optimizer class (``torch.optim.AdamW``, ``torch.optim.SGD``, bitsandbytes', ...).
-        lr: Base learning rate of every group (TempBalance scales the units' groups by their factors).
+        lr: Base learning rate (the top block's and the head's; TempBalance scales the units' groups by their
+            factors).
         weight_decay: Weight decay of the decay groups (biases and norms get none, as in the Trainer).
         unit: ``"block"`` (one factor per transformer block) or ``"matrix"``.
-        llrd_decay: A layer-wise lr decay profile under the factors (``tb_llrd_decay``; 1: none).
+        llrd_decay: A layer-wise lr decay profile under the factors (``tb_llrd_decay``; 1: none). With
+            ``TempBalanceCallback(preset="llrd", llrd_decay=...)`` this is LLRD.
         **optimizer_kwargs: Passed to ``optimizer_cls`` (``betas``, ``eps``, ...).
 
     Example:
@@ -191,17 +197,22 @@ def create_tempbalance_optimizer(
         ```
 
     For the Trainer's own optimizer choice (``args.optim``), pass ``TrainingArguments`` instead of the class:
-    ``create_tempbalance_optimizer(model, args)``, optionally with ``tb_args=`` (its ``tb_unit``).
+    ``create_tempbalance_optimizer(model, args)``, optionally with ``tb_args=`` (its ``tb_unit`` and
+    ``tb_llrd_decay``).
     """
     from transformers import TrainingArguments
 
     if isinstance(optimizer_cls, TrainingArguments):
+        from .options import resolve_options, tb_source
+
         args, tb_args = optimizer_cls, optimizer_kwargs.pop("tb_args", None)
         if optimizer_kwargs or lr is not None:
             raise TypeError("with TrainingArguments, the learning rate and options come from the arguments")
-        return optimizer_from_args(model, args, tb_args)
+        options = resolve_options(tb_source(args, tb_args), weight_decay=args.weight_decay)
+        return optimizer_from_args(model, args, options)
     if optimizer_cls is None or lr is None:
         raise TypeError("create_tempbalance_optimizer(model, optimizer_cls, *, lr, ...) needs optimizer_cls and lr")
+    lr = check_range("lr", lr, 0, float("inf"), low_open=True)
     groups = tempbalance_param_groups(model, lr=lr, weight_decay=weight_decay, unit=unit, llrd_decay=llrd_decay)
     return optimizer_cls(groups, lr=lr, **optimizer_kwargs)
 
@@ -214,41 +225,35 @@ def optimizer_cls_kwargs_and_lr(args, model: nn.Module, optimizer_cls_and_kwargs
 
     cls, kwargs = optimizer_cls_and_kwargs or Trainer.get_optimizer_cls_and_kwargs(args, model)
     lr = kwargs.get("lr")
-    return cls, kwargs, float(args.learning_rate if lr is None else lr)
+    return cls, kwargs, to_float("learning_rate", args.learning_rate if lr is None else lr)
 
 
 def optimizer_from_args(
     model: nn.Module,
     args,
-    tb_args=None,
+    options: TempBalanceOptions,
     *,
     decay_names: Collection[str] | None = None,
     optimizer_cls_and_kwargs=None,
     partition: Partition | None = None,
 ) -> torch.optim.Optimizer:
-    """The optimizer that ``args.optim`` names (``TrainingArguments``) over TempBalance's param groups.
-
-    ``tb_args``: TempBalance options (for ``tb_unit`` and ``tb_llrd_decay``); default: those of ``args`` if it is a
-    `tb_hf.TempBalanceConfig`, else the defaults. ``partition``: the model's units if already known.
-    """
+    """The optimizer that ``args.optim`` names (``TrainingArguments``) over the param groups of ``options``'s profile
+    (its unit and depth profile). ``partition``: the model's units if already known."""
     from transformers.trainer_optimizer import is_optimizer_factory
 
-    from .config import tb_arguments
-
-    tb = tb_arguments(args, tb_args)
     cls, kwargs, lr = optimizer_cls_kwargs_and_lr(args, model, optimizer_cls_and_kwargs)
     groups = tempbalance_param_groups(
         model,
         lr=lr,
         weight_decay=args.weight_decay,
-        unit=tb.tb_unit,
+        unit=options.balance.unit,
         decay_parameter_names=decay_names,
-        llrd_decay=tb.tb_llrd_decay,
+        llrd_decay=options.balance.llrd_decay,
         partition=partition,
     )
     if is_optimizer_factory(cls) or "params" in kwargs or "model" in kwargs:
         raise ValueError(
-            f"optim={args.optim!r} builds its own parameter groups, so TempBalance cannot give each block its own "
+            f"optim={args.optim!r} builds its own parameter groups, so tb_hf cannot give each block its own "
             "learning rate with it. Choose an optimizer that takes param groups (e.g. adamw_torch_fused, adamw_torch, "
             "sgd, adafactor)."
         )

@@ -1,20 +1,29 @@
-"""TempBalance's options, without importing torch or transformers (so ``--help`` answers at once).
+"""TempBalance's options: the flags a user sets, and the one typed description the library runs on.
 
-Every option is a ``tb_*`` field with help text, so `transformers.HfArgumentParser` turns them into
-command-line flags (``--tb_mapping sigmoid``) and YAML keys for free. Defaults follow the TempBalance paper
-(median xmin over the top half, linear map 0.5-1.5, block units); Model Balancing's GLUE runs used
-``tb_xmin_pos=1.5`` and the sigmoid map, noted in the help texts. The choices and sane ranges live here too,
-and the modules that use them (`tb_hf.spectral`, `tb_hf.layers`, `tb_hf.balancing`) import them from here.
+Two layers, without importing torch or transformers (so ``--help`` answers at once):
+
+* `TempBalanceArguments`: every option as a ``tb_*`` field with help text, so `transformers.HfArgumentParser` turns
+  them into command-line flags (``--tb_mapping sigmoid``) and YAML keys. Every field defaults to ``None``, meaning
+  *unset*: what you set is kept exactly as you set it (numbers converted to Python numbers), and `resolve_options`
+  fills the rest from ``tb_preset`` and then from the defaults below.
+* `TempBalanceOptions`: frozen and typed, one object per concern (`SpectralOptions`: how α is measured;
+  `BalanceOptions`: which units share a factor and how α becomes a factor; `ScheduleOptions`: when α is
+  recomputed), built once by `resolve_options` and passed down to the engine, the balancing, the schedule, the
+  callback and ``tb-hf analyze``. Each option's default is defined here, once: the field default of these dataclasses.
+
+`resolve_options` is the only place where a preset meets explicit values: an option you set always wins over the
+preset; an option that contradicts the preset's defining choice (its map, what it balances) is refused, naming both;
+an option the configuration does not use is refused, naming what would make it apply.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import numbers
 import re
 from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
 
 __all__ = [
     "BALANCED",
@@ -27,55 +36,40 @@ __all__ = [
     "PRESETS",
     "UNIT_KINDS",
     "XMIN_METHODS",
+    "BalanceOptions",
+    "ScheduleOptions",
+    "SpectralOptions",
     "TempBalanceArguments",
+    "TempBalanceOptions",
     "check_factor_options",
     "check_int",
     "check_range",
-    "tb_arguments",
+    "resolve_options",
+    "to_float",
 ]
 
-XMIN_METHODS = ("median", "ks")
-ESTIMATORS = ("plain", "farms")
-UNIT_KINDS = ("block", "matrix")
-LORA_VIEWS = ("effective", "delta")
+XminMethod = Literal["median", "ks"]
+Estimator = Literal["plain", "farms"]
+UnitKind = Literal["block", "matrix"]
+LoraView = Literal["effective", "delta"]
 #: Which matrices of a block set its α under LoRA: the "adapted" ones (Model Balancing) or "all".
-LORA_AVERAGES = ("adapted", "all")
-#: Maps from a unit's metric to its learning-rate factor: TempBalance's linear map, Model Balancing's sigmoid, and
-#: the standard-error map (α differences counted in units of their standard error, with a dead zone).
-MAPPINGS = ("linear", "sigmoid", "se")
+LoraAverage = Literal["adapted", "all"]
+#: From a unit's metric to its learning-rate factor: none (factor 1: a depth profile alone, e.g. LLRD), TempBalance's
+#: linear map, Model Balancing's sigmoid, and the standard-error map (α differences in units of their standard error).
+Mapping = Literal["none", "linear", "sigmoid", "se"]
 #: What the factors balance: the learning rate (TempBalance), the weight decay (AlphaDecay), or both.
-BALANCED = ("lr", "weight_decay", "both")
+Balanced = Literal["lr", "weight_decay", "both"]
 #: `LayerSpectrum` fields that can drive the mapping (α is the paper's choice; the others are ablations).
-METRICS = ("alpha", "alpha_hat", "spectral_norm", "stable_rank")
-ESD_DTYPE_CHOICES = ("auto", "float32", "float64")
-#: Named settings of the profile, each a method of the study in results/llrd-vs-spectral (its name there in
-#: brackets) at a middle value of the one free parameter the study tuned per task (its README has the table; tune it
-#: per task as the study did). None of them beat LLRD with a tuned decay there (docs/results.md), so the project
-#: recommends `tb_hf.baselines.LLRDTrainer`; these stay as measured options. A preset fills the options it names
-#: that are still at their defaults; an option set away from its default keeps that value, except the map and the
-#: balanced quantity, which define the preset. The recompute interval is not part of a preset (the study used
-#: tb_update_steps=4).
-PRESETS: dict[str, dict] = {
-    # TempBalance's own defaults: linear map 0.5-1.5 of alpha, median xmin over the top half
-    "tempbalance": {},
-    # [tempbalance-mb] Model Balancing's GLUE setting: sigmoid map (tau 10, s 2 below / 1 above), top third
-    "model-balancing": {"tb_mapping": "sigmoid", "tb_xmin_pos": 1.5},
-    # [llrd-alpha] alpha on top of depth: LLRD 0.9 times a linear alpha correction in 1 -/+ 0.35
-    "llrd-alpha": {"tb_llrd_decay": 0.9, "tb_lr_min": 0.65, "tb_lr_max": 1.35},
-    # [tb-se] the standard-error map: units beyond 2 standard errors of the mean alpha move within 1/2..2
-    "se": {"tb_mapping": "se", "tb_se_threshold": 2.0, "tb_lr_min": 0.5, "tb_lr_max": 2.0},
-    # [alphadecay] AlphaDecay: flat learning rates, each unit's weight decay x a linear map of alpha into 0.75..1.25
-    "alphadecay": {"tb_balance": "weight_decay", "tb_wd_min_ratio": 0.75, "tb_wd_max_ratio": 1.25},
-}
-#: Options that define a preset: setting one away from the preset's value is refused, not silently mixed.
-PRESET_SHAPE = ("tb_mapping", "tb_balance")
+Metric = Literal["alpha", "alpha_hat", "spectral_norm", "stable_rank"]
+EsdDtype = Literal["auto", "float32", "float64"]
 
-logger = logging.getLogger(__name__)
+XMIN_METHODS, ESTIMATORS, UNIT_KINDS = get_args(XminMethod), get_args(Estimator), get_args(UnitKind)
+LORA_VIEWS, LORA_AVERAGES, MAPPINGS = get_args(LoraView), get_args(LoraAverage), get_args(Mapping)
+BALANCED, METRICS, ESD_DTYPE_CHOICES = get_args(Balanced), get_args(Metric), get_args(EsdDtype)
 
 #: Model Balancing's recompute rule: about ten times per epoch, at most every 100 steps.
 MAX_AUTO_INTERVAL = 100
-
-#: tb_min_evals / min_evals: a fit needs two eigenvalues; above 10^7 no matrix could ever be fitted.
+#: tb_min_evals: a fit needs two eigenvalues; above 10^7 no matrix could ever be fitted.
 MIN_EVALS_RANGE = (2, 10**7)
 MIN_EVALS_WHY = " (a fit needs two eigenvalues; matrices with fewer are not fitted)"
 #: Largest FARMS window (rows): far above any matrix side in use.
@@ -92,20 +86,241 @@ FACTOR_RANGES = (
 )
 
 
-def check_range(name: str, value, low: float, high: float, *, low_open: bool = False, why: str = "") -> None:
-    """Raise a ValueError naming ``name`` unless ``value`` is a finite number in [low, high] ((low, high] with
-    ``low_open``). The message states the range, so a typo or an absurd setting is caught before training."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low) and value <= high
-    if not ok:
-        bracket = "(" if low_open else "["
-        raise ValueError(f"{name} must be a finite number in {bracket}{low:g}, {high:g}]{why}, got {value!r}")
+# --------------------------------------------------------------------------------------------------
+# The typed options: one frozen object per concern; their field defaults are THE defaults
+
+
+@dataclass(frozen=True)
+class SpectralOptions:
+    """How α is measured: which matrices, which ESD, which fit, which metric per unit."""
+
+    xmin_method: XminMethod = "median"
+    xmin_pos: float = 2.0
+    min_evals: int = 50
+    filter_zeros: bool = False
+    estimator: Estimator = "plain"
+    farms_window: int | None = None  # None: one size per model (the engine decides it)
+    farms_aspect_ratio: float = 1.0
+    farms_grid: int = 9
+    esd_dtype: EsdDtype = "auto"
+    metric: Metric = "alpha"
+    lora_view: LoraView = "effective"
+    lora_average: LoraAverage = "adapted"
+
+    def dtype(self, device=None):
+        """The eigen-solve precision on ``device``: 'auto' is float64 on CUDA, float32 elsewhere."""
+        import torch
+
+        if self.esd_dtype != "auto":
+            return getattr(torch, self.esd_dtype)
+        return torch.float64 if device is not None and torch.device(device).type == "cuda" else torch.float32
+
+    def fit_kwargs(self, device=None) -> dict[str, Any]:
+        """The keyword arguments of `tb_hf.spectral.analyze` for weights on ``device``."""
+        return dict(
+            estimator=self.estimator,
+            xmin_method=self.xmin_method,
+            xmin_pos=self.xmin_pos,
+            min_evals=self.min_evals,
+            filter_zeros=self.filter_zeros,
+            dtype=self.dtype(device),
+            farms_window=self.farms_window,
+            farms_aspect_ratio=self.farms_aspect_ratio,
+            farms_grid_size=self.farms_grid,
+        )
+
+
+@dataclass(frozen=True)
+class BalanceOptions:
+    """Which parameters share a factor, their base rates (a depth profile), and how α becomes a factor."""
+
+    unit: UnitKind = "block"
+    balance: Balanced = "lr"
+    mapping: Mapping = "linear"
+    llrd_decay: float = 1.0
+    lr_min: float = 0.5
+    lr_max: float = 1.5
+    sigmoid_tau: float = 10.0
+    sigmoid_s_low: float = 2.0
+    sigmoid_s_high: float = 1.0
+    se_threshold: float = 2.0
+    normalize: bool = False
+    wd_min_ratio: float = 0.5
+    wd_max_ratio: float = 1.5
+    permute_factors: bool = False
+
+    @property
+    def balances_lr(self) -> bool:
+        """Whether α sets learning-rate factors (a map other than 'none', balancing 'lr' or 'both')."""
+        return self.balance in ("lr", "both") and self.mapping != "none"
+
+    @property
+    def balances_wd(self) -> bool:
+        return self.balance in ("weight_decay", "both")
+
+    @property
+    def needs_alpha(self) -> bool:
+        """Whether any factor depends on α: without, there is no spectral pass at all (e.g. LLRD)."""
+        return self.balances_lr or self.balances_wd
+
+    def factor_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of `tb_hf.balancing.compute_factors` (without ``weights``)."""
+        return dict(
+            mapping=self.mapping,
+            lr_min=self.lr_min,
+            lr_max=self.lr_max,
+            tau=self.sigmoid_tau,
+            s_low=self.sigmoid_s_low,
+            s_high=self.sigmoid_s_high,
+            se_threshold=self.se_threshold,
+            normalize=self.normalize,
+        )
+
+    def map_text(self) -> str:
+        """The learning-rate map in words, as figures and logs name it."""
+        if not self.balances_lr:
+            return "no α map"
+        if self.mapping == "linear":
+            text = f"linear map {self.lr_min:g}-{self.lr_max:g}"
+        elif self.mapping == "sigmoid":
+            text = f"sigmoid map, τ={self.sigmoid_tau:g}, s={self.sigmoid_s_low:g}/{self.sigmoid_s_high:g}"
+        else:
+            text = f"standard-error map {self.lr_min:g}-{self.lr_max:g}, {self.se_threshold:g} SE"
+        return text + (", normalized" if self.normalize else "")
+
+
+@dataclass(frozen=True)
+class ScheduleOptions:
+    """When α is recomputed (always once before the first step)."""
+
+    update_steps: str = "auto"  # "auto", "once" or a positive integer, as a string
+    max_overhead: float = 0.03
+    auto_interval: int | None = None
+    asynchronous: bool = False
+
+    def interval_rule(self, steps_per_epoch: int | None) -> int | None:
+        """Optimizer steps between two passes before any budget: an integer as given, None for 'once', and for 'auto'
+        Model Balancing's ``min(100, max(1, steps_per_epoch // 10))`` (100 if unknown)."""
+        if self.update_steps == "once":
+            return None
+        if self.update_steps != "auto":
+            return int(self.update_steps)
+        if steps_per_epoch is None or steps_per_epoch <= 0 or not math.isfinite(steps_per_epoch):
+            return MAX_AUTO_INTERVAL
+        return min(MAX_AUTO_INTERVAL, max(1, int(steps_per_epoch) // 10))
+
+
+#: tb_* option -> (concern, attribute of its typed object).
+OPTION_FIELDS: dict[str, tuple[str, str]] = {
+    **{f"tb_{f.name}": ("spectral", f.name) for f in dataclasses.fields(SpectralOptions)},
+    **{f"tb_{f.name}": ("balance", f.name) for f in dataclasses.fields(BalanceOptions)},
+    **{f"tb_{f.name}": ("schedule", f.name) for f in dataclasses.fields(ScheduleOptions) if f.name != "asynchronous"},
+    "tb_async": ("schedule", "asynchronous"),
+}
+_TYPED = {"spectral": SpectralOptions, "balance": BalanceOptions, "schedule": ScheduleOptions}
+#: Every tb_* option's default (tb_preset's is None).
+DEFAULTS: dict[str, Any] = {name: getattr(_TYPED[concern](), attr) for name, (concern, attr) in OPTION_FIELDS.items()}
+
+
+@dataclass(frozen=True)
+class TempBalanceOptions:
+    """Every option in force, resolved (`resolve_options`): the preset's name and one typed object per concern."""
+
+    preset: str | None = None
+    spectral: SpectralOptions = field(default_factory=SpectralOptions)
+    balance: BalanceOptions = field(default_factory=BalanceOptions)
+    schedule: ScheduleOptions = field(default_factory=ScheduleOptions)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"tb_preset": ..., "tb_xmin_method": ..., ...}``: every option by its flag name, as resolved (what
+        ``to_dict()``, the logs, ``history.jsonl`` and a checkpoint record)."""
+        values = {name: getattr(getattr(self, concern), attr) for name, (concern, attr) in OPTION_FIELDS.items()}
+        return {"tb_preset": self.preset, **values}
+
+    def text(self) -> str:
+        """One line for logs: the preset and what it resolved to."""
+        b, s = self.balance, self.spectral
+        parts = [f"tb_preset={self.preset!r}" if self.preset else "no preset", f"{b.unit} units"]
+        if b.llrd_decay != 1:
+            parts.append(f"depth profile llrd_decay={b.llrd_decay:g}")
+        if b.balances_lr:
+            parts.append(b.map_text())
+        if b.balances_wd:
+            parts.append(f"weight decay × α map {b.wd_min_ratio:g}-{b.wd_max_ratio:g}")
+        if b.needs_alpha:
+            parts.append(f"{s.xmin_method} xmin, {s.estimator} ESD")
+        else:
+            parts.append("no spectral pass (no factor depends on α)")
+        return ", ".join(parts)
+
+
+# --------------------------------------------------------------------------------------------------
+# Presets
+
+#: Named settings, each a method of the project's study (its name there in brackets) at a middle value of the one
+#: free parameter the study tuned per task. Every preset names its map and what it balances (its defining choice:
+#: an explicit other value is refused); an option you set keeps your value. The recompute interval is not part of
+#: a preset. None of the spectral presets beat LLRD with a tuned decay in the study (docs/results.md).
+PRESETS: dict[str, dict[str, Any]] = {
+    # TempBalance's own defaults: linear map 0.5-1.5 of alpha, median xmin over the top half
+    "tempbalance": {"tb_mapping": "linear", "tb_balance": "lr"},
+    # [tempbalance-mb] Model Balancing's GLUE setting: sigmoid map (tau 10, s 2 below / 1 above), top third
+    "model-balancing": {"tb_mapping": "sigmoid", "tb_balance": "lr", "tb_xmin_pos": 1.5},
+    # [llrd] layer-wise lr decay 0.9: a depth profile alone, no spectral pass
+    "llrd": {"tb_mapping": "none", "tb_balance": "lr", "tb_llrd_decay": 0.9},
+    # [llrd-alpha] alpha on top of depth: LLRD 0.9 times a linear alpha correction in 1 -/+ 0.35
+    "llrd-alpha": {"tb_mapping": "linear", "tb_balance": "lr", "tb_llrd_decay": 0.9, "tb_lr_min": 0.65,
+                   "tb_lr_max": 1.35},
+    # [tb-se] the standard-error map: units beyond 2 standard errors of the mean alpha move within 1/2..2
+    "se": {"tb_mapping": "se", "tb_balance": "lr", "tb_se_threshold": 2.0, "tb_lr_min": 0.5, "tb_lr_max": 2.0},
+    # [alphadecay] AlphaDecay: flat learning rates, each unit's weight decay x a linear map of alpha into 0.75..1.25
+    "alphadecay": {"tb_balance": "weight_decay", "tb_wd_min_ratio": 0.75, "tb_wd_max_ratio": 1.25},
+}  # fmt: skip
+#: Options that define a preset: an explicit other value is refused, not silently mixed.
+PRESET_SHAPE = ("tb_mapping", "tb_balance")
+
+
+# --------------------------------------------------------------------------------------------------
+# Checks and conversions
+
+
+def to_float(name: str, value) -> float:
+    """``value`` as a Python float: any real number (a numpy or 0-d torch scalar too, which a checkpoint could not
+    store); a bool, a string or anything else is a ValueError naming ``name``."""
+    if _is_scalar_tensor(value):
+        value = value.item()
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or _is_numpy_bool(value):
+        raise ValueError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    return float(value)
+
+
+def _is_numpy_bool(value) -> bool:
+    return type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")
+
+
+def _is_scalar_tensor(value) -> bool:
+    return type(value).__name__ in ("Tensor", "Parameter") and getattr(value, "ndim", None) == 0
+
+
+def check_range(name: str, value, low: float, high: float, *, low_open: bool = False, why: str = "") -> float:
+    """``value`` as a float, or a ValueError naming ``name`` unless it is a finite number in [low, high] ((low, high]
+    with ``low_open``). The message states the range, so a typo or an absurd setting is caught before training."""
+    bracket = "(" if low_open else "["
+    message = f"{name} must be a finite number in {bracket}{low:g}, {high:g}]{why}, got {value!r}"
+    try:
+        number = to_float(name, value)
+    except ValueError:
+        raise ValueError(message) from None
+    if not (math.isfinite(number) and (number > low if low_open else number >= low) and number <= high):
+        raise ValueError(message)
+    return number
 
 
 def check_int(name: str, value, low: int, high: int, *, why: str = "") -> int:
     """``value`` as an int, or a ValueError naming ``name`` and the range [low, high]. Any integer type counts (a
-    numpy integer from a config or a sweep grid); bool does not (numpy's bool is no `numbers.Integral` either), nor
-    does a float, even 50.0."""
+    numpy integer from a config or a sweep grid, a 0-d integer tensor); bool does not, nor does a float, even 50.0."""
+    if _is_scalar_tensor(value) and not value.is_floating_point() and not value.is_complex():
+        value = value.item()
     if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and low <= value <= high):
         raise ValueError(f"{name} must be an integer in [{low}, {high}]{why}, got {value!r}")
     return int(value)
@@ -123,424 +338,416 @@ def check_factor_options(mapping: str, *, prefix: str = "", **values: float) -> 
         raise ValueError(f"{prefix}lr_min must be <= {prefix}lr_max, got {values['lr_min']} and {values['lr_max']}")
 
 
+def _choice(allowed):
+    def check(name, value):
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        return value
+
+    return check
+
+
+def _flag(name, value):
+    if _is_numpy_bool(value):
+        value = bool(value)
+    if not isinstance(value, bool):  # a string such as "false" would count as True
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def _real(low, high, *, low_open=False, why=""):
+    return lambda name, value: check_range(name, value, low, high, low_open=low_open, why=why)
+
+
+def _integer(low, high, *, why="", optional=False):
+    def check(name, value):
+        return None if optional and value is None else check_int(name, value, low, high, why=why)
+
+    return check
+
+
+def _update_steps(name, value):
+    if isinstance(value, str):
+        text = value.strip()
+    elif isinstance(value, numbers.Integral) and not isinstance(value, bool):  # numpy integers too
+        text = str(int(value))
+    else:
+        text = None
+    # ASCII digits only: '²' and other Unicode digits pass str.isdigit() but not int()
+    if text is None or (text not in ("auto", "once") and not (re.fullmatch(r"[0-9]+", text) and int(text) > 0)):
+        raise ValueError(f"{name} must be 'auto', 'once' or a positive integer, got {value!r}")
+    return text if text in ("auto", "once") else str(int(text))
+
+
+#: Each option's check, which also converts it (numbers to Python numbers, integers to int).
+_CHECKS = {
+    "tb_xmin_method": _choice(XMIN_METHODS),
+    "tb_xmin_pos": _real(1, 100, low_open=True, why=" (2: top half, 1.5: top third)"),
+    "tb_min_evals": _integer(*MIN_EVALS_RANGE, why=MIN_EVALS_WHY),
+    "tb_filter_zeros": _flag,
+    "tb_estimator": _choice(ESTIMATORS),
+    "tb_farms_window": _integer(1, MAX_FARMS_WINDOW, why=" (window rows; None: per model)", optional=True),
+    "tb_farms_aspect_ratio": _real(0, 100, low_open=True),
+    "tb_farms_grid": _integer(1, 64, why=" (up to P x P windows)"),
+    "tb_esd_dtype": _choice(ESD_DTYPE_CHOICES),
+    "tb_metric": _choice(METRICS),
+    "tb_lora_view": _choice(LORA_VIEWS),
+    "tb_lora_average": _choice(LORA_AVERAGES),
+    "tb_unit": _choice(UNIT_KINDS),
+    "tb_balance": _choice(BALANCED),
+    "tb_mapping": _choice(MAPPINGS),
+    "tb_llrd_decay": _real(0, 1, low_open=True, why=" (1: no depth profile)"),
+    "tb_lr_min": _real(0, 100, low_open=True),
+    "tb_lr_max": _real(0, 100, low_open=True),
+    "tb_sigmoid_tau": _real(0, 1000, low_open=True),
+    "tb_sigmoid_s_low": _real(0, 6),
+    "tb_sigmoid_s_high": _real(0, 6),
+    "tb_se_threshold": _real(0, 100, low_open=True, why=" (standard errors)"),
+    "tb_normalize": _flag,
+    "tb_wd_min_ratio": _real(0, 100, why=" (a multiple of weight_decay)"),
+    "tb_wd_max_ratio": _real(0, 100, why=" (a multiple of weight_decay)"),
+    "tb_permute_factors": _flag,
+    "tb_update_steps": _update_steps,
+    "tb_max_overhead": _real(0, 1, low_open=True, why=" (0.03 = 3% of training time)"),
+    "tb_auto_interval": _integer(1, 10**9, optional=True),
+    "tb_async": _flag,
+}
+assert set(_CHECKS) == set(OPTION_FIELDS), "every option has its check"
+
+#: Options of the learning-rate map -> the maps that use them (None: every map but 'none').
+_LR_MAP_OPTIONS = {
+    "tb_mapping": None, "tb_metric": None, "tb_normalize": None,
+    "tb_lr_min": ("linear", "se"), "tb_lr_max": ("linear", "se"),
+    "tb_sigmoid_tau": ("sigmoid",), "tb_sigmoid_s_low": ("sigmoid",), "tb_sigmoid_s_high": ("sigmoid",),
+    "tb_se_threshold": ("se",),
+}  # fmt: skip
+#: Options of the spectral pass and its schedule: unused when no factor depends on α.
+_PASS_OPTIONS = tuple(n for n, (c, _) in OPTION_FIELDS.items() if c in ("spectral", "schedule")) + (
+    "tb_permute_factors",
+)
+_FARMS_OPTIONS = ("tb_farms_window", "tb_farms_aspect_ratio", "tb_farms_grid")
+
+
+def explicit_options(source) -> dict[str, Any]:
+    """The options ``source`` (a `TempBalanceArguments` or `TempBalanceConfig`) sets, checked and converted: every
+    ``tb_*`` field that is not None."""
+    out = {}
+    for name in ("tb_preset", *OPTION_FIELDS):
+        value = getattr(source, name)
+        if value is not None:
+            out[name] = value if name == "tb_preset" else _CHECKS[name](name, value)
+    return out
+
+
+def resolve_options(source=None, *, weight_decay: float | None = None) -> TempBalanceOptions:
+    """The options in force: what ``source`` sets, else its ``tb_preset``'s value, else the default. The one place
+    presets and explicit values meet.
+
+    Args:
+        source: A `TempBalanceArguments` (or `TempBalanceConfig`), a `TempBalanceOptions` (returned as is), or None
+            (the defaults).
+        weight_decay: The run's weight decay, if known: weight-decay balancing with 0 is refused.
+
+    Raises:
+        ValueError: For an unknown preset or option value, a value out of range, an explicit value that contradicts
+            the preset's map or balanced quantity, an option this configuration does not use, or an impossible
+            combination; the message names the options and what to do.
+    """
+    if isinstance(source, TempBalanceOptions):
+        return source
+    explicit = {} if source is None else explicit_options(source)
+    preset = explicit.pop("tb_preset", None)
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"tb_preset must be one of {list(PRESETS)} or None, got {preset!r}")
+    filled = PRESETS.get(preset, {})
+    for name in PRESET_SHAPE:
+        if name in explicit and name in filled and explicit[name] != filled[name]:
+            raise ValueError(
+                f"tb_preset={preset!r} is defined by {name}={filled[name]!r}, and you set {name}={explicit[name]!r}: "
+                f"drop one of the two (tb_preset=None with your own options, or the preset with its {name})."
+            )
+    values = {**DEFAULTS, **filled, **explicit}
+    _check_combinations(values, explicit, preset, weight_decay)
+    typed = {concern: {} for concern in _TYPED}
+    for name, (concern, attr) in OPTION_FIELDS.items():
+        typed[concern][attr] = values[name]
+    return TempBalanceOptions(preset, *(cls(**typed[concern]) for concern, cls in _TYPED.items()))
+
+
+def _check_combinations(values: dict, explicit: dict, preset: str | None, weight_decay: float | None) -> None:
+    """Refuse combinations that cannot run, and explicit options this configuration does not use."""
+    v = values
+    if not v["tb_lr_min"] <= v["tb_lr_max"]:
+        raise ValueError(f"tb_lr_min must be <= tb_lr_max, got {v['tb_lr_min']} and {v['tb_lr_max']}")
+    if not v["tb_wd_min_ratio"] <= v["tb_wd_max_ratio"]:
+        raise ValueError(
+            f"tb_wd_min_ratio must be <= tb_wd_max_ratio, got {v['tb_wd_min_ratio']} and {v['tb_wd_max_ratio']}"
+        )
+    if v["tb_mapping"] == "se" and v["tb_metric"] != "alpha":
+        raise ValueError(
+            "tb_mapping='se' counts alpha differences in units of alpha's standard error, so it needs "
+            f"tb_metric='alpha', got tb_metric={v['tb_metric']!r}"
+        )
+    if v["tb_mapping"] == "se" and not v["tb_lr_min"] <= 1 <= v["tb_lr_max"]:
+        raise ValueError(
+            "tb_mapping='se' gives factor 1 to units within the noise, so it needs tb_lr_min <= 1 <= tb_lr_max, "
+            f"got {v['tb_lr_min']} and {v['tb_lr_max']}"
+        )
+    if v["tb_auto_interval"] is not None and v["tb_update_steps"] != "auto":
+        raise ValueError(
+            "tb_auto_interval replays a tb_update_steps='auto' run; with tb_update_steps="
+            f"{v['tb_update_steps']!r} the interval is already fixed: drop tb_auto_interval"
+        )
+    balance = BalanceOptions(mapping=v["tb_mapping"], balance=v["tb_balance"])
+    origin = f" (set by tb_preset={preset!r})" if "tb_balance" in PRESETS.get(preset, {}) else ""
+    if balance.balances_wd and weight_decay == 0:
+        raise ValueError(
+            f"tb_balance={v['tb_balance']!r}{origin} scales each unit's weight_decay, which is 0 here "
+            "(TrainingArguments' default): set weight_decay (e.g. 0.1), or tb_balance='lr'"
+        )
+    if v["tb_mapping"] == "none" and v["tb_balance"] == "both":
+        raise ValueError(
+            "tb_balance='both' balances the learning rate too, and tb_mapping='none' gives it no α map: set "
+            "tb_balance='weight_decay', or a map (tb_mapping='linear')"
+        )
+    for name, value in explicit.items():
+        if value == DEFAULTS[name]:
+            continue  # an explicit default changes nothing, whether or not the configuration uses it
+        needs = _unused_because(name, v, balance)
+        if needs:
+            raise ValueError(
+                f"{name}={value!r} has no effect with tb_balance={v['tb_balance']!r}, tb_mapping={v['tb_mapping']!r}"
+                f", tb_estimator={v['tb_estimator']!r}, tb_update_steps={v['tb_update_steps']!r}"
+                f"{f', tb_preset={preset!r}' if preset else ''}: it applies with {needs}. Set that, or leave {name} "
+                f"unset (its default is {DEFAULTS[name]!r})."
+            )
+
+
+def _unused_because(name: str, v: dict, balance: BalanceOptions) -> str | None:
+    """What would make the explicit option ``name`` apply, or None if it applies now."""
+    if name == "tb_mapping" and v["tb_mapping"] == "none":
+        return None  # no learning-rate map is never a map left unused
+    if not balance.needs_alpha and name in _PASS_OPTIONS + tuple(_LR_MAP_OPTIONS):
+        return (
+            "an α map (tb_mapping 'linear', 'sigmoid' or 'se'), or tb_balance='weight_decay': no factor depends on α "
+            "now, so there is no spectral pass"
+        )
+    if name in _LR_MAP_OPTIONS and not balance.balances_lr:
+        if v["tb_mapping"] == "none" and v["tb_balance"] != "weight_decay":
+            return "an α map (tb_mapping 'linear', 'sigmoid' or 'se'): tb_mapping='none' sets no learning-rate factor"
+        return "tb_balance='lr' or 'both' (only the weight decay is balanced now, by a linear map of alpha)"
+    if name in _LR_MAP_OPTIONS and _LR_MAP_OPTIONS[name] is not None and v["tb_mapping"] not in _LR_MAP_OPTIONS[name]:
+        needs = " or ".join(f"tb_mapping={m!r}" for m in _LR_MAP_OPTIONS[name])
+        if name in ("tb_lr_min", "tb_lr_max"):
+            needs += " (the sigmoid map's range is set by tb_sigmoid_s_low / tb_sigmoid_s_high)"
+        return needs
+    if name in ("tb_wd_min_ratio", "tb_wd_max_ratio") and not balance.balances_wd:
+        return "tb_balance='weight_decay' or 'both'"
+    if name in _FARMS_OPTIONS and v["tb_estimator"] != "farms":
+        return "tb_estimator='farms' (the 'plain' ESD does not window the matrix)"
+    if name == "tb_xmin_pos" and v["tb_xmin_method"] != "median":
+        return "tb_xmin_method='median' (the 'ks' scan chooses xmin itself)"
+    if name == "tb_max_overhead" and v["tb_update_steps"] != "auto":
+        return "tb_update_steps='auto' (the budget caps its passes; a fixed interval or 'once' has none)"
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# The flags
+
+
+def _option(name: str, help: str, *, choices=None):
+    """A ``tb_*`` field: unset (None) by default; its help names the default (and the presets that set it)."""
+    default = DEFAULTS[name]
+    setters = [preset for preset, values in PRESETS.items() if name in values and values[name] != default]
+    default_text = f"Default: {default!r}" + (f" (or the preset's: {', '.join(setters)})" if setters else "") + "."
+    metadata = {"help": f"{help} {default_text}"}
+    if choices is not None:
+        metadata["choices"] = list(choices)
+    if isinstance(default, bool):  # a flag: --tb_async alone means true (HfArgumentParser gives bool | None none)
+        metadata.update(nargs="?", const=True)
+    return field(default=None, metadata=metadata)
+
+
 @dataclass
 class TempBalanceArguments:
-    """The TempBalance options alone (for `tb-hf analyze`, the callback, or your own argument parser)."""
+    """The TempBalance options alone (for `tb-hf analyze`, the callback, or your own argument parser).
 
+    Every field defaults to None, *unset*: `resolve_options` fills it from ``tb_preset``, else from the default its
+    help names. The options in force are `tb_options` (typed, resolved), and ``to_dict()`` shows them.
+    """
+
+    # The profile: what shares a factor, the base rates under it, and how alpha sets it.
     tb_preset: str | None = field(
         default=None,
         metadata={
-            "help": "A named setting of the options below, one per method of the project's study "
-            "(results/llrd-vs-spectral): 'tempbalance' (the defaults), 'model-balancing' (sigmoid map, tb_xmin_pos "
-            "1.5), 'llrd-alpha' (tb_llrd_decay 0.9 x a linear alpha map in 0.65..1.35), 'se' (the standard-error "
-            "map in 0.5..2) or 'alphadecay' (weight decay x alpha's map into 0.75..1.25). It fills the options still "
-            "at their defaults; options you set keep your value (e.g. tb_llrd_decay=0.8), except tb_mapping and "
-            "tb_balance, which define the preset (an option at its default value counts as not set).",
+            "help": "A named profile, one per method of the project's study: 'tempbalance' (the defaults), "
+            "'model-balancing' (sigmoid map, tb_xmin_pos 1.5), 'llrd' (layer-wise lr decay 0.9, no spectral pass), "
+            "'llrd-alpha' (tb_llrd_decay 0.9 x a linear alpha map in 0.65..1.35), 'se' (the standard-error map in "
+            "0.5..2) or 'alphadecay' (weight decay x alpha's map into 0.75..1.25). It fills the options you leave "
+            "unset; an option you set keeps your value, except that tb_mapping and tb_balance must agree with it.",
             "choices": list(PRESETS),
         },
     )
-    tb_xmin_method: str = field(
-        default="median",
-        metadata={
-            "help": "How xmin of the power-law fit is chosen: 'median' (xmin = evals[floor(N / tb_xmin_pos)], "
-            "TempBalance) or 'ks' (Kolmogorov-Smirnov scan over every cut, WeightWatcher).",
-            "choices": list(XMIN_METHODS),
-        },
+    tb_unit: str | None = _option(
+        "tb_unit",
+        "What shares one learning-rate factor: a transformer 'block' (its alpha is the mean over its matrices) or "
+        "each analysed 'matrix' module.",
+        choices=UNIT_KINDS,
     )
-    tb_xmin_pos: float = field(
-        default=2.0,
-        metadata={"help": "Position of xmin for 'median': 2 fits the top half, 1.5 the top third (Model Balancing)."},
+    tb_balance: str | None = _option(
+        "tb_balance",
+        "What alpha balances: the learning rate ('lr', TempBalance), the weight decay ('weight_decay', AlphaDecay: a "
+        "unit's decay is weight_decay * a linear map of alpha into tb_wd_min_ratio..tb_wd_max_ratio, more decay for "
+        "higher alpha), or 'both'.",
+        choices=BALANCED,
     )
-    tb_min_evals: int = field(
-        default=50, metadata={"help": "Matrices with fewer eigenvalues are not fitted (their unit keeps factor 1)."}
+    tb_mapping: str | None = _option(
+        "tb_mapping",
+        "Metric -> learning-rate factor: 'none' (factor 1: the depth profile alone, as LLRD; no spectral pass unless "
+        "weight decay is balanced), 'linear' (TempBalance, tb_lr_min..tb_lr_max), 'sigmoid' (Model Balancing's "
+        "TB_Sigmoid, tb_sigmoid_*) or 'se' (alpha differences in units of their standard error, within "
+        "tb_lr_min..tb_lr_max; see tb_se_threshold).",
+        choices=MAPPINGS,
     )
-    tb_filter_zeros: bool = field(
-        default=False, metadata={"help": "Drop eigenvalues <= 1e-5 before fitting (WeightWatcher's convention)."}
+    tb_llrd_decay: float | None = _option(
+        "tb_llrd_decay",
+        "Depth profile under the alpha factors (layer-wise lr decay): the unit in block b of a stack of L gets base "
+        "rate learning_rate * decay^(L-1-b), the embeddings decay^L, the head and final norm 1, and the alpha factor "
+        "multiplies that. 1: no depth profile (TempBalance).",
     )
-    tb_estimator: str = field(
-        default="plain",
-        metadata={
-            "help": "'plain': ESD of the whole matrix; 'farms': pooled ESD of fixed-aspect-ratio windows, "
-            "which removes the bias that matrix shape puts into alpha.",
-            "choices": list(ESTIMATORS),
-        },
+    # The learning-rate map's parameters.
+    tb_lr_min: float | None = _option(
+        "tb_lr_min", "Linear map: factor of the lowest-alpha unit ('se' map: the lower bound)."
     )
-    tb_farms_window: int | None = field(
-        default=None,
-        metadata={
-            "help": "FARMS window rows r. Default: one size for the whole model, as in the FARMS paper: half the "
-            "smallest side among the analysed matrices (so q, k and v of a block are windowed alike)."
-        },
+    tb_lr_max: float | None = _option(
+        "tb_lr_max", "Linear map: factor of the highest-alpha unit ('se' map: the upper bound)."
     )
-    tb_farms_aspect_ratio: float = field(default=1.0, metadata={"help": "FARMS window columns / rows (Q)."})
-    tb_farms_grid: int = field(default=9, metadata={"help": "FARMS grid: up to P x P window positions."})
-    tb_esd_dtype: str = field(
-        default="auto",
-        metadata={
-            "help": "Precision of the eigen-solve: 'auto' = float64 on CUDA (it costs about the same as float32 "
-            "there, and matches WeightWatcher to rounding), float32 elsewhere.",
-            "choices": list(ESD_DTYPE_CHOICES),
-        },
+    tb_sigmoid_tau: float | None = _option("tb_sigmoid_tau", "Sigmoid map: temperature tau.")
+    tb_sigmoid_s_low: float | None = _option(
+        "tb_sigmoid_s_low", "Sigmoid map: scale below the mean alpha (factor >= 10^(-s_low/2))."
     )
-    tb_unit: str = field(
-        default="block",
-        metadata={
-            "help": "What shares one learning-rate factor: a transformer 'block' (its alpha is the mean over "
-            "its matrices) or each analysed 'matrix' module.",
-            "choices": list(UNIT_KINDS),
-        },
+    tb_sigmoid_s_high: float | None = _option(
+        "tb_sigmoid_s_high", "Sigmoid map: scale above the mean alpha (factor <= 10^(s_high/2))."
     )
-    tb_lora_view: str = field(
-        default="effective",
-        metadata={
-            "help": "With peft LoRA, analyse the 'effective' weight W0 + scaling*B@A (what the forward pass "
-            "uses) or the 'delta' alone.",
-            "choices": list(LORA_VIEWS),
-        },
+    tb_se_threshold: float | None = _option(
+        "tb_se_threshold",
+        "Standard-error map (tb_mapping='se'): a unit whose alpha is within this many standard errors of the mean "
+        "alpha gets factor 1; beyond, its factor moves towards tb_lr_max (above) or tb_lr_min (below) as "
+        "tanh(excess / threshold).",
     )
-    tb_lora_average: str = field(
-        default="adapted",
-        metadata={
-            "help": "With peft LoRA and block units: a block's alpha is the mean over its 'adapted' matrices "
-            "(Model Balancing; frozen matrices do not move) or over 'all' its matrices.",
-            "choices": list(LORA_AVERAGES),
-        },
+    tb_normalize: bool | None = _option("tb_normalize", "Rescale factors so their parameter-count-weighted mean is 1.")
+    tb_wd_min_ratio: float | None = _option(
+        "tb_wd_min_ratio", "Weight-decay balancing: ratio of the lowest-alpha unit's weight decay."
     )
-    tb_metric: str = field(
-        default="alpha",
-        metadata={"help": "Spectral metric that drives the factors.", "choices": list(METRICS)},
+    tb_wd_max_ratio: float | None = _option(
+        "tb_wd_max_ratio", "Weight-decay balancing: ratio of the highest-alpha unit's weight decay."
     )
-    tb_mapping: str = field(
-        default="linear",
-        metadata={
-            "help": "Metric -> factor: 'linear' (TempBalance, tb_lr_min..tb_lr_max), 'sigmoid' (Model Balancing's "
-            "TB_Sigmoid, tb_sigmoid_*) or 'se' (alpha differences in units of their standard error, within "
-            "tb_lr_min..tb_lr_max; see tb_se_threshold).",
-            "choices": list(MAPPINGS),
-        },
+    tb_permute_factors: bool | None = _option(
+        "tb_permute_factors",
+        "Control experiment, not for training: give each fitted unit the factor computed for another, by a random "
+        "permutation seeded with the TrainingArguments seed (the same at every update). With tb_update_steps='once' "
+        "it tests whether alpha's ordering of the units matters, or only that the learning rates differ.",
     )
-    tb_lr_min: float = field(
-        default=0.5, metadata={"help": "Linear map: factor of the lowest-alpha unit ('se' map: the lower bound)."}
+    # How alpha is measured.
+    tb_metric: str | None = _option("tb_metric", "Spectral metric that drives the factors.", choices=METRICS)
+    tb_xmin_method: str | None = _option(
+        "tb_xmin_method",
+        "How xmin of the power-law fit is chosen: 'median' (xmin = evals[floor(N / tb_xmin_pos)], TempBalance) or "
+        "'ks' (Kolmogorov-Smirnov scan over every cut, WeightWatcher).",
+        choices=XMIN_METHODS,
     )
-    tb_lr_max: float = field(
-        default=1.5, metadata={"help": "Linear map: factor of the highest-alpha unit ('se' map: the upper bound)."}
+    tb_xmin_pos: float | None = _option(
+        "tb_xmin_pos", "Position of xmin for 'median': 2 fits the top half, 1.5 the top third (Model Balancing)."
     )
-    tb_sigmoid_tau: float = field(default=10.0, metadata={"help": "Sigmoid map: temperature tau."})
-    tb_sigmoid_s_low: float = field(
-        default=2.0, metadata={"help": "Sigmoid map: scale below the mean alpha (factor >= 10^(-s_low/2))."}
+    tb_min_evals: int | None = _option(
+        "tb_min_evals", "Matrices with fewer eigenvalues are not fitted (their unit keeps factor 1)."
     )
-    tb_sigmoid_s_high: float = field(
-        default=1.0, metadata={"help": "Sigmoid map: scale above the mean alpha (factor <= 10^(s_high/2))."}
+    tb_filter_zeros: bool | None = _option(
+        "tb_filter_zeros", "Drop eigenvalues <= 1e-5 before fitting (WeightWatcher's convention)."
     )
-    tb_se_threshold: float = field(
-        default=2.0,
-        metadata={
-            "help": "Standard-error map (tb_mapping='se'): a unit whose alpha is within this many standard errors of "
-            "the mean alpha gets factor 1; beyond, its factor moves towards tb_lr_max (above) or tb_lr_min (below) as "
-            "tanh(excess / threshold)."
-        },
+    tb_estimator: str | None = _option(
+        "tb_estimator",
+        "'plain': ESD of the whole matrix; 'farms': pooled ESD of fixed-aspect-ratio windows, which removes the bias "
+        "that matrix shape puts into alpha.",
+        choices=ESTIMATORS,
     )
-    tb_llrd_decay: float = field(
-        default=1.0,
-        metadata={
-            "help": "Depth profile under the alpha factors (layer-wise lr decay): the unit in block b of L gets base "
-            "rate learning_rate * decay^(L-1-b), parameters before the first block decay^L, after the last 1, and "
-            "the alpha factor multiplies that. 1: no depth profile (TempBalance)."
-        },
+    tb_farms_window: int | None = _option(
+        "tb_farms_window",
+        "FARMS window rows r. None: one size for the whole model, as in the FARMS paper: half the smallest side "
+        "among the analysed matrices (so q, k and v of a block are windowed alike).",
     )
-    tb_balance: str = field(
-        default="lr",
-        metadata={
-            "help": "What alpha balances: the learning rate ('lr', TempBalance), the weight decay ('weight_decay', "
-            "AlphaDecay: a unit's decay is weight_decay * a linear map of alpha into tb_wd_min_ratio.."
-            "tb_wd_max_ratio, more decay for higher alpha), or 'both'.",
-            "choices": list(BALANCED),
-        },
+    tb_farms_aspect_ratio: float | None = _option("tb_farms_aspect_ratio", "FARMS window columns / rows (Q).")
+    tb_farms_grid: int | None = _option("tb_farms_grid", "FARMS grid: up to P x P window positions.")
+    tb_esd_dtype: str | None = _option(
+        "tb_esd_dtype",
+        "Precision of the eigen-solve: 'auto' = float64 on CUDA (it costs about the same as float32 there, and "
+        "matches WeightWatcher to rounding), float32 elsewhere.",
+        choices=ESD_DTYPE_CHOICES,
     )
-    tb_wd_min_ratio: float = field(
-        default=0.5, metadata={"help": "Weight-decay balancing: ratio of the lowest-alpha unit's weight decay."}
+    tb_lora_view: str | None = _option(
+        "tb_lora_view",
+        "With peft LoRA, analyse the 'effective' weight W0 + scaling*B@A (what the forward pass uses) or the "
+        "'delta' alone.",
+        choices=LORA_VIEWS,
     )
-    tb_wd_max_ratio: float = field(
-        default=1.5, metadata={"help": "Weight-decay balancing: ratio of the highest-alpha unit's weight decay."}
+    tb_lora_average: str | None = _option(
+        "tb_lora_average",
+        "With peft LoRA and block units: a block's alpha is the mean over its 'adapted' matrices (Model Balancing; "
+        "frozen matrices do not move) or over 'all' its matrices.",
+        choices=LORA_AVERAGES,
     )
-    tb_auto_interval: int | None = field(
-        default=None,
-        metadata={
-            "help": "Replay a tb_update_steps='auto' run exactly: use this interval (the one the run recorded as "
-            "tb_update_interval) instead of deciding it from timed steps. Only with tb_update_steps='auto'."
-        },
+    # When alpha is recomputed.
+    tb_update_steps: str | None = _option(
+        "tb_update_steps",
+        "When to recompute alpha (always once before the first step). An integer N: every N optimizer steps, "
+        "exactly. 'once': never again (the step-0 factors hold for the whole run). 'auto': Model Balancing's "
+        "min(100, max(1, steps_per_epoch // 10)), but never more often than tb_max_overhead allows, judged from the "
+        "measured cost of the first pass and of the first steps.",
     )
-    tb_normalize: bool = field(
-        default=False,
-        metadata={"help": "Rescale factors so their parameter-count-weighted mean is 1."},
+    tb_max_overhead: float | None = _option(
+        "tb_max_overhead",
+        "Budget for tb_update_steps='auto': spectral passes may cost at most this fraction of the training time "
+        "(0.03: 3 percent). The pass before the first step is always made.",
     )
-    tb_update_steps: str = field(
-        default="auto",
-        metadata={
-            "help": "When to recompute alpha (always once before the first step). An integer N: every N optimizer "
-            "steps, exactly. 'once': never again (the step-0 factors hold for the whole run). 'auto': Model "
-            "Balancing's min(100, max(1, steps_per_epoch // 10)), but never more often than tb_max_overhead "
-            "allows, judged from the measured cost of the first pass and of the first steps."
-        },
+    tb_auto_interval: int | None = _option(
+        "tb_auto_interval",
+        "Replay a tb_update_steps='auto' run exactly: use this interval (the one the run recorded as "
+        "tb_update_interval) instead of deciding it from timed steps. Only with tb_update_steps='auto'.",
     )
-    tb_max_overhead: float = field(
-        default=0.03,
-        metadata={
-            "help": "Budget for tb_update_steps='auto': spectral passes may cost at most this fraction of the "
-            "training time (0.03: 3 percent). The pass before the first step is always made."
-        },
-    )
-    tb_permute_factors: bool = field(
-        default=False,
-        metadata={
-            "help": "Control experiment, not for training: give each fitted unit the factor computed for another, "
-            "by a random permutation seeded with the TrainingArguments seed (the same at every update). With "
-            "tb_update_steps='once' it tests whether alpha's ordering of the units matters, or only that the "
-            "learning rates differ across units."
-        },
-    )
-    tb_async: bool = field(
-        default=False,
-        metadata={
-            "help": "Compute passes after the first in a background thread on a snapshot of the weights taken at "
-            "step s, and apply the factors at the fixed step s + lag (waiting if late), so training does not "
-            "stop for the eigen-solves. Off by default: on a CPU-only machine the thread competes with training."
-        },
+    tb_async: bool | None = _option(
+        "tb_async",
+        "Compute passes after the first in a background thread on a snapshot of the weights taken at step s, and "
+        "apply the factors at the fixed step s + lag (waiting if late), so training does not stop for the "
+        "eigen-solves. Off by default: on a CPU-only machine the thread competes with training.",
     )
 
     def __post_init__(self):
         if hasattr(super(), "__post_init__"):
             super().__post_init__()  # TrainingArguments' checks, when mixed into TempBalanceConfig
-        self._apply_preset()
-        for name, allowed in [
-            ("tb_xmin_method", XMIN_METHODS),
-            ("tb_estimator", ESTIMATORS),
-            ("tb_unit", UNIT_KINDS),
-            ("tb_lora_view", LORA_VIEWS),
-            ("tb_metric", METRICS),
-            ("tb_mapping", MAPPINGS),
-            ("tb_esd_dtype", ESD_DTYPE_CHOICES),
-            ("tb_lora_average", LORA_AVERAGES),
-            ("tb_balance", BALANCED),
-        ]:
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("tb_filter_zeros", "tb_normalize", "tb_async", "tb_permute_factors"):
-            if not isinstance(getattr(self, name), bool):  # a string such as "false" would count as True
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        check_range("tb_xmin_pos", self.tb_xmin_pos, 1, 100, low_open=True, why=" (2: top half, 1.5: top third)")
-        self.tb_min_evals = check_int("tb_min_evals", self.tb_min_evals, *MIN_EVALS_RANGE, why=MIN_EVALS_WHY)
-        check_factor_options(
-            self.tb_mapping,
-            prefix="tb_",
-            lr_min=self.tb_lr_min,
-            lr_max=self.tb_lr_max,
-        )
-        check_factor_options(
-            self.tb_mapping,
-            prefix="tb_sigmoid_",
-            tau=self.tb_sigmoid_tau,
-            s_low=self.tb_sigmoid_s_low,
-            s_high=self.tb_sigmoid_s_high,
-        )
-        if self.tb_farms_window is not None:
-            self.tb_farms_window = check_int(
-                "tb_farms_window", self.tb_farms_window, 1, MAX_FARMS_WINDOW, why=" (window rows; None: per model)"
-            )
-        check_range("tb_farms_aspect_ratio", self.tb_farms_aspect_ratio, 0, 100, low_open=True)
-        self.tb_farms_grid = check_int("tb_farms_grid", self.tb_farms_grid, 1, 64, why=" (up to P x P windows)")
-        if self.tb_estimator == "plain":  # the FARMS options would be ignored: say so rather than run without them
-            for name, default in (("tb_farms_window", None), ("tb_farms_aspect_ratio", 1.0), ("tb_farms_grid", 9)):
-                if getattr(self, name) != default:
-                    raise ValueError(
-                        f"{name} is set but tb_estimator is 'plain', which does not use it: set "
-                        f"tb_estimator='farms' too, or leave {name} at its default ({default!r}); got "
-                        f"{getattr(self, name)!r}"
-                    )
-        check_range("tb_se_threshold", self.tb_se_threshold, 0, 100, low_open=True, why=" (standard errors)")
-        check_range("tb_llrd_decay", self.tb_llrd_decay, 0, 1, low_open=True, why=" (1: no depth profile)")
-        for name in ("tb_wd_min_ratio", "tb_wd_max_ratio"):
-            check_range(name, getattr(self, name), 0, 100, why=" (a multiple of weight_decay)")
-        if not self.tb_wd_min_ratio <= self.tb_wd_max_ratio:
-            raise ValueError(
-                f"tb_wd_min_ratio must be <= tb_wd_max_ratio, got {self.tb_wd_min_ratio} and {self.tb_wd_max_ratio}"
-            )
-        if self.tb_mapping == "se" and self.tb_metric != "alpha":
-            raise ValueError(
-                f"tb_mapping='se' counts alpha differences in units of alpha's standard error, so it needs "
-                f"tb_metric='alpha', got tb_metric={self.tb_metric!r}"
-            )
-        if self.tb_mapping == "se" and not self.tb_lr_min <= 1 <= self.tb_lr_max:
-            raise ValueError(
-                "tb_mapping='se' gives factor 1 to units within the noise, so it needs tb_lr_min <= 1 <= tb_lr_max, "
-                f"got {self.tb_lr_min} and {self.tb_lr_max}"
-            )
-        if self.tb_xmin_method == "ks" and self.tb_xmin_pos != 2.0:
-            raise ValueError("tb_xmin_pos only applies to tb_xmin_method='median'; the 'ks' scan chooses xmin itself")
-        check_range("tb_max_overhead", self.tb_max_overhead, 0, 1, low_open=True, why=" (0.03 = 3% of training time)")
-        self.tb_update_steps = str(self.tb_update_steps).strip()
-        # ASCII digits only: '²' and other Unicode digits pass str.isdigit() but not int()
-        if self.tb_update_steps not in ("auto", "once") and not (
-            re.fullmatch(r"[0-9]+", self.tb_update_steps) and int(self.tb_update_steps) > 0
-        ):
-            raise ValueError(
-                f"tb_update_steps must be 'auto', 'once' or a positive integer, got {self.tb_update_steps!r}"
-            )
-        if self.tb_auto_interval is not None:
-            self.tb_auto_interval = check_int("tb_auto_interval", self.tb_auto_interval, 1, 10**9)
-            if self.tb_update_steps != "auto":
-                raise ValueError(
-                    "tb_auto_interval replays a tb_update_steps='auto' run; with tb_update_steps="
-                    f"{self.tb_update_steps!r} the interval is already fixed: drop tb_auto_interval"
-                )
-        self._refuse_unused_options()
-        if self.balances_wd and getattr(self, "weight_decay", None) == 0:  # TempBalanceConfig: TrainingArguments'
-            preset = PRESETS.get(self.tb_preset, {})
-            origin = f" (set by tb_preset={self.tb_preset!r})" if "tb_balance" in preset else ""
-            raise ValueError(
-                f"tb_balance={self.tb_balance!r}{origin} scales each unit's weight_decay, which is 0 here "
-                "(TrainingArguments' default): set weight_decay (e.g. 0.1), or tb_balance='lr'"
-            )
-
-    def _apply_preset(self) -> None:
-        """Fill the preset's options that are still at their defaults (a copy of filled options changes nothing)."""
-        if self.tb_preset is None:
-            return
-        if self.tb_preset not in PRESETS:
-            raise ValueError(f"tb_preset must be one of {list(PRESETS)} or None, got {self.tb_preset!r}")
-        fields = TempBalanceArguments.__dataclass_fields__
-        filled, kept = [], []
-        for name, value in PRESETS[self.tb_preset].items():
-            current, default = getattr(self, name), fields[name].default
-            if current == value:
-                continue
-            if current == default:
-                setattr(self, name, value)
-                filled.append(f"{name}={value!r}")
-            elif name in PRESET_SHAPE:
-                raise ValueError(
-                    f"tb_preset={self.tb_preset!r} sets {name}={value!r}, and {name} is {current!r}: drop one of "
-                    f"the two (tb_preset=None and your own options, or the preset as it is)"
-                )
-            else:
-                kept.append(f"{name}={current!r}")
-        if filled:  # once: a copy of the filled options fills nothing
-            logger.info(
-                "tb_preset=%r: %s%s", self.tb_preset, ", ".join(filled) or "nothing filled",
-                f"; kept as set: {', '.join(kept)}" if kept else "",
-            )  # fmt: skip
-
-    def _refuse_unused_options(self) -> None:
-        """An option set away from its default that this configuration does not use is refused, naming what would
-        make it apply (as for the FARMS options): it would otherwise be ignored without a word."""
-        mapping = self.tb_mapping
-        # option -> the mappings of the learning-rate map that use it (None: every mapping)
-        lr_options = {
-            "tb_mapping": None, "tb_metric": None, "tb_normalize": None,
-            "tb_lr_min": ("linear", "se"), "tb_lr_max": ("linear", "se"),
-            "tb_sigmoid_tau": ("sigmoid",), "tb_sigmoid_s_low": ("sigmoid",), "tb_sigmoid_s_high": ("sigmoid",),
-            "tb_se_threshold": ("se",),
-        }  # fmt: skip
-        defaults = {f.name: f.default for f in dataclasses.fields(TempBalanceArguments)}
-        for name, default in defaults.items():
-            value = getattr(self, name)
-            if value == default:
-                continue
-            if name in lr_options and not self.balances_lr:
-                needs = "tb_balance='lr' or 'both' (only the weight decay is balanced now, by a linear map of alpha)"
-            elif name in lr_options and lr_options[name] is not None and mapping not in lr_options[name]:
-                needs = " or ".join(f"tb_mapping={m!r}" for m in lr_options[name])
-                if name in ("tb_lr_min", "tb_lr_max"):
-                    needs += " (the sigmoid map's range is set by tb_sigmoid_s_low / tb_sigmoid_s_high)"
-            elif name in ("tb_wd_min_ratio", "tb_wd_max_ratio") and not self.balances_wd:
-                needs = "tb_balance='weight_decay' or 'both'"
-            elif name == "tb_max_overhead" and self.tb_update_steps != "auto":
-                needs = "tb_update_steps='auto' (the budget caps its passes; a fixed interval or 'once' has none)"
-            else:
-                continue
-            preset = PRESETS.get(self.tb_preset, {})
-            origin = f" (tb_preset={self.tb_preset!r} sets it)" if name in preset and preset[name] == value else ""
-            raise ValueError(
-                f"{name}={value!r}{origin} has no effect with tb_balance={self.tb_balance!r}, tb_mapping={mapping!r}, "
-                f"tb_update_steps={self.tb_update_steps!r}: it applies with {needs}. Set that, or leave {name} at its "
-                f"default ({default!r})."
-            )
-
-    # Options in the form the library functions take them.
-
-    def esd_dtype(self, device=None):
-        """The eigen-solve precision on ``device``: 'auto' is float64 on CUDA, float32 elsewhere."""
-        import torch
-
-        if self.tb_esd_dtype != "auto":
-            return getattr(torch, self.tb_esd_dtype)
-        return torch.float64 if device is not None and torch.device(device).type == "cuda" else torch.float32
-
-    def spectral_options(self, device=None) -> dict:
-        """Keyword arguments for `tb_hf.spectral.analyze`, for weights on ``device``."""
-        return dict(
-            estimator=self.tb_estimator,
-            xmin_method=self.tb_xmin_method,
-            xmin_pos=self.tb_xmin_pos,
-            min_evals=self.tb_min_evals,
-            filter_zeros=self.tb_filter_zeros,
-            dtype=self.esd_dtype(device),
-            farms_window=self.tb_farms_window,
-            farms_aspect_ratio=self.tb_farms_aspect_ratio,
-            farms_grid_size=self.tb_farms_grid,
-        )
-
-    def factor_options(self) -> dict:
-        """Keyword arguments for `tb_hf.balancing.compute_factors` (without ``weights``)."""
-        return dict(
-            mapping=self.tb_mapping,
-            lr_min=self.tb_lr_min,
-            lr_max=self.tb_lr_max,
-            tau=self.tb_sigmoid_tau,
-            s_low=self.tb_sigmoid_s_low,
-            s_high=self.tb_sigmoid_s_high,
-            se_threshold=self.tb_se_threshold,
-            normalize=self.tb_normalize,
-        )
-
-    def wd_factor_options(self) -> dict:
-        """Keyword arguments for `tb_hf.balancing.compute_wd_factors`: AlphaDecay's linear map of α."""
-        return dict(wd_min_ratio=self.tb_wd_min_ratio, wd_max_ratio=self.tb_wd_max_ratio)
+        for name, value in explicit_options(self).items():  # Python numbers: checkpoints must store them
+            setattr(self, name, value)
+        self.tb_options  # noqa: B018 - every refusal now, at construction, not at the first training step
 
     @property
-    def balances_lr(self) -> bool:
-        return self.tb_balance in ("lr", "both")
+    def tb_options(self) -> TempBalanceOptions:
+        """The options in force (`resolve_options`), from the fields as they are now (a hyperparameter search sets
+        fields after construction: they are resolved again)."""
+        return resolve_options(self, weight_decay=getattr(self, "weight_decay", None))
 
-    @property
-    def balances_wd(self) -> bool:
-        return self.tb_balance in ("weight_decay", "both")
-
-    def update_interval(self, steps_per_epoch: int | None) -> int | None:
-        """Optimizer steps between two spectral updates before any budget: an integer as given, None for 'once',
-        and for 'auto' Model Balancing's ``min(100, max(1, steps_per_epoch // 10))`` (100 if unknown)."""
-        if self.tb_update_steps == "once":
-            return None
-        if self.tb_update_steps != "auto":
-            return int(self.tb_update_steps)
-        if steps_per_epoch is None or steps_per_epoch <= 0 or not math.isfinite(steps_per_epoch):
-            return MAX_AUTO_INTERVAL
-        return min(MAX_AUTO_INTERVAL, max(1, int(steps_per_epoch) // 10))
-
-    def tempbalance_arguments(self) -> TempBalanceArguments:
-        """Only the ``tb_*`` options, as a standalone `TempBalanceArguments`."""
-        return tb_arguments(tb_args=self)
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a dict, the ``tb_*`` options as resolved (what the run uses, not None)."""
+        parent = getattr(super(), "to_dict", None)
+        out = parent() if parent is not None else {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {**out, **self.tb_options.to_dict()}
 
 
-def tb_arguments(args=None, tb_args: TempBalanceArguments | None = None) -> TempBalanceArguments:
-    """The TempBalance options in force: ``tb_args`` if given (only its ``tb_*`` fields, also when it is a whole
-    `TempBalanceConfig`), else those of ``args`` when it is a `TempBalanceConfig`, else the defaults."""
-    for source in (tb_args, args):
-        if isinstance(source, TempBalanceArguments):
-            if type(source) is TempBalanceArguments:
-                return source
-            return TempBalanceArguments(
-                **{name: getattr(source, name) for name in TempBalanceArguments.__dataclass_fields__}
-            )
-        if source is tb_args and source is not None:
-            raise TypeError(f"tb_args must be TempBalanceArguments or TempBalanceConfig, got {type(source).__name__}")
-    return TempBalanceArguments()
+def tb_source(args=None, tb_args=None):
+    """Where the TempBalance options come from: ``tb_args`` if given (a `TempBalanceArguments`, a whole
+    `TempBalanceConfig` or `TempBalanceOptions`), else ``args`` when it is a `TempBalanceConfig`, else None (the
+    defaults)."""
+    if tb_args is not None:
+        if not isinstance(tb_args, TempBalanceArguments | TempBalanceOptions):
+            raise TypeError(f"tb_args must be TempBalanceArguments or TempBalanceConfig, got {type(tb_args).__name__}")
+        return tb_args
+    return args if isinstance(args, TempBalanceArguments) else None

@@ -2,7 +2,7 @@
 
 * an integer N: a pass after every N-th optimizer step, exactly;
 * ``"once"``: no pass after the one before the first step;
-* ``"auto"``: Model Balancing's rule (about ten passes per epoch, `TempBalanceArguments.update_interval`), but
+* ``"auto"``: Model Balancing's rule (about ten passes per epoch, `tb_hf.options.ScheduleOptions.interval_rule`), but
   never more often than the budget ``tb_max_overhead`` allows. The policy times the optimizer steps after the
   (re)start, and once `DECIDE_AFTER` of them have run it fixes ``interval = max(rule, ceil(pass / (budget ×
   step)))`` for the rest of the run (``tb_auto_interval`` fixes it untimed: a replay). No pass happens before that
@@ -61,7 +61,25 @@ class RecomputeSchedule:
 
     def __post_init__(self):
         if self.update_steps != "auto" and not self.decided:
-            self.fix(self.rule, f"tb_update_steps={self.update_steps}")
+            self.fix(self.rule, self.why or f"tb_update_steps={self.update_steps}")
+
+    @classmethod
+    def for_run(
+        cls, options, *, steps_per_epoch: int | None, start_step: int, max_steps: int, resumed=None
+    ) -> RecomputeSchedule:
+        """The schedule of a run's resolved options (`tb_hf.options.TempBalanceOptions`) from ``start_step``; with
+        ``resumed`` (a `tb_hf.state.RunState` whose interval was decided) the checkpoint's interval and lag. A profile
+        in which no factor depends on α is never recomputed."""
+        s = options.schedule
+        if not options.balance.needs_alpha:
+            return cls("once", None, s.max_overhead, start_step, max_steps, why="no factor depends on alpha")
+        kwargs = dict(
+            update_steps=s.update_steps, rule=s.interval_rule(steps_per_epoch), budget=s.max_overhead,
+            start_step=start_step, max_steps=max_steps, async_=s.asynchronous, replay=s.auto_interval,
+        )  # fmt: skip
+        if resumed is not None and resumed.decided:
+            return cls.resumed(interval=resumed.interval, lag=resumed.lag, **kwargs)
+        return cls(**kwargs)
 
     @classmethod
     def resumed(cls, *, interval: int | None, lag: int, **kwargs) -> RecomputeSchedule:

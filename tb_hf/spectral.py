@@ -33,7 +33,9 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .options import ESTIMATORS, MIN_EVALS_RANGE, MIN_EVALS_WHY, XMIN_METHODS, check_int, check_range
+from .options import ESTIMATORS, MIN_EVALS_RANGE, MIN_EVALS_WHY, XMIN_METHODS, SpectralOptions, check_int, check_range
+
+_S = SpectralOptions()  # the defaults, defined once in tb_hf.options
 
 __all__ = [
     "EVALS_THRESH",
@@ -223,7 +225,9 @@ def _as_batch(weight: torch.Tensor) -> tuple[torch.Tensor, float]:
     return weight.permute(2, 3, 0, 1).reshape(-1, out_ch, in_ch), 0.5
 
 
-def esd(weight: torch.Tensor, *, dtype: torch.dtype = torch.float32, filter_zeros: bool = False) -> torch.Tensor:
+def esd(
+    weight: torch.Tensor, *, dtype: torch.dtype = torch.float32, filter_zeros: bool = _S.filter_zeros
+) -> torch.Tensor:
     """Ascending eigenvalues of WᵀW, computed through the smaller Gram matrix on the weight's device.
 
     Args:
@@ -261,7 +265,11 @@ def esd(weight: torch.Tensor, *, dtype: torch.dtype = torch.float32, filter_zero
 
 
 def farms_grid(
-    shape: tuple[int, int], *, window: int | None = None, aspect_ratio: float = 1.0, grid: int = 9
+    shape: tuple[int, int],
+    *,
+    window: int | None = None,
+    aspect_ratio: float = _S.farms_aspect_ratio,
+    grid: int = _S.farms_grid,
 ) -> tuple[tuple[int, int], list[int], list[int]]:
     """FARMS window size and start positions for an m×n matrix (``docs/method.md``, section 4).
 
@@ -303,10 +311,10 @@ def farms_esd(
     weight: torch.Tensor,
     *,
     window: int | None = None,
-    aspect_ratio: float = 1.0,
-    grid: int = 9,
+    aspect_ratio: float = _S.farms_aspect_ratio,
+    grid: int = _S.farms_grid,
     dtype: torch.dtype = torch.float32,
-    filter_zeros: bool = False,
+    filter_zeros: bool = _S.filter_zeros,
 ) -> torch.Tensor:
     """FARMS pooled ESD: eigenvalues of all fixed-aspect-ratio windows of a matrix, pooled and sorted.
 
@@ -503,10 +511,10 @@ def _fit_batch(
 def fit_power_law(
     evals: torch.Tensor,
     *,
-    xmin_method: str = "median",
-    xmin_pos: float = 2.0,
-    min_evals: int = 50,
-    filter_zeros: bool = False,
+    xmin_method: str = _S.xmin_method,
+    xmin_pos: float = _S.xmin_pos,
+    min_evals: int = _S.min_evals,
+    filter_zeros: bool = _S.filter_zeros,
 ) -> PowerLawFit:
     """Hill / maximum-likelihood power-law fit of one ESD.
 
@@ -587,7 +595,14 @@ class _Item:
         return torch.stack([mat[r : r + rows, c : c + cols] for mat in batch for r in row_starts for c in col_starts])
 
 
-def farms_windows(shape: tuple[int, int], *, name: str = "matrix", window=None, aspect_ratio=1.0, grid=9):
+def farms_windows(
+    shape: tuple[int, int],
+    *,
+    name: str = "matrix",
+    window=None,
+    aspect_ratio=_S.farms_aspect_ratio,
+    grid=_S.farms_grid,
+):
     """`farms_grid` for one matrix of the pass, or None (and a warning) when FARMS analyses it whole.
 
     A matrix smaller than the window (or than 64 rows/columns, under the default window) has only one
@@ -642,15 +657,15 @@ def _plan(matrices: Mapping, estimator, window, aspect_ratio, grid) -> list[_Ite
 def analyze(
     matrices: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]],
     *,
-    estimator: str = "plain",
-    xmin_method: str = "median",
-    xmin_pos: float = 2.0,
-    min_evals: int = 50,
-    filter_zeros: bool = False,
+    estimator: str = _S.estimator,
+    xmin_method: str = _S.xmin_method,
+    xmin_pos: float = _S.xmin_pos,
+    min_evals: int = _S.min_evals,
+    filter_zeros: bool = _S.filter_zeros,
     dtype: torch.dtype = torch.float32,
     farms_window: int | None = None,
-    farms_aspect_ratio: float = 1.0,
-    farms_grid_size: int = 9,
+    farms_aspect_ratio: float = _S.farms_aspect_ratio,
+    farms_grid_size: int = _S.farms_grid,
     max_batch_bytes: int = 1 << 30,
     progress: bool = False,
 ) -> dict[str, LayerSpectrum]:

@@ -16,7 +16,8 @@ Run level, in group 0 (so the group order is part of the contract: `tb_hf.optim`
 * ``tb_interval`` / ``tb_lag``: the recompute interval in force and the asynchronous lag (absent until decided);
 * ``tb_pass_seconds``: the cost of the first pass (for ``tb_update_steps="auto"``);
 * ``tb_pending``: an asynchronous pass in flight (its steps, metrics and timing);
-* ``tb_llrd_decay``: the depth profile the groups were built with (absent: none).
+* ``tb_groups``: the profile the groups were built for (``unit``, ``llrd_decay``); checkpoints of older versions
+  have ``tb_llrd_decay`` alone (absent: no depth profile).
 
 Checkpoints written before a key existed resume with its default.
 """
@@ -34,9 +35,10 @@ __all__ = ["PendingPass", "RunState", "check_saved_groups", "group_keys", "read_
 UNIT, BASE_LR, FACTOR = "tb_unit", "tb_base_lr", "tb_factor"
 BASE_WD, WD_FACTOR = "tb_base_wd", "tb_wd_factor"
 PENDING_FACTOR, PENDING_WD_FACTOR = "tb_pending_factor", "tb_pending_wd_factor"
-OPTIONS, INTERVAL, LAG, PASS_SECONDS, PENDING, LLRD_DECAY = (
-    "tb_options", "tb_interval", "tb_lag", "tb_pass_seconds", "tb_pending", "tb_llrd_decay",
+OPTIONS, INTERVAL, LAG, PASS_SECONDS, PENDING, GROUPS = (
+    "tb_options", "tb_interval", "tb_lag", "tb_pass_seconds", "tb_pending", "tb_groups",
 )  # fmt: skip
+_LEGACY_LLRD_DECAY = "tb_llrd_decay"  # group 0's depth profile before tb_groups
 _RUN_KEYS = (OPTIONS, INTERVAL, PASS_SECONDS)  # one of them in group 0: the state came from TempBalance
 
 
@@ -44,26 +46,24 @@ _RUN_KEYS = (OPTIONS, INTERVAL, PASS_SECONDS)  # one of them in group 0: the sta
 RESUME_FIXED = ("tb_unit", "tb_llrd_decay")
 
 
-def options_of(tb) -> dict:
-    """Every TempBalance option's value (what a checkpoint records, `tb_hf.state.write_options`)."""
-    from .options import TempBalanceArguments
-
-    return {name: getattr(tb, name) for name in TempBalanceArguments.__dataclass_fields__}
+def options_of(options) -> dict:
+    """Every option's resolved value by its flag name (what a checkpoint records, `write_options`)."""
+    return options.to_dict()
 
 
-def changed_options(stored: dict | None, tb) -> dict[str, tuple]:
-    """The options that differ from those a checkpoint recorded: name -> (then, now). An option the checkpoint does
-    not know counts at its default; a checkpoint that recorded none (older versions) changes nothing. ``tb_preset``
-    is no change of its own: what it set is in the other options."""
-    from .options import TempBalanceArguments
+def changed_options(stored: dict | None, options) -> dict[str, tuple]:
+    """The options (resolved, ``options``: `tb_hf.options.TempBalanceOptions`) that differ from those a checkpoint
+    recorded: name -> (then, now). An option the checkpoint does not know counts at its default; a checkpoint that
+    recorded none (older versions) changes nothing. ``tb_preset`` is no change of its own: what it set is in the
+    other options."""
+    from .options import DEFAULTS
 
     if stored is None:
         return {}
-    fields = TempBalanceArguments.__dataclass_fields__
     return {
-        name: (stored.get(name, fields[name].default), value)
-        for name, value in options_of(tb).items()
-        if name != "tb_preset" and stored.get(name, fields[name].default) != value
+        name: (stored.get(name, DEFAULTS.get(name)), value)
+        for name, value in options_of(options).items()
+        if name != "tb_preset" and stored.get(name, DEFAULTS.get(name)) != value
     }
 
 
@@ -110,7 +110,7 @@ class RunState:
     decided: bool
     lag: int
     pass_seconds: float
-    llrd_decay: float
+    profile: dict[str, Any] | None  # the profile the groups were built for (None: not TempBalance's groups)
     factors: dict[str, float]
     wd_factors: dict[str, float]
     pending: PendingPass | None
@@ -140,11 +140,22 @@ def read_run_state(optimizer) -> RunState:
         decided=INTERVAL in group0,
         lag=group0.get(LAG, 0),
         pass_seconds=group0.get(PASS_SECONDS, math.nan),
-        llrd_decay=group0.get(LLRD_DECAY, 1.0),
+        profile=group_profile(optimizer),
         factors={g[UNIT]: g[FACTOR] for g in units},
         wd_factors={g[UNIT]: g.get(WD_FACTOR, 1.0) for g in units},
         pending=pending,
     )
+
+
+def group_profile(optimizer) -> dict[str, Any] | None:
+    """The profile the optimizer's groups were built for: ``{"unit": ..., "llrd_decay": ...}`` (``unit`` None when a
+    checkpoint of an older version did not record it), or None for an optimizer without tb_hf's groups."""
+    if not has_tempbalance_groups(optimizer):
+        return None
+    group0 = optimizer.param_groups[0]
+    if GROUPS in group0:
+        return dict(group0[GROUPS])
+    return {"unit": None, "llrd_decay": group0.get(_LEGACY_LLRD_DECAY, 1.0)}
 
 
 def write_options(optimizer, options: Mapping[str, Any], pass_seconds: float | None = None) -> None:
@@ -197,10 +208,42 @@ def fixed_changes_text(changed: Mapping[str, tuple]) -> str:
     return ", ".join(f"{name}={then!r} (now {now!r})" for name, (then, now) in changed.items() if name in RESUME_FIXED)
 
 
-def check_saved_groups(checkpoint: str | os.PathLike, optimizer, tb=None) -> None:
+def restart_reason(run: RunState, options, start: int) -> str | None:
+    """Why a run resumed at step ``start`` makes a fresh pass now (None: it continues as the checkpoint left it).
+
+    Raises:
+        ValueError: For a resume that changes an option which fixed the param groups (`RESUME_FIXED`).
+    """
+    if start == 0:
+        return None
+    if not run.restored:
+        return (
+            f"resumed at step {start} from a checkpoint without TempBalance's optimizer state (save_only_model="
+            "True, or an optimizer saved without TempBalance's groups): alpha is computed again now, and the "
+            "recompute interval decided again"
+        )
+    changed = changed_options(run.options, options)
+    fixed = fixed_changes_text(changed)
+    if fixed:
+        raise ValueError(
+            f"The checkpoint was written with {fixed}: these options fixed the optimizer's param groups (which "
+            "parameters share a factor, and their base learning rates), so a resumed run cannot change them. "
+            "Resume with the checkpoint's values, or start a new run from its weights."
+        )
+    if changed:
+        text = ", ".join(f"{name} {then!r} -> {now!r}" for name, (then, now) in changed.items())
+        return (
+            f"resumed at step {start} with other TempBalance options ({text}): alpha is computed again now with "
+            "them, the recompute interval is decided again from here, and a pass the checkpoint held in flight "
+            "is dropped"
+        )
+    return None
+
+
+def check_saved_groups(checkpoint: str | os.PathLike, optimizer, options=None) -> None:
     """Before ``resume_from_checkpoint`` loads ``<checkpoint>/optimizer.pt`` into ``optimizer``: a ValueError that
     names the cause when the saved groups cannot be this optimizer's (torch would only say "loaded state dict has a
-    different number of parameter groups"). ``tb``: the options now in force, to name a changed `RESUME_FIXED`
+    different number of parameter groups"). ``options``: the options now in force, to name a changed `RESUME_FIXED`
     option. Nothing to check without an ``optimizer.pt`` (``save_only_model``, DeepSpeed's own layout), or when it
     cannot be read (the Trainer then says what is wrong with it)."""
     import torch
@@ -224,7 +267,7 @@ def check_saved_groups(checkpoint: str | os.PathLike, optimizer, tb=None) -> Non
     same = saved_units == now_units and all(
         len(a["params"]) == len(b["params"]) for a, b in zip(saved, now, strict=True)
     )
-    fixed = fixed_changes_text(changed_options(saved[0].get(OPTIONS), tb)) if tb is not None else ""
+    fixed = fixed_changes_text(changed_options(saved[0].get(OPTIONS), options)) if options is not None else ""
     if same and not fixed:
         return
     units_then = sorted({u for u in saved_units if u is not None})

@@ -10,12 +10,11 @@ from transformers import Trainer
 from transformers.utils import logging
 
 from . import state as tb_state
-from .callback import DEEPSPEED_OPTIMIZER_MESSAGE, TempBalanceCallback
-from .config import TempBalanceArguments
-from .distributed import deepspeed_config_sections
-from .layers import find_blocks, keep_4bit_weights_unpacked
+from .balancer import Balancer
+from .callback import TempBalanceCallback
+from .checks import validate
 from .optim import optimizer_from_args
-from .setup import build_setup
+from .options import TempBalanceArguments, TempBalanceOptions, explicit_options, resolve_options, tb_source
 
 logger = logging.get_logger(__name__)
 
@@ -86,30 +85,56 @@ class TempBalanceMixin:
         ```
     """
 
+    #: Options a subclass fixes over the user's (`tb_hf.baselines.LLRDTrainer`: ``{"tb_preset": "llrd", ...}``).
+    _tb_fixed: dict = {}
+
     def __init__(self, *args, tb_args: TempBalanceArguments | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        if deepspeed_config_sections(self.args) & {"optimizer", "scheduler"}:
-            raise ValueError(DEEPSPEED_OPTIMIZER_MESSAGE)  # DeepSpeed would build an optimizer without our groups
-        if self.model is not None:
-            find_blocks(self.model)  # a model without transformer blocks fails here, before any training
-            # QLoRA on CPU: an evaluation (even trainer.evaluate() before train()) must not repack the 4-bit weights
-            keep_4bit_weights_unpacked(self.model)
+        validate(self.model, self.args)  # a model without blocks, a DeepSpeed optimizer: refused before any training
         self.tempbalance = TempBalanceCallback(tb_args)
         self.add_callback(self.tempbalance)
+        options = self.tb_options  # every refusal now, at construction
+        if self.optimizer is not None:  # passed in optimizers=(...): it must have been built for these options
+            self._hand_over(Balancer(self.model, options))
+            validate(optimizer=self.optimizer, balancer=self.tempbalance.balancer)
+
+    @property
+    def tb_options(self) -> TempBalanceOptions:
+        """The options in force (`tb_hf.options.resolve_options`), from ``tb_args``, else the ``tb_*`` fields of
+        ``args`` as they are now (a hyperparameter-search trial sets them), else the defaults."""
+        source = tb_source(self.args, self.tempbalance.user_options)
+        if self._tb_fixed:
+            source = self._with_fixed(source)
+        return resolve_options(source, weight_decay=self.args.weight_decay)
+
+    def _with_fixed(self, source) -> TempBalanceArguments:
+        given = explicit_options(source) if isinstance(source, TempBalanceArguments) else {}
+        clash = {k: v for k, v in given.items() if k in self._tb_fixed and v != self._tb_fixed[k]}
+        if clash:
+            fixed = ", ".join(f"{k}={self._tb_fixed[k]!r}" for k in clash)
+            raise ValueError(
+                f"{type(self).__name__} trains {fixed}, and its arguments set "
+                f"{', '.join(f'{k}={v!r}' for k, v in clash.items())}: drop them from the arguments, or use "
+                "tb_hf.TempBalanceTrainer with the options you want."
+            )
+        return TempBalanceArguments(**{**given, **self._tb_fixed})
+
+    def _hand_over(self, balancer: Balancer) -> None:
+        self.tempbalance.balancer, self.tempbalance.own_balancer = balancer, False
 
     def create_optimizer(self, model=None):
         opt_model = self.model if model is None else model
         if self.optimizer is None:
-            # options, units and sizes decided once: the param groups here, the spectral passes in the callback
-            setup = build_setup(opt_model, self.args, self.tempbalance.user_tb_args)
-            self.tempbalance.setup = setup
+            # options, units and base rates decided once: the param groups here, the passes in the callback
+            balancer = Balancer(opt_model, self.tb_options)
+            self._hand_over(balancer)
             self.optimizer = optimizer_from_args(
                 opt_model,
                 self.args,
-                setup.tb,
+                balancer.options,
                 decay_names=self.get_decay_parameter_names(opt_model),
                 optimizer_cls_and_kwargs=self.optimizer_cls_and_kwargs,
-                partition=setup.partition,
+                partition=balancer.partition,
             )
         return super().create_optimizer(model)
 
@@ -130,7 +155,7 @@ class TempBalanceMixin:
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         if checkpoint is not None and self.optimizer is not None:  # a clear error before torch's "different number"
-            tb_state.check_saved_groups(checkpoint, self.optimizer, self.tempbalance.tb)
+            tb_state.check_saved_groups(checkpoint, self.optimizer, self.tempbalance.balancer.options)
         return super()._load_optimizer_and_scheduler(checkpoint)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:

@@ -66,9 +66,11 @@ class Recorder(TrainerCallback):
 
     def reference(self, model) -> dict:
         tb = self.trainer_ref[0].tempbalance
-        spectra = analyze(unit_matrices(model, tb.partition, lora_view=tb.tb.tb_lora_view), **tb.tb.spectral_options())
-        metrics = unit_metrics(spectra, tb.engine.metric_units(), metric=tb.tb.tb_metric)
-        factors = compute_factors(metrics, weights=tb.unit_weights, **tb.tb.factor_options())
+        b = tb.balancer
+        spectra = analyze(unit_matrices(model, b.partition, lora_view=b.options.spectral.lora_view),
+                          **b.options.spectral.fit_kwargs())  # fmt: skip
+        metrics = unit_metrics(spectra, b.engine.metric_units(), metric=b.options.spectral.metric)
+        factors = compute_factors(metrics, weights=b.unit_weights, **b.options.balance.factor_kwargs())
         return {"alpha": nan_to_none(metrics), "factors": factors, "spectra": spectra_json(spectra)}
 
     def record(self, step, model):
@@ -77,7 +79,7 @@ class Recorder(TrainerCallback):
         self.updates.append(
             {
                 "step": step,
-                "factors": dict(tb.factors),
+                "factors": dict(tb.balancer.factors),
                 "alpha": nan_to_none(alphas),
                 "reference": self.reference(model),
             }
@@ -92,7 +94,7 @@ class Recorder(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         tb = self.trainer_ref[0].tempbalance
-        if state.global_step % tb.interval == 0 and state.global_step < state.max_steps:
+        if state.global_step % tb.schedule.interval == 0 and state.global_step < state.max_steps:
             self.record(state.global_step, model)
 
 
@@ -129,7 +131,7 @@ def train(out: str) -> dict:
         "weights_sum": float(sum(p.detach().double().sum() for p in model.parameters())),
     }
     tb = trainer.tempbalance
-    tasks = tb.engine.tasks
+    tasks = tb.balancer.engine.tasks
     owners = tbd.assign_by_cost([t.cost for t in tasks], dist.get_world_size())
     result["tasks"] = [str(t.key) for t in tasks]
     result["owners"] = owners
@@ -159,7 +161,7 @@ def train(out: str) -> dict:
     factors = tb.update(model, trainer.optimizer, trainer.lr_scheduler, args, trainer.state, step=101)
     result["failure"] = {"factors": factors, "tb_factors": [g["tb_factor"] for g in trainer.optimizer.param_groups]}
     try:
-        tb.engine.run(model)
+        tb.balancer.engine.run(model)
         result["failure"]["raised"] = None
     except RuntimeError as err:
         result["failure"]["raised"] = str(err)
@@ -184,7 +186,7 @@ def train(out: str) -> dict:
     args = tiny_training_args(os.path.join(out, "auto"), max_steps=8, tb_update_steps="auto", tb_max_overhead=0.5)
     auto = TempBalanceTrainer(model=model, args=args, train_dataset=dataset)
     auto.train()
-    result["auto_interval"] = auto.tempbalance.interval
+    result["auto_interval"] = auto.tempbalance.schedule.interval
     # Weight decay balanced with the learning rate (AlphaDecay + the 'se' map on a depth profile): every rank gets
     # the same weight decays and learning rates, and the ratios a single process computes from the same α.
     torch.manual_seed(0)
@@ -197,20 +199,22 @@ def train(out: str) -> dict:
     balanced.train()
     tb = balanced.tempbalance
     tb.update(model, balanced.optimizer, balanced.lr_scheduler, args, balanced.state, step=100)  # the final weights
-    spectra = analyze(unit_matrices(model, tb.partition), **tb.tb.spectral_options())
+    spectra = analyze(unit_matrices(model, tb.balancer.partition), **tb.balancer.options.spectral.fit_kwargs())
     result["balance"] = {
         "weight_decays": decays.lrs,
         "lrs": [g["lr"] for g in balanced.optimizer.param_groups],
-        "wd_factors": tb.wd_factors,
+        "wd_factors": tb.balancer.wd_factors,
         "reference_wd_factors": compute_wd_factors(
-            unit_metrics(spectra, tb.engine.metric_units()), **tb.tb.wd_factor_options()
+            unit_metrics(spectra, tb.balancer.engine.metric_units()),
+            wd_min_ratio=tb.balancer.options.balance.wd_min_ratio,
+            wd_max_ratio=tb.balancer.options.balance.wd_max_ratio,
         ),
     }
     result["async"] = {
         "lrs": lrs.lrs,
         "tb_factors": [g["tb_factor"] for g in trainer.optimizer.param_groups],
         "history": [(r["step"], r.get("snapshot_step")) for r in history],
-        "lag": trainer.tempbalance.lag,
+        "lag": trainer.tempbalance.schedule.lag,
     }
     return result
 
@@ -327,7 +331,7 @@ class StepLog(TrainerCallback):
     def inspect(self, model) -> dict:
         from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 
-        engine = self.trainer_ref[0].tempbalance.engine
+        engine = self.trainer_ref[0].tempbalance.balancer.engine
         params = list(model.parameters())
         partitioned = all(p.ds_status == ZeroParamStatus.NOT_AVAILABLE and p.numel() == 0 for p in params)
         names, equal, full_inside = [], True, True
@@ -391,15 +395,15 @@ def zero3(out: str) -> dict:
         return {
             "lrs": log.lrs,
             "step0": log.step0,
-            "factors": dict(tb.factors),
+            "factors": dict(tb.balancer.factors),
             "tb_factors": [g["tb_factor"] for g in trainer.optimizer.param_groups],
-            "interval": tb.interval,
+            "interval": tb.schedule.interval,
             "global_step": trainer.state.global_step,
             "weights": weights,
             "wrapped": type(trainer.model_wrapped).__name__,
-            "same_partition": tb.partition == ref_partition,
-            "same_plan": [(str(t.key), t.shape, t.cost) for t in plan(model, ref_partition, options={})]
-            == [(str(t.key), t.shape, t.cost) for t in plan(reference, ref_partition, options={})],
+            "same_partition": tb.balancer.partition == ref_partition,
+            "same_plan": [(str(t.key), t.shape, t.cost) for t in plan(model, ref_partition)]
+            == [(str(t.key), t.shape, t.cost) for t in plan(reference, ref_partition)],
         }
 
     result = {"full": run("full")}  # uninterrupted, 6 steps (checkpoints at 3 and 6); the Trainer set up gloo

@@ -87,7 +87,7 @@ def test_quantized_weights_get_a_status_not_a_fit(caplog):
     with caplog.at_level(logging.WARNING):
         engine = SpectralEngine(model, partition, TempBalanceArguments(tb_min_evals=8))
     result = engine.run(model)
-    assert result.spectra[plan(model, partition, options={})[0].key].status == "quantized"
+    assert result.spectra[plan(model, partition)[0].key].status == "quantized"
     assert "quantized" in caplog.text and "cannot dequantize" in caplog.text
     assert math.isfinite(result.metrics["model.layers.0"])  # the block's other matrices still set its α
 
@@ -163,13 +163,13 @@ def test_farms_uses_one_window_for_the_whole_model():
     torch.manual_seed(0)
     model = ARCHS["llama"][0]()
     engine = SpectralEngine(model, partition_model(model), TempBalanceArguments(tb_estimator="farms", tb_min_evals=8))
-    assert engine.options["farms_window"] is None  # half of 16 is below the 32-row minimum: analysed whole
+    assert engine.spectral.farms_window is None  # half of 16 is below the 32-row minimum: analysed whole
     big = tf.LlamaForCausalLM(
         tf.LlamaConfig(vocab_size=100, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
                        num_attention_heads=4, num_key_value_heads=1)
     )  # fmt: skip
     engine = SpectralEngine(big, partition_model(big), TempBalanceArguments(tb_estimator="farms", tb_min_evals=8))
-    assert engine.options["farms_window"] == 32  # k/v are 64×256: half of 64, for q (256×256) too
+    assert engine.spectral.farms_window == 32  # k/v are 64×256: half of 64, for q (256×256) too
     spectra = engine.run(big).spectra
     assert {s.estimator for s in spectra.values()} == {"farms"}
 
@@ -202,8 +202,8 @@ def test_zero_size_matrix_is_its_own_status_not_a_failed_pass(tmp_path):
     args = tiny_training_args(tmp_path, tb_update_steps="once")
     trainer = TempBalanceTrainer(model=model, args=args, train_dataset=dataset_for(model))
     trainer.train()
-    pruned = [t.key for t in trainer.tempbalance.engine.tasks if "pruned" in t.key.param]
-    result = trainer.tempbalance.engine.run(model, esd_keys=pruned)
+    pruned = [t.key for t in trainer.tempbalance.balancer.engine.tasks if "pruned" in t.key.param]
+    result = trainer.tempbalance.balancer.engine.run(model, esd_keys=pruned)
     spectra = result.spectra
     assert all(result.esds[k].numel() == 0 for k in pruned)  # for figures: no eigenvalues, no error
     assert {s.status for k, s in spectra.items() if "pruned" in k.param} == {"too_small"}

@@ -190,7 +190,7 @@ def test_normalize_weighted_mean_is_one(mapping):
 
 
 def test_compute_factors_validation():
-    with pytest.raises(ValueError, match=r"mapping must be one of \('linear', 'sigmoid', 'se'\)"):
+    with pytest.raises(ValueError, match=r"mapping must be one of \('none', 'linear', 'sigmoid', 'se'\)"):
         compute_factors({"a": 1.0}, mapping="step")
     with pytest.raises(ValueError, match=r"lr_min must be a finite number in \(0, 100\], got 0.0"):
         compute_factors({"a": 1.0}, lr_min=0.0)

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from tb_hf import (
     TempBalanceTrainer,
 )
-from tb_hf.callback import DEEPSPEED_OPTIMIZER_MESSAGE, check_optimizer
+from tb_hf.checks import DEEPSPEED_OPTIMIZER_MESSAGE, validate
 from tb_hf.distributed import (
     FSDP1_MESSAGE,
     assign_by_cost,
@@ -82,13 +82,13 @@ def test_deepspeed_config_with_its_own_optimizer_fails_clearly(tmp_path):
     # What the callback sees under DeepSpeed with an "optimizer" section: DeepSpeed's optimizer, no TempBalance groups.
     ds_optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))])
     with pytest.raises(ValueError, match="DeepSpeed config that defines its own 'optimizer'") as err:
-        check_optimizer(ds_optimizer, SimpleNamespace(deepspeed=config))
+        validate(args=SimpleNamespace(deepspeed=config), optimizer=ds_optimizer)
     assert str(err.value) == DEEPSPEED_OPTIMIZER_MESSAGE
     # A "scheduler" section would give every group DeepSpeed's one learning rate: refused too.
     tb_optimizer = torch.optim.AdamW([{"params": [torch.nn.Parameter(torch.zeros(2))], "tb_unit": "u"}])
     with pytest.raises(ValueError, match="DeepSpeed"):
-        check_optimizer(tb_optimizer, SimpleNamespace(deepspeed={"scheduler": {}}))
-    check_optimizer(tb_optimizer, SimpleNamespace(deepspeed={"zero_optimization": {}}))
+        validate(args=SimpleNamespace(deepspeed={"scheduler": {}}), optimizer=tb_optimizer)
+    validate(args=SimpleNamespace(deepspeed={"zero_optimization": {}}), optimizer=tb_optimizer)
 
 
 # --------------------------------------------------------------------------------------------------

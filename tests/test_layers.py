@@ -1,4 +1,4 @@
-"""Tests for tb_hf.layers: block finder, units, LoRA effective weights, optimizer groups.
+"""Tests for tb_hf.blocks and tb_hf.layers: block finder, units, LoRA effective weights, optimizer groups.
 
 Tiny random models built in-process from configs (hidden 32, 2 layers, vocab 100); no Hub access.
 """
@@ -14,9 +14,11 @@ import torch
 from torch import nn
 from transformers import Trainer
 
+from tb_hf.blocks import find_blocks
 from tb_hf.engine import unit_matrices
-from tb_hf.layers import UNIT_KINDS, Partition, find_blocks, partition_model, unit_weights
+from tb_hf.layers import Partition, partition_model, unit_weights
 from tb_hf.optim import build_param_groups
+from tb_hf.options import UNIT_KINDS
 from tb_hf.spectral import MatrixKey, analyze
 from tb_hf.testing import ARCHS, stack_blocks
 
@@ -44,7 +46,7 @@ def _check_groups(model: nn.Module, partition: Partition) -> list[dict]:
     decay = set(_decay_names(model))
     names = {id(p): n for n, p in model.named_parameters()}
     for i, g in enumerate(groups):
-        assert set(g) == GROUP_KEYS
+        assert set(g) == GROUP_KEYS | ({"tb_groups"} if i == 0 else set())
         assert g["lr"] == g["tb_base_lr"] == LR and g["tb_factor"] == 1.0
         assert g["params"] or i == 0, "only group 0 may be empty"
         assert g["tb_unit"] is None or g["tb_unit"] in unit_names

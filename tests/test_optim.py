@@ -22,7 +22,7 @@ def test_without_a_depth_profile_the_layout_is_outside_first_then_each_unit():
     assert [g["tb_unit"] for g in groups] == [None, None] + ["bert.encoder.layer.0"] * 2 + ["bert.encoder.layer.1"] * 2
     assert {g["lr"] for g in groups} == {g["tb_base_lr"] for g in groups} == {1e-3}
     assert [g["weight_decay"] for g in groups] == [0.1, 0.0] * 3 == [g["tb_base_wd"] for g in groups]
-    assert "tb_llrd_decay" not in groups[0]
+    assert groups[0]["tb_groups"] == {"unit": "block", "llrd_decay": 1.0}
     assert any("embeddings" in n for n in _names(model, groups[0])) and any(
         "classifier" in n for n in _names(model, groups[0])
     )
@@ -42,7 +42,7 @@ def test_depth_profile_gives_each_block_its_decayed_base_rate():
         ("bert.encoder.layer.1", 1e-3, 1e-3, 0.1),  # the top block: 0.5^0
         ("bert.encoder.layer.1", 1e-3, 1e-3, 0.0),
     ]
-    assert groups[0]["tb_llrd_decay"] == 0.5
+    assert groups[0]["tb_groups"] == {"unit": "block", "llrd_decay": 0.5}
     assert all("pooler" in n or "classifier" in n for n in _names(model, groups[0]) + _names(model, groups[1]))
     assert all("embeddings" in n for n in _names(model, groups[2]) + _names(model, groups[3]))
     # matrix units take their block's depth
@@ -53,8 +53,11 @@ def test_depth_profile_gives_each_block_its_decayed_base_rate():
     rates = {g["tb_unit"]: g["tb_base_lr"] for g in matrix if g["tb_unit"]}
     assert rates["bert.encoder.layer.0.attention.self.query"] == 5e-4
     assert rates["bert.encoder.layer.1.output.dense"] == 1e-3
-    with pytest.raises(ValueError, match=r"llrd_decay must be in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"llrd_decay must be a finite number in \(0, 1\]"):
         tempbalance_param_groups(model, lr=1e-3, llrd_decay=1.5)
+
+
+NO_PASS = dict(tb_update_steps=None, tb_min_evals=None)  # options of the spectral pass, which LLRD does not make
 
 
 def _lrs_by_parameter(model, optimizer) -> dict[str, float]:
@@ -78,7 +81,7 @@ def test_depth_profile_with_a_constant_map_trains_exactly_like_llrd(tmp_path):
         recorder = PerParameter()
         common = dict(max_steps=4, learning_rate=1e-2, warmup_steps=1, weight_decay=0.1)
         if name == "llrd":
-            args = tiny_training_args(tmp_path / name, **common)
+            args = tiny_training_args(tmp_path / name, **common, **NO_PASS)
             trainer = LLRDTrainer(model=model, args=args, train_dataset=dataset_for(model), llrd_decay=0.7,
                                   callbacks=[recorder])  # fmt: skip
         else:
@@ -127,12 +130,12 @@ def test_callback_refuses_an_optimizer_with_another_depth_profile(tmp_path):
     args = tiny_training_args(tmp_path)
     trainer = Trainer(model=model, args=args, train_dataset=dataset_for(model), optimizers=(optimizer, None),
                       callbacks=[TempBalanceCallback()])  # fmt: skip
-    with pytest.raises(ValueError, match=r"llrd_decay=0.9, but the TempBalance options say tb_llrd_decay=1.0"):
+    with pytest.raises(ValueError, match=r"built with llrd_decay=0.9, but the options in force say tb_llrd_decay=1.0"):
         trainer.train()
     optimizer = create_tempbalance_optimizer(model, torch.optim.AdamW, lr=1e-3)  # the preset's decay is not built
     trainer = Trainer(model=model, args=args, train_dataset=dataset_for(model), optimizers=(optimizer, None),
                       callbacks=[TempBalanceCallback(preset="llrd-alpha")])  # fmt: skip
-    with pytest.raises(ValueError, match=r"tb_llrd_decay=0.9 \(set by tb_preset='llrd-alpha'\): build the opt"):
+    with pytest.raises(ValueError, match=r"tb_llrd_decay=0.9 \(tb_preset='llrd-alpha'\): build the optimizer"):
         trainer.train()
 
 
@@ -145,7 +148,7 @@ def test_the_optimizer_kwargs_lr_is_the_base_rate_as_with_a_plain_trainer(tmp_pa
     plain.create_optimizer()
     assert {g["lr"] for g in plain.optimizer.param_groups} == {1e-3}  # what a Trainer user expects
     kw = {"llrd_decay": 0.5} if trainer_cls is LLRDTrainer else {"tb_llrd_decay": 0.5}
-    args = tiny_training_args(tmp_path, learning_rate=5e-5, **({} if trainer_cls is LLRDTrainer else kw))
+    args = tiny_training_args(tmp_path, learning_rate=5e-5, **(NO_PASS if trainer_cls is LLRDTrainer else kw))
     trainer = trainer_cls(model=ARCHS["bert"][0](), args=args, optimizer_cls_and_kwargs=sgd,
                           **(kw if trainer_cls is LLRDTrainer else {}))  # fmt: skip
     trainer.create_optimizer()
@@ -156,16 +159,109 @@ def test_the_optimizer_kwargs_lr_is_the_base_rate_as_with_a_plain_trainer(tmp_pa
 
 def test_llrd_refuses_what_it_would_silently_ignore(tmp_path):
     model = ARCHS["bert"][0]()
+    args = tiny_training_args(tmp_path, **NO_PASS)
     flat = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    with pytest.raises(ValueError, match="has none, so llrd_decay would be ignored"):
-        LLRDTrainer(model=model, args=tiny_training_args(tmp_path), optimizers=(flat, None), llrd_decay=0.5)
-    with pytest.raises(ValueError, match=r"tb_llrd_decay=0.5, which LLRDTrainer does not read"):
-        LLRDTrainer(model=model, args=tiny_training_args(tmp_path, tb_llrd_decay=0.5), llrd_decay=0.9)
+    with pytest.raises(ValueError, match="need an optimizer with tb_hf's per-unit param groups"):
+        LLRDTrainer(model=model, args=args, optimizers=(flat, None), llrd_decay=0.5)
+    with pytest.raises(ValueError, match=r"LLRDTrainer trains tb_llrd_decay=0.9, and its arguments set tb_llrd_decay"):
+        LLRDTrainer(model=model, args=tiny_training_args(tmp_path, tb_llrd_decay=0.5, **NO_PASS), llrd_decay=0.9)
     for bad in ("0.9", True, float("nan"), 1.5):
         with pytest.raises(ValueError, match=r"llrd_decay must be a finite number in \(0, 1\]"):
-            LLRDTrainer(model=model, args=tiny_training_args(tmp_path), llrd_decay=bad)
+            LLRDTrainer(model=model, args=args, llrd_decay=bad)
     # An optimizer over LLRD's own groups is accepted.
     from tb_hf.baselines import llrd_param_groups
 
     own = torch.optim.AdamW(llrd_param_groups(model, learning_rate=1e-3, decay=0.5))
-    assert LLRDTrainer(model=model, args=tiny_training_args(tmp_path), optimizers=(own, None)).optimizer is own
+    assert LLRDTrainer(model=model, args=args, optimizers=(own, None), llrd_decay=0.5).optimizer is own
+
+
+def test_llrd_refuses_an_optimizer_built_with_another_decay_and_a_config_of_another_profile(tmp_path):
+    """Both trained something else than asked without a word (outside probe): 0.5 instead of 0.9, and a preset's α
+    map dropped."""
+    from tb_hf import TempBalanceConfig
+    from tb_hf.baselines import llrd_param_groups
+
+    model = ARCHS["bert"][0]()
+    other = torch.optim.AdamW(llrd_param_groups(model, learning_rate=1e-3, decay=0.5))
+    with pytest.raises(ValueError, match=r"built with llrd_decay=0.5, but the options in force say tb_llrd_decay=0.9"):
+        LLRDTrainer(model=model, args=tiny_training_args(tmp_path, **NO_PASS), optimizers=(other, None),
+                    llrd_decay=0.9)  # fmt: skip
+    config = TempBalanceConfig(output_dir=str(tmp_path), tb_preset="llrd-alpha", report_to="none")
+    with pytest.raises(ValueError, match=r"LLRDTrainer trains tb_preset='llrd', and its arguments set "
+                                         r"tb_preset='llrd-alpha'"):  # fmt: skip
+        LLRDTrainer(model=model, args=config)
+    # the config's own decay is LLRD's when the trainer is given none (a search can set it per trial)
+    trainer = LLRDTrainer(model=model, args=tiny_training_args(tmp_path, tb_llrd_decay=0.7, **NO_PASS))
+    assert trainer.llrd_decay == 0.7
+
+
+class _HeadFirst(torch.nn.Module):
+    """A model that registers its head before its embeddings and blocks."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Linear(16, 2)
+        self.final_norm = torch.nn.LayerNorm(16)
+        self.layers = torch.nn.ModuleList(torch.nn.Sequential(torch.nn.Linear(16, 16)) for _ in range(3))
+        self.embed_tokens = torch.nn.Embedding(10, 16)
+
+
+def test_depth_comes_from_the_blocks_and_what_a_module_is_not_registration_order():
+    """A head registered before the blocks trained at the embeddings' rate (1e-3 × 0.5³; outside probe)."""
+    from tb_hf.blocks import depths
+
+    model = _HeadFirst()
+    assert depths(model) == {
+        "head.weight": 0, "head.bias": 0, "final_norm.weight": 0, "final_norm.bias": 0,
+        "layers.0.0.weight": 2, "layers.0.0.bias": 2, "layers.1.0.weight": 1, "layers.1.0.bias": 1,
+        "layers.2.0.weight": 0, "layers.2.0.bias": 0, "embed_tokens.weight": 3,
+    }  # fmt: skip
+    groups = tempbalance_param_groups(model, lr=1e-3, llrd_decay=0.5)
+    lr = {n: g["lr"] for g in groups for n in _names(model, g)}
+    assert lr["head.weight"] == lr["final_norm.weight"] == 1e-3 and lr["embed_tokens.weight"] == 1e-3 * 0.5**3
+
+
+def test_depth_counts_per_stack_in_an_encoder_decoder():
+    from tb_hf.blocks import depths
+
+    model = ARCHS["t5"][0]()  # two stacks of 2 blocks, a shared embedding
+    d = depths(model)
+    q = "block.{}.layer.0.SelfAttention.q.weight"
+    assert d["encoder." + q.format(1)] == d["decoder." + q.format(1)] == 0  # each stack's top block
+    assert d["encoder." + q.format(0)] == d["decoder." + q.format(0)] == 1
+    assert d["shared.weight"] == 2 and d["encoder.final_layer_norm.weight"] == 0
+
+
+@pytest.mark.parametrize("decay", [__import__("numpy").float32(0.8), torch.tensor(0.8)])
+def test_numeric_options_of_every_entry_point_become_python_numbers(tmp_path, decay):
+    """A numpy or torch scalar reached the param groups, then trainer_state.json (not JSON serializable) or a
+    checkpoint that weights-only torch.load refuses (outside probe)."""
+    import json
+
+    from tb_hf import TempBalanceCallback
+
+    model = ARCHS["bert"][0]()
+    opt = create_tempbalance_optimizer(model, torch.optim.AdamW, lr=decay * 1e-3, weight_decay=decay / 10,
+                                       llrd_decay=decay)  # fmt: skip
+    assert all(type(g[k]) is float for g in opt.param_groups for k in ("lr", "tb_base_lr", "weight_decay"))
+    assert type(TempBalanceCallback(llrd_decay=decay).user_options.tb_llrd_decay) is float
+    for name, trainer_cls, kw, options in [
+        ("llrd", LLRDTrainer, {"llrd_decay": decay}, NO_PASS),
+        ("tb", TempBalanceTrainer, {}, {"tb_llrd_decay": decay, "tb_lr_min": decay * 0.75}),
+    ]:
+        args = tiny_training_args(tmp_path / name, save_strategy="steps", save_steps=2, **options)
+        trainer_cls(model=ARCHS["bert"][0](), args=args, train_dataset=dataset_for(model), **kw).train()
+        state = json.loads((tmp_path / name / "checkpoint-2" / "trainer_state.json").read_text())
+        assert state["log_history"]
+        resumed = trainer_cls(model=ARCHS["bert"][0](), args=args, train_dataset=dataset_for(model), **kw)
+        resumed.train(resume_from_checkpoint=str(tmp_path / name / "checkpoint-2"))  # weights-only torch.load works
+
+
+def test_llrd_resumed_with_another_decay_is_refused(tmp_path):
+    """A checkpoint written with llrd_decay=0.9 continued at 0.9's rates when resumed with 0.5, without a word."""
+    model = ARCHS["bert"][0]()
+    args = tiny_training_args(tmp_path, save_strategy="steps", save_steps=2, **NO_PASS)
+    LLRDTrainer(model=model, args=args, train_dataset=dataset_for(model), llrd_decay=0.9).train()
+    again = LLRDTrainer(model=ARCHS["bert"][0](), args=args, train_dataset=dataset_for(model), llrd_decay=0.5)
+    with pytest.raises(ValueError, match=r"written with tb_llrd_decay=0.9 \(now 0.5\)"):
+        again.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))

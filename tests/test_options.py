@@ -9,21 +9,30 @@ import pytest
 import torch
 
 from tb_hf import TempBalanceArguments, analyze
-from tb_hf.options import MAPPINGS, tb_arguments
+from tb_hf.options import DEFAULTS, MAPPINGS, PRESETS, TempBalanceOptions, resolve_options
+
+
+def opts(**options) -> TempBalanceOptions:
+    return TempBalanceArguments(**options).tb_options
 
 
 def test_every_option_has_help_and_a_tb_name():
     fields = dataclasses.fields(TempBalanceArguments)
     assert all(f.name.startswith("tb_") and f.metadata.get("help") for f in fields)
-    assert "se" in MAPPINGS and TempBalanceArguments().tb_mapping == "linear"  # the default is TempBalance's
+    assert all(f.default is None for f in fields)  # every option is unset until the user sets it
+    assert "se" in MAPPINGS and opts().balance.mapping == "linear"  # the default is TempBalance's
+    assert (
+        "Default: 0.5 (or the preset's: llrd-alpha)."
+        in TempBalanceArguments.__dataclass_fields__["tb_lr_min"].metadata["help"]
+    )
 
 
 def test_update_interval_is_model_balancings_rule_for_auto():
-    assert TempBalanceArguments().update_interval(320) == 32  # about ten passes an epoch
-    assert TempBalanceArguments().update_interval(5000) == 100 and TempBalanceArguments().update_interval(4) == 1
-    assert TempBalanceArguments().update_interval(None) == 100
-    assert TempBalanceArguments(tb_update_steps="7").update_interval(320) == 7
-    assert TempBalanceArguments(tb_update_steps="once").update_interval(320) is None
+    assert opts().schedule.interval_rule(320) == 32  # about ten passes an epoch
+    assert opts().schedule.interval_rule(5000) == 100 and opts().schedule.interval_rule(4) == 1
+    assert opts().schedule.interval_rule(None) == 100
+    assert opts(tb_update_steps="7").schedule.interval_rule(320) == 7
+    assert opts(tb_update_steps="once").schedule.interval_rule(320) is None
 
 
 @pytest.mark.parametrize(
@@ -89,12 +98,14 @@ def test_weight_decay_balancing_without_weight_decay_is_refused(tmp_path):
 def test_the_new_methods_options_in_the_form_the_library_takes_them():
     tb = TempBalanceArguments(tb_mapping="se", tb_se_threshold=1.5, tb_balance="both", tb_wd_min_ratio=0.2,
                               tb_wd_max_ratio=1.8, tb_auto_interval=np.int64(6))  # fmt: skip
-    assert tb.factor_options()["se_threshold"] == 1.5 and tb.factor_options()["mapping"] == "se"
-    assert tb.wd_factor_options() == {"wd_min_ratio": 0.2, "wd_max_ratio": 1.8}
-    assert tb.balances_lr and tb.balances_wd and tb.tb_auto_interval == 6 and type(tb.tb_auto_interval) is int
-    only_wd = TempBalanceArguments(tb_balance="weight_decay")
-    assert not only_wd.balances_lr and only_wd.balances_wd
-    assert tb_arguments(tb_args=tb) is tb
+    o = tb.tb_options
+    assert o.balance.factor_kwargs()["se_threshold"] == 1.5 and o.balance.factor_kwargs()["mapping"] == "se"
+    assert (o.balance.wd_min_ratio, o.balance.wd_max_ratio) == (0.2, 1.8)
+    assert o.balance.balances_lr and o.balance.balances_wd
+    assert tb.tb_auto_interval == 6 and type(tb.tb_auto_interval) is int and o.schedule.auto_interval == 6
+    only_wd = opts(tb_balance="weight_decay")
+    assert not only_wd.balance.balances_lr and only_wd.balance.balances_wd
+    assert resolve_options(o) is o
 
 
 @pytest.mark.parametrize(
@@ -121,9 +132,9 @@ def test_numpy_numbers_are_accepted_as_numbers():
     "options, match",
     [
         # FARMS options with the plain estimator were ignored without a word (tb_farms_window was refused)
-        (dict(tb_farms_aspect_ratio=2.0), r"tb_farms_aspect_ratio is set but tb_estimator is 'plain'.*'farms'"),
-        (dict(tb_farms_grid=4), r"tb_farms_grid is set but tb_estimator is 'plain'.*'farms'"),
-        (dict(tb_farms_window=64), r"tb_farms_window is set but tb_estimator is 'plain'.*'farms'"),
+        (dict(tb_farms_aspect_ratio=2.0), r"tb_farms_aspect_ratio=2.0 has no effect .* tb_estimator='farms'"),
+        (dict(tb_farms_grid=4), r"tb_farms_grid=4 has no effect .* tb_estimator='farms'"),
+        (dict(tb_farms_window=64), r"tb_farms_window=64 has no effect .* tb_estimator='farms'"),
         # '²' passed isdigit(), then failed in a bare int()
         (dict(tb_update_steps="²"), r"tb_update_steps must be 'auto', 'once' or a positive integer, got '²'"),
         (dict(tb_update_steps="٥"), r"tb_update_steps must be"),  # an Arabic-Indic digit: not an integer here
@@ -153,7 +164,7 @@ def test_numpy_integers_are_accepted_as_integers():
     )  # fmt: skip
     assert (tb.tb_min_evals, tb.tb_farms_window, tb.tb_farms_grid, tb.tb_update_steps) == (50, 64, 5, "7")
     assert all(type(v) is int for v in (tb.tb_min_evals, tb.tb_farms_window, tb.tb_farms_grid))
-    assert tb.update_interval(100) == 7
+    assert tb.tb_options.schedule.interval_rule(100) == 7
     assert TempBalanceArguments(tb_farms_aspect_ratio=1, tb_farms_grid=9).tb_farms_grid == 9  # the defaults pass
     res = analyze({"w": torch.randn(64, 64)}, min_evals=np.int64(10), farms_grid_size=np.int64(3))
     assert res["w"].ok
@@ -161,40 +172,141 @@ def test_numpy_integers_are_accepted_as_integers():
         analyze({"w": torch.randn(64, 64)}, min_evals=10**8)
 
 
-def test_presets_fill_the_defaults_and_keep_what_was_set(caplog):
-    from tb_hf.options import PRESETS
-
-    assert TempBalanceArguments(tb_preset="tempbalance") == TempBalanceArguments(tb_preset="tempbalance", **{})
-    with caplog.at_level("INFO", logger="tb_hf.options"):
-        tb = TempBalanceArguments(tb_preset="llrd-alpha", tb_lr_max=1.2)
-    assert (tb.tb_llrd_decay, tb.tb_lr_min, tb.tb_lr_max, tb.tb_mapping) == (0.9, 0.65, 1.2, "linear")
-    assert "tb_llrd_decay=0.9, tb_lr_min=0.65; kept as set: tb_lr_max=1.2" in caplog.text
-    mb = TempBalanceArguments(tb_preset="model-balancing", tb_sigmoid_s_low=4.0, tb_sigmoid_s_high=2.0)
-    assert (mb.tb_mapping, mb.tb_xmin_pos, mb.tb_sigmoid_s_low, mb.tb_sigmoid_s_high) == ("sigmoid", 1.5, 4.0, 2.0)
-    se = TempBalanceArguments(tb_preset="se")
-    assert (se.tb_mapping, se.tb_se_threshold, se.tb_lr_min, se.tb_lr_max) == ("se", 2.0, 0.5, 2.0)
-    wd = TempBalanceArguments(tb_preset="alphadecay")
-    assert (wd.tb_balance, wd.tb_wd_min_ratio, wd.tb_wd_max_ratio) == ("weight_decay", 0.75, 1.25)
-    for name in PRESETS:  # a copy (tb_arguments of a TempBalanceConfig, a resumed run's options) changes nothing
+def test_presets_fill_what_is_unset_and_keep_what_was_set():
+    b = opts(tb_preset="llrd-alpha", tb_lr_max=1.2).balance
+    assert (b.llrd_decay, b.lr_min, b.lr_max, b.mapping) == (0.9, 0.65, 1.2, "linear")
+    mb = opts(tb_preset="model-balancing", tb_sigmoid_s_low=4.0, tb_sigmoid_s_high=2.0)
+    assert (mb.balance.mapping, mb.spectral.xmin_pos, mb.balance.sigmoid_s_low, mb.balance.sigmoid_s_high) == (
+        "sigmoid", 1.5, 4.0, 2.0)  # fmt: skip
+    se = opts(tb_preset="se").balance
+    assert (se.mapping, se.se_threshold, se.lr_min, se.lr_max) == ("se", 2.0, 0.5, 2.0)
+    wd = opts(tb_preset="alphadecay").balance
+    assert (wd.balance, wd.wd_min_ratio, wd.wd_max_ratio) == ("weight_decay", 0.75, 1.25)
+    llrd = opts(tb_preset="llrd").balance
+    assert (llrd.mapping, llrd.llrd_decay, llrd.needs_alpha) == ("none", 0.9, False)
+    for name in PRESETS:  # the fields keep what was set: a copy changes nothing, nothing of the preset leaks in
         tb = TempBalanceArguments(tb_preset=name)
         assert TempBalanceArguments(**dataclasses.asdict(tb)) == tb
+        assert all(getattr(tb, f) is None for f in DEFAULTS)
+
+
+@pytest.mark.parametrize(
+    "options, attr, want",
+    [  # an explicit value equal to the global default was overruled by the preset (outside probe)
+        (dict(tb_preset="llrd-alpha", tb_lr_min=0.5), "lr_min", 0.5),
+        (dict(tb_preset="se", tb_lr_max=1.5), "lr_max", 1.5),
+        (dict(tb_preset="alphadecay", tb_wd_min_ratio=0.5), "wd_min_ratio", 0.5),
+        (dict(tb_preset="llrd-alpha", tb_llrd_decay=1.0), "llrd_decay", 1.0),
+        (dict(tb_preset="llrd", tb_llrd_decay=1.0), "llrd_decay", 1.0),
+    ],
+)
+def test_an_option_set_to_its_default_value_is_never_replaced_by_a_preset(options, attr, want):
+    assert getattr(opts(**options).balance, attr) == want
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [  # the map or balanced quantity at the global default contradicted the preset, and the preset won silently
+        (dict(tb_preset="model-balancing", tb_mapping="linear"),
+         r"tb_preset='model-balancing' is defined by tb_mapping='sigmoid', and you set tb_mapping='linear'"),
+        (dict(tb_preset="alphadecay", tb_balance="lr"),
+         r"tb_preset='alphadecay' is defined by tb_balance='weight_decay', and you set tb_balance='lr'"),
+        (dict(tb_preset="llrd", tb_mapping="linear"), r"is defined by tb_mapping='none'"),
+    ],
+)  # fmt: skip
+def test_an_explicit_map_or_balance_against_the_preset_is_refused_with_both_values(options, match):
+    with pytest.raises(ValueError, match=match):
+        TempBalanceArguments(**options)
+
+
+def test_replacing_the_preset_of_a_config_gives_the_new_presets_values_not_a_mix():
+    first = TempBalanceArguments(tb_preset="llrd-alpha")
+    second = dataclasses.replace(first, tb_preset="se")
+    assert second.tb_options.balance == opts(tb_preset="se").balance  # no llrd 0.9 or lr_min 0.65 left over
+
+
+def test_to_dict_shows_the_resolved_values(tmp_path):
+    from tb_hf import TempBalanceConfig
+
+    config = TempBalanceConfig(output_dir=str(tmp_path), tb_preset="llrd-alpha", tb_lr_max=1.2)
+    d = config.to_dict()
+    assert (d["tb_preset"], d["tb_llrd_decay"], d["tb_lr_min"], d["tb_lr_max"], d["tb_xmin_pos"]) == (
+        "llrd-alpha", 0.9, 0.65, 1.2, 2.0)  # fmt: skip
+    assert config.tb_lr_min is None and config.tb_lr_max == 1.2  # the fields keep what was set
+    again = TempBalanceConfig(**{k: v for k, v in d.items() if k in TempBalanceConfig.__dataclass_fields__})
+    assert again.tb_options == config.tb_options  # the dict round-trips
+
+
+def test_each_option_default_is_defined_once_and_every_layer_uses_it():
+    """The typed options' field defaults are THE defaults: the functions that take an option as a keyword default to
+    the same value, and no field of the flags holds one of its own."""
+    import inspect
+
+    from tb_hf import balancing, distributed, optim, spectral
+
+    assert all(f.default is None for f in dataclasses.fields(TempBalanceArguments))
+    checked = 0
+    for fn, names in [
+        (spectral.analyze, {"estimator": "tb_estimator", "xmin_method": "tb_xmin_method", "xmin_pos": "tb_xmin_pos",
+                            "min_evals": "tb_min_evals", "filter_zeros": "tb_filter_zeros",
+                            "farms_aspect_ratio": "tb_farms_aspect_ratio", "farms_grid_size": "tb_farms_grid"}),
+        (spectral.farms_esd, {"aspect_ratio": "tb_farms_aspect_ratio", "grid": "tb_farms_grid"}),
+        (spectral.farms_grid, {"aspect_ratio": "tb_farms_aspect_ratio", "grid": "tb_farms_grid"}),
+        (spectral.farms_windows, {"aspect_ratio": "tb_farms_aspect_ratio", "grid": "tb_farms_grid"}),
+        (spectral.fit_power_law, {"xmin_method": "tb_xmin_method", "xmin_pos": "tb_xmin_pos",
+                                  "min_evals": "tb_min_evals"}),
+        (distributed.matrix_cost, {"estimator": "tb_estimator", "farms_aspect_ratio": "tb_farms_aspect_ratio",
+                                   "farms_grid_size": "tb_farms_grid"}),
+        (balancing.compute_factors, {"mapping": "tb_mapping", "lr_min": "tb_lr_min", "lr_max": "tb_lr_max",
+                                     "tau": "tb_sigmoid_tau", "s_low": "tb_sigmoid_s_low",
+                                     "s_high": "tb_sigmoid_s_high", "se_threshold": "tb_se_threshold",
+                                     "normalize": "tb_normalize"}),
+        (balancing.compute_wd_factors, {"wd_min_ratio": "tb_wd_min_ratio", "wd_max_ratio": "tb_wd_max_ratio"}),
+        (optim.create_tempbalance_optimizer, {"unit": "tb_unit", "llrd_decay": "tb_llrd_decay"}),
+        (optim.tempbalance_param_groups, {"unit": "tb_unit", "llrd_decay": "tb_llrd_decay"}),
+    ]:  # fmt: skip
+        params = inspect.signature(fn).parameters
+        for arg, option in names.items():
+            if arg in params:
+                assert params[arg].default == DEFAULTS[option], f"{fn.__qualname__}({arg}=...) vs {option}"
+                checked += 1
+    assert checked >= 25
+
+
+@pytest.mark.parametrize("scalar", [np.float32(0.8), np.float64(0.8), torch.tensor(0.8)])
+def test_numpy_and_torch_scalars_become_python_numbers_at_construction(scalar):
+    tb = TempBalanceArguments(tb_llrd_decay=scalar, tb_lr_min=scalar, tb_max_overhead=scalar * 0.1)
+    assert all(type(v) is float for v in (tb.tb_llrd_decay, tb.tb_lr_min, tb.tb_max_overhead))
+    assert all(type(v) is float for v in dataclasses.astuple(tb.tb_options.balance) if isinstance(v, float))
+    with pytest.raises(ValueError, match="tb_llrd_decay must be a finite number"):
+        TempBalanceArguments(tb_llrd_decay=np.True_)
 
 
 @pytest.mark.parametrize(
     "options, match",
     [
-        (dict(tb_preset="llrd+alpha"), r"tb_preset must be one of \['tempbalance', 'model-balancing', 'llrd-alpha'"),
-        (dict(tb_preset="llrd-alpha", tb_mapping="sigmoid"), r"tb_lr_min=0.65 \(tb_preset='llrd-alpha' sets it\) has"),
-        (dict(tb_preset="se", tb_mapping="sigmoid"), r"tb_preset='se' sets tb_mapping='se', and tb_mapping is 'sig"),
-        (dict(tb_preset="model-balancing", tb_mapping="se"), r"sets tb_mapping='sigmoid', and tb_mapping is 'se'"),
-        (dict(tb_preset="alphadecay", tb_balance="both"), r"sets tb_balance='weight_decay', and tb_balance is 'both'"),
+        (dict(tb_preset="llrd+alpha"), r"tb_preset must be one of \['tempbalance', 'model-balancing', 'llrd'"),
+        (dict(tb_preset="llrd-alpha", tb_mapping="sigmoid"), r"is defined by tb_mapping='linear'"),
+        (dict(tb_preset="se", tb_mapping="sigmoid"), r"tb_preset='se' is defined by tb_mapping='se', and you set"),
+        (dict(tb_preset="model-balancing", tb_mapping="se"), r"defined by tb_mapping='sigmoid', and you set .*'se'"),
+        (dict(tb_preset="alphadecay", tb_balance="both"), r"defined by tb_balance='weight_decay', and you set"),
         (dict(tb_preset="alphadecay", tb_lr_max=2.0), "tb_lr_max=2.0 has no effect"),  # checked after the preset
         (dict(tb_preset="model-balancing", tb_lr_min=0.2), "tb_lr_min=0.2 has no effect"),
+        (dict(tb_preset="llrd", tb_estimator="farms"), "tb_estimator='farms' has no effect .* no spectral pass"),
+        (dict(tb_preset="llrd", tb_update_steps="4"), "tb_update_steps='4' has no effect"),
+        (dict(tb_mapping="none", tb_balance="both"), "tb_mapping='none' gives it no"),
     ],
 )
 def test_presets_refuse_what_would_change_or_not_use_them(options, match):
     with pytest.raises(ValueError, match=match):
         TempBalanceArguments(**options)
+
+
+def test_a_preset_fills_options_that_its_own_settings_then_leave_unused_without_complaint():
+    """model-balancing's xmin position means nothing to the 'ks' scan: an explicit ks keeps the preset (before, the
+    error blamed tb_xmin_pos, which the user had not set)."""
+    o = opts(tb_preset="model-balancing", tb_xmin_method="ks")
+    assert (o.spectral.xmin_method, o.balance.mapping) == ("ks", "sigmoid")
 
 
 def test_each_preset_is_a_setting_the_study_ran():
@@ -204,21 +316,22 @@ def test_each_preset_is_a_setting_the_study_ran():
 
     import yaml
 
-    from tb_hf.options import PRESETS
-
     config = Path(__file__).parents[1] / "recipes/sweeps/llrd_vs_spectral/minilm_screen.yaml"
     tasks = yaml.safe_load(config.read_text())["tasks"]
     study = {"model-balancing": "tempbalance-mb", "llrd-alpha": "llrd-alpha", "se": "tb-se",
              "alphadecay": "alphadecay"}  # fmt: skip
-    assert set(study) == set(PRESETS) - {"tempbalance"}
+    assert set(study) == set(PRESETS) - {"tempbalance", "llrd"}
     for preset, method in study.items():
-        want = TempBalanceArguments(tb_preset=preset)
+        want = opts(tb_preset=preset)
         ran = [
             TempBalanceArguments(**{k: v for k, v in task["method_args"][method].items() if k != "tb_update_steps"})
             for task in tasks.values()
         ]
-        depth = want.tb_llrd_decay
-        same = [tb for tb in ran if dataclasses.replace(tb, tb_preset=preset, tb_llrd_decay=depth) == want]
+        same = [
+            tb for tb in ran
+            if dataclasses.replace(tb.tb_options.balance, llrd_decay=want.balance.llrd_decay) == want.balance
+            and tb.tb_options.spectral == want.spectral
+        ]  # fmt: skip
         assert same, f"tb_preset={preset!r} is none of the settings the screen ran for {method}"
 
 
@@ -237,7 +350,7 @@ def test_a_preset_reaches_the_trainers_param_groups(tmp_path):
 def test_a_resume_that_names_the_same_settings_by_their_preset_changes_nothing():
     from tb_hf.state import changed_options, options_of
 
-    explicit = TempBalanceArguments(tb_llrd_decay=0.9, tb_lr_min=0.65, tb_lr_max=1.35)
-    assert changed_options(options_of(explicit), TempBalanceArguments(tb_preset="llrd-alpha")) == {}
-    changed = changed_options(options_of(explicit), TempBalanceArguments(tb_preset="se"))
+    explicit = opts(tb_llrd_decay=0.9, tb_lr_min=0.65, tb_lr_max=1.35)
+    assert changed_options(options_of(explicit), opts(tb_preset="llrd-alpha")) == {}
+    changed = changed_options(options_of(explicit), opts(tb_preset="se"))
     assert set(changed) == {"tb_mapping", "tb_llrd_decay", "tb_lr_min", "tb_lr_max"}

@@ -19,7 +19,7 @@ import transformers as tf
 
 from tb_hf import TempBalanceArguments, TempBalanceTrainer, partition_model, unit_matrices
 from tb_hf.engine import SpectralEngine
-from tb_hf.layers import REPACKED_4BIT_MESSAGE, full_shape, keep_4bit_weights_unpacked, repacked_4bit_weights
+from tb_hf.quantized import REPACKED_4BIT_MESSAGE, full_shape, keep_4bit_weights_unpacked, repacked_4bit_weights
 from tb_hf.testing import dataset_for, history, tiny_training_args
 
 WIDE_LLAMA = dict(
@@ -138,7 +138,7 @@ def test_qlora_training_balances_the_quantized_blocks(float_llama, tmp_path, kin
     factors = {g["tb_unit"]: g["tb_factor"] for g in trainer.optimizer.param_groups if g["tb_unit"]}
     assert factors == pytest.approx(records[-1]["factor"]) and len(set(factors.values())) > 1
 
-    matrices = unit_matrices(model, trainer.tempbalance.partition)
+    matrices = unit_matrices(model, trainer.tempbalance.balancer.partition)
     for name, module in model.named_modules():
         if isinstance(module, peft.tuners.lora.LoraLayer):
             lora_a, lora_b = module.lora_A["default"].weight, module.lora_B["default"].weight
@@ -204,11 +204,10 @@ def test_repacked_4bit_weights_are_refused_not_fitted(float_llama, tmp_path, cap
         loss.backward()
         assert lora.lora_B["default"].weight.grad is None or not lora.lora_B["default"].weight.grad.any()
 
-    # Training it: a clear error before the first step (LoRA would not learn), not factor 1 in silence.
+    # Training it: a clear error when the trainer is made (LoRA would not learn), not factor 1 in silence.
     args = tiny_training_args(tmp_path, max_steps=2, tb_unit="matrix")
-    trainer = TempBalanceTrainer(model=model, args=args, train_dataset=dataset_for(model, n=8))
     with pytest.raises(ValueError) as err:
-        trainer.train()
+        TempBalanceTrainer(model=model, args=args, train_dataset=dataset_for(model, n=8))
     assert str(err.value) == REPACKED_4BIT_MESSAGE.format(names=f"{repacked[0]} and 13 more")
 
 

@@ -21,7 +21,8 @@ from recipes import sweep
 from recipes.glue import run_glue
 from recipes.sweep.grid import validate
 from tb_hf import cli as tb_cli
-from tb_hf.baselines import LLRDTrainer, llrd_depths, llrd_param_groups
+from tb_hf.baselines import LLRDTrainer, llrd_param_groups
+from tb_hf.blocks import depths as llrd_depths
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,7 +109,11 @@ def test_run_glue_end_to_end(tmp_path, tokenizer, task, method, extra):
     subset = json.loads((out / "train_subset.json").read_text())
     assert len(subset["indices"]) == results["train_samples"] and subset["seed"] == targs.seed
     history = out / "tempbalance" / "history.jsonl"
-    assert history.is_file() == (method == "tempbalance")
+    assert history.is_file() == (method in ("tempbalance", "llrd"))  # LLRD is a profile of the same machinery
+    if method == "llrd":  # its depth profile, visible in the history: 0.9 per block going down
+        assert json.loads(history.read_text().splitlines()[0])["lr_scale"] == pytest.approx(
+            {"bert.encoder.layer.0": 0.9, "bert.encoder.layer.1": 1.0}
+        )
     assert results.get("tb_update_interval") == (2 if method == "tempbalance" else None)  # the interval in force
     assert json.loads((out / "all_results.json").read_text()).get("tb_update_interval") == results.get(
         "tb_update_interval"
@@ -414,6 +419,30 @@ def test_llrd_decay_with_tempbalance_is_refused_and_options_of_the_method_are_ac
         margs, _, _ = run_glue.parse_args(["--output_dir", "x", "--method", "llrd", "--llrd_decay", "0.8"])
         _, _, targs = run_glue.parse_args(["--output_dir", "x", "--method", "tempbalance", "--tb_llrd_decay", "0.8"])
     assert margs.llrd_decay == 0.8 and targs.tb_llrd_decay == 0.8 and "not used" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "flags, words",
+    [  # each warned, loaded the model, then stopped with advice for Python callers (outside probe)
+        (["--method", "llrd", "--tb_llrd_decay", "0.8"], r"--method llrd .* --tb_llrd_decay 0.8 would not apply"),
+        (["--method", "llrd", "--tb_preset", "llrd-alpha"], r"--tb_preset llrd-alpha would not apply .* --llrd_dec"),
+        # an explicit --llrd_decay at the old default value was not noticed with tempbalance
+        (["--method", "tempbalance", "--llrd_decay", "0.9"], "for LLRD's depth profile under TempBalance"),
+    ],
+)
+def test_options_that_would_change_what_a_method_trains_are_refused_at_parsing(flags, words):
+    with pytest.raises(ValueError, match=words):
+        run_glue.parse_args(["--output_dir", "x", *flags])
+
+
+def test_a_sweep_whose_shared_arguments_carry_a_preset_into_llrd_is_refused_before_the_first_run(tmp_path):
+    config = {
+        "output_dir": str(tmp_path / "sweep"), "tasks": {"sst2": {"shots_per_class": [8]}}, "seeds": [1],
+        "methods": ["ft", "llrd", "tempbalance"], "args": {"tb_preset": "llrd-alpha", "glue_dir": str(GLUE_DIR)},
+    }  # fmt: skip
+    runs = sweep.expand_grid(config)
+    with pytest.raises(ValueError, match=r"--tb_preset llrd-alpha would not apply .*in 1 run\(s\), e.g. sst2/sh"):
+        validate(config, runs)
 
 
 def test_peft_wrapping_does_not_warn_about_transformers_internals():

@@ -20,7 +20,7 @@ def test_once_computes_alpha_only_before_the_first_step(tmp_path):
     trainer = TempBalanceTrainer(model=model, args=args, train_dataset=dataset_for(model))
     trainer.train()
     assert [r["step"] for r in history(tmp_path)] == [0]
-    assert trainer.tempbalance.interval is None
+    assert trainer.tempbalance.schedule.interval is None
     assert {g["tb_factor"] for g in trainer.optimizer.param_groups if g["tb_unit"]} == {0.5, 1.5}
 
 
@@ -35,9 +35,9 @@ def test_iterable_dataset_auto_interval_comes_from_max_steps(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         trainer.train()
     tb = trainer.tempbalance
-    assert tb.steps_per_epoch == 30 and tb.rule_interval == 3  # the run counts as one epoch: 30 // 10
+    assert tb.steps_per_epoch == 30 and tb.schedule.rule == 3  # the run counts as one epoch: 30 // 10
     assert "no length" in caplog.text and "max_steps=30" in caplog.text
-    assert tb.interval is not None and tb.interval < 30
+    assert tb.schedule.interval is not None and tb.schedule.interval < 30
     assert len(history(tmp_path)) >= 2
 
 
@@ -63,7 +63,7 @@ def _run(out, *, async_, save_steps=None, resume=None, update="4", max_steps=8):
 def test_async_pass_applies_the_snapshot_factors_at_a_fixed_later_step(tmp_path):
     sync_steps, sync = _run(tmp_path / "sync", async_=False)
     async_steps, trainer = _run(tmp_path / "async", async_=True)
-    assert trainer.tempbalance.lag == 2  # interval 4 // 2
+    assert trainer.tempbalance.schedule.lag == 2  # interval 4 // 2
     sync_hist, async_hist = history(tmp_path / "sync"), history(tmp_path / "async")
     assert [r["step"] for r in sync_hist] == [0, 4]
     assert [(r["step"], r.get("snapshot_step")) for r in async_hist] == [(0, None), (6, 4)]
@@ -118,14 +118,14 @@ def test_resume_before_the_auto_interval_is_fixed(tmp_path):
     args = tiny_training_args(tmp_path / "a", max_steps=8, tb_update_steps="auto", save_strategy="steps", save_steps=2)
     trainer = TempBalanceTrainer(model=model, args=args, train_dataset=dataset_for(model, n=32))
     trainer.train()
-    pass_seconds = trainer.tempbalance.pass_seconds
+    pass_seconds = trainer.tempbalance.balancer.pass_seconds
     torch.manual_seed(0)
     model = ARCHS["bert"][0]()
     args = tiny_training_args(tmp_path / "b", max_steps=8, tb_update_steps="auto")
     resumed = TempBalanceTrainer(model=model, args=args, train_dataset=dataset_for(model, n=32))
     resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-2"))
-    assert resumed.tempbalance.decided and resumed.tempbalance.interval >= 1
-    assert resumed.tempbalance.pass_seconds == pass_seconds  # from the checkpoint, not re-measured
+    assert resumed.tempbalance.schedule.decided and resumed.tempbalance.schedule.interval >= 1
+    assert resumed.tempbalance.balancer.pass_seconds == pass_seconds  # from the checkpoint, not re-measured
 
 
 def test_permuted_factors_control(tmp_path):
@@ -236,7 +236,7 @@ def test_auto_interval_is_recorded_and_replayed_exactly(tmp_path):
     runs = {}
     for name, overrides in (("auto", {}), ("replay", None)):
         if overrides is None:
-            overrides = {"tb_auto_interval": runs["auto"][1].tempbalance.interval}
+            overrides = {"tb_auto_interval": runs["auto"][1].tempbalance.schedule.interval}
         torch.manual_seed(0)
         model = ARCHS["bert"][0]()
         recorder = Recorder()
@@ -248,6 +248,7 @@ def test_auto_interval_is_recorded_and_replayed_exactly(tmp_path):
         trainer.train()
         runs[name] = (recorder.steps, trainer)
     (auto_lrs, auto), (replay_lrs, replay) = runs["auto"], runs["replay"]
-    assert replay.tempbalance.interval == auto.tempbalance.interval and "replays" in replay.tempbalance.schedule.why
+    assert replay.tempbalance.schedule.interval == auto.tempbalance.schedule.interval
+    assert "replays" in replay.tempbalance.schedule.why
     assert [r["step"] for r in history(tmp_path / "replay")] == [r["step"] for r in history(tmp_path / "auto")]
     assert replay_lrs == auto_lrs

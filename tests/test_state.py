@@ -71,10 +71,11 @@ def test_auto_resumed_before_its_decision_times_the_steps_after_the_resume(tmp_p
     with caplog.at_level(logging.INFO, logger="tb_hf"):
         _, trainer = _run(tmp_path / "resumed", tb_update_steps="auto", max_steps=40, resume=str(checkpoint))
     tb = trainer.tempbalance
-    assert tb.decided and tb.schedule.start_step == 2 and sorted(tb.schedule.step_times) == [3, 4, 5]
-    assert tb.pass_seconds == stored and tb.step_seconds > 0
+    assert tb.schedule.decided and tb.schedule.start_step == 2 and sorted(tb.schedule.step_times) == [3, 4, 5]
+    assert tb.balancer.pass_seconds == stored and tb.schedule.step_seconds() > 0
     steps = [r["step"] for r in read_history(tmp_path / "resumed", missing_ok=True)]  # the resumed run's own
-    assert all(s >= 5 and s % tb.interval == 0 for s in steps) and len(steps) <= 40 // tb.interval
+    interval = tb.schedule.interval
+    assert all(s >= 5 and s % interval == 0 for s in steps) and len(steps) <= 40 // interval
 
 
 def _optimizer_of(checkpoint: Path):
@@ -101,7 +102,7 @@ def test_resume_with_another_schedule_and_map_recomputes_at_the_resume_step(tmp_
     assert "tb_update_steps '4' -> '2'" in caplog.text
     steps = [r["step"] for r in history(tmp_path / "b")]
     assert steps == [4, 6]  # a fresh pass at the resume step with the new options, then every 2 steps
-    assert trainer.tempbalance.interval == 2
+    assert trainer.tempbalance.schedule.interval == 2
     fresh = history(tmp_path / "b")[0]
     assert len(set(fresh["factor"].values())) == 2 and max(fresh["factor"].values()) != 1.5  # the sigmoid map's
     # the learning rates after the resume follow the new factors from step 4 on

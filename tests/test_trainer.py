@@ -41,7 +41,7 @@ def test_every_architecture_trains(name, tmp_path):
     trainer = TempBalanceTrainer(model=model, args=config(tmp_path), train_dataset=dataset_for(model))
     trainer.train()
     assert trainer.state.global_step == 3
-    partition = trainer.tempbalance.partition
+    partition = trainer.tempbalance.balancer.partition
     assert list(partition.blocks) == blocks
     assert [u.name for u in partition.units] == blocks
     for unit, tails in zip(partition.units, mats, strict=True):
@@ -115,13 +115,13 @@ def test_auto_interval_is_a_tenth_of_an_epoch_within_the_budget(budget, tmp_path
     trainer = TempBalanceTrainer(model=model, args=args, train_dataset=dataset_for(model, n=64))
     trainer.train()
     tb = trainer.tempbalance
-    assert tb.rule_interval == 3  # Model Balancing: 32 steps per epoch // 10
+    assert tb.schedule.rule == 3  # Model Balancing: 32 steps per epoch // 10
     # never more often than the budget allows, measured from the step-0 pass and steps 2..3
-    needed = math.ceil(tb.pass_seconds / (budget * tb.step_seconds))
-    assert tb.pass_seconds > 0 and tb.step_seconds > 0
-    assert tb.interval == max(3, needed)
-    assert trainer.optimizer.param_groups[0]["tb_interval"] == tb.interval  # saved with checkpoints
-    expected = [0] + [s for s in range(3, 32) if s % tb.interval == 0]  # decided after step 3
+    needed = math.ceil(tb.balancer.pass_seconds / (budget * tb.schedule.step_seconds()))
+    assert tb.balancer.pass_seconds > 0 and tb.schedule.step_seconds() > 0
+    assert tb.schedule.interval == max(3, needed)
+    assert trainer.optimizer.param_groups[0]["tb_interval"] == tb.schedule.interval  # saved with checkpoints
+    expected = [0] + [s for s in range(3, 32) if s % tb.schedule.interval == 0]  # decided after step 3
     records = history(tmp_path)
     assert [r["step"] for r in records] == expected
     assert [r["epoch"] for r in records] == [step / 32 for step in expected]
@@ -199,7 +199,7 @@ def test_callback_with_plain_trainer(route, tmp_path):
     if route == "peft_style":  # no TrainingArguments needed, like peft's create_loraplus_optimizer
         optimizer = create_tempbalance_optimizer(model, torch.optim.AdamW, lr=1e-3, weight_decay=0.01)
     else:  # the optimizer args.optim names
-        optimizer = create_tempbalance_optimizer(model, args, tb_args=callback.user_tb_args)
+        optimizer = create_tempbalance_optimizer(model, args, tb_args=callback.user_options)
     trainer = Trainer(
         model=model, args=args, train_dataset=dataset_for(model), optimizers=(optimizer, None), callbacks=[callback]
     )
@@ -232,7 +232,7 @@ def test_callback_refuses_an_optimizer_built_for_other_units(tmp_path):
         model=model, args=args, train_dataset=dataset_for(model), optimizers=(optimizer, None),
         callbacks=[TempBalanceCallback(unit="block")],
     )  # fmt: skip
-    with pytest.raises(ValueError, match="do not match the callback's 2 block units"):
+    with pytest.raises(ValueError, match="built with unit='matrix', but the options in force say tb_unit='block'"):
         trainer.train()
 
 
@@ -241,13 +241,27 @@ def test_callback_refuses_weight_decay_balancing_when_every_group_has_no_decay(t
     model = ARCHS["bert"][0]()
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, report_to="none", use_cpu=True, disable_tqdm=True)
     callback = TempBalanceCallback(balance="weight_decay")
-    optimizer = create_tempbalance_optimizer(model, args, tb_args=callback.user_tb_args)
+    with pytest.raises(ValueError, match="scales each unit's weight_decay, which is 0 here"):  # the args' decay
+        create_tempbalance_optimizer(model, args, tb_args=callback.user_options)
+    optimizer = create_tempbalance_optimizer(model, torch.optim.AdamW, lr=1e-3)  # weight_decay 0
     trainer = Trainer(
         model=model, args=args, train_dataset=dataset_for(model), optimizers=(optimizer, None), callbacks=[callback]
     )
     with pytest.raises(ValueError, match="every TempBalance group of the optimizer has weight_decay 0"):
         trainer.train()
     assert trainer.state.global_step == 0  # refused before the first step
+
+
+def test_weight_decay_balancing_where_only_biases_and_norms_train_says_so(tmp_path):
+    """The message said "set weight_decay (e.g. 0.1)" when it was 0.1: no parameter of the units takes decay."""
+    model = ARCHS["bert"][0]()
+    for name, p in model.named_parameters():
+        p.requires_grad_(not name.endswith("weight") or "LayerNorm" in name or "classifier" in name)
+    args = tiny_training_args(tmp_path, tb_preset="alphadecay", weight_decay=0.1)
+    trainer = TempBalanceTrainer(model=model, args=args, train_dataset=dataset_for(model))
+    with pytest.raises(ValueError, match="no parameter inside the units takes weight decay .only biases and norms"):
+        trainer.train()
+    assert trainer.state.global_step == 0
 
 
 @pytest.mark.parametrize("kind", ["config", "arguments"])
@@ -261,8 +275,8 @@ def test_callback_takes_a_whole_config_or_the_arguments(kind, tmp_path):
     else:
         tb_args = TempBalanceArguments(tb_xmin_pos=1.5)
     callback = TempBalanceCallback(tb_args, mapping="sigmoid")
-    assert type(callback.user_tb_args) is TempBalanceArguments
-    assert (callback.user_tb_args.tb_mapping, callback.user_tb_args.tb_xmin_pos) == ("sigmoid", 1.5)
+    assert type(callback.user_options) is TempBalanceArguments
+    assert (callback.user_options.tb_mapping, callback.user_options.tb_xmin_pos) == ("sigmoid", 1.5)
 
 
 def test_callback_without_tempbalance_optimizer_says_what_to_do(tmp_path):

@@ -97,7 +97,10 @@ class ModelArguments:
             "choices": list(METHODS),
         },
     )
-    llrd_decay: float = field(default=0.9, metadata={"help": "LLRD: lr factor per block going down from the top."})
+    llrd_decay: float | None = field(
+        default=None,
+        metadata={"help": "LLRD: lr factor per block going down from the top (unset: the 'llrd' preset's 0.9)."},
+    )
     lora_r: int | None = field(default=None, metadata={"help": "LoRA rank (peft); unset = full fine-tuning."})
     lora_alpha: float = field(
         default=16.0, metadata={"help": "LoRA alpha (scaling alpha/r, alpha/sqrt(r) with rsLoRA)."}
@@ -123,7 +126,7 @@ class ModelArguments:
         check_dtype(self.dtype)
         if self.method not in METHODS:
             raise ValueError(f"--method must be one of {METHODS}, got {self.method!r}.")
-        if not 0 < self.llrd_decay <= 1:
+        if self.llrd_decay is not None and not 0 < self.llrd_decay <= 1:
             raise ValueError(f"--llrd_decay must be in (0, 1], got {self.llrd_decay}.")
         if self.lora_r is not None and self.lora_r < 1:
             raise ValueError(f"--lora_r must be >= 1 (or unset for full fine-tuning), got {self.lora_r}.")
@@ -291,26 +294,29 @@ def parse_args(
 
 
 def _check_method_options(model_args: ModelArguments, training_args: TempBalanceConfig) -> None:
-    """Options of another method than --method are not used: TempBalance options with ft or llrd get a warning (a
-    sweep's shared arguments may carry them for every method); --llrd_decay with --method tempbalance is refused,
+    """Options of another method than --method: the ``--tb_*`` options with ft or llrd get a warning and are dropped
+    (a sweep's shared arguments may carry them for every method), except those that would change what llrd trains
+    (--tb_preset, --tb_llrd_decay: refused, naming --llrd_decay); --llrd_decay with --method tempbalance is refused,
     since LLRD's depth profile under TempBalance is --tb_llrd_decay, and the run would silently lack it."""
-    from tb_hf import TempBalanceArguments
-    from tb_hf.options import PRESETS
+    from tb_hf.options import explicit_options
 
-    defaults = {f.name: f.default for f in dataclasses.fields(TempBalanceArguments)}
-    preset = PRESETS.get(training_args.tb_preset, {})  # what --tb_preset filled in is named by --tb_preset alone
-    if model_args.method != "tempbalance":
-        changed = [
-            f"--{name}"
-            for name, default in defaults.items()
-            if getattr(training_args, name) != default and preset.get(name, default) != getattr(training_args, name)
-        ]
-        if changed:
-            logger.warning(
-                f"{', '.join(changed)} not used: they only apply with --method tempbalance, and --method is "
-                f"{model_args.method!r}."
+    given = explicit_options(training_args)
+    if model_args.method == "llrd":
+        clash = [name for name in ("tb_preset", "tb_llrd_decay") if name in given]
+        if clash:
+            raise ValueError(
+                f"--method llrd trains layer-wise lr decay with --llrd_decay (default 0.9), and "
+                f"{', '.join(f'--{n} {given[n]}' for n in clash)} would not apply to it: give the decay as "
+                "--llrd_decay, or use --method tempbalance for a --tb_preset (e.g. llrd-alpha, α on top of the depth)."
             )
-    if model_args.method != "llrd" and model_args.llrd_decay != ModelArguments.llrd_decay:
+    if model_args.method != "tempbalance" and given:
+        logger.warning(
+            f"{', '.join(f'--{name}' for name in given)} not used: they only apply with --method tempbalance, and "
+            f"--method is {model_args.method!r}."
+        )
+        for name in given:
+            setattr(training_args, name, None)
+    if model_args.method != "llrd" and model_args.llrd_decay is not None:
         if model_args.method == "tempbalance":
             raise ValueError(
                 "--llrd_decay only applies with --method llrd, and --method is 'tempbalance': for LLRD's depth "
@@ -484,8 +490,7 @@ def main(
     )
 
     from recipes.metrics import glue_compute_metrics
-    from tb_hf import TempBalanceTrainer
-    from tb_hf.baselines import LLRDTrainer
+    from tb_hf import LLRDTrainer, TempBalanceTrainer
 
     start = time.time()
     # 1. Data and subsets first: impossible requests fail here, before any model is loaded.
@@ -607,7 +612,7 @@ def main(
         "epoch_scores": [e[key] for e in epochs],
     }
     if model_args.method == "tempbalance":  # the recompute interval in force (decided at step 3 under 'auto')
-        summary["tb_update_interval"] = trainer.tempbalance.interval
+        summary["tb_update_interval"] = trainer.tempbalance.schedule.interval
     all_results = train_metrics | eval_metrics | summary
     trainer.save_metrics("train", train_metrics, combined=False)  # these write on the main process only
     trainer.save_metrics("eval", eval_metrics, combined=False)
