@@ -128,7 +128,7 @@ for _name, _options, _words in [
     (
         "tb_preset='se' with another map",
         dict(tb_preset="se", tb_mapping="sigmoid"),
-        ["tb_preset='se' sets tb_mapping='se'", "drop one of the two"],
+        ["tb_preset='se' is defined by tb_mapping='se'", "drop one of the two"],
     ),
     (
         "tb_preset='alphadecay' with weight_decay 0",
@@ -138,8 +138,24 @@ for _name, _options, _words in [
     (
         "tb_preset='llrd-alpha' with the sigmoid map",
         dict(tb_preset="llrd-alpha", tb_mapping="sigmoid"),
-        ["tb_lr_min=0.65 (tb_preset='llrd-alpha' sets it)", "tb_mapping='linear'"],
+        ["tb_preset='llrd-alpha' is defined by tb_mapping='linear'", "tb_mapping='sigmoid'"],
     ),
+    (  # the same conflict at the global default value used to train the preset's map without a word
+        "tb_preset='model-balancing' with tb_mapping='linear'",
+        dict(tb_preset="model-balancing", tb_mapping="linear"),
+        ["tb_preset='model-balancing' is defined by tb_mapping='sigmoid'", "you set tb_mapping='linear'"],
+    ),
+    (
+        "tb_preset='alphadecay' with tb_balance='lr'",
+        dict(tb_preset="alphadecay", tb_balance="lr", weight_decay=0.1),
+        ["tb_preset='alphadecay' is defined by tb_balance='weight_decay'", "you set tb_balance='lr'"],
+    ),
+    (
+        "tb_preset='llrd' with a spectral option",
+        dict(tb_preset="llrd", tb_estimator="farms"),
+        ["tb_estimator='farms' has no effect", "no spectral pass"],
+    ),
+    ("tb_llrd_decay = np.True_", dict(tb_llrd_decay=__import__("numpy").True_), ["tb_llrd_decay", "(0, 1]"]),
 ]:
 
     def _fn(options=_options):
@@ -392,7 +408,7 @@ def _():
     assert len(find_blocks(model)) == 1
 
 
-@case("optimizer built for other units than the callback's", "error", "do not match the callback's")
+@case("optimizer built for other units than the callback's", "error", "built with unit='matrix'", "tb_unit='block'")
 def _():
     import torch
     from transformers import Trainer, TrainingArguments
@@ -936,6 +952,169 @@ def _():
 
 # --------------------------------------------------------------------------------------------------
 # Running the battery
+
+
+# --------------------------------------------------------------------------------------------------
+# Presets, LLRD, numbers and analyze: what trains is what was asked (the reliability issue's outside probe)
+
+
+def _step0_scales(model=None, trainer_cls=None, **kw) -> dict[str, float]:
+    """Each unit's learning rate ÷ learning_rate at the first step of a real trainer (constant schedule)."""
+    from transformers import TrainerCallback
+
+    from tb_hf import TempBalanceTrainer
+    from tb_hf.testing import ARCHS, dataset_for, tiny_training_args
+
+    seen = {}
+
+    class First(TrainerCallback):
+        def on_step_begin(self, args, state, control, optimizer=None, **_):
+            seen.setdefault("groups", [(g["tb_unit"], g["lr"]) for g in optimizer.param_groups])
+
+    model = model or ARCHS["bert"][0]()
+    trainer_kw = {k: kw.pop(k) for k in ("llrd_decay", "optimizers") if k in kw}
+    args = tiny_training_args(_tmp(), learning_rate=1e-2, max_steps=1, lr_scheduler_type="constant", **kw)
+    trainer = (trainer_cls or TempBalanceTrainer)(model=model, args=args, train_dataset=dataset_for(model),
+                                                  callbacks=[First()], **trainer_kw)  # fmt: skip
+    trainer.train()
+    return {unit: lr / 1e-2 for unit, lr in seen["groups"] if unit is not None}
+
+
+_NO_PASS = dict(tb_update_steps=None, tb_min_evals=None)
+
+for _name, _options, _attr, _want in [
+    ("tb_preset='llrd-alpha' + tb_lr_min=0.5 (the default value)", dict(tb_preset="llrd-alpha", tb_lr_min=0.5),
+     "lr_min", 0.5),
+    ("tb_preset='se' + tb_lr_max=1.5 (the default value)", dict(tb_preset="se", tb_lr_max=1.5), "lr_max", 1.5),
+    ("tb_preset='alphadecay' + tb_wd_min_ratio=0.5", dict(tb_preset="alphadecay", tb_wd_min_ratio=0.5,
+                                                          weight_decay=0.1), "wd_min_ratio", 0.5),
+    ("tb_preset='llrd-alpha' + tb_llrd_decay=1.0", dict(tb_preset="llrd-alpha", tb_llrd_decay=1.0), "llrd_decay", 1.0),
+]:  # fmt: skip
+
+    def _fn(options=_options, attr=_attr, want=_want):
+        config = _config(**options)
+        assert getattr(config.tb_options.balance, attr) == want, config.tb_options.balance
+        assert config.to_dict()[f"tb_{attr}"] == want
+
+    case(f"preset: {_name}", "correct")(_fn)
+
+
+@case("preset: dataclasses.replace(llrd-alpha config, tb_preset='se')", "correct")
+def _():
+    import dataclasses
+
+    config = dataclasses.replace(_config(tb_preset="llrd-alpha"), tb_preset="se")
+    assert config.tb_options.balance == _config(tb_preset="se").tb_options.balance, config.tb_options.balance
+
+
+@case("preset: llrd-alpha + tb_llrd_decay=1.0 trains without a depth profile", "correct")
+def _():
+    scales = _step0_scales(tb_preset="llrd-alpha", tb_llrd_decay=1.0, tb_update_steps="once")
+    assert min(scales.values()) == 0.65 and max(scales.values()) == 1.35, scales  # the α map alone
+
+
+@case("LLRD: resumed with another llrd_decay", "error", "tb_llrd_decay=0.9 (now 0.5)", "resume with")
+def _():
+    from tb_hf import LLRDTrainer
+    from tb_hf.testing import ARCHS, dataset_for, tiny_training_args
+
+    out = _tmp()
+    model = ARCHS["bert"][0]()
+    args = tiny_training_args(out, save_strategy="steps", save_steps=2, **_NO_PASS)
+    LLRDTrainer(model=model, args=args, train_dataset=dataset_for(model), llrd_decay=0.9).train()
+    again = LLRDTrainer(model=ARCHS["bert"][0](), args=args, train_dataset=dataset_for(model), llrd_decay=0.5)
+    again.train(resume_from_checkpoint=str(out / "checkpoint-2"))
+
+
+@case("LLRD: a head registered before the blocks", "correct")
+def _():
+    import torch
+
+    class HeadFirst(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.classifier = torch.nn.Linear(16, 2)
+            self.layers = torch.nn.ModuleList(torch.nn.Sequential(torch.nn.Linear(16, 16)) for _ in range(3))
+            self.embed = torch.nn.Embedding(50, 16)
+
+    from tb_hf.baselines import llrd_param_groups
+
+    model = HeadFirst()
+    groups = llrd_param_groups(model, learning_rate=1e-3, decay=0.5)
+    lr = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert lr[id(model.classifier.weight)] == 1e-3 and lr[id(model.embed.weight)] == 1e-3 * 0.5**3, lr
+
+
+@case("LLRD: LLRDTrainer(llrd_decay=0.9) with an optimizer built at 0.5", "error", "llrd_decay=0.5",
+      "tb_llrd_decay=0.9")  # fmt: skip
+def _():
+    import torch
+
+    from tb_hf import LLRDTrainer
+    from tb_hf.baselines import llrd_param_groups
+    from tb_hf.testing import ARCHS, tiny_training_args
+
+    model = ARCHS["bert"][0]()
+    optimizer = torch.optim.AdamW(llrd_param_groups(model, learning_rate=1e-3, decay=0.5))
+    LLRDTrainer(model=model, args=tiny_training_args(_tmp(), **_NO_PASS), optimizers=(optimizer, None),
+                llrd_decay=0.9)  # fmt: skip
+
+
+@case("LLRD: LLRDTrainer(args=TempBalanceConfig(tb_preset='llrd-alpha'))", "error", "tb_preset='llrd'",
+      "tb_preset='llrd-alpha'")  # fmt: skip
+def _():
+    from tb_hf import LLRDTrainer
+    from tb_hf.testing import ARCHS
+
+    LLRDTrainer(model=ARCHS["bert"][0](), args=_config(tb_preset="llrd-alpha"))
+
+
+@case("LLRD: recipe --method llrd --tb_llrd_decay 0.8", "error", "--llrd_decay", "--tb_llrd_decay 0.8")
+def _():
+    _recipe("--task_name", "sst2", "--glue_dir", str(GLUE), "--method", "llrd", "--tb_llrd_decay", "0.8",
+            "--output_dir", str(_tmp()))  # fmt: skip
+
+
+@case("LLRD: sweep whose shared args carry tb_preset into llrd", "error", "--tb_preset llrd-alpha", "--llrd_decay")
+def _():
+    out = _tmp()
+    _sweep(_SWEEP.format(out=out, methods="[ft, llrd]") + "  tb_preset: llrd-alpha\n")
+    assert not (out / "runs").exists()
+
+
+for _name, _kind in [("np.float32 tb_llrd_decay", "float32"), ("np.float64 tb_lr_min", "float64")]:
+
+    def _fn(kind=_kind):
+        import numpy as np
+
+        from tb_hf.testing import ARCHS
+
+        out = _tmp()
+        options = {"tb_llrd_decay": np.float32(0.8)} if kind == "float32" else {"tb_lr_min": np.float64(0.6)}
+        _train(ARCHS["bert"][0](), out, save_strategy="steps", save_steps=2, **options)
+        _train(ARCHS["bert"][0](), out, resume=str(out / "checkpoint-2"), **options)
+
+    case(f"numbers: {_name}, checkpoint and resume", "correct")(_fn)
+
+
+for _preset in ("llrd-alpha", "alphadecay", "llrd"):
+
+    def _fn(preset=_preset):
+        import copy
+
+        from tb_hf import TempBalanceArguments
+        from tb_hf.analysis import analyze_model
+        from tb_hf.testing import ARCHS
+
+        model = ARCHS["bert"][0]()
+        spectral = {} if preset == "llrd" else {"tb_min_evals": 8, "tb_update_steps": "once"}
+        analysis = analyze_model(copy.deepcopy(model), TempBalanceArguments(tb_preset=preset, **spectral))
+        trained = _step0_scales(model, tb_preset=preset, weight_decay=0.1, **{**_NO_PASS, **spectral})
+        assert analysis.lr_scales == __import__("pytest").approx(trained), (analysis.lr_scales, trained)
+        if preset == "alphadecay":
+            assert sorted(set(analysis.wd_factors.values())) == [0.75, 1.25], analysis.wd_factors
+
+    case(f"analyze: tb_preset={_preset!r} shows what training does", "correct")(_fn)
 
 
 class _Capture(logging.Handler):
