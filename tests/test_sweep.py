@@ -955,3 +955,190 @@ def test_custom_data_is_read_once_per_task_and_checked(tmp_path, capsys, monkeyp
     warned = [r.getMessage() for r in caplog.records if "holds only class" in r.getMessage()]
     assert len(warned) == 1 and "reviews: The training subset of 4 examples holds only class 'pos'" in warned[0]
     assert "(in 2 run(s)" in warned[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# Packed runs (--pack): one compressed file per sweep, read and written by the sweep like loose runs
+
+
+def _history(run) -> list[dict]:
+    a0 = {"layer.0": 3.0 + 0.01 * run.seed, "layer.1": 4.0, "layer.2": float(len(run.method))}
+    return [
+        {"step": 0, "alpha": a0, "factor": {"layer.0": 0.5, "layer.1": 1.0, "layer.2": 1.5},
+         "alpha_se": {"layer.0": 0.02, "layer.1": None, "layer.2": 0.03}},
+        {"step": 8, "alpha": {k: v + 0.1 * run.seed for k, v in a0.items()}, "factor": {}},
+    ]  # fmt: skip
+
+
+def _tables(out: Path) -> dict[str, bytes]:
+    return {n: (out / n).read_bytes() for n in sweep.report.OUTPUTS if n != "scores.png" and (out / n).exists()}
+
+
+def _run_files(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted((out / "runs").rglob("*")) if p.is_file()}
+
+
+def test_a_packed_run_counts_as_finished_and_a_resumed_sweep_skips_it(tmp_path, capsys, monkeypatch):
+    ran = []
+    monkeypatch.setattr(sweep.launch, "_run_inprocess", lambda run: ran.append(run.name) or _fake_results(run))
+    config = glue_config(tmp_path, methods=["ft", "llrd"], seeds=[1, 2], tasks={"rte": {"fractions": [0.1]}})
+    path = write_config(tmp_path, config)
+    out = tmp_path / "out"
+    assert sweep.main([path, "--methods", "ft"]) == 0 and len(ran) == 2
+    before = pd.read_csv(out / "results.csv")
+    capsys.readouterr()
+    assert sweep.main([path, "--pack"]) == 0
+    assert "Packed 2 runs into" in capsys.readouterr().out
+    assert (out / "runs.jsonl.xz").is_file() and not list(out.glob("runs/**/result.json"))
+    assert (out / "runs" / "rte" / "frac0.1" / "ft" / "seed1" / "log.txt").is_file()  # other files stay
+    assert sweep.main([path, "--dry-run"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "done    rte/frac0.1/ft/seed1", "todo    rte/frac0.1/llrd/seed1",
+        "done    rte/frac0.1/ft/seed2", "todo    rte/frac0.1/llrd/seed2",
+    ]  # fmt: skip
+    assert sweep.main([path]) == 0 and ran[2:] == ["rte/frac0.1/llrd/seed1", "rte/frac0.1/llrd/seed2"]
+    assert "2 ran, 2 already done" in capsys.readouterr().out
+    # the tables cover packed and loose runs; the ft rows are those of before the packing
+    results = pd.read_csv(out / "results.csv")
+    assert results["method"].tolist() == ["ft", "ft", "llrd", "llrd"]
+    assert results[results["method"] == "ft"].equals(before)
+    assert sweep.main([path, "--pack"]) == 0 and len(sweep.archive.load(out)) == 4
+    assert sweep.main([path]) == 0 and len(ran) == 4  # nothing left to run
+    assert pd.read_csv(out / "results.csv").equals(results)
+
+
+def test_a_packed_run_with_a_changed_setting_is_refused_then_redone(tmp_path, capsys, monkeypatch):
+    ran = []
+    monkeypatch.setattr(sweep.launch, "_run_inprocess", lambda run: ran.append(run.name) or _fake_results(run))
+    config = glue_config(tmp_path, methods=["ft"], seeds=[1, 2], tasks={"rte": {"fractions": [0.1]}})
+    config["args"] |= {"learning_rate": 1e-4}
+    path = write_config(tmp_path, config)
+    assert sweep.main([path]) == 0 and sweep.main([path, "--pack"]) == 0 and len(ran) == 2
+    config["args"]["learning_rate"] = 2e-4
+    path = write_config(tmp_path, config)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        sweep.main([path])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(ran) == 2
+    assert "2 finished run(s) were made with other settings" in err
+    assert "rte/frac0.1/ft/seed1: learning_rate 0.0001 -> 0.0002" in err
+    assert sweep.main([path, "--dry-run"]) == 0 and capsys.readouterr().out.startswith("changed ")
+    assert sweep.main([path, "--aggregate-only"]) == 0 and "left out of the tables" in capsys.readouterr().out
+    assert sweep.main([path, "--redo-changed"]) == 0 and len(ran) == 4
+    run = sweep.expand_grid(config)[0]
+    assert json.loads((run.out / "result.replaced.json").read_text())["args"]["learning_rate"] == 1e-4
+    assert not (tmp_path / "out" / "runs.jsonl.xz").exists()  # both runs taken out of it: no empty archive
+    assert pd.read_csv(tmp_path / "out" / "results.csv")["learning_rate"].tolist() == [2e-4, 2e-4]
+
+
+def test_an_edited_data_file_is_refused_for_a_packed_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sweep.launch, "_run_inprocess", _fake_results)
+    path = write_config(tmp_path, custom_config(tmp_path, ROWS))
+    assert sweep.main([path]) == 0 and sweep.main([path, "--pack"]) == 0
+    (tmp_path / "train.csv").write_text(ROWS + "t20,pos\n")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        sweep.main([path])
+    assert exit_.value.code == 2 and "was edited since the run" in capsys.readouterr().err
+
+
+def test_packed_records_without_data_fingerprints_are_reused_with_one_warning(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(sweep.launch, "_run_inprocess", lambda run: pytest.fail(f"{run.name} ran"))
+    config = glue_config(tmp_path, methods=["ft"], seeds=[1, 2, 3], tasks={"rte": {"fractions": [0.1]}})
+    for run in sweep.expand_grid(config):
+        fake_record(run, 0.6, 0.5)  # args, no key, no data: as the committed studies have
+    path = write_config(tmp_path, config)
+    assert sweep.main([path, "--pack"]) == 0 and not list((tmp_path / "out").glob("runs/**/result.json"))
+    for argv in ([], ["--dry-run"], ["--aggregate-only"]):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            assert sweep.main([path, *argv]) == 0
+        warnings = [r.getMessage() for r in caplog.records if "could not be checked" in r.getMessage()]
+        assert len(warnings) == 1 and "3 finished run(s) could not be checked" in warnings[0], (argv, warnings)
+
+
+def test_aggregating_packed_and_loose_runs_equals_aggregating_them_loose(tmp_path):
+    """Every table, byte for byte, with some runs packed and the others loose; method names that sort differently
+    as strings and as paths (``tempbalance`` and ``tempbalance-mb``) keep the order of alpha.csv's rows."""
+    tables = {}
+    for kind in ("loose", "mixed"):
+        config = variant_config(tmp_path / kind, contrasts=["tempbalance-mb vs tempbalance"])
+        config["output_dir"] = str(tmp_path / kind / "out")
+        for run in sweep.expand_grid(config):
+            score = 0.5 + 0.01 * run.seed + 0.001 * len(run.method) + (0.02 if run.task == "rte" else 0.0)
+            fake_record(run, score, score - 0.01, _history(run) if run.method.startswith("tempbalance") else None)
+        out = Path(config["output_dir"])
+        if kind == "mixed":
+            assert len(sweep.archive.pack(out)) == 30
+            sweep.archive.unpack(out, [r.name for r in sweep.expand_grid(config) if r.seed == 2])
+            assert len(sweep.archive.load(out)) == 20 and len(list(out.glob("runs/**/result.json"))) == 10
+        sweep.aggregate(config, sweep.expand_grid(config))
+        tables[kind] = _tables(out)
+    assert tables["mixed"] == tables["loose"]
+    alpha = pd.read_csv(tmp_path / "mixed" / "out" / "alpha.csv")
+    assert len(alpha) == 2 * 3 * 3 * 3 and alpha["method"].iloc[0] == "tempbalance"  # tasks x seeds x methods x blocks
+
+
+def test_packing_is_lossless_and_checked(tmp_path, monkeypatch):
+    """Every byte of each result.json and history comes back, whatever the formatting: the sweep's own (parsed
+    JSON in the archive, NaN included), another indentation or a history with a torn last line (kept as text)."""
+    config = variant_config(tmp_path, methods=["ft", "tempbalance"], seeds=[1, 2])
+    runs = sweep.expand_grid(config)
+    for i, run in enumerate(runs):
+        fake_record(run, 0.6, 0.5, _history(run) if run.method == "tempbalance" else None)
+        record = json.loads((run.out / sweep.RESULT_FILE).read_text())
+        (run.out / sweep.RESULT_FILE).write_text(json.dumps(record, indent=(1, None, 2)[i % 3]))
+    hist = runs[1].out / "tempbalance" / "history.jsonl"
+    hist.write_text(hist.read_text() + '{"step": 16, "alph')  # a crash mid-write
+    hist = runs[3].out / "tempbalance" / "history.jsonl"
+    hist.write_text(hist.read_text().replace("0.02", "NaN"))
+    (runs[0].out / "log.txt").write_text("kept")
+    out = Path(config["output_dir"])
+    before = _run_files(out)
+    collected = sweep.collect(out).to_csv()
+    alphas = sweep.collect_alpha(out).to_csv()
+
+    assert sweep.archive.pack(out) == sorted(r.name for r in runs)
+    assert _run_files(out) == {"runs/rte/shots4/ft/seed1/log.txt": b"kept"}
+    entries = sweep.archive.load(out)
+    assert "result" in entries[runs[0].name] and "result_text" in entries[runs[1].name]  # indent=1: parsed
+    assert "history" in entries[runs[5].name] and "history_text" in entries[runs[1].name]
+    assert "history" in entries[runs[3].name] and "history" not in entries[runs[0].name]
+    assert sweep.collect(out).to_csv() == collected and sweep.collect_alpha(out).to_csv() == alphas
+    assert sweep.archive.unpack(out) == sorted(r.name for r in runs)
+    assert _run_files(out) == before and not (out / "runs.jsonl.xz").exists()
+
+    # a check that finds a difference deletes nothing
+    monkeypatch.setattr(sweep.archive, "files", lambda entry: {})
+    with pytest.raises(RuntimeError, match="nothing was deleted"):
+        sweep.archive.pack(out)
+    assert _run_files(out) == before
+
+
+def test_a_damaged_archive_stops_the_sweep_and_pack_waits_for_running_runs(tmp_path, capsys, monkeypatch):
+    import socket
+
+    monkeypatch.setattr(sweep.launch, "_run_inprocess", lambda run: pytest.fail(f"{run.name} ran"))
+    config = glue_config(tmp_path, methods=["ft"], seeds=[1, 2], tasks={"rte": {"fractions": [0.1]}})
+    first, second = sweep.expand_grid(config)
+    fake_record(first, 0.6, 0.5)
+    path = write_config(tmp_path, config)
+    fake_record(second, 0.6, 0.5)
+    lock = second.out / sweep.launch.LOCK_FILE
+    lock.write_text(f"{socket.gethostname()} {os.getppid()} {second.key}")  # a live process holds it
+    with pytest.raises(SystemExit) as exit_:
+        sweep.main([path, "--pack"])
+    assert exit_.value.code == 2 and "being run by a sweep process" in capsys.readouterr().err
+    lock.unlink()
+    assert sweep.main([path, "--pack"]) == 0
+    archive = tmp_path / "out" / "runs.jsonl.xz"
+    archive.write_bytes(archive.read_bytes()[:-8])  # truncated
+    for argv in ([], ["--aggregate-only"], ["--dry-run"]):
+        with pytest.raises(SystemExit) as exit_:
+            sweep.main([path, *argv])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and "the archive of this sweep's finished runs is damaged" in err
+    with pytest.raises(SystemExit):
+        sweep.main([path, "--pack", "--aggregate-only"])
+    assert "--aggregate-only and --pack do different things" in capsys.readouterr().err

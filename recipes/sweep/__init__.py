@@ -31,13 +31,14 @@ Usage:
 
 ```bash
 python -m recipes.sweep recipes/sweeps/default.yaml              # the built-in default (bash scripts/run.sh)
-python -m recipes.sweep recipes/sweeps/minilm_glue_small.yaml    # MiniLM on five GLUE tasks, local files
+python -m recipes.sweep recipes/sweeps/minilm_kshot.yaml         # k-shot subsets (and your own files)
 python -m recipes.sweep recipes/sweeps/roberta_glue.yaml         # roberta-base with the Hub, the paper's grid
 python -m recipes.sweep recipes/sweeps/default.yaml --aggregate-only
 python -m recipes.sweep recipes/sweeps/default.yaml --dry-run    # list the runs and whether they are done
 python -m recipes.sweep recipes/sweeps/default.yaml --workers 2  # 2 single-threaded processes, then aggregate
 python -m recipes.sweep recipes/sweeps/default.yaml --shard 1/4  # the first quarter of the grid (e.g. per machine)
-python -m recipes.sweep recipes/sweeps/mpnet_fewshot.yaml --methods ft,tempbalance-mb --sizes 16  # part of the grid
+python -m recipes.sweep recipes/sweeps/default.yaml --methods ft,llrd --sizes 0.005  # part of the grid
+python -m recipes.sweep recipes/sweeps/default.yaml --pack       # the finished runs into runs.jsonl.xz
 ```
 
 A method is one of run_glue's ``--method`` choices (``ft``, ``tempbalance``, ``llrd``) or a named variant whose
@@ -47,6 +48,15 @@ A method is one of run_glue's ``--method`` choices (``ft``, ``tempbalance``, ``l
 sign count), compares other pairs of methods the same way where the config lists them (``contrasts: ["tempbalance
 vs llrd"]``, also in ``contrasts.csv``) and, for TempBalance runs, compares the spread of block α at step 0 with
 its run-to-run noise.
+
+``--pack`` (once the sweep has finished) moves every finished run's ``result.json`` and
+``tempbalance/history.jsonl`` into one compressed file, ``<output_dir>/runs.jsonl.xz`` (one JSON line per run:
+``{"name": ..., "result": {...}, "history": [...]}``, see `recipes.sweep.archive`), checked byte for byte before
+a file is deleted; ``--unpack`` writes them back. The sweep reads packed runs as it reads loose ones: a packed run
+is finished under the same checks of its settings and data (so resuming a packed sweep skips it, and a changed
+setting is still refused), ``--aggregate-only`` reads packed and loose runs alike, and ``--redo-changed`` takes a
+changed packed run out of the archive (kept as ``result.replaced.json``). The committed studies (``studies/``) keep
+their runs packed.
 
 Runs go in-process by default (``launcher: inprocess``, no start-up cost per run); ``launcher: python`` starts
 each in its own process and ``launcher: accelerate launch --num_processes 2 --multi_gpu`` under accelerate.
@@ -58,10 +68,10 @@ settings (another config on this output_dir) is an error, and a lock left by a k
 taken over.
 
 The package: `recipes.sweep.grid` (config -> runs, checked with their data), `recipes.sweep.provenance` (what a
-result.json vouches for: arguments and data fingerprints), `recipes.sweep.launch` (what is done, claims, launchers,
-workers), `recipes.sweep.results` (finished runs -> tables), `recipes.sweep.stats` (paired tests, pooled,
-contrasts, curves, α spread), `recipes.sweep.report` (markdown, plot, the files) and `recipes.sweep.cli` (the
-command).
+result.json vouches for: arguments and data fingerprints), `recipes.sweep.archive` (packed runs),
+`recipes.sweep.launch` (what is done, claims, launchers, workers), `recipes.sweep.results` (finished runs ->
+tables), `recipes.sweep.stats` (paired tests, pooled, contrasts, curves, α spread), `recipes.sweep.report`
+(markdown, plot, the files) and `recipes.sweep.cli` (the command).
 """
 
 from .cli import main

@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import launch, provenance
+from . import archive, launch, provenance
 from .grid import check_data, contrasts, expand_grid, load_config, parse_shard, select_runs, validate
 from .report import write_report
 
@@ -44,6 +44,19 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("config", help="Sweep YAML file.")
     parser.add_argument("--aggregate-only", action="store_true", help="Only aggregate the finished runs.")
     parser.add_argument("--dry-run", action="store_true", help="List the runs and whether they are done.")
+    parser.add_argument(
+        "--pack",
+        action="store_true",
+        help="Run nothing: move the result.json and tempbalance/history.jsonl of every finished run under output_dir "
+        "into output_dir/runs.jsonl.xz (one compressed file; checked byte for byte before a file is deleted). The "
+        "sweep reads packed runs as it reads loose ones: they count as finished and are aggregated.",
+    )
+    parser.add_argument(
+        "--unpack",
+        action="store_true",
+        help="Run nothing: write the packed runs back as result.json and tempbalance/history.jsonl in their run "
+        "folders (the inverse of --pack).",
+    )
     parser.add_argument(
         "--launcher", help="Override the config's launcher ('inprocess', 'python', 'accelerate launch')."
     )
@@ -138,7 +151,7 @@ def _warn_unverified(runs: list) -> None:
             f"sweep: warning: {count} finished run(s) could not be checked against their data files, recorded "
             f"before the sweep stored data fingerprints (or the file is not on this machine): {names}{more}. Their "
             "results are reused as they are; if one of these files changed after those runs, delete the runs' "
-            "result.json to run them again."
+            "result.json to run them again (packed runs: --unpack them first)."
         )
 
 
@@ -153,11 +166,42 @@ def _refuse_conflicts(runs: list) -> None:
         )
 
 
+def _refuse_live_runs(out: Path) -> None:
+    """Refuse to pack or unpack while a sweep process runs a run under ``out`` (its files would be moving)."""
+    held = [lock.parent for lock in out.glob(f"runs/**/{launch.LOCK_FILE}") if launch.holder(lock) is not None]
+    if held:
+        raise ValueError(
+            f"{len(held)} run(s) under {out} are being run by a sweep process (e.g. {held[0]}): pack or unpack once "
+            "it has finished."
+        )
+
+
+def _pack(out: Path, unpack: bool) -> int:
+    """--pack / --unpack: every run under ``out``, whatever the config's grid (the archive is storage)."""
+    from .results import read_record
+
+    if unpack:
+        names = archive.unpack(out)
+        print(f"Unpacked {len(names)} runs from {archive.archive_path(out)} into {out / 'runs'}/.")
+        return 0
+    names = archive.pack(out, complete=lambda path: read_record(path) is not None)
+    left = sorted(out.glob(f"runs/**/{launch.RESULT_FILE}"))
+    print(f"Packed {len(names)} runs into {archive.archive_path(out)} ({len(archive.load(out))} runs in it).")
+    if left:  # half-written or damaged: a normal run of the sweep runs them again
+        print(f"{len(left)} result files are not complete records and stay where they are (e.g. {left[0]}).")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     ns = parser.parse_args(argv)
     if ns.workers < 1:
         parser.error(f"--workers must be >= 1, got {ns.workers}.")
+    actions = [flag for flag, on in (("--aggregate-only", ns.aggregate_only), ("--dry-run", ns.dry_run),
+                                     ("--pack", ns.pack), ("--unpack", ns.unpack)) if on]  # fmt: skip
+    if len(actions) > 1:
+        parser.error(f"{' and '.join(actions)} do different things: give one of them.")
+    storage = ns.pack or ns.unpack
     # Every mistake in the command or the config stops here, before the first run, with exit status 2.
     try:
         shard = parse_shard(ns.shard) if ns.shard else None
@@ -165,16 +209,16 @@ def main(argv: list[str] | None = None) -> int:
         runs = expand_grid(config)
         contrasts(config)  # checked for --aggregate-only too: the tables need it
         parent = os.environ.get("TB_SWEEP_VALIDATED") != "1"  # workers: checked by the parent
-        parsed = validate(config, runs) if not ns.aggregate_only and parent else None
+        parsed = validate(config, runs) if not (ns.aggregate_only or storage) and parent else None
         selected = select_runs(config, runs, ns.methods, ns.sizes, ns.tasks, ns.seeds)
         if shard:
             selected = selected[shard[0] - 1 :: shard[1]]
         if not ns.dry_run:
             _check_output_dir(Path(config["output_dir"]))
-        if parent:
+        if parent and not storage:
             _warn_unverified(runs)
         changed = [run for run in selected if launch.status(run) == "changed"]
-        if changed and not (ns.redo_changed or ns.dry_run or ns.aggregate_only):
+        if changed and not (ns.redo_changed or ns.dry_run or ns.aggregate_only or storage):
             raise ValueError(_changed_message(changed))
         if parsed is not None:  # the data of every run this sweep will run, read once per task
             to_run = [run for run in selected if launch.status(run) != "done"]
@@ -189,8 +233,12 @@ def main(argv: list[str] | None = None) -> int:
                 logger.warning(f"sweep: warning: {note} (in {len(names)} run(s), e.g. {names[0]})")
             if not ns.dry_run:
                 _refuse_conflicts(to_run)
+        if storage:
+            _refuse_live_runs(Path(config["output_dir"]))
     except ValueError as err:
         parser.error(str(err))
+    if storage:
+        return _pack(Path(config["output_dir"]), unpack=ns.unpack)
     if ns.aggregate_only:
         _print_summary(config, runs)
         return 0
@@ -201,8 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{state:8s}{run.name}{note}")
         return 0
     if changed and os.environ.get("TB_SWEEP_VALIDATED") != "1":  # --redo-changed, once (the parent of workers)
-        for run in changed:
-            launch.replace_changed(run)
+        launch.replace_changed(changed)
         print(f"sweep: {len(changed)} changed runs set aside (result.replaced.json), to run again", file=sys.stderr)
     if ns.workers > 1 and not shard:
         todo = sum(launch.status(run) == "todo" for run in selected)

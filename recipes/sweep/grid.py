@@ -83,6 +83,11 @@ class Run:
         return Path(self.args["output_dir"])
 
     @property
+    def root(self) -> Path:
+        """The sweep's ``output_dir`` (the run's folder is ``<root>/runs/<name>``; its tables and archive are here)."""
+        return self.out.parents[len(Path(self.name).parts)]
+
+    @property
     def key(self) -> str:
         return run_key(self.args)
 

@@ -2,8 +2,9 @@
 progress lines, and worker processes that end with their parent.
 
 A run is *done* when its folder holds ``result.json`` written for the same settings (`grid.run_key`) and the same
-data (the sha256 of each local data file it read, see `provenance`); a ``result.json`` written for other settings or
-other data, or one that stores no settings, makes the run *changed*: never reused silently (see `cli.main`).
+data (the sha256 of each local data file it read, see `provenance`), or the sweep's archive (``runs.jsonl.xz``, see
+`archive`) holds such a record for it; a record written for other settings or other data, or one that stores no
+settings, makes the run *changed*: never reused silently (see `cli.main`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from . import provenance
+from . import archive, provenance
 from .grid import RESULT_FILE, Run
 
 RECIPE = Path(__file__).resolve().parents[1] / "glue" / "run_glue.py"
@@ -37,10 +38,12 @@ REPLACED_FILE = "result.replaced.json"
 
 
 def stored_record(run: Run) -> dict | None:
-    """The run's ``result.json`` record, or None if there is none (or it cannot be read: a run to redo)."""
+    """The run's ``result.json`` record (in its folder, else in the sweep's archive), or None if there is none (or
+    it cannot be read: a run to redo)."""
     from .results import read_record
 
-    return read_record(run.out / RESULT_FILE)
+    record = read_record(run.out / RESULT_FILE)
+    return archive.record(run.root, run.name) if record is None else record
 
 
 def changes(run: Run, record: dict | None = None) -> dict[str, tuple]:
@@ -75,9 +78,20 @@ def unverified_files(run: Run) -> list[str]:
     return [] if record is None or changes(run, record) else provenance.unverified(run, record)
 
 
-def replace_changed(run: Run) -> None:
-    """Set aside the result of a run whose settings changed (as ``result.replaced.json``), so that it is run again."""
-    (run.out / RESULT_FILE).replace(run.out / REPLACED_FILE)
+def replace_changed(runs: list[Run]) -> None:
+    """Set aside the results of runs whose settings changed (as ``result.replaced.json`` in their folders), so that
+    they are run again: a loose ``result.json`` is renamed, an archived one taken out of the archive (one rewrite
+    of each archive)."""
+    from .results import read_record
+
+    archived: dict[Path, list[str]] = {}
+    for run in runs:
+        if read_record(run.out / RESULT_FILE) is not None:
+            (run.out / RESULT_FILE).replace(run.out / REPLACED_FILE)
+        else:
+            archived.setdefault(run.root, []).append(run.name)
+    for root, names in archived.items():
+        archive.set_aside(root, names, REPLACED_FILE)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -99,7 +113,7 @@ class Conflict(str):
     of different configs share the output folder, and this sweep's run would never happen."""
 
 
-def _holder(lock: Path) -> tuple[str, str | None] | None:
+def holder(lock: Path) -> tuple[str, str | None] | None:
     """Who holds ``lock`` (``running.lock``: ``host pid key``; locks of older sweeps lack the key): (where, run
     key), or None when nobody does (no lock, an unreadable one, or one of a dead process of this machine)."""
     try:
@@ -124,7 +138,7 @@ def _conflict(run: Run, where: str, key: str) -> Conflict:
 
 def lock_conflict(run: Run) -> Conflict | None:
     """Why ``run`` is held by a live sweep process with other settings (see `Conflict`), or None."""
-    held = _holder(run.out / LOCK_FILE)
+    held = holder(run.out / LOCK_FILE)
     if held is None or held[1] is None or held[1] == run.key:
         return None
     return _conflict(run, *held)
@@ -147,7 +161,7 @@ def _claim(run: Run) -> str | None:
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            held = _holder(lock)
+            held = holder(lock)
             if held is None:
                 lock.unlink(missing_ok=True)
                 continue

@@ -1,8 +1,10 @@
 """A sweep's finished runs as tables: one row per run (``results.csv``) and one per (TempBalance run, block) for the
-α table (``alpha.csv``), read from each run's ``result.json`` and ``tempbalance/history.jsonl``."""
+α table (``alpha.csv``), read from each run's ``result.json`` and ``tempbalance/history.jsonl``, in its folder or in
+the sweep's archive (``runs.jsonl.xz``, see `recipes.sweep.archive`)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -10,7 +12,7 @@ from pathlib import Path
 
 from tb_hf.history import read_history
 
-from . import provenance
+from . import archive, provenance
 from .grid import RESULT_FILE, SIZES, Run
 
 logger = logging.getLogger("recipes.sweep")
@@ -40,30 +42,46 @@ def read_record(path: Path) -> dict | None:
 
 
 def _records(output_dir: str | Path, runs: list[Run] | None):
-    """(path, record) of every finished run under ``output_dir``; with ``runs``, only theirs, made with their
-    settings and data (a record written for other settings or data, one that stores no settings, or one for a run
-    the config no longer has, is left out). A result file that cannot be read is skipped with a warning."""
+    """(name, record, history) of every finished run under ``output_dir``, loose (``runs/<name>/result.json``) or
+    archived (``runs.jsonl.xz``; a loose record of a run takes precedence), in the order of their run folders;
+    ``history()`` reads the run's history records. With ``runs``, only theirs, made with their settings and data (a
+    record written for other settings or data, one that stores no settings, or one for a run the config no longer
+    has, is left out). A loose result file that cannot be read is skipped with a warning."""
     root = Path(output_dir)
     wanted = None if runs is None else {run.name: run for run in runs}
-    for path in sorted(root.glob(f"runs/**/{RESULT_FILE}")):
+    found = {}  # the path a loose result.json of the run has or would have -> (name, record, history)
+    for path in root.glob(f"runs/**/{RESULT_FILE}"):
         rec = read_record(path)
-        if rec is None:
-            if str(path) not in _SKIPPED:
-                _SKIPPED.add(str(path))
-                logger.warning(
-                    f"sweep: skipped {path}: not a complete result record (half-written or damaged). A run of the "
-                    "sweep without --aggregate-only runs it again."
-                )
-            continue
+        if rec is not None:
+            history = functools.partial(_loose_history, path.parent)
+            found[path] = (path.parent.relative_to(root / "runs").as_posix(), rec, history)
+    for name in archive.load(root):
+        path = root / "runs" / name / RESULT_FILE
+        rec = None if path in found else archive.record(root, name)
+        if rec is not None:
+            found[path] = (name, rec, functools.partial(archive.history, root, name))
+    for path in sorted(root.glob(f"runs/**/{RESULT_FILE}")):
+        if path not in found and str(path) not in _SKIPPED:
+            _SKIPPED.add(str(path))
+            logger.warning(
+                f"sweep: skipped {path}: not a complete result record (half-written or damaged). A run of the "
+                "sweep without --aggregate-only runs it again."
+            )
+    for path in sorted(found):
+        name, rec, history = found[path]
         if wanted is not None:
-            run = wanted.get(path.parent.relative_to(root / "runs").as_posix())
+            run = wanted.get(name)
             if run is None or provenance.changes(run, rec):
                 continue
-        yield path, rec
+        yield name, rec, history
+
+
+def _loose_history(folder: Path) -> list[dict]:
+    return read_history(folder, missing_ok=True) if (folder / "tempbalance").is_dir() else []
 
 
 def collect(output_dir: str | Path, runs: list[Run] | None = None):
-    """One row per finished run (``runs/**/result.json``) as a pandas DataFrame (scores in metric units).
+    """One row per finished run (``runs/**/result.json`` or archived) as a pandas DataFrame (scores in metric units).
 
     The model is its folder or Hub name; the size of the training subset is ``size_key`` (``fraction``,
     ``shots_per_class`` or ``max_train_samples``) and ``size``; ``lora`` says whether LoRA adapters were trained;
@@ -78,7 +96,7 @@ def collect(output_dir: str | Path, runs: list[Run] | None = None):
     import pandas as pd
 
     rows = []
-    for _, rec in _records(output_dir, runs):
+    for _, rec, _ in _records(output_dir, runs):
         res = rec["results"]
         main = res["main_metric"]
         size_key = rec.get("size_key", "fraction")  # records written before other sizes existed
@@ -141,8 +159,8 @@ def collect_alpha(output_dir: str | Path, runs: list[Run] | None = None):
     import pandas as pd
 
     rows = []
-    for path, rec in _records(output_dir, runs):
-        records = read_history(path.parent, missing_ok=True) if (path.parent / "tempbalance").is_dir() else []
+    for _, rec, history in _records(output_dir, runs):
+        records = history()
         if not records or records[0]["step"] != 0:
             continue
         first, last = records[0], records[-1]
