@@ -6,6 +6,7 @@
 # outputs/sweeps/default/{results.csv,summary.csv,summary.md,scores.png}. Finished runs are skipped when it is
 # run again. Extra arguments go to `python -m recipes.sweep` (e.g. --workers 1, --dry-run, --aggregate-only).
 set -euo pipefail
+TB_HF_EXTRAS="${TB_HF_EXTRAS:-recipes,plot}"  # what the main job needs: not the test extras (DeepSpeed, bitsandbytes)
 # shellcheck disable=SC1091
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 cd "$_tb_root"

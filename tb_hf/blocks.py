@@ -14,13 +14,14 @@ stacks) is at the top.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from torch import nn
 from transformers.utils import logging
 
 from .quantized import full_shape
 
-__all__ = ["block_stacks", "depths", "find_blocks", "parent_paths"]
+__all__ = ["Position", "block_stacks", "depths", "find_blocks", "parent_paths", "positions"]
 
 logger = logging.get_logger(__name__)
 
@@ -122,14 +123,24 @@ def _common_prefix(a: str, b: str) -> int:
     return n
 
 
-def depths(model: nn.Module, blocks: list[str] | None = None) -> dict[str, int]:
-    """Depth from the top of every trainable parameter, for a layer-wise learning-rate profile (``lr × decay^depth``).
+@dataclass(frozen=True)
+class Position:
+    """Where a parameter sits for a layer-wise profile: ``kind`` is ``"block"``, ``"embeddings"`` or ``"head"``
+    (everything else outside the blocks: classification head, pooler, final norm, a projector between stacks), and
+    ``depth`` its depth from the top of its stack (0 for the top block and the head)."""
 
-    * In block i of a stack of n blocks: ``n − 1 − i`` (the top block 0). Each stack counts on its own: T5's encoder
-      and decoder, a vision tower and a language model.
+    kind: str
+    depth: int
+
+
+def positions(model: nn.Module, blocks: list[str] | None = None) -> dict[str, Position]:
+    """The `Position` of every trainable parameter, for a layer-wise learning-rate profile.
+
+    * In block i of a stack of n blocks: depth ``n − 1 − i`` (the top block 0). Each stack counts on its own: T5's
+      encoder and decoder, a vision tower and a language model.
     * An embedding (`_is_embedding`): one below the first block of its stack, ``n`` (its stack: the one whose path
       shares the most leading names with it; the longest stack if none does, e.g. T5's ``shared``).
-    * Anything else outside the blocks (classification head, pooler, final norm, a projector between stacks): 0.
+    * Anything else outside the blocks (``"head"``: classification head, pooler, final norm, a projector): 0.
 
     ``blocks``: the paths of `find_blocks` if already known.
     """
@@ -137,16 +148,22 @@ def depths(model: nn.Module, blocks: list[str] | None = None) -> dict[str, int]:
     stacks = block_stacks(blocks)
     depth_of_block = {path: len(stack) - 1 - i for stack in stacks for i, path in enumerate(stack)}
     modules = dict(model.named_modules())
-    out: dict[str, int] = {}
+    out: dict[str, Position] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         block = next((p for p in parent_paths(name) if p in depth_of_block), None)
         if block is not None:
-            out[name] = depth_of_block[block]
+            out[name] = Position("block", depth_of_block[block])
         elif _is_embedding(name, modules):
             stack = max(stacks, key=lambda s: (_common_prefix(name, s[0].rsplit(".", 1)[0]), len(s)))
-            out[name] = len(stack)
+            out[name] = Position("embeddings", len(stack))
         else:
-            out[name] = 0
+            out[name] = Position("head", 0)
     return out
+
+
+def depths(model: nn.Module, blocks: list[str] | None = None) -> dict[str, int]:
+    """Depth from the top of every trainable parameter (`positions`: per stack, the embeddings one below the first
+    block, the head and everything else outside the blocks 0)."""
+    return {name: position.depth for name, position in positions(model, blocks).items()}

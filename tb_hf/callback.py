@@ -9,7 +9,8 @@
 On ``resume_from_checkpoint`` the factors, the interval and any pass in flight come back with the optimizer state and
 the run continues bit for bit; a resume whose checkpoint has no TempBalance state (``save_only_model=True``) or that
 changes options (the schedule, the map, the estimator, ...) makes a fresh pass at the resume step with the options now
-in force, and says so; a resume that changes what fixed the param groups (``tb_unit``, ``tb_llrd_decay``) is refused.
+in force, and says so; a resume that changes what fixed the param groups (``tb_unit``, ``tb_llrd_decay``, the head
+and embeddings ratios) is refused.
 """
 
 from __future__ import annotations

@@ -64,7 +64,9 @@ def _check_optimizer(optimizer, balancer, weight_decay: float) -> None:
     if balancer is None:
         return
     options = balancer.options
-    wanted = {"unit": options.balance.unit, "llrd_decay": options.balance.llrd_decay}
+    b = options.balance
+    wanted = {"unit": b.unit, "llrd_decay": b.llrd_decay, "head_lr_ratio": b.head_lr_ratio,
+              "embeddings_lr_ratio": b.embeddings_lr_ratio}  # fmt: skip
     for key, value in wanted.items():
         built = profile.get(key)
         if built is not None and built != value:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from . import state
-from .blocks import depths
+from .blocks import positions
 from .layers import Partition, partition_model
 from .options import BalanceOptions, TempBalanceOptions, check_range, to_float
 
@@ -70,14 +70,20 @@ def grouped(
 
 
 def lr_ratios(
-    model: nn.Module, partition: Partition, llrd_decay: float = BalanceOptions.llrd_decay
+    model: nn.Module,
+    partition: Partition,
+    llrd_decay: float = BalanceOptions.llrd_decay,
+    *,
+    head_lr_ratio: float = BalanceOptions.head_lr_ratio,
+    embeddings_lr_ratio: float = BalanceOptions.embeddings_lr_ratio,
 ) -> dict[str, float]:
     """Each trainable parameter's base learning rate relative to ``lr``: ``llrd_decay ** depth``
-    (`tb_hf.blocks.depths`: per stack, embeddings at the bottom, head and final norm at the top), 1 without a
-    profile."""
-    if llrd_decay == 1:
-        return {name: 1.0 for name, p in model.named_parameters() if p.requires_grad}
-    return {name: llrd_decay**depth for name, depth in depths(model, list(partition.blocks)).items()}
+    (`tb_hf.blocks.positions`: per stack, embeddings one below the first block, head and final norm at the top),
+    times ``head_lr_ratio`` for the head and ``embeddings_lr_ratio`` for the embeddings; 1 without a profile."""
+    extra = {"block": 1.0, "head": head_lr_ratio, "embeddings": embeddings_lr_ratio}
+    return {
+        name: llrd_decay**pos.depth * extra[pos.kind] for name, pos in positions(model, list(partition.blocks)).items()
+    }
 
 
 def build_param_groups(
@@ -88,12 +94,15 @@ def build_param_groups(
     weight_decay: float,
     decay_parameter_names: Collection[str],
     llrd_decay: float = BalanceOptions.llrd_decay,
+    head_lr_ratio: float = BalanceOptions.head_lr_ratio,
+    embeddings_lr_ratio: float = BalanceOptions.embeddings_lr_ratio,
 ) -> list[dict]:
     """Optimizer param groups: a weight-decay and a no-decay group per unit, and the same outside the units per base
     rate.
 
     A unit's groups have the base rate ``learning_rate × ratio`` of its block (`lr_ratios`; with ``llrd_decay`` < 1 a
-    layer-wise lr decay profile, 1 otherwise); the parameters outside the units are grouped by their ratio. Group 0
+    layer-wise lr decay profile, 1 otherwise; ``head_lr_ratio`` and ``embeddings_lr_ratio`` multiply the head's and
+    the embeddings' rates); the parameters outside the units are grouped by their ratio. Group 0
     is at ``learning_rate`` itself, so the Trainer's logged ``learning_rate`` (group 0's) shows the base schedule: an
     outside group with ratio 1 (the head), else an empty ``{"params": []}`` placeholder. Every group carries
     ``tb_unit`` (None outside the units), ``tb_base_lr``, ``tb_factor`` (1.0) and ``tb_base_wd``; group 0 carries
@@ -104,6 +113,8 @@ def build_param_groups(
             (the partition is stale: recompute it after changing which parameters are trainable).
     """
     llrd_decay = check_range("llrd_decay", llrd_decay, 0, 1, low_open=True, why=" (1: no depth profile)")
+    head_lr_ratio = check_range("head_lr_ratio", head_lr_ratio, 0, 100, low_open=True)
+    embeddings_lr_ratio = check_range("embeddings_lr_ratio", embeddings_lr_ratio, 0, 100, low_open=True)
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     names = [name for name in partition.params if name in trainable]
     missing = trainable - set(names)
@@ -116,7 +127,9 @@ def build_param_groups(
     learning_rate = to_float("lr", learning_rate)
     options = dict(learning_rate=learning_rate, weight_decay=to_float("weight_decay", weight_decay),
                    decay_names=decay_parameter_names)  # fmt: skip
-    ratio = lr_ratios(model, partition, llrd_decay)
+    ratio = lr_ratios(
+        model, partition, llrd_decay, head_lr_ratio=head_lr_ratio, embeddings_lr_ratio=embeddings_lr_ratio
+    )
 
     def keys(unit: str | None, r: float) -> dict:
         return {**state.group_keys(unit, learning_rate * r), "lr": learning_rate * r}
@@ -130,7 +143,8 @@ def build_param_groups(
     groups += grouped(model, [(keys(u.name, ratio[u.params[0]]), u.params) for u in partition.units], **options)
     for group in groups:
         group[state.BASE_WD] = group["weight_decay"]
-    groups[0][state.GROUPS] = {"unit": partition.unit, "llrd_decay": llrd_decay}
+    groups[0][state.GROUPS] = {"unit": partition.unit, "llrd_decay": llrd_decay, "head_lr_ratio": head_lr_ratio,
+                               "embeddings_lr_ratio": embeddings_lr_ratio}  # fmt: skip
     return groups
 
 
@@ -143,10 +157,12 @@ def tempbalance_param_groups(
     decay_parameter_names: Collection[str] | None = None,
     llrd_decay: float = BalanceOptions.llrd_decay,
     partition: Partition | None = None,
+    head_lr_ratio: float = BalanceOptions.head_lr_ratio,
+    embeddings_lr_ratio: float = BalanceOptions.embeddings_lr_ratio,
 ) -> list[dict]:
     """The param groups of `build_param_groups` for ``model`` (per unit a decay and a no-decay group, on a depth
-    profile with ``llrd_decay`` < 1). ``partition``: the model's units if already known (default:
-    ``partition_model(model, unit)``)."""
+    profile with ``llrd_decay`` < 1, the head and embeddings at their multipliers). ``partition``: the model's units
+    if already known (default: ``partition_model(model, unit)``)."""
     from .distributed import check_supported
 
     check_supported(model)  # FSDP1's flat shards hide the blocks: say so instead of "no blocks found"
@@ -159,6 +175,8 @@ def tempbalance_param_groups(
         weight_decay=weight_decay,
         decay_parameter_names=decay_parameter_names,
         llrd_decay=llrd_decay,
+        head_lr_ratio=head_lr_ratio,
+        embeddings_lr_ratio=embeddings_lr_ratio,
     )
 
 
@@ -170,6 +188,8 @@ def create_tempbalance_optimizer(
     weight_decay: float = 0.0,
     unit: str = BalanceOptions.unit,
     llrd_decay: float = BalanceOptions.llrd_decay,
+    head_lr_ratio: float = BalanceOptions.head_lr_ratio,
+    embeddings_lr_ratio: float = BalanceOptions.embeddings_lr_ratio,
     **optimizer_kwargs,
 ) -> torch.optim.Optimizer:
     """An optimizer over the per-unit param groups, peft-style: no ``TrainingArguments`` needed.
@@ -183,6 +203,8 @@ def create_tempbalance_optimizer(
         unit: ``"block"`` (one factor per transformer block) or ``"matrix"``.
         llrd_decay: A layer-wise lr decay profile under the factors (``tb_llrd_decay``; 1: none). With
             ``TempBalanceCallback(preset="llrd", llrd_decay=...)`` this is LLRD.
+        head_lr_ratio: The head's (pooler's, final norm's) rate relative to the top block's (``tb_head_lr_ratio``).
+        embeddings_lr_ratio: A multiplier on the embeddings' rate (``tb_embeddings_lr_ratio``).
         **optimizer_kwargs: Passed to ``optimizer_cls`` (``betas``, ``eps``, ...).
 
     Example:
@@ -213,7 +235,10 @@ def create_tempbalance_optimizer(
     if optimizer_cls is None or lr is None:
         raise TypeError("create_tempbalance_optimizer(model, optimizer_cls, *, lr, ...) needs optimizer_cls and lr")
     lr = check_range("lr", lr, 0, float("inf"), low_open=True)
-    groups = tempbalance_param_groups(model, lr=lr, weight_decay=weight_decay, unit=unit, llrd_decay=llrd_decay)
+    profile = dict(
+        unit=unit, llrd_decay=llrd_decay, head_lr_ratio=head_lr_ratio, embeddings_lr_ratio=embeddings_lr_ratio
+    )
+    groups = tempbalance_param_groups(model, lr=lr, weight_decay=weight_decay, **profile)
     return optimizer_cls(groups, lr=lr, **optimizer_kwargs)
 
 
@@ -250,6 +275,8 @@ def optimizer_from_args(
         decay_parameter_names=decay_names,
         llrd_decay=options.balance.llrd_decay,
         partition=partition,
+        head_lr_ratio=options.balance.head_lr_ratio,
+        embeddings_lr_ratio=options.balance.embeddings_lr_ratio,
     )
     if is_optimizer_factory(cls) or "params" in kwargs or "model" in kwargs:
         raise ValueError(

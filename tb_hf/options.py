@@ -138,6 +138,8 @@ class BalanceOptions:
     balance: Balanced = "lr"
     mapping: Mapping = "linear"
     llrd_decay: float = 1.0
+    head_lr_ratio: float = 1.0
+    embeddings_lr_ratio: float = 1.0
     lr_min: float = 0.5
     lr_max: float = 1.5
     sigmoid_tau: float = 10.0
@@ -243,6 +245,8 @@ class TempBalanceOptions:
         parts = [f"tb_preset={self.preset!r}" if self.preset else "no preset", f"{b.unit} units"]
         if b.llrd_decay != 1:
             parts.append(f"depth profile llrd_decay={b.llrd_decay:g}")
+        if b.head_lr_ratio != 1 or b.embeddings_lr_ratio != 1:
+            parts.append(f"head x{b.head_lr_ratio:g}, embeddings x{b.embeddings_lr_ratio:g}")
         if b.balances_lr:
             parts.append(b.map_text())
         if b.balances_wd:
@@ -397,6 +401,8 @@ _CHECKS = {
     "tb_balance": _choice(BALANCED),
     "tb_mapping": _choice(MAPPINGS),
     "tb_llrd_decay": _real(0, 1, low_open=True, why=" (1: no depth profile)"),
+    "tb_head_lr_ratio": _real(0, 100, low_open=True, why=" (the head's rate / the top block's)"),
+    "tb_embeddings_lr_ratio": _real(0, 100, low_open=True, why=" (a multiple of the embeddings' rate)"),
     "tb_lr_min": _real(0, 100, low_open=True),
     "tb_lr_max": _real(0, 100, low_open=True),
     "tb_sigmoid_tau": _real(0, 1000, low_open=True),
@@ -615,6 +621,16 @@ class TempBalanceArguments:
         "Depth profile under the alpha factors (layer-wise lr decay): the unit in block b of a stack of L gets base "
         "rate learning_rate * decay^(L-1-b), the embeddings decay^L, the head and final norm 1, and the alpha factor "
         "multiplies that. 1: no depth profile (TempBalance).",
+    )
+    tb_head_lr_ratio: float | None = _option(
+        "tb_head_lr_ratio",
+        "The learning rate of the parameters above the blocks (classification head, pooler, final norm) relative to "
+        "the top block's, for every profile (as LoRA+ gives LoRA's B matrices their own rate).",
+    )
+    tb_embeddings_lr_ratio: float | None = _option(
+        "tb_embeddings_lr_ratio",
+        "A multiplier on the embeddings' learning rate (on top of the depth profile, which puts them one below the "
+        "first block), for every profile.",
     )
     # The learning-rate map's parameters.
     tb_lr_min: float | None = _option(

@@ -16,7 +16,8 @@ Run level, in group 0 (so the group order is part of the contract: `tb_hf.optim`
 * ``tb_interval`` / ``tb_lag``: the recompute interval in force and the asynchronous lag (absent until decided);
 * ``tb_pass_seconds``: the cost of the first pass (for ``tb_update_steps="auto"``);
 * ``tb_pending``: an asynchronous pass in flight (its steps, metrics and timing);
-* ``tb_groups``: the profile the groups were built for (``unit``, ``llrd_decay``); checkpoints of older versions
+* ``tb_groups``: the profile the groups were built for (``unit``, ``llrd_decay``, ``head_lr_ratio``,
+  ``embeddings_lr_ratio``); checkpoints of older versions
   have ``tb_llrd_decay`` alone (absent: no depth profile).
 
 Checkpoints written before a key existed resume with its default.
@@ -43,7 +44,7 @@ _RUN_KEYS = (OPTIONS, INTERVAL, PASS_SECONDS)  # one of them in group 0: the sta
 
 
 #: Options that fixed the param groups when the optimizer was built: a resume cannot change them.
-RESUME_FIXED = ("tb_unit", "tb_llrd_decay")
+RESUME_FIXED = ("tb_unit", "tb_llrd_decay", "tb_head_lr_ratio", "tb_embeddings_lr_ratio")
 
 
 def options_of(options) -> dict:

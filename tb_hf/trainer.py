@@ -138,6 +138,41 @@ class TempBalanceMixin:
             )
         return super().create_optimizer(model)
 
+    def hyperparameter_search(self, hp_space=None, *args, **kwargs):
+        """`transformers.Trainer.hyperparameter_search`, where every ``tb_*`` value (and ``learning_rate``) a trial
+        sets is the one that trains that trial: the options are resolved again per trial (a ``tb_preset`` a trial
+        sets fills what that trial leaves unset), every trial starts from the ``tb_*`` values the arguments had before
+        the search (nothing of an earlier trial's settings stays), and a name the arguments do not have is refused
+        before the trial trains (the Trainer alone would only warn and ignore it). `tb_hf.tuning.hp_space` gives the
+        study's search spaces."""
+        fields = set(type(self.args).__dataclass_fields__)
+
+        def checked(trial):
+            params = hp_space(trial) if hp_space is not None else {}
+            unknown = sorted(set(params) - fields)
+            if unknown:
+                tb = sorted(f for f in fields if f.startswith("tb_"))
+                raise ValueError(
+                    f"The search space sets {unknown}, which {type(self.args).__name__} does not have: the trial "
+                    f"would train without them. Use its fields (the tb_* options are {tb}), e.g. "
+                    "tb_hf.tuning.hp_space(...)."
+                )
+            return params
+
+        self._tb_before_search = {name: getattr(self.args, name) for name in fields if name.startswith("tb_")}
+        try:
+            return super().hyperparameter_search(checked if hp_space is not None else None, *args, **kwargs)
+        finally:
+            self._tb_before_search = None
+
+    def _hp_search_setup(self, trial):
+        if getattr(self, "_tb_before_search", None) and trial is not None:
+            for name, value in self._tb_before_search.items():  # each trial from the same starting point
+                setattr(self.args, name, value)
+        super()._hp_search_setup(trial)
+        if trial is not None and self.hp_search_backend is not None:
+            self.tb_options  # noqa: B018 - the trial's options checked now, before its model is built
+
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         if resume_from_checkpoint is True:  # the last checkpoint written to the end, not one cut short by a crash
             found = last_complete_checkpoint(self.args.output_dir)

@@ -22,7 +22,8 @@ def test_without_a_depth_profile_the_layout_is_outside_first_then_each_unit():
     assert [g["tb_unit"] for g in groups] == [None, None] + ["bert.encoder.layer.0"] * 2 + ["bert.encoder.layer.1"] * 2
     assert {g["lr"] for g in groups} == {g["tb_base_lr"] for g in groups} == {1e-3}
     assert [g["weight_decay"] for g in groups] == [0.1, 0.0] * 3 == [g["tb_base_wd"] for g in groups]
-    assert groups[0]["tb_groups"] == {"unit": "block", "llrd_decay": 1.0}
+    assert groups[0]["tb_groups"] == {"unit": "block", "llrd_decay": 1.0, "head_lr_ratio": 1.0,
+                                      "embeddings_lr_ratio": 1.0}  # fmt: skip
     assert any("embeddings" in n for n in _names(model, groups[0])) and any(
         "classifier" in n for n in _names(model, groups[0])
     )
@@ -42,7 +43,8 @@ def test_depth_profile_gives_each_block_its_decayed_base_rate():
         ("bert.encoder.layer.1", 1e-3, 1e-3, 0.1),  # the top block: 0.5^0
         ("bert.encoder.layer.1", 1e-3, 1e-3, 0.0),
     ]
-    assert groups[0]["tb_groups"] == {"unit": "block", "llrd_decay": 0.5}
+    assert groups[0]["tb_groups"] == {"unit": "block", "llrd_decay": 0.5, "head_lr_ratio": 1.0,
+                                      "embeddings_lr_ratio": 1.0}  # fmt: skip
     assert all("pooler" in n or "classifier" in n for n in _names(model, groups[0]) + _names(model, groups[1]))
     assert all("embeddings" in n for n in _names(model, groups[2]) + _names(model, groups[3]))
     # matrix units take their block's depth
@@ -265,3 +267,61 @@ def test_llrd_resumed_with_another_decay_is_refused(tmp_path):
     again = LLRDTrainer(model=ARCHS["bert"][0](), args=args, train_dataset=dataset_for(model), llrd_decay=0.5)
     with pytest.raises(ValueError, match=r"written with tb_llrd_decay=0.9 \(now 0.5\)"):
         again.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+
+
+@pytest.mark.parametrize("preset", ["tempbalance", "llrd"])
+def test_head_and_embeddings_multipliers_apply_to_every_profile_and_every_entry_point(tmp_path, preset):
+    """The head's rate relative to the top block (LoRA+'s idea for B) and a multiplier on the embeddings', through
+    the config, the callback's optimizer and create_tempbalance_optimizer alike."""
+    from tb_hf import TempBalanceConfig
+    from tb_hf.blocks import positions
+
+    model = ARCHS["bert"][0]()
+    kind = {n: p.kind for n, p in positions(model).items()}
+    decay = 0.5 if preset == "llrd" else 1.0
+    args = TempBalanceConfig(
+        output_dir=str(tmp_path),
+        learning_rate=1e-3,
+        tb_preset=preset,
+        tb_head_lr_ratio=4.0,
+        tb_embeddings_lr_ratio=0.1,
+        **({"tb_llrd_decay": decay} if preset == "llrd" else {}),
+    )
+    trainer = TempBalanceTrainer(model=model, args=args, train_dataset=dataset_for(model))
+    trainer.create_optimizer()
+    direct = create_tempbalance_optimizer(model, torch.optim.AdamW, lr=1e-3, llrd_decay=decay, head_lr_ratio=4.0,
+                                          embeddings_lr_ratio=0.1)  # fmt: skip
+    for optimizer in (trainer.optimizer, direct):
+        lr = _lrs_by_parameter(model, optimizer)
+        assert lr["classifier.weight"] == lr["bert.pooler.dense.weight"] == pytest.approx(4e-3)  # the head: 4x
+        assert kind["bert.embeddings.LayerNorm.weight"] == "embeddings"
+        assert lr["bert.embeddings.word_embeddings.weight"] == pytest.approx(1e-3 * decay**2 * 0.1)
+        assert lr["bert.encoder.layer.1.output.dense.weight"] == pytest.approx(1e-3)  # the top block unchanged
+    for bad in (0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match=r"tb_head_lr_ratio must be a finite number in \(0, 100\]"):
+            TempBalanceConfig(output_dir=str(tmp_path), tb_head_lr_ratio=bad)
+
+
+def test_a_vision_language_model_counts_depth_per_stack():
+    """A tiny LLaVA (CLIP vision tower + LLaMA language model): each stack's top block at depth 0, each stack's
+    embeddings one below its first block, the projector between them at the top."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    from tb_hf.blocks import block_stacks, find_blocks, positions
+
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+                              image_size=32, patch_size=8, projection_dim=32)  # fmt: skip
+    text = LlamaConfig(vocab_size=120, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                       num_key_value_heads=2)  # fmt: skip
+    model = LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=text, image_token_index=100))
+    stacks = block_stacks([path for path, _ in find_blocks(model)])
+    assert [len(s) for s in stacks] == [3, 2]
+    pos = positions(model)
+    vision_top = stacks[0][-1] + ".mlp.fc1.weight"
+    text_top = stacks[1][-1] + ".mlp.up_proj.weight"
+    assert pos[vision_top].depth == pos[text_top].depth == 0
+    assert pos[stacks[0][0] + ".mlp.fc1.weight"].depth == 2 and pos[stacks[1][0] + ".mlp.up_proj.weight"].depth == 1
+    embeddings = {n: p for n, p in pos.items() if p.kind == "embeddings"}
+    assert {p.depth for n, p in embeddings.items() if "vision" in n} == {3}
+    assert {p.depth for n, p in embeddings.items() if "embed_tokens" in n} == {2}
+    assert all(p.kind == "head" and p.depth == 0 for n, p in pos.items() if "multi_modal_projector" in n)
