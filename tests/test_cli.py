@@ -381,40 +381,6 @@ def test_alpha_noise_script(saved_model, tmp_path, capsys):
     assert "std over units / median se" in text
 
 
-def test_choose_lr_script(tmp_path, capsys):
-    """scripts/choose_lr.py: the rate with the best mean final holdout score over the (task, seed) runs finished at
-    every rate, never one chosen on dev."""
-    import importlib.util
-
-    script = Path(__file__).resolve().parents[1] / "scripts" / "choose_lr.py"
-    spec = importlib.util.spec_from_file_location("choose_lr", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    rows = [  # 1e-4 is best on the pairs complete at every rate; 3e-4 would look best only for its missing rte run
-        ("sst2", 1, 1e-4, 0.80), ("sst2", 1, 3e-4, 0.82), ("sst2", 1, 3e-5, 0.70),
-        ("sst2", 2, 1e-4, 0.84), ("sst2", 2, 3e-4, 0.80), ("sst2", 2, 3e-5, 0.72),
-        ("rte", 1, 1e-4, 0.60), ("rte", 1, 3e-5, 0.58),
-    ]  # fmt: skip
-    path = tmp_path / "results.csv"
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["task", "seed", "learning_rate", "final", "eval_split"])
-        writer.writerows([(*row, "train_holdout") for row in rows])
-    assert module.main([str(path)]) == 0
-    captured = capsys.readouterr()
-    assert captured.out.strip() == "0.0001"
-    assert "82.00" in captured.err and "81.00" in captured.err  # 1e-4 and 3e-4 over the 2 complete sst2 seeds
-
-    other = tmp_path / "other.csv"
-    other.write_text("task,seed,final\nsst2,1,0.5\n")
-    assert module.main([str(other)]) == 2
-    assert "no column(s) ['eval_split', 'learning_rate']" in capsys.readouterr().err
-
-    path.write_text(path.read_text().replace("train_holdout", "validation", 1))
-    assert module.main([str(path)]) == 2
-    assert "not only on held-out training examples" in capsys.readouterr().err
-
-
 @pytest.mark.slow  # shares the training run above
 def test_history_records_the_fit_error_of_alpha(training_run):
     """Each history record carries, beside each unit's α, its standard error from the fits: positive, finite and
