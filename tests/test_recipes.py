@@ -123,6 +123,28 @@ def test_run_glue_end_to_end(tmp_path, tokenizer, task, method, extra):
         assert {"eval_pearson", "eval_spearmanr"} <= results.keys()
 
 
+@pytest.mark.slow  # 8 short trainings and the final one
+@needs_glue
+def test_run_glue_chooses_the_profile_on_the_training_subset(tmp_path, tokenizer):
+    margs, dargs, targs = recipe_args(tmp_path, task_name="sst2", method="tempbalance", search_profile="llrd",
+                                      search_folds=2, stratify=True, tb_update_steps=None)  # fmt: skip
+    results = run_glue.main(margs, dargs, targs, model=tiny_bert(2, len(tokenizer)), tokenizer=tokenizer)
+    search = results["search"]
+    decays = [entry["setting"]["tb_llrd_decay"] for entry in search["scores"]]
+    assert decays == [0.8, 0.85, 0.9, 0.95] and all(len(e["per_split"]) == 2 for e in search["scores"])
+    assert search["splits"] == [{"train": 12, "eval": 12}] * 2  # the 24 training examples, never the dev set
+    chosen = search["best"]["tb_llrd_decay"]
+    first = json.loads((Path(targs.output_dir) / "tempbalance" / "history.jsonl").read_text().splitlines()[0])
+    assert first["options"]["tb_preset"] == "llrd" and first["options"]["tb_llrd_decay"] == chosen
+    assert first["lr_scale"]["bert.encoder.layer.0"] == pytest.approx(chosen)  # the final run trains the choice
+    with pytest.raises(ValueError, match="--search_profile chooses a tb_hf profile, so it needs --method tempbalance"):
+        run_glue.parse_args(["--output_dir", "x", "--method", "llrd", "--search_profile", "llrd"])
+    with pytest.raises(ValueError, match="--search_profile llrd trains that preset .* --tb_preset is se"):
+        run_glue.parse_args(["--output_dir", "x", "--search_profile", "llrd", "--tb_preset", "se"])
+    with pytest.raises(ValueError, match="tb_update_steps='4' has no effect"):  # at parsing, not after the model loads
+        run_glue.parse_args(["--output_dir", "x", "--search_profile", "llrd", "--tb_update_steps", "4"])
+
+
 @needs_glue
 def test_same_seed_same_subset(tmp_path, tokenizer):
     picks = []

@@ -111,6 +111,24 @@ class ModelArguments:
         metadata={"help": "Module names to adapt (e.g. query value, or q_proj v_proj); default: peft's per model."},
     )
     use_rslora: bool = field(default=False, metadata={"help": "Rank-stabilised LoRA (scaling alpha/sqrt(r))."})
+    search_profile: str | None = field(
+        default=None,
+        metadata={
+            "help": "With --method tempbalance: choose this preset's free parameter (e.g. 'llrd': the decay, over "
+            "0.8-0.95) on the training subset before training, by tb_hf.tuning.search_profile (k-fold cross-"
+            "validation over the training examples, or a holdout when there are 1,000 or more; the evaluation set "
+            "is never used), then train on the whole subset with the chosen value.",
+            "choices": ["tempbalance", "model-balancing", "llrd", "llrd-alpha", "se", "alphadecay"],
+        },
+    )
+    search_folds: int | None = field(
+        default=None,
+        metadata={"help": "Folds of the profile search (default: 4, or a holdout of 200 from 1,000 examples)."},
+    )
+    search_metric: str = field(
+        default="eval_loss",
+        metadata={"help": "What the profile search compares on the held-out folds (eval_loss, eval_accuracy, ...)."},
+    )
     save_model: bool = field(default=False, metadata={"help": "Save the final model/adapter into output_dir."})
     dtype: str = field(
         default="float32",
@@ -128,6 +146,17 @@ class ModelArguments:
             raise ValueError(f"--method must be one of {METHODS}, got {self.method!r}.")
         if self.llrd_decay is not None and not 0 < self.llrd_decay <= 1:
             raise ValueError(f"--llrd_decay must be in (0, 1], got {self.llrd_decay}.")
+        if self.search_profile is not None and self.method != "tempbalance":
+            raise ValueError(
+                f"--search_profile chooses a tb_hf profile, so it needs --method tempbalance (got {self.method!r}); "
+                "for LLRD: --method tempbalance --search_profile llrd."
+            )
+        if self.search_profile is None and self.search_folds is not None:
+            raise ValueError(
+                "--search_folds applies to --search_profile: add --search_profile llrd (say), or drop it."
+            )
+        if self.search_folds is not None and self.search_folds < 2:
+            raise ValueError(f"--search_folds must be >= 2, got {self.search_folds}.")
         if self.lora_r is not None and self.lora_r < 1:
             raise ValueError(f"--lora_r must be >= 1 (or unset for full fine-tuning), got {self.lora_r}.")
         if self.lora_r is None:
@@ -301,6 +330,17 @@ def _check_method_options(model_args: ModelArguments, training_args: TempBalance
     from tb_hf.options import explicit_options
 
     given = explicit_options(training_args)
+    search = model_args.search_profile
+    if search is not None and given.get("tb_preset", search) != search:
+        raise ValueError(
+            f"--search_profile {search} trains that preset with its parameter chosen by the search, and --tb_preset "
+            f"is {given['tb_preset']}: drop one of the two."
+        )
+    if search is not None:  # every setting the search will train, checked with the other options now
+        from tb_hf.tuning import search_space
+
+        for setting in search_space(search):
+            dataclasses.replace(training_args, **setting)
     if model_args.method == "llrd":
         clash = [name for name in ("tb_preset", "tb_llrd_decay") if name in given]
         if clash:
@@ -581,6 +621,10 @@ def main(
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=glue_compute_metrics(task.metric_config, is_regression=task.is_regression),
     )
+    search = None
+    if model_args.search_profile is not None:  # the preset's parameter chosen on the training subset alone
+        search = _search_profile(model_args, training_args, model, train_ds, common)
+        training_args = common["args"] = search.apply(training_args)
     if model_args.method == "tempbalance":
         trainer = TempBalanceTrainer(**common)
     elif model_args.method == "llrd":
@@ -613,6 +657,8 @@ def main(
     }
     if model_args.method == "tempbalance":  # the recompute interval in force (decided at step 3 under 'auto')
         summary["tb_update_interval"] = trainer.tempbalance.schedule.interval
+    if search is not None:
+        summary["search"] = search.to_dict()
     all_results = train_metrics | eval_metrics | summary
     trainer.save_metrics("train", train_metrics, combined=False)  # these write on the main process only
     trainer.save_metrics("eval", eval_metrics, combined=False)
@@ -621,6 +667,22 @@ def main(
     if model_args.save_model:
         trainer.save_model()
     return all_results
+
+
+def _search_profile(model_args: ModelArguments, training_args, model, train_ds, common: dict):
+    """--search_profile: tb_hf.tuning.search_profile over the training subset (the model's starting weights copied
+    for every fold), with the recipe's collator and metrics."""
+    import copy
+
+    from tb_hf.tuning import search_profile
+
+    template = copy.deepcopy(model)
+    extra = {k: common[k] for k in ("processing_class", "data_collator", "compute_metrics")}
+    found = search_profile(lambda: copy.deepcopy(template), training_args, train_ds, preset=model_args.search_profile,
+                           folds=model_args.search_folds, label_column="label", metric=model_args.search_metric,
+                           **extra)  # fmt: skip
+    logger.info(f"profile search: chose {found.best} in {found.seconds:.0f} s ({model_args.search_metric})")
+    return found
 
 
 def cli(argv: list[str] | None = None) -> dict:
