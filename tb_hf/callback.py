@@ -83,6 +83,7 @@ class TempBalanceCallback(TrainerCallback):
 
     @torch.no_grad()
     def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
+        args, model = _trainer_view(args, model, kwargs)
         if self.balancer is None or self.own_balancer:  # a plain Trainer: options as the args say now
             options = resolve_options(tb_source(args, self.user_options))  # its optimizer may set its own decay
             self.balancer, self.own_balancer = Balancer(model, options), True
@@ -116,6 +117,7 @@ class TempBalanceCallback(TrainerCallback):
 
     @torch.no_grad()
     def on_optimizer_step(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
+        args, model = _trainer_view(args, model, kwargs)
         done, b = state.global_step + 1, self.balancer  # optimizer steps completed, this one included
         if b.pending is not None and done == b.pending.apply_step:
             self._report(args, state, b.apply_pending(optimizer, lr_scheduler))
@@ -186,6 +188,12 @@ class TempBalanceCallback(TrainerCallback):
             epoch = update.step / self.steps_per_epoch if self.steps_per_epoch else (state.epoch or 0.0)
             options = b.options.to_dict() if first else None
             append_history(args.output_dir, update_record(update, epoch, b.lr_ratios, options))
+
+
+def _trainer_view(args, model, kwargs):
+    """The arguments and model of the Trainer that trains: SetFit's body trainer passes callbacks its SetFit arguments
+    and model, and the sentence-transformer body's as ``st_args`` / ``st_model``."""
+    return kwargs.get("st_args", args), kwargs.get("st_model", model)
 
 
 def _steps_per_epoch(args, state, train_dataloader) -> int | None:

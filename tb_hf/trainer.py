@@ -90,6 +90,11 @@ class TempBalanceMixin:
 
     def __init__(self, *args, tb_args: TempBalanceArguments | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self._tb_setup(tb_args)
+
+    def _tb_setup(self, tb_args: TempBalanceArguments | None) -> None:
+        """What the mixin adds to a constructed Trainer: the checks, the callback, and (for an optimizer passed in
+        ``optimizers=``) its profile's check. `tb_hf.setfit` calls it on SetFit's body trainer."""
         validate(self.model, self.args)  # a model without blocks, a DeepSpeed optimizer: refused before any training
         self.tempbalance = TempBalanceCallback(tb_args)
         self.add_callback(self.tempbalance)

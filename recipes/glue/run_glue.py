@@ -55,6 +55,7 @@ import re
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,7 +78,7 @@ if TYPE_CHECKING:
 
 logger = logging.get_logger("tb_hf.recipes.run_glue")
 
-METHODS = ("ft", "tempbalance", "llrd")
+METHODS = ("ft", "tempbalance", "llrd", "setfit")
 #: The model arguments that only act on LoRA (so they are refused without --lora_r, instead of silently ignored).
 LORA_ONLY = ("lora_alpha", "lora_dropout", "lora_target_modules", "use_rslora")
 
@@ -93,7 +94,9 @@ class ModelArguments:
         default="tempbalance",
         metadata={
             "help": "'ft' (plain fine-tuning), 'tempbalance' (with the --tb_* options; --tb_estimator farms for "
-            "FARMS alpha) or 'llrd' (layer-wise lr decay, --llrd_decay).",
+            "FARMS alpha), 'llrd' (layer-wise lr decay, --llrd_decay) or 'setfit' (SetFit: contrastive fine-tuning "
+            "of a sentence-transformer body, then a head; the --setfit_* options; with --tb_* options, e.g. "
+            "--tb_preset llrd, the body trains with that layer-wise profile).",
             "choices": list(METHODS),
         },
     )
@@ -129,6 +132,35 @@ class ModelArguments:
         default="eval_loss",
         metadata={"help": "What the profile search compares on the held-out folds (eval_loss, eval_accuracy, ...)."},
     )
+    setfit_num_iterations: int | None = field(
+        default=None, metadata={"help": "SetFit: pairs drawn per training example (unset: SetFit's default, 20)."}
+    )
+    setfit_body_learning_rate: float | None = field(
+        default=None, metadata={"help": "SetFit: the body's learning rate (unset: SetFit's 2e-5)."}
+    )
+    setfit_num_epochs: int | None = field(
+        default=None, metadata={"help": "SetFit: epochs of the contrastive phase (unset: SetFit's 1)."}
+    )
+    setfit_batch_size: int | None = field(
+        default=None, metadata={"help": "SetFit: batch size of the contrastive phase (unset: SetFit's 16)."}
+    )
+    setfit_head: str = field(
+        default="logistic",
+        metadata={
+            "help": "SetFit's head: 'logistic' (scikit-learn, SetFit's default) or 'differentiable' (a torch head).",
+            "choices": ["logistic", "differentiable"],
+        },
+    )
+    setfit_end_to_end: bool = field(
+        default=False,
+        metadata={"help": "SetFit with the differentiable head: train body and head together after the pairs."},
+    )
+    setfit_head_learning_rate: float | None = field(
+        default=None, metadata={"help": "SetFit, differentiable head: its learning rate (unset: SetFit's 1e-2)."}
+    )
+    setfit_head_epochs: int | None = field(
+        default=None, metadata={"help": "SetFit, differentiable head: its epochs (unset: SetFit's 16)."}
+    )
     save_model: bool = field(default=False, metadata={"help": "Save the final model/adapter into output_dir."})
     dtype: str = field(
         default="float32",
@@ -157,6 +189,21 @@ class ModelArguments:
             )
         if self.search_folds is not None and self.search_folds < 2:
             raise ValueError(f"--search_folds must be >= 2, got {self.search_folds}.")
+        setfit_set = [f"--{f.name}" for f in dataclasses.fields(self)
+                      if f.name.startswith("setfit_") and getattr(self, f.name) != f.default]  # fmt: skip
+        if setfit_set and self.method != "setfit":
+            raise ValueError(f"{', '.join(setfit_set)} apply with --method setfit (got {self.method!r}): drop them.")
+        if self.setfit_end_to_end and self.setfit_head != "differentiable":
+            raise ValueError("--setfit_end_to_end trains a differentiable head with the body: add --setfit_head "
+                             "differentiable.")  # fmt: skip
+        if self.setfit_head != "differentiable" and any(
+            getattr(self, n) is not None for n in ("setfit_head_learning_rate", "setfit_head_epochs")
+        ):
+            raise ValueError(
+                "--setfit_head_learning_rate / --setfit_head_epochs apply to --setfit_head differentiable."
+            )
+        if self.method == "setfit" and self.lora_r is not None:
+            raise ValueError("--method setfit fine-tunes the whole body; LoRA (--lora_r) is not supported with it.")
         if self.lora_r is not None and self.lora_r < 1:
             raise ValueError(f"--lora_r must be >= 1 (or unset for full fine-tuning), got {self.lora_r}.")
         if self.lora_r is None:
@@ -349,18 +396,18 @@ def _check_method_options(model_args: ModelArguments, training_args: TempBalance
                 f"{', '.join(f'--{n} {given[n]}' for n in clash)} would not apply to it: give the decay as "
                 "--llrd_decay, or use --method tempbalance for a --tb_preset (e.g. llrd-alpha, α on top of the depth)."
             )
-    if model_args.method != "tempbalance" and given:
+    if model_args.method not in ("tempbalance", "setfit") and given:
         logger.warning(
-            f"{', '.join(f'--{name}' for name in given)} not used: they only apply with --method tempbalance, and "
-            f"--method is {model_args.method!r}."
+            f"{', '.join(f'--{name}' for name in given)} not used: they only apply with --method tempbalance (or "
+            f"setfit), and --method is {model_args.method!r}."
         )
         for name in given:
             setattr(training_args, name, None)
     if model_args.method != "llrd" and model_args.llrd_decay is not None:
-        if model_args.method == "tempbalance":
+        if model_args.method in ("tempbalance", "setfit"):
             raise ValueError(
-                "--llrd_decay only applies with --method llrd, and --method is 'tempbalance': for LLRD's depth "
-                "profile under TempBalance use --tb_llrd_decay; or set --method llrd."
+                f"--llrd_decay only applies with --method llrd, and --method is {model_args.method!r}: for LLRD's "
+                "depth profile use --tb_preset llrd --tb_llrd_decay 0.9 (say); or set --method llrd."
             )
         logger.warning(
             f"--llrd_decay not used: it only applies with --method llrd, and --method is {model_args.method!r}."
@@ -537,7 +584,9 @@ def main(
     data = data or prepare_data(data_args, training_args)
     raw, task, indices, subset_seed = data.raw, data.task, data.indices, data.subset_seed
     train_raw, eval_raw = data.train, data.eval
-    if model is not None and model.config.num_labels != task.num_labels:
+    if model_args.method == "setfit" and task.is_regression:
+        raise ValueError(f"--method setfit classifies, and {task.name} is a regression task: use another --method.")
+    if model is not None and model_args.method != "setfit" and model.config.num_labels != task.num_labels:
         raise ValueError(
             f"The model has {model.config.num_labels} labels but task {task.name} needs {task.num_labels}."
         )
@@ -559,6 +608,9 @@ def main(
         }
         with open(Path(training_args.output_dir) / "train_subset.json", "w") as f:
             json.dump(subset, f)
+
+    if model_args.method == "setfit":
+        return _main_setfit(model_args, data_args, training_args, data, model_path, start, model=model)
 
     # 2. Tokenizer and model.
     set_seed(training_args.seed)
@@ -666,6 +718,80 @@ def main(
     trainer.save_state()
     if model_args.save_model:
         trainer.save_model()
+    return all_results
+
+
+def setfit_texts(dataset, columns: Sequence[str], sep: str) -> list[str]:
+    """The texts SetFit reads: one column as it is; a sentence pair (MRPC, RTE) joined as ``"first {sep} second"``
+    with the tokenizer's separator (SetFit encodes one text per example)."""
+    if len(columns) == 1:
+        return list(dataset[columns[0]])
+    return [f"{a} {sep} {b}" for a, b in zip(dataset[columns[0]], dataset[columns[1]], strict=True)]
+
+
+def _main_setfit(model_args, data_args, training_args, data, model_path, start, model=None) -> dict:
+    """--method setfit: SetFit on the same subsets, evaluation set, seed and metrics as the other methods, with the
+    body trained by `tb_hf.setfit.TempBalanceSetFitTrainer` when --tb_* options name a profile."""
+    import numpy as np
+    from datasets import Dataset
+    from setfit import SetFitModel
+    from setfit import Trainer as SetFitTrainer
+    from setfit import TrainingArguments as SetFitArguments
+    from transformers import EvalPrediction, set_seed
+
+    from recipes.metrics import glue_compute_metrics
+    from tb_hf import TempBalanceArguments
+    from tb_hf.options import explicit_options
+
+    task, m = data.task, model_args
+    set_seed(training_args.seed)
+    differentiable = m.setfit_head == "differentiable"
+    if model is None:
+        head = {"out_features": task.num_labels} if differentiable else None
+        model = SetFitModel.from_pretrained(model_path, use_differentiable_head=differentiable, head_params=head)
+    sep = getattr(model.model_body.tokenizer, "sep_token", None) or "|"
+    train = Dataset.from_dict({"text": setfit_texts(data.train, task.text_columns, sep), "label": data.train["label"]})
+    options = dict(
+        output_dir=training_args.output_dir, seed=training_args.seed, max_length=data_args.max_seq_length,
+        num_iterations=m.setfit_num_iterations, end_to_end=m.setfit_end_to_end,
+        head_learning_rate=m.setfit_head_learning_rate, report_to="none", save_strategy="no",
+        show_progress_bar=False, logging_strategy="no",
+    )  # fmt: skip
+    for name, default in (("body_learning_rate", 2e-5), ("num_epochs", 1), ("batch_size", 16)):
+        value = getattr(m, f"setfit_{name}")
+        head_value = {"body_learning_rate": 1e-5, "num_epochs": m.setfit_head_epochs or 16, "batch_size": 2}[name]
+        options[name] = (default if value is None else value, head_value)
+    if m.setfit_body_learning_rate is not None:
+        options["body_learning_rate"] = (m.setfit_body_learning_rate, m.setfit_body_learning_rate)
+    args = SetFitArguments(**{k: v for k, v in options.items() if v is not None})
+    profile = explicit_options(training_args)
+    if profile:
+        from tb_hf.setfit import TempBalanceSetFitTrainer
+
+        trainer = TempBalanceSetFitTrainer(model=model, args=args, train_dataset=train,
+                                           tb_args=TempBalanceArguments(**profile))  # fmt: skip
+    else:
+        trainer = SetFitTrainer(model=model, args=args, train_dataset=train)
+    trained = time.time()
+    trainer.train()
+    train_seconds = time.time() - trained
+    probabilities = np.asarray(model.predict_proba(setfit_texts(data.eval, task.text_columns, sep), as_numpy=True))
+    scores = glue_compute_metrics(task.metric_config)(EvalPrediction(probabilities, np.asarray(data.eval["label"])))
+    eval_metrics = {f"eval_{k}": float(v) for k, v in scores.items()} | {"eval_samples": len(data.eval)}
+    key = f"eval_{task.main_metric}"
+    summary = {
+        "task": task.name, "method": "setfit", "lora": False, "seed": training_args.seed,
+        "main_metric": task.main_metric, "eval_split": data.eval_split, "final_epoch": None, "best_epoch": None,
+        "wall_seconds": time.time() - start, "epoch_scores": [eval_metrics[key]],
+        "setfit_profile": profile.get("tb_preset", "custom") if profile else None,
+        **{f"best_{k}": v for k, v in eval_metrics.items() if k != "eval_samples"},
+    }  # fmt: skip
+    train_metrics = {"train_runtime": train_seconds, "train_samples": len(train)}
+    all_results = train_metrics | eval_metrics | summary
+    if training_args.process_index == 0:
+        for name, values in (("train", train_metrics), ("eval", eval_metrics), ("all", all_results)):
+            with open(Path(training_args.output_dir) / f"{name}_results.json", "w") as f:
+                json.dump(values, f, indent=2)
     return all_results
 
 
