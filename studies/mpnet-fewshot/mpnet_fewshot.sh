@@ -5,7 +5,7 @@
 # order of priority, two single-threaded workers at nice 10 (so other work on the machine keeps its CPU):
 #   1. FT against TempBalance-MB at 16 examples per class, every task and seed, then the frozen- and permuted-
 #      profile controls (tempbalance-once, tempbalance-permuted) there: the core comparison;
-#   2. FT against TempBalance-MB at 64 per class (the minimum; SST-2 and MRPC before RTE, which costs
+#   2. FT against TempBalance-MB at 64 per class (the study's minimum; SST-2 and MRPC before RTE, which costs
 #      twice as much), then the two controls there;
 #   3. the other methods (tempbalance defaults, FARMS, LLRD).
 # WORKERS=1 runs one worker (leaves a core to another study, e.g. the SmolLM2 one).
