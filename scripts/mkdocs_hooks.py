@@ -1,12 +1,12 @@
 """mkdocs build hooks (``hooks:`` in mkdocs.yml): the study write-ups and the option table.
 
-* **Studies.** Each study's write-up lives beside its data, in ``results/<study>/README.md``, outside ``docs/``.
-  `on_files` adds the files of every ``results/<study>/`` folder and of its stages (``results/<study>/<stage>/``;
-  not the per-run folders) to the site under the
-  same paths, so ``results/<study>/README.md`` is the page ``results/<study>/`` and its figures and tables come
-  with it. `on_page_markdown` makes the links that are right in a checkout (and on GitHub) right on the site
-  too: from ``docs/x.md``, ``../results/<study>/...`` becomes ``results/<study>/...``; from a study page,
-  ``../../docs/x.md`` becomes ``../../x.md``.
+* **Studies.** Each study's write-up lives beside its data, in ``studies/<study>/README.md``, outside ``docs/``.
+  `on_files` adds the files of every ``studies/<study>/`` folder and of its stages (``studies/<study>/<stage>/``;
+  not the per-run folders, the packed runs or caches) to the site under the same paths, so
+  ``studies/<study>/README.md`` is the page ``studies/<study>/`` and its figures, tables and configs come with it.
+  `on_page_markdown` makes the links that are right in a checkout (and on GitHub) right on the site too: from
+  ``docs/x.md``, ``../studies/<study>/...`` becomes ``studies/<study>/...``; from a study page, ``../../docs/x.md``
+  becomes ``../../x.md``.
 * **Options.** The marker ``<!-- tb-options -->`` in a page becomes a table of every field of
   `tb_hf.TempBalanceArguments`: its default and its help text, as ``--help`` shows them.
 """
@@ -19,7 +19,9 @@ from pathlib import Path
 
 from mkdocs.structure.files import File
 
-RESULTS = "results"
+STUDIES = "studies"
+#: Not pages: per-run folders, packed runs (runs.jsonl.xz) and Python caches.
+_SKIPPED = {"runs", "__pycache__"}
 OPTIONS_MARKER = "<!-- tb-options -->"
 _LINK = re.compile(r"\]\((?P<target>[^)\s]+)")
 
@@ -29,9 +31,11 @@ def _root(config) -> Path:
 
 
 def on_files(files, config):
-    root = _root(config) / RESULTS
-    for path in sorted([*root.glob("*/*"), *root.glob("*/*/*")]):  # a study's files, and those of its stages
-        if path.is_file() and "runs" not in path.relative_to(root).parts:  # per-run files are data, not pages
+    root = _root(config) / STUDIES
+    # the index (studies/README.md), a study's files, and those of its stages
+    for path in sorted([*root.glob("*.md"), *root.glob("*/*"), *root.glob("*/*/*")]):
+        parts = path.relative_to(root).parts
+        if path.is_file() and not _SKIPPED & set(parts) and path.suffix != ".xz":
             uri = path.relative_to(_root(config)).as_posix()
             files.append(File.generated(config, uri, abs_src_path=str(path)))
     return files
@@ -39,10 +43,10 @@ def on_files(files, config):
 
 def _relink(markdown: str, src_uri: str) -> str:
     depth = src_uri.count("/")
-    if src_uri.startswith(f"{RESULTS}/"):  # a study page: links into docs/ drop the docs/ step
+    if src_uri.startswith(f"{STUDIES}/"):  # a study page: links into docs/ drop the docs/ step
         old, new = "../" * depth + "docs/", "../" * depth
-    else:  # a docs page: links to results/ are one level shallower on the site
-        old, new = "../" * (depth + 1) + f"{RESULTS}/", "../" * depth + f"{RESULTS}/"
+    else:  # a docs page: links to studies/ are one level shallower on the site
+        old, new = "../" * (depth + 1) + f"{STUDIES}/", "../" * depth + f"{STUDIES}/"
 
     def fix(match: re.Match) -> str:
         target = match["target"]

@@ -60,8 +60,8 @@ def test_mkdocs_build_strict(tmp_path):
     warnings = [line for line in log.splitlines() if line.startswith(("WARNING", "ERROR"))]
     assert result.returncode == 0 and not warnings, log[-5000:]
     site = tmp_path / "site"
-    assert (site / "results" / "mpnet-fewshot" / "index.html").is_file()  # the study write-ups are pages
-    assert (site / "results" / "mpnet-fewshot" / "scores.png").is_file()
+    assert (site / "studies" / "mpnet-fewshot" / "index.html").is_file()  # the study write-ups are pages
+    assert (site / "studies" / "mpnet-fewshot" / "scores.png").is_file()
     assert "tb_update_steps" in (site / "api" / "options" / "index.html").read_text()  # the generated table
 
 
@@ -248,12 +248,11 @@ def test_example(path, line, setup, code, hub, tmp_path, monkeypatch, cpu_traini
 
 
 def _text_files():
-    for base in ("tb_hf", "tests", "scripts", "recipes", "docs"):
+    for base in ("tb_hf", "tests", "scripts", "recipes", "docs", "studies"):
         for path in (ROOT / base).rglob("*"):
             if path.suffix in (".py", ".md", ".yaml", ".sh") and "__pycache__" not in path.parts:
                 yield path
     yield from (ROOT / "README.md", ROOT / "mkdocs.yml")
-    yield from (ROOT / "results").glob("*/README.md")
 
 
 def test_nothing_points_outside_the_repository():
@@ -303,7 +302,7 @@ def test_relative_links_resolve_in_the_checkout():
     pages = [
         ROOT / "README.md",
         *sorted((ROOT / "docs").rglob("*.md")),
-        *sorted((ROOT / "results").glob("*/README.md")),
+        *sorted((ROOT / "studies").rglob("README.md")),
     ]
     broken = []
     for page in pages:

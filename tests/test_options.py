@@ -310,13 +310,13 @@ def test_a_preset_fills_options_that_its_own_settings_then_leave_unused_without_
 
 
 def test_each_preset_is_a_setting_the_study_ran():
-    """The presets are the study's methods (results/llrd-vs-spectral): each one's options, but for the depth decay
+    """The presets are the study's methods (studies/llrd-vs-spectral): each one's options, but for the depth decay
     (tuned with LLRD's per task) and the recompute interval, are the settings one task of the MiniLM screen ran."""
     from pathlib import Path
 
     import yaml
 
-    config = Path(__file__).parents[1] / "recipes/sweeps/llrd_vs_spectral/minilm_screen.yaml"
+    config = Path(__file__).parents[1] / "studies/llrd-vs-spectral/minilm_screen.yaml"
     tasks = yaml.safe_load(config.read_text())["tasks"]
     study = {"model-balancing": "tempbalance-mb", "llrd-alpha": "llrd-alpha", "se": "tb-se",
              "alphadecay": "alphadecay"}  # fmt: skip

@@ -2,14 +2,15 @@
 
 Run from the repository root: ``python -m recipes.sweep CONFIG``.
 
-One YAML file describes the grid (see recipes/sweeps/*.yaml; each starts with the command that runs it). A task
-is a GLUE task or ``rotten_tomatoes`` by name, or your own files (a task entry with ``train_file``,
-``validation_file``, ``text_columns`` and ``label_column``); its training-set sizes are ``fractions``,
-``shots_per_class`` or ``max_train_samples`` (a list, per task or at the top level). Every run gets its own folder
-``<output_dir>/runs/<task>/<size>/<method>[-lora]/seed<s>/`` (``<size>``: ``frac0.01``, ``shots16`` or ``n500``)
-holding the recipe's outputs and ``result.json``, written only when the run succeeded, with the run's resolved
-arguments, their key (a hash of them) and ``data``: the sha256 of every local data file the run read (a custom
-task's files, a GLUE task's files under ``glue_dir``, the built-in data's CSV; a GLUE task from the Hub has none).
+One YAML file describes the grid (see recipes/sweeps/*.yaml and the studies' studies/<study>/*.yaml; each starts
+with the command that runs it). A task is a GLUE task or ``rotten_tomatoes`` by name, or your own files (a task
+entry with ``train_file``, ``validation_file``, ``text_columns`` and ``label_column``); its training-set sizes are
+``fractions``, ``shots_per_class`` or ``max_train_samples`` (a list, per task or at the top level). Every run gets
+its own folder ``<output_dir>/runs/<task>/<size>/<method>[-lora]/seed<s>/`` (``<size>``: ``frac0.01``,
+``shots16`` or ``n500``) holding the recipe's outputs and ``result.json``, written only when the run succeeded,
+with the run's resolved arguments, their key (a hash of them) and ``data``: the sha256 of every local data file
+the run read (a custom task's files, a GLUE task's files under ``glue_dir``, the built-in data's CSV; a GLUE task
+from the Hub has none).
 The config, every run's arguments and the data are checked before the first run: each distinct task's data is read
 once with the recipe's loader and every run's training subset is drawn from its labels (an unknown task, a missing
 file or column, bad labels, more shots than a class has: one error listing the runs; a one-class subset: a warning).
