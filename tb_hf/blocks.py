@@ -37,12 +37,20 @@ def _has_matrix(module: nn.Module) -> bool:
     return any(len(full_shape(p)) >= 2 for p in module.parameters())
 
 
+def _is_layer(module: nn.Module) -> bool:
+    """One layer, not a block: a Linear (GPT-2's Conv1D), an embedding or a convolution."""
+    from transformers.pytorch_utils import Conv1D
+
+    return isinstance(module, nn.Linear | nn.Embedding | nn.modules.conv._ConvNd | Conv1D)
+
+
 def _is_block_list(module: nn.Module, min_len: int = 2) -> bool:
     """A list of transformer blocks: children of one class, or composite modules of several classes (a hybrid
-    stack such as Jamba's attention and Mamba layers), each holding a matrix."""
+    stack such as Jamba's attention and Mamba layers), each holding a matrix. A list of single layers (per-codebook
+    embeddings, several classification heads) is not a stack of blocks."""
     if not isinstance(module, nn.ModuleList) or len(module) < min_len:
         return False
-    if not all(_has_matrix(child) for child in module):
+    if not all(_has_matrix(child) for child in module) or all(_is_layer(child) for child in module):
         return False
     first = type(module[0])
     return all(type(child) is first for child in module) or all(
@@ -105,13 +113,14 @@ def block_stacks(blocks: list[str]) -> list[list[str]]:
 
 
 def _is_embedding(name: str, modules: dict[str, nn.Module]) -> bool:
-    """A parameter of an embedding: owned by an ``nn.Embedding`` (or a peft wrapper of one), or inside a module whose
-    name says so (``embeddings``, ``embed_tokens``, ``patch_embed``: position tables and their norm included)."""
+    """A parameter of an embedding: owned by an ``nn.Embedding`` (or a peft wrapper of one), inside a module whose
+    name says so (``embeddings``, ``embed_tokens``, ``patch_embed``: position tables and their norm included), or
+    named so itself (wav2vec2's ``masked_spec_embed``)."""
     owner = name.rsplit(".", 1)[0] if "." in name else ""
     if isinstance(modules.get(owner), nn.Embedding) or isinstance(getattr(modules.get(owner), "base_layer", None),
                                                                      nn.Embedding):  # fmt: skip
         return True
-    return any("embed" in part.lower() for part in owner.split("."))
+    return any("embed" in part.lower() for part in name.split("."))  # its module's name, or its own (mask_embed)
 
 
 def _common_prefix(a: str, b: str) -> int:

@@ -81,6 +81,13 @@ class TempBalanceCallback(TrainerCallback):
         self.steps_per_epoch: int | None = None
         self._pending_logs: dict[str, float] = {}
 
+    def on_init_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        # A plain Trainer given optimizers=(...): check that optimizer against the options now, not at train().
+        if optimizer is not None and model is not None and self.balancer is None:
+            self.balancer = Balancer(model, resolve_options(tb_source(args, self.user_options)))
+            self.own_balancer = True
+            validate(model, args, optimizer=optimizer, balancer=self.balancer)
+
     @torch.no_grad()
     def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
         args, model = _trainer_view(args, model, kwargs)

@@ -426,7 +426,10 @@ def cmd_analyze(argv: list[str]) -> ModelAnalysis:
     )
     parser.add_argument("--no-figures", action="store_true", help="write only alpha.csv and alpha.json")
     parser.add_argument("--fig-format", default="png", choices=FIGURE_FORMATS)
-    tb, extra, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    try:
+        tb, extra, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    except ValueError as err:  # an option refused by TempBalanceArguments: one line, as argparse's errors
+        parser.error(str(err))
     if unknown:
         parser.error(unrecognized_message(parser, unknown))
     options = tb.tb_options

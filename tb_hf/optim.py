@@ -124,9 +124,9 @@ def build_param_groups(
             "The partition does not match the model's trainable parameters (recompute it with partition_model "
             f"after changing requires_grad): missing {sorted(missing)[:5]}, duplicated {duplicates[:5]}."
         )
-    learning_rate = to_float("lr", learning_rate)
-    options = dict(learning_rate=learning_rate, weight_decay=to_float("weight_decay", weight_decay),
-                   decay_names=decay_parameter_names)  # fmt: skip
+    learning_rate = check_range("lr", learning_rate, 0, float("inf"), low_open=True)
+    weight_decay = check_range("weight_decay", weight_decay, 0, float("inf"))
+    options = dict(learning_rate=learning_rate, weight_decay=weight_decay, decay_names=decay_parameter_names)
     ratio = lr_ratios(
         model, partition, llrd_decay, head_lr_ratio=head_lr_ratio, embeddings_lr_ratio=embeddings_lr_ratio
     )

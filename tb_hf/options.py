@@ -239,6 +239,13 @@ class TempBalanceOptions:
         values = {name: getattr(getattr(self, concern), attr) for name, (concern, attr) in OPTION_FIELDS.items()}
         return {"tb_preset": self.preset, **values}
 
+    def in_use(self) -> dict[str, Any]:
+        """`to_dict` with None for the options this configuration does not use (what ``to_dict()`` of the arguments
+        shows: it can be passed back as arguments)."""
+        values = self.to_dict()
+        return {name: None if name != "tb_preset" and _unused_because(name, values, self.balance) else value
+                for name, value in values.items()}  # fmt: skip
+
     def text(self) -> str:
         """One line for logs: the preset and what it resolved to."""
         b, s = self.balance, self.spectral
@@ -298,6 +305,14 @@ def to_float(name: str, value) -> float:
     return float(value)
 
 
+def _parses_as_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _is_numpy_bool(value) -> bool:
     return type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")
 
@@ -311,6 +326,10 @@ def check_range(name: str, value, low: float, high: float, *, low_open: bool = F
     with ``low_open``). The message states the range, so a typo or an absurd setting is caught before training."""
     bracket = "(" if low_open else "["
     message = f"{name} must be a finite number in {bracket}{low:g}, {high:g}]{why}, got {value!r}"
+    if isinstance(value, str) and _parses_as_float(value):
+        message += (
+            " (text, not a number: in YAML write 0.8 or 8.0e-1, since YAML 1.1 reads 8e-1 without a dot as text)"
+        )
     try:
         number = to_float(name, value)
     except ValueError:
@@ -352,6 +371,8 @@ def _choice(allowed):
 
 
 def _flag(name, value):
+    if _is_scalar_tensor(value) and str(value.dtype) == "torch.bool":
+        value = bool(value.item())
     if _is_numpy_bool(value):
         value = bool(value)
     if not isinstance(value, bool):  # a string such as "false" would count as True
@@ -371,6 +392,8 @@ def _integer(low, high, *, why="", optional=False):
 
 
 def _update_steps(name, value):
+    if _is_scalar_tensor(value) and not value.is_floating_point() and str(value.dtype) != "torch.bool":
+        value = value.item()
     if isinstance(value, str):
         text = value.strip()
     elif isinstance(value, numbers.Integral) and not isinstance(value, bool):  # numpy integers too
@@ -516,17 +539,23 @@ def _check_combinations(values: dict, explicit: dict, preset: str | None, weight
             "tb_balance='both' balances the learning rate too, and tb_mapping='none' gives it no α map: set "
             "tb_balance='weight_decay', or a map (tb_mapping='linear')"
         )
-    for name, value in explicit.items():
-        if value == DEFAULTS[name]:
-            continue  # an explicit default changes nothing, whether or not the configuration uses it
-        needs = _unused_because(name, v, balance)
-        if needs:
-            raise ValueError(
-                f"{name}={value!r} has no effect with tb_balance={v['tb_balance']!r}, tb_mapping={v['tb_mapping']!r}"
-                f", tb_estimator={v['tb_estimator']!r}, tb_update_steps={v['tb_update_steps']!r}"
-                f"{f', tb_preset={preset!r}' if preset else ''}: it applies with {needs}. Set that, or leave {name} "
-                f"unset (its default is {DEFAULTS[name]!r})."
-            )
+    unused = {name: _unused_because(name, v, balance) for name in explicit}
+    unused = {name: needs for name, needs in unused.items() if needs}
+    if unused:  # every explicit option this configuration does not use, even at its default value
+        where = (
+            f"tb_balance={v['tb_balance']!r}, tb_mapping={v['tb_mapping']!r}, tb_estimator={v['tb_estimator']!r}, "
+            f"tb_update_steps={v['tb_update_steps']!r}, tb_unit={v['tb_unit']!r}"
+            + (f", tb_preset={preset!r}" if preset else "")
+        )
+        lines = [
+            f"{name}={explicit[name]!r} has no effect here: it applies with {needs}" for name, needs in unused.items()
+        ]
+        defaults = ", ".join(f"{name}={DEFAULTS[name]!r}" for name in unused)
+        them = "them" if len(unused) > 1 else "it"
+        raise ValueError(
+            "; ".join(lines) + f" (the configuration: {where}). Set what would make {them} apply, or leave {them} "
+            f"unset (default: {defaults})."
+        )
 
 
 def _unused_because(name: str, v: dict, balance: BalanceOptions) -> str | None:
@@ -555,6 +584,12 @@ def _unused_because(name: str, v: dict, balance: BalanceOptions) -> str | None:
         return "tb_xmin_method='median' (the 'ks' scan chooses xmin itself)"
     if name == "tb_max_overhead" and v["tb_update_steps"] != "auto":
         return "tb_update_steps='auto' (the budget caps its passes; a fixed interval or 'once' has none)"
+    if name == "tb_max_overhead" and v["tb_auto_interval"] is not None:
+        return "tb_auto_interval unset (a replayed interval is not timed against the budget)"
+    if name == "tb_async" and v["tb_update_steps"] == "once":
+        return "passes after the first (tb_update_steps 'auto' or an integer; 'once' makes only the first, in line)"
+    if name == "tb_lora_average" and v["tb_unit"] != "block":
+        return "tb_unit='block' (it says which matrices of a block set its alpha)"
     return None
 
 
@@ -752,18 +787,22 @@ class TempBalanceArguments:
         return resolve_options(self, weight_decay=getattr(self, "weight_decay", None))
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as a dict, the ``tb_*`` options as resolved (what the run uses, not None)."""
+        """The fields as a dict, the ``tb_*`` options as resolved (what the run uses; None for an option this
+        configuration does not use), so the dict can be passed back as arguments."""
         parent = getattr(super(), "to_dict", None)
         out = parent() if parent is not None else {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return {**out, **self.tb_options.to_dict()}
+        return {**out, **self.tb_options.in_use()}
 
 
 def tb_source(args=None, tb_args=None):
-    """Where the TempBalance options come from: ``tb_args`` if given (a `TempBalanceArguments`, a whole
-    `TempBalanceConfig` or `TempBalanceOptions`), else ``args`` when it is a `TempBalanceConfig`, else None (the
-    defaults)."""
-    if tb_args is not None:
-        if not isinstance(tb_args, TempBalanceArguments | TempBalanceOptions):
-            raise TypeError(f"tb_args must be TempBalanceArguments or TempBalanceConfig, got {type(tb_args).__name__}")
+    """Where the options come from: the ``tb_*`` fields ``args`` sets (when it is a `TempBalanceConfig`) with those
+    ``tb_args`` sets on top (a `TempBalanceArguments` or a whole `TempBalanceConfig`; `TempBalanceOptions` replace
+    them all), or None: the defaults."""
+    base = args if isinstance(args, TempBalanceArguments) else None
+    if tb_args is None:
+        return base
+    if not isinstance(tb_args, TempBalanceArguments | TempBalanceOptions):
+        raise TypeError(f"tb_args must be TempBalanceArguments or TempBalanceConfig, got {type(tb_args).__name__}")
+    if base is None or isinstance(tb_args, TempBalanceOptions):
         return tb_args
-    return args if isinstance(args, TempBalanceArguments) else None
+    return TempBalanceArguments(**{**explicit_options(base), **explicit_options(tb_args)})

@@ -96,6 +96,12 @@ class TempBalanceMixin:
         """What the mixin adds to a constructed Trainer: the checks, the callback, and (for an optimizer passed in
         ``optimizers=``) its profile's check. `tb_hf.setfit` calls it on SetFit's body trainer."""
         validate(self.model, self.args)  # a model without blocks, a DeepSpeed optimizer: refused before any training
+        if any(isinstance(c, TempBalanceCallback) for c in self.callback_handler.callbacks):
+            raise ValueError(
+                f"{type(self).__name__} adds its own TempBalanceCallback, and callbacks=[...] holds another: two "
+                "would balance (and log) every pass twice. Drop it from callbacks and give its options as tb_args= "
+                "(or in the TempBalanceConfig)."
+            )
         self.tempbalance = TempBalanceCallback(tb_args)
         self.add_callback(self.tempbalance)
         options = self.tb_options  # every refusal now, at construction

@@ -391,3 +391,12 @@ def test_history_records_the_fit_error_of_alpha(training_run):
         assert record["alpha_se"].keys() == record["alpha"].keys()
         for unit, se in record["alpha_se"].items():
             assert se is not None and 0 < se < record["alpha"][unit] - 1, (unit, se)
+
+
+def test_analyze_with_a_refused_option_says_so_in_one_line(capsys):
+    """It printed an 11-frame traceback and exited 1 (outside probe); the recipe says the same in one line."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["analyze", "--tb_preset", "model-balancing", "--tb_lr_min", "0.2"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "tb_lr_min=0.2 has no effect here" in err and "Traceback" not in err

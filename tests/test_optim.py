@@ -130,15 +130,13 @@ def test_callback_refuses_an_optimizer_with_another_depth_profile(tmp_path):
     model = ARCHS["bert"][0]()
     optimizer = create_tempbalance_optimizer(model, torch.optim.AdamW, lr=1e-3, llrd_decay=0.9)
     args = tiny_training_args(tmp_path)
-    trainer = Trainer(model=model, args=args, train_dataset=dataset_for(model), optimizers=(optimizer, None),
-                      callbacks=[TempBalanceCallback()])  # fmt: skip
     with pytest.raises(ValueError, match=r"built with llrd_decay=0.9, but the options in force say tb_llrd_decay=1.0"):
-        trainer.train()
+        Trainer(model=model, args=args, train_dataset=dataset_for(model), optimizers=(optimizer, None),
+                callbacks=[TempBalanceCallback()])  # fmt: skip # refused when the Trainer is made, not at train()
     optimizer = create_tempbalance_optimizer(model, torch.optim.AdamW, lr=1e-3)  # the preset's decay is not built
-    trainer = Trainer(model=model, args=args, train_dataset=dataset_for(model), optimizers=(optimizer, None),
-                      callbacks=[TempBalanceCallback(preset="llrd-alpha")])  # fmt: skip
     with pytest.raises(ValueError, match=r"tb_llrd_decay=0.9 \(tb_preset='llrd-alpha'\): build the optimizer"):
-        trainer.train()
+        Trainer(model=model, args=args, train_dataset=dataset_for(model), optimizers=(optimizer, None),
+                callbacks=[TempBalanceCallback(preset="llrd-alpha")])  # fmt: skip
 
 
 @pytest.mark.parametrize("trainer_cls", [LLRDTrainer, TempBalanceTrainer])
@@ -311,8 +309,8 @@ def test_a_vision_language_model_counts_depth_per_stack():
 
     vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
                               image_size=32, patch_size=8, projection_dim=32)  # fmt: skip
-    text = LlamaConfig(vocab_size=120, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                       num_key_value_heads=2)  # fmt: skip
+    text = LlamaConfig(vocab_size=120, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=2, num_key_value_heads=2)  # fmt: skip
     model = LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=text, image_token_index=100))
     stacks = block_stacks([path for path, _ in find_blocks(model)])
     assert [len(s) for s in stacks] == [3, 2]
@@ -325,3 +323,30 @@ def test_a_vision_language_model_counts_depth_per_stack():
     assert {p.depth for n, p in embeddings.items() if "vision" in n} == {3}
     assert {p.depth for n, p in embeddings.items() if "embed_tokens" in n} == {2}
     assert all(p.kind == "head" and p.depth == 0 for n, p in pos.items() if "multi_modal_projector" in n)
+
+
+def test_a_list_of_single_layers_is_not_a_stack_of_blocks():
+    """Per-codebook embeddings and several heads in a ModuleList were counted as stacks of blocks: embed_tokens.2 and
+    lm_heads.2 at the top rate, lm_heads.0 balanced as a 'block' (outside probe)."""
+    import transformers as tf
+
+    from tb_hf.blocks import find_blocks, positions
+
+    cfg = tf.MusicgenDecoderConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                   ffn_dim=64, num_codebooks=3)  # fmt: skip
+    model = tf.MusicgenForCausalLM(cfg)
+    assert [p for p, _ in find_blocks(model)] == ["model.decoder.layers.0", "model.decoder.layers.1"]
+    pos = positions(model)
+    assert {pos[f"model.decoder.embed_tokens.{i}.weight"].kind for i in range(3)} == {"embeddings"}
+    assert {pos[f"lm_heads.{i}.weight"] for i in range(3)} == {pos["lm_heads.0.weight"]}  # one place: the head
+    assert pos["lm_heads.0.weight"].kind == "head"
+
+
+def test_weight_decay_and_learning_rate_of_the_groups_are_checked():
+    """weight_decay=nan trained NaN weights (torch's own check does not see per-group values; outside probe)."""
+    model = ARCHS["bert"][0]()
+    for bad in (float("nan"), -1.0, "0.1"):
+        with pytest.raises(ValueError, match="weight_decay must be a finite number"):
+            create_tempbalance_optimizer(model, torch.optim.AdamW, lr=1e-3, weight_decay=bad)
+    with pytest.raises(ValueError, match="lr must be a finite number"):
+        create_tempbalance_optimizer(model, torch.optim.AdamW, lr=float("nan"))

@@ -78,8 +78,23 @@ def test_options_the_configuration_does_not_use_are_refused(options, match):
         TempBalanceArguments(**options)
 
 
-def test_options_in_use_and_defaults_are_accepted():
-    TempBalanceArguments(tb_mapping="sigmoid", tb_sigmoid_s_low=3.0, tb_lr_min=0.5)  # lr_min at its default
+def test_options_in_use_are_accepted_and_unused_ones_refused_even_at_their_default():
+    """An option the configuration does not use is refused even when it is set to its default value (it means
+    nothing there: the user expected an effect), and the message names every such option at once."""
+    TempBalanceArguments(tb_mapping="sigmoid", tb_sigmoid_s_low=3.0)
+    with pytest.raises(ValueError, match=r"tb_lr_min=0.5 has no effect here.*the sigmoid map's range"):
+        TempBalanceArguments(tb_mapping="sigmoid", tb_lr_min=0.5)
+    with pytest.raises(ValueError, match=r"tb_mapping='linear' has no effect here.*tb_balance='lr' or 'both'"):
+        TempBalanceArguments(tb_preset="alphadecay", tb_mapping="linear")
+    with pytest.raises(ValueError, match=r"tb_min_evals=8 has no effect here.*tb_update_steps='4' has no effect here"):
+        TempBalanceArguments(tb_preset="llrd", tb_min_evals=8, tb_update_steps="4")  # both named, not one per try
+    for options, name in [
+        (dict(tb_async=True, tb_update_steps="once"), "tb_async"),
+        (dict(tb_max_overhead=0.5, tb_auto_interval=3), "tb_max_overhead"),
+        (dict(tb_lora_average="all", tb_unit="matrix"), "tb_lora_average"),
+    ]:
+        with pytest.raises(ValueError, match=f"{name}=.* has no effect here"):
+            TempBalanceArguments(**options)
     TempBalanceArguments(tb_mapping="se", tb_se_threshold=1.0, tb_lr_min=0.6, tb_lr_max=1.4)
     TempBalanceArguments(tb_balance="both", tb_mapping="sigmoid", tb_wd_min_ratio=0.1, tb_sigmoid_tau=3.0)
     TempBalanceArguments(tb_balance="weight_decay", tb_wd_max_ratio=2.0, tb_llrd_decay=0.9)  # depth + AlphaDecay
@@ -165,7 +180,7 @@ def test_numpy_integers_are_accepted_as_integers():
     assert (tb.tb_min_evals, tb.tb_farms_window, tb.tb_farms_grid, tb.tb_update_steps) == (50, 64, 5, "7")
     assert all(type(v) is int for v in (tb.tb_min_evals, tb.tb_farms_window, tb.tb_farms_grid))
     assert tb.tb_options.schedule.interval_rule(100) == 7
-    assert TempBalanceArguments(tb_farms_aspect_ratio=1, tb_farms_grid=9).tb_farms_grid == 9  # the defaults pass
+    assert TempBalanceArguments(tb_estimator="farms", tb_farms_aspect_ratio=1, tb_farms_grid=9).tb_farms_grid == 9
     res = analyze({"w": torch.randn(64, 64)}, min_evals=np.int64(10), farms_grid_size=np.int64(3))
     assert res["w"].ok
     with pytest.raises(ValueError, match=r"min_evals must be an integer in \[2, 10000000\]"):
@@ -223,6 +238,18 @@ def test_replacing_the_preset_of_a_config_gives_the_new_presets_values_not_a_mix
     first = TempBalanceArguments(tb_preset="llrd-alpha")
     second = dataclasses.replace(first, tb_preset="se")
     assert second.tb_options.balance == opts(tb_preset="se").balance  # no llrd 0.9 or lr_min 0.65 left over
+
+
+@pytest.mark.parametrize("preset", [None, *PRESETS])
+def test_to_dict_round_trips_for_every_preset_even_with_options_the_preset_then_leaves_unused(tmp_path, preset):
+    """model-balancing with the 'ks' scan: the preset's tb_xmin_pos is unused, and to_dict() fed back refused it."""
+    from tb_hf import TempBalanceConfig
+
+    extra = {"tb_xmin_method": "ks"} if preset not in ("llrd", "alphadecay") else {}
+    config = TempBalanceConfig(output_dir=str(tmp_path), weight_decay=0.1, tb_preset=preset, **extra)
+    d = config.to_dict()
+    again = TempBalanceConfig(**{k: v for k, v in d.items() if k in TempBalanceConfig.__dataclass_fields__})
+    assert again.tb_options == config.tb_options
 
 
 def test_to_dict_shows_the_resolved_values(tmp_path):
@@ -354,3 +381,10 @@ def test_a_resume_that_names_the_same_settings_by_their_preset_changes_nothing()
     assert changed_options(options_of(explicit), opts(tb_preset="llrd-alpha")) == {}
     changed = changed_options(options_of(explicit), opts(tb_preset="se"))
     assert set(changed) == {"tb_mapping", "tb_llrd_decay", "tb_lr_min", "tb_lr_max"}
+
+
+def test_torch_scalars_of_every_kind_and_yaml_text_numbers():
+    tb = TempBalanceArguments(tb_update_steps=torch.tensor(4), tb_normalize=torch.tensor(True))
+    assert (tb.tb_update_steps, tb.tb_normalize) == ("4", True)
+    with pytest.raises(ValueError, match=r"got '8e-1' \(text, not a number: in YAML write 0.8 or 8.0e-1"):
+        TempBalanceArguments(tb_llrd_decay="8e-1")  # what PyYAML reads from `tb_llrd_decay: 8e-1`

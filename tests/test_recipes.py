@@ -450,6 +450,9 @@ def test_llrd_decay_with_tempbalance_is_refused_and_options_of_the_method_are_ac
         (["--method", "llrd", "--tb_preset", "llrd-alpha"], r"--tb_preset llrd-alpha would not apply .* --llrd_dec"),
         # an explicit --llrd_decay at the old default value was not noticed with tempbalance
         (["--method", "tempbalance", "--llrd_decay", "0.9"], "for LLRD's depth profile under TempBalance"),
+        # trained plain fine-tuning reported as tempbalance: no LoRA to look at (outside probe)
+        (["--method", "tempbalance", "--tb_lora_view", "delta"], "--tb_lora_view only act on LoRA adapters"),
+        (["--method", "tempbalance", "--tb_lora_average", "all"], "--tb_lora_average only act on LoRA adapters"),
     ],
 )
 def test_options_that_would_change_what_a_method_trains_are_refused_at_parsing(flags, words):

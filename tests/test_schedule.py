@@ -236,12 +236,13 @@ def test_auto_interval_is_recorded_and_replayed_exactly(tmp_path):
     runs = {}
     for name, overrides in (("auto", {}), ("replay", None)):
         if overrides is None:
-            overrides = {"tb_auto_interval": runs["auto"][1].tempbalance.schedule.interval}
+            # the recorded interval; the budget, which a replay does not time against, is left unset
+            overrides = {"tb_auto_interval": runs["auto"][1].tempbalance.schedule.interval, "tb_max_overhead": None}
         torch.manual_seed(0)
         model = ARCHS["bert"][0]()
         recorder = Recorder()
-        args = tiny_training_args(tmp_path / name, max_steps=12, tb_update_steps="auto", tb_max_overhead=1.0,
-                                  **overrides)  # fmt: skip
+        args = tiny_training_args(tmp_path / name, **{"max_steps": 12, "tb_update_steps": "auto",
+                                                      "tb_max_overhead": 1.0, **overrides})  # fmt: skip
         trainer = TempBalanceTrainer(
             model=model, args=args, train_dataset=dataset_for(model, n=32), callbacks=[recorder]
         )

@@ -228,12 +228,11 @@ def test_callback_refuses_an_optimizer_built_for_other_units(tmp_path):
     model = ARCHS["bert"][0]()
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, report_to="none", use_cpu=True, disable_tqdm=True)
     optimizer = create_tempbalance_optimizer(model, torch.optim.AdamW, lr=1e-3, unit="matrix")
-    trainer = Trainer(
-        model=model, args=args, train_dataset=dataset_for(model), optimizers=(optimizer, None),
-        callbacks=[TempBalanceCallback(unit="block")],
-    )  # fmt: skip
     with pytest.raises(ValueError, match="built with unit='matrix', but the options in force say tb_unit='block'"):
-        trainer.train()
+        Trainer(
+            model=model, args=args, train_dataset=dataset_for(model), optimizers=(optimizer, None),
+            callbacks=[TempBalanceCallback(unit="block")],
+        )  # fmt: skip
 
 
 def test_callback_refuses_weight_decay_balancing_when_every_group_has_no_decay(tmp_path):
@@ -244,12 +243,9 @@ def test_callback_refuses_weight_decay_balancing_when_every_group_has_no_decay(t
     with pytest.raises(ValueError, match="scales each unit's weight_decay, which is 0 here"):  # the args' decay
         create_tempbalance_optimizer(model, args, tb_args=callback.user_options)
     optimizer = create_tempbalance_optimizer(model, torch.optim.AdamW, lr=1e-3)  # weight_decay 0
-    trainer = Trainer(
-        model=model, args=args, train_dataset=dataset_for(model), optimizers=(optimizer, None), callbacks=[callback]
-    )
     with pytest.raises(ValueError, match="every TempBalance group of the optimizer has weight_decay 0"):
-        trainer.train()
-    assert trainer.state.global_step == 0  # refused before the first step
+        Trainer(model=model, args=args, train_dataset=dataset_for(model), optimizers=(optimizer, None),
+                callbacks=[callback])  # fmt: skip # refused when the Trainer is made
 
 
 def test_weight_decay_balancing_where_only_biases_and_norms_train_says_so(tmp_path):
@@ -457,3 +453,24 @@ def test_both_balanced_and_the_se_map(tmp_path):
     # the higher-α block gets the larger learning rate and the larger weight decay
     hi = max(record["alpha"], key=record["alpha"].get)
     assert factors[hi] == max(factors.values()) and record["wd_factor"][hi] == 1.5
+
+
+def test_tb_args_override_only_what_they_set(tmp_path):
+    """tb_args replaced every tb_* field of the config: llrd 0.5 in the config with tb_args(tb_mapping='none')
+    trained flat (outside probe)."""
+    from tb_hf import TempBalanceArguments
+
+    model = ARCHS["bert"][0]()
+    args = tiny_training_args(tmp_path, tb_preset="llrd", tb_llrd_decay=0.5, tb_update_steps=None, tb_min_evals=None)
+    trainer = TempBalanceTrainer(model=model, args=args, train_dataset=dataset_for(model),
+                                 tb_args=TempBalanceArguments(tb_head_lr_ratio=2.0))  # fmt: skip
+    b = trainer.tb_options.balance
+    assert (trainer.tb_options.preset, b.llrd_decay, b.head_lr_ratio) == ("llrd", 0.5, 2.0)
+
+
+def test_a_second_tempbalance_callback_is_refused(tmp_path):
+    """Two callbacks made every pass twice (history steps [0, 2, 2]; outside probe)."""
+    model = ARCHS["bert"][0]()
+    with pytest.raises(ValueError, match="adds its own TempBalanceCallback, and callbacks=.* holds another"):
+        TempBalanceTrainer(model=model, args=tiny_training_args(tmp_path), train_dataset=dataset_for(model),
+                           callbacks=[TempBalanceCallback()])  # fmt: skip

@@ -377,6 +377,12 @@ def _check_method_options(model_args: ModelArguments, training_args: TempBalance
     from tb_hf.options import explicit_options
 
     given = explicit_options(training_args)
+    lora_only = [f"--{name}" for name in ("tb_lora_view", "tb_lora_average") if name in given]
+    if lora_only and model_args.lora_r is None and model_args.method in ("tempbalance", "setfit"):
+        raise ValueError(
+            f"{', '.join(lora_only)} only act on LoRA adapters, and this run has none (full fine-tuning): add "
+            "--lora_r 8 (say) for LoRA, or drop them."
+        )
     search = model_args.search_profile
     if search is not None and given.get("tb_preset", search) != search:
         raise ValueError(
@@ -407,7 +413,8 @@ def _check_method_options(model_args: ModelArguments, training_args: TempBalance
         if model_args.method in ("tempbalance", "setfit"):
             raise ValueError(
                 f"--llrd_decay only applies with --method llrd, and --method is {model_args.method!r}: for LLRD's "
-                "depth profile use --tb_preset llrd --tb_llrd_decay 0.9 (say); or set --method llrd."
+                "depth profile under TempBalance use --tb_llrd_decay (with --tb_preset llrd: the depth profile "
+                "alone); or set --method llrd."
             )
         logger.warning(
             f"--llrd_decay not used: it only applies with --method llrd, and --method is {model_args.method!r}."
