@@ -42,6 +42,7 @@ _EXPORTS = {
     "farms_esd": "spectral",
     "fit_power_law": "spectral",
     "TempBalanceMixin": "trainer",
+    "builtin_model_path": "cli",
     "TempBalanceTrainer": "trainer",
 }
 
@@ -64,6 +65,7 @@ __all__ = [
     "analyze",
     "apply_factors",
     "apply_wd_factors",
+    "builtin_model_path",
     "build_param_groups",
     "compute_factors",
     "compute_wd_factors",
@@ -98,6 +100,7 @@ if TYPE_CHECKING:
     from .baselines import LLRDTrainer
     from .blocks import find_blocks
     from .callback import TempBalanceCallback
+    from .cli import builtin_model_path
     from .config import TempBalanceConfig
     from .engine import PassResult, SpectralEngine, unit_matrices
     from .layers import Partition, Unit, partition_model

@@ -26,6 +26,7 @@ from ``<output_dir>/tempbalance/history.jsonl``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -226,8 +227,9 @@ def resolve_model(name_or_path: str, flag: str | None = None) -> str:
     return name_or_path  # a Hub id
 
 
-def _model_class(path: str, model_class: str | None):
-    """The class to load with: ``--model-class``, else the config's architecture, else AutoModel."""
+def _model_class(path: str, model_class: str | None, adapter: str | None = None):
+    """The class to load with: ``--model-class``, else the config's architecture, else AutoModel; a bare encoder as a
+    classification fine-tune names its blocks (`_as_finetuned`), unless an adapter was trained on the bare model."""
     import transformers
 
     if model_class is not None:
@@ -243,11 +245,28 @@ def _model_class(path: str, model_class: str | None):
     except (OSError, ValueError) as err:
         hint = "" if os.path.isdir(path) else " (without Hub access, pass a local folder)"
         raise SystemExit(f"Could not load {path!r}: {err}{hint}") from err
-    for arch in getattr(config, "architectures", None) or []:
-        cls = getattr(transformers, arch, None)
-        if cls is not None and hasattr(cls, "from_pretrained"):
-            return cls
-    return transformers.AutoModel
+    cls = next(
+        (c for a in getattr(config, "architectures", None) or [] if hasattr(c := getattr(transformers, a, None),
+                                                                             "from_pretrained")),
+        transformers.AutoModel,
+    )  # fmt: skip
+    if adapter is not None:  # the class the adapter was trained on: its task type says
+        seq_cls = _adapter_config(adapter).get("task_type") == "SEQ_CLS"
+        return transformers.AutoModelForSequenceClassification if seq_cls else cls
+    return _as_finetuned(cls, config)
+
+
+def _as_finetuned(cls, config):
+    """A bare encoder checkpoint (``BertModel``: all-MiniLM-L6-v2, sentence-transformers bodies) is fine-tuned with a
+    head, whose class names the blocks with the base model's prefix (``bert.encoder.layer.3``): load it that way, so
+    the table names units exactly as a training run logs them. The new head is not analysed."""
+    import transformers
+
+    bare = cls is transformers.AutoModel or cls.__name__ == f"{type(config).__name__.removesuffix('Config')}Model"
+    mapping = transformers.models.auto.modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+    if bare and not getattr(config, "is_encoder_decoder", False) and type(config) in mapping:
+        return transformers.AutoModelForSequenceClassification
+    return cls
 
 
 def load_model(
@@ -281,13 +300,14 @@ def load_model(
     except ValueError as err:
         raise SystemExit(str(err)) from err
     if model_class is None:
-        cls = _model_class(path, None)
+        cls = _model_class(path, None, adapter)
     if device != "cpu":
         kwargs["device_map"] = {"": device}  # load each tensor onto the device: no full CPU copy on the way
     from safetensors import SafetensorError
 
     try:
-        model = cls.from_pretrained(path, **kwargs)
+        with _quiet_new_head(cls):
+            model = cls.from_pretrained(path, **kwargs)
     except SafetensorError as err:
         raise _damaged_safetensors(path, err, repr(name_or_path)) from err
     except (OSError, ValueError) as err:
@@ -300,6 +320,22 @@ def load_model(
     if adapter is not None:
         model = load_adapter(model, adapter, name_or_path)
     return model.eval()
+
+
+@contextlib.contextmanager
+def _quiet_new_head(cls):
+    """Loading a bare encoder with a classification head (`_as_finetuned`) reports the new head: not news here."""
+    import transformers
+
+    if cls is not transformers.AutoModelForSequenceClassification:
+        yield
+        return
+    old = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(old)
 
 
 def _adapter_config(path: str) -> dict:

@@ -9,14 +9,16 @@ logs and ``history.jsonl`` as `tb_hf.TempBalanceTrainer`.
 
 Example:
     ```python
+    from datasets import Dataset
     from setfit import SetFitModel, TrainingArguments
-    from tb_hf import TempBalanceArguments
+    from tb_hf import TempBalanceArguments, builtin_model_path
     from tb_hf.setfit import TempBalanceSetFitTrainer
 
-    model = SetFitModel.from_pretrained("sentence-transformers/all-MiniLM-L6-v2")
+    train = Dataset.from_dict({"text": ["great fun", "a bore", "moving", "tedious"] * 2, "label": [1, 0, 1, 0] * 2})
+    model = SetFitModel.from_pretrained(builtin_model_path("minilm"))  # or a Hub id
     trainer = TempBalanceSetFitTrainer(
-        model=model, args=TrainingArguments(output_dir="out", num_iterations=20), train_dataset=train,
-        tb_args=TempBalanceArguments(tb_preset="llrd", tb_llrd_decay=0.9),
+        model=model, args=TrainingArguments(output_dir="out", num_iterations=2, report_to="none"),
+        train_dataset=train, tb_args=TempBalanceArguments(tb_preset="llrd", tb_llrd_decay=0.9),
     )
     trainer.train()
     ```
@@ -51,7 +53,8 @@ class TempBalanceSetFitTrainer(SetFitTrainer):
     """`setfit.Trainer` with a layer-wise profile on the sentence-transformer body (see the module docstring).
 
     Args:
-        *args, **kwargs: As for `setfit.Trainer` (``model``, ``args``, ``train_dataset``, ``callbacks``, ...).
+        *args: As for `setfit.Trainer` (``model``, ``args``, ``train_dataset``, ...).
+        **kwargs: As for `setfit.Trainer` (``callbacks``, ``column_mapping``, ...).
         tb_args: The profile's options (`tb_hf.TempBalanceArguments`, e.g. ``tb_preset="llrd"``); default: the
             defaults (TempBalance's linear α map).
     """

@@ -13,11 +13,15 @@ Three pieces (docs: "Choosing a profile for your data"):
 
 Example:
     ```python
+    from transformers import AutoModelForSequenceClassification
     from tb_hf import TempBalanceConfig, TempBalanceTrainer
     from tb_hf.tuning import search_profile
 
-    args = TempBalanceConfig(output_dir="out", learning_rate=1e-4, num_train_epochs=10, tb_preset="llrd")
-    found = search_profile(lambda: build_model(), args, train, preset="llrd", folds=4)
+    def build_model():
+        return AutoModelForSequenceClassification.from_pretrained("roberta-base", num_labels=2)
+
+    args = TempBalanceConfig(output_dir="out", learning_rate=1e-4, num_train_epochs=2, tb_preset="llrd")
+    found = search_profile(build_model, args, train, preset="llrd", folds=2)
     args = found.apply(args)            # tb_preset="llrd", tb_llrd_decay=<the best decay>
     trainer = TempBalanceTrainer(model=build_model(), args=args, train_dataset=train, eval_dataset=dev)
     ```
@@ -212,7 +216,8 @@ def search_profile(
         args: A `tb_hf.TempBalanceConfig`: everything but the searched options (they are set per setting); each
             training writes under ``<output_dir>/profile-search/`` and saves no checkpoint.
         train_dataset: The training examples (tokenized, with ``label_column``).
-        preset, learning_rates: The space (`search_space`).
+        preset: The preset whose parameter is searched (`search_space`).
+        learning_rates: Learning rates to try each setting at (`search_space`).
         splits: Explicit splits; else `tuning_splits` of the labels with ``folds`` / ``holdout`` and ``args.seed``.
         metric: The key of ``trainer.evaluate()`` to compare (``eval_loss`` by default; with ``compute_metrics``
             e.g. ``eval_accuracy``).

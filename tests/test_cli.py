@@ -58,18 +58,19 @@ def test_analyze_writes_table_json_and_figures(saved_model, tmp_path, capsys):
     out = tmp_path / "report"
     cli.main(["analyze", str(saved_model), "--out", str(out), "--tb_xmin_method", "ks", "--tb_min_evals", "20"])
     printed = capsys.readouterr().out
-    assert "encoder.layer.1" in printed and "output.dense.weight" in printed and "factor" in printed
+    assert "bert.encoder.layer.1" in printed and "output.dense.weight" in printed and "factor" in printed
     rows = list(csv.DictReader((out / "alpha.csv").read_text().splitlines()))
     assert len(rows) == 12  # 2 blocks x (q, k, v, attention out, intermediate, output)
-    assert {r["unit"] for r in rows} == {"encoder.layer.0", "encoder.layer.1"}
+    # a bare encoder is named as a classification fine-tune of it logs its units (outside the table: the new head)
+    assert {r["unit"] for r in rows} == {"bert.encoder.layer.0", "bert.encoder.layer.1"}
     assert {"alpha", "xmin", "ks_distance", "status", "factor", "shape"} <= set(rows[0])
 
     # The α of the table are the spectral core's on the same weights.
     model = BertModel.from_pretrained(saved_model)
-    params = dict(model.named_parameters())
+    params = {f"bert.{k}": v for k, v in model.named_parameters()}
     expected = analyze({r["matrix"]: params[r["matrix"]] for r in rows}, xmin_method="ks", min_evals=20)
     report = json.loads((out / "alpha.json").read_text())
-    assert report["options"]["tb_xmin_method"] == "ks" and report["model_class"] == "BertModel"
+    assert report["options"]["tb_xmin_method"] == "ks" and report["model_class"] == "BertForSequenceClassification"
     for r in report["matrices"]:
         assert r["alpha"] == pytest.approx(expected[r["matrix"]].alpha, abs=1e-12)
         assert r["xmin"] == pytest.approx(expected[r["matrix"]].xmin, rel=1e-12)
@@ -95,7 +96,7 @@ def test_analyze_options_reach_the_pass(saved_model, tmp_path):
     report = json.loads((out / "alpha.json").read_text())
     assert len(report["units"]) == 12 and not (out / "alpha.png").exists()
     model = BertModel.from_pretrained(saved_model)
-    params = dict(model.named_parameters())
+    params = {f"bert.{k}": v for k, v in model.named_parameters()}  # named as a classification fine-tune
     expected = analyze(
         {r["matrix"]: params[r["matrix"]] for r in report["matrices"]},
         estimator="farms",
@@ -123,8 +124,8 @@ def test_analyze_esd_matrices_glob(saved_model, tmp_path):
         ]
     )
     assert [str(k) for k in analysis.esds] == [
-        "encoder.layer.0.intermediate.dense.weight",
-        "encoder.layer.1.attention.self.query.weight",
+        "bert.encoder.layer.0.intermediate.dense.weight",
+        "bert.encoder.layer.1.attention.self.query.weight",
     ]
     for name, evals in analysis.esds.items():
         assert evals.numel() == 64 and analysis.spectra[name].num_evals == 64
