@@ -4,6 +4,7 @@ run among finished ones, plain progress lines, the plot, and workers that die wi
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -1142,3 +1143,73 @@ def test_a_damaged_archive_stops_the_sweep_and_pack_waits_for_running_runs(tmp_p
     with pytest.raises(SystemExit):
         sweep.main([path, "--pack", "--aggregate-only"])
     assert "--aggregate-only and --pack do different things" in capsys.readouterr().err
+
+
+def test_fraction_curve_trend_and_plot_from_a_sweep_with_several_fractions(tmp_path):
+    """The gain over FT against the fraction: paired differences with intervals per size, the trend regression on
+    log10(size) with one intercept per task, and curve.csv/md/png written by the sweep's report."""
+    from scipy.stats import linregress, t, ttest_rel
+
+    fractions = [0.001, 0.01, 0.1]
+    config = variant_config(
+        tmp_path,
+        tasks={"rte": {"fractions": fractions}, "sst2": {"fractions": fractions}},
+        methods=["ft", "tempbalance-mb", "tempbalance"],
+        seeds=[1, 2, 3, 4],
+    )
+    rng = np.random.default_rng(0)
+    finals = {}
+    for run in sweep.expand_grid(config):
+        # tempbalance-mb's gain shrinks by 2 points per tenfold more data (4 at 0.1%); tempbalance's is flat at 0
+        gain = {"ft": 0.0, "tempbalance-mb": 0.02 * (-1 - math.log10(run.size)), "tempbalance": 0.0}[run.method]
+        noise = rng.normal(0, 0.005) if run.method != "ft" else 0.0
+        finals[(run.task, run.size, run.seed, run.method)] = 0.6 + 0.01 * run.seed + gain + noise
+        fake_record(run, 0.9, finals[(run.task, run.size, run.seed, run.method)])
+    results = sweep.collect(Path(config["output_dir"]))
+
+    curve = sweep.stats.size_curve(results, baseline="ft", score="final")
+    assert len(curve) == 2 * 3 * 2 and set(curve["method"]) == {"tempbalance-mb", "tempbalance"}  # tasks x sizes
+    row = curve[(curve.task == "rte") & (curve["size"] == 0.01) & (curve.method == "tempbalance-mb")].iloc[0]
+    a = [finals[("rte", 0.01, s, "tempbalance-mb")] for s in (1, 2, 3, 4)]
+    b = [finals[("rte", 0.01, s, "ft")] for s in (1, 2, 3, 4)]
+    d = np.subtract(a, b)
+    half = t.ppf(0.975, 3) * np.std(d, ddof=1) / 2
+    assert row["diff"] == pytest.approx(d.mean()) and row["p_value"] == pytest.approx(ttest_rel(a, b).pvalue)
+    assert (row["ci_low"], row["ci_high"]) == (pytest.approx(d.mean() - half), pytest.approx(d.mean() + half))
+    assert row["detectable"] == pytest.approx((t.ppf(0.975, 3) + t.ppf(0.8, 3)) * np.std(d, ddof=1) / 2)
+
+    trend = sweep.stats.size_trend(results, baseline="ft", score="final").set_index(["method", "scope"])
+    assert list(trend.loc["tempbalance-mb"].index) == ["all", "rte", "sst2"]
+    mb = trend.loc[("tempbalance-mb", "rte")]
+    pairs = [(math.log10(f), finals[("rte", f, s, "tempbalance-mb")] - finals[("rte", f, s, "ft")])
+             for f in fractions for s in (1, 2, 3, 4)]  # fmt: skip
+    fit = linregress(*zip(*pairs, strict=True))
+    assert mb["slope"] == pytest.approx(fit.slope) and mb["slope_se"] == pytest.approx(fit.stderr)
+    assert mb["p_value"] == pytest.approx(fit.pvalue) and mb["n_pairs"] == 12
+    assert trend.loc[("tempbalance-mb", "all"), "slope"] == pytest.approx(-0.02, abs=0.003)
+    assert trend.loc[("tempbalance-mb", "all"), "p_value"] < 1e-6  # the shrinking gain is found ...
+    assert trend.loc[("tempbalance", "all"), "p_value"] > 0.01  # ... and the flat one is not called a trend
+    assert trend.loc[("tempbalance-mb", "all"), "n_pairs"] == 24
+
+    fig = sweep.report.plot_curve(curve, tmp_path / "curve.png", ["ft", "tempbalance-mb", "tempbalance"])
+    ax = fig.axes[0]
+    assert ax.get_title() == "mpnet-base: rte" and ax.get_xscale() == "log"
+    assert [x.get_text() for x in ax.get_xticklabels()] == ["0.1%\n(8 ex.)", "1%\n(8 ex.)", "10%\n(8 ex.)"]
+    assert any(list(line.get_ydata()) == [0.0, 0.0] for line in ax.lines)  # FT = 0
+    assert [x.get_text() for x in fig.legends[0].get_texts()] == ["tempbalance-mb", "tempbalance", "ft (= 0)"]
+
+    sweep.aggregate(config)
+    out = Path(config["output_dir"])
+    assert {"curve.csv", "curve.md", "curve.png"} <= {p.name for p in out.iterdir()}
+    text = (out / "curve.md").read_text()
+    assert "| mpnet-base | all | tempbalance-mb | 6 | 24 | -1.98 | 0.12 | 1.3e-13 |" in text
+    first = text.index("| mpnet-base | rte | 0.001 | 8 | tempbalance-mb |")
+    assert first < text.index("| rte | 0.001 | 8 | tempbalance |")  # the config's order of methods
+    # one size per task: no curve (and an earlier curve is removed, as the other outputs are)
+    one = variant_config(tmp_path / "one", tasks={"rte": {"fractions": [0.01]}}, methods=["ft", "tempbalance"])
+    for run in sweep.expand_grid(one):
+        fake_record(run, 0.9, 0.6)
+    (Path(one["output_dir"]) / "curve.png").write_bytes(b"stale")
+    sweep.aggregate(one)
+    left = {p.name for p in Path(one["output_dir"]).iterdir()}
+    assert "summary.md" in left and not left & {"curve.csv", "curve.md", "curve.png"}

@@ -231,3 +231,122 @@ def alpha_spread(alphas):
             }
         )
     return pd.DataFrame(rows)
+
+
+CURVE_COLUMNS = [
+    "model", "lora", "task", "size_key", "size", "n_train", "method", "baseline", "n_pairs", "diff", "diff_std",
+    "ci_low", "ci_high", "p_value", "detectable",
+]  # fmt: skip
+
+
+def detectable_effect(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true mean difference a two-sided paired t-test at level ``alpha`` detects with ``power``, from
+    ``n`` pairs whose differences have std ``sd``: (t_{1−α/2, n−1} + t_{power, n−1}) · sd / √n (NaN with < 2 pairs)."""
+    from scipy.stats import t
+
+    if n < 2 or not math.isfinite(sd):
+        return math.nan
+    return float((t.ppf(1 - alpha / 2, n - 1) + t.ppf(power, n - 1)) * sd / math.sqrt(n))
+
+
+def size_curve(results, baseline: str = "ft", score: str = "final", level: float = 0.95):
+    """The gain over the baseline as a function of the training-set size: per (model, LoRA, task, size, method),
+    the mean of the paired differences method − baseline over the seeds both finished, their std, the ``level``
+    t-interval of the mean, the paired t-test's p and the difference those pairs detect with 80% power at α 0.05
+    (`detectable_effect`). One row per method other than the baseline (the baseline is 0 by construction)."""
+    import pandas as pd
+    from scipy.stats import t
+
+    rows = []
+    frame = _with_defaults(results)
+    for key, cell in frame.groupby(CELL, sort=True):
+        wide = cell.pivot_table(index="seed", columns="method", values=score)
+        if baseline not in wide.columns:
+            continue
+        n_train = cell["n_train"].dropna()
+        for method in [m for m in dict.fromkeys(cell["method"]) if m != baseline]:
+            both = wide[[baseline, method]].dropna()
+            if both.empty:
+                continue
+            d = (both[method] - both[baseline]).to_numpy(dtype=float)
+            n = len(d)
+            sd = float(np.std(d, ddof=1)) if n > 1 else math.nan
+            half = float(t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)) if n > 1 else math.nan
+            mean, p = paired(both[method].tolist(), both[baseline].tolist())
+            row = _cell(key, method)
+            rows.append(
+                {
+                    **row, "n_train": int(n_train.iloc[0]) if len(n_train) else math.nan, "baseline": baseline,
+                    "n_pairs": n, "diff": mean, "diff_std": sd, "ci_low": mean - half, "ci_high": mean + half,
+                    "p_value": p, "detectable": detectable_effect(sd, n),
+                }
+            )  # fmt: skip
+    return pd.DataFrame(rows, columns=CURVE_COLUMNS)
+
+
+TREND_COLUMNS = [
+    "model", "lora", "scope", "method", "baseline", "n_sizes", "n_pairs", "slope", "slope_se", "p_value",
+    "diff_at_smallest", "diff_at_largest",
+]  # fmt: skip
+
+
+def _ols_slope(x, y, groups) -> tuple[float, float, float]:
+    """Slope of y on x with one intercept per group (ordinary least squares), its standard error and the two-sided
+    p of slope = 0 (t with n − groups − 1 degrees of freedom); NaN where the data cannot say."""
+    from scipy.stats import t
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    levels = list(dict.fromkeys(groups))
+    design = np.column_stack([x, *[(np.asarray(groups) == g).astype(float) for g in levels]])
+    dof = len(y) - design.shape[1]
+    if dof < 1 or np.linalg.matrix_rank(design) < design.shape[1]:
+        return math.nan, math.nan, math.nan
+    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    resid = y - design @ coef
+    sigma2 = float(resid @ resid) / dof
+    se = math.sqrt(sigma2 * np.linalg.inv(design.T @ design)[0, 0])
+    if se == 0:
+        return float(coef[0]), 0.0, math.nan
+    return float(coef[0]), se, float(2 * t.sf(abs(coef[0] / se), dof))
+
+
+def size_trend(results, baseline: str = "ft", score: str = "final"):
+    """Does the gain over the baseline change with the training-set size? Per (model, LoRA, method), for each task
+    on its own and pooled over the tasks (scope ``all``, one intercept per task), the regression of every paired
+    difference method − baseline on log10 of the size (the fraction, shots or examples of the task's subset): the
+    slope per tenfold more data, its standard error and the p of slope = 0. A negative slope: the gain shrinks as
+    the data grows. Cells with one size are left out (nothing to regress on)."""
+    import pandas as pd
+
+    frame = _with_defaults(results)
+    pairs = []
+    for key, cell in frame.groupby(CELL, sort=True):
+        wide = cell.pivot_table(index="seed", columns="method", values=score)
+        if baseline not in wide.columns:
+            continue
+        for method in wide.columns.drop(baseline):
+            both = wide[[baseline, method]].dropna()
+            row = _cell(key, method)
+            pairs += [{**row, "x": math.log10(row["size"]), "d": d} for d in both[method] - both[baseline]]
+    if not pairs:
+        return pd.DataFrame(columns=TREND_COLUMNS)
+    pairs = pd.DataFrame(pairs)
+    rows = []
+    for (model, lora, method), part in pairs.groupby(["model", "lora", "method"], sort=True):
+        sized = part.groupby("task")["x"].nunique()
+        part = part[part["task"].isin(sized[sized > 1].index)]
+        scopes = [(task, group) for task, group in part.groupby("task", sort=True)]
+        if len(scopes) > 1:
+            scopes = [("all", part), *scopes]
+        for scope, group in scopes:
+            slope, se, p = _ols_slope(group["x"], group["d"], group["task"])
+            means = group.groupby("x")["d"].mean() if scope != "all" else pd.Series([math.nan])  # x is per task
+            rows.append(
+                {
+                    "model": model, "lora": bool(lora), "scope": scope, "method": method, "baseline": baseline,
+                    "n_sizes": group.groupby("task")["x"].nunique().sum(), "n_pairs": len(group), "slope": slope,
+                    "slope_se": se, "p_value": p, "diff_at_smallest": float(means.iloc[0]),
+                    "diff_at_largest": float(means.iloc[-1]),
+                }
+            )  # fmt: skip
+    return pd.DataFrame(rows, columns=TREND_COLUMNS)
