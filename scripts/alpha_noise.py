@@ -30,7 +30,7 @@ import numpy as np
 def main(argv: list[str] | None = None) -> int:
     from transformers import HfArgumentParser
 
-    from tb_hf.options import TempBalanceArguments
+    from tb_hf.arguments import TempBalanceArguments
 
     parser = HfArgumentParser(TempBalanceArguments, description=__doc__.split("\n\n")[0])
     parser.add_argument(

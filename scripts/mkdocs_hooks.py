@@ -56,7 +56,7 @@ def _relink(markdown: str, src_uri: str) -> str:
 
 
 def options_table() -> str:
-    from tb_hf.options import TempBalanceArguments
+    from tb_hf.arguments import TempBalanceArguments
 
     rows = ["| option | default | help |", "|---|---|---|"]
     for f in dataclasses.fields(TempBalanceArguments):

@@ -26,7 +26,7 @@ def _id(path: Path) -> str:
 def test_every_study_has_a_readme_and_the_committed_stages_are_found():
     assert {p.parent.name for p in CONFIGS} <= {p.parent.name for p in (ROOT / "studies").glob("*/README.md")}
     archives = [ROOT / sweep.load_config(p)["output_dir"] / "runs.jsonl.xz" for p in STAGES]
-    assert len(STAGES) == 12 and all(path.is_file() for path in archives)  # the tables come with their runs
+    assert len(STAGES) >= 12 and all(path.is_file() for path in archives)  # the tables come with their runs
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=_id)

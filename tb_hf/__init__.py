@@ -33,16 +33,16 @@ _EXPORTS = {
     "build_param_groups": "optim",
     "create_tempbalance_optimizer": "optim",
     "tempbalance_param_groups": "optim",
-    "TempBalanceArguments": "options",
+    "TempBalanceArguments": "arguments",
     "LayerSpectrum": "spectral",
     "MatrixKey": "spectral",
-    "PowerLawFit": "spectral",
+    "PowerLawFit": "powerlaw",
     "analyze": "spectral",
     "esd": "spectral",
     "farms_esd": "spectral",
-    "fit_power_law": "spectral",
+    "fit_power_law": "powerlaw",
     "TempBalanceMixin": "trainer",
-    "builtin_model_path": "cli",
+    "builtin_model_path": "loading",
     "TempBalanceTrainer": "trainer",
 }
 
@@ -95,16 +95,18 @@ def __dir__():
 
 
 if TYPE_CHECKING:
+    from .arguments import TempBalanceArguments
     from .balancer import Balancer
     from .balancing import apply_factors, apply_wd_factors, compute_factors, compute_wd_factors, unit_metrics
     from .baselines import LLRDTrainer
     from .blocks import find_blocks
     from .callback import TempBalanceCallback
-    from .cli import builtin_model_path
     from .config import TempBalanceConfig
     from .engine import PassResult, SpectralEngine, unit_matrices
     from .layers import Partition, Unit, partition_model
+    from .loading import builtin_model_path
     from .optim import build_param_groups, create_tempbalance_optimizer, tempbalance_param_groups
-    from .options import TempBalanceArguments, TempBalanceOptions, resolve_options
-    from .spectral import LayerSpectrum, MatrixKey, PowerLawFit, analyze, esd, farms_esd, fit_power_law
+    from .options import TempBalanceOptions, resolve_options
+    from .powerlaw import PowerLawFit, fit_power_law
+    from .spectral import LayerSpectrum, MatrixKey, analyze, esd, farms_esd
     from .trainer import TempBalanceMixin, TempBalanceTrainer

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import torch
 
+from .arguments import TempBalanceArguments
 from .balancer import Balancer
 from .balancing import balance
 from .engine import SpectralEngine
 from .layers import Partition
-from .options import TempBalanceArguments, TempBalanceOptions, resolve_options
+from .options import TempBalanceOptions, resolve_options
 from .spectral import LayerSpectrum, MatrixKey
 
 __all__ = [

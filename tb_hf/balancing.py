@@ -29,9 +29,10 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from transformers.utils import logging
 
-from .options import MAPPINGS, METRICS, BalanceOptions, check_factor_options, check_range
+from .options import MAPPINGS, METRICS, BalanceOptions
 from .spectral import LayerSpectrum, MatrixKey
 from .state import BASE_LR, BASE_WD, FACTOR, UNIT, WD_FACTOR
+from .values import check_factor_options, check_range
 
 logger = logging.get_logger(__name__)
 

@@ -25,8 +25,8 @@ from collections.abc import Collection
 import torch
 
 from .optim import tempbalance_param_groups
-from .options import check_range
 from .trainer import TempBalanceTrainer
+from .values import check_range
 
 __all__ = ["LLRDTrainer", "llrd_param_groups"]
 

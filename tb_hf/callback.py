@@ -23,11 +23,12 @@ from transformers import TrainerCallback
 from transformers.utils import logging
 
 from . import state as tb_state
+from .arguments import TempBalanceArguments, tb_source
 from .balancer import Balancer, Update
 from .checks import validate
 from .distributed import max_over_ranks
 from .history import append_history, trim_history, update_logs, update_record
-from .options import OPTION_FIELDS, TempBalanceArguments, explicit_options, resolve_options, tb_source
+from .options import OPTION_FIELDS, explicit_options, resolve_options
 from .schedule import RecomputeSchedule
 
 logger = logging.get_logger(__name__)

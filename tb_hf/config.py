@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from transformers import TrainingArguments
 
-from .options import TempBalanceArguments
+from .arguments import TempBalanceArguments
 
 __all__ = ["TempBalanceArguments", "TempBalanceConfig"]
 

@@ -36,8 +36,9 @@ import torch.distributed as dist
 from torch import nn
 from transformers.utils import logging
 
-from .options import SpectralOptions
-from .spectral import ESTIMATORS, STATUSES, LayerSpectrum, farms_grid
+from .options import ESTIMATORS, SpectralOptions
+from .powerlaw import STATUSES
+from .spectral import LayerSpectrum, farms_grid
 
 _S = SpectralOptions()  # the defaults, defined once in tb_hf.options
 

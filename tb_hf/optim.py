@@ -24,7 +24,8 @@ from torch import nn
 from . import state
 from .blocks import positions
 from .layers import Partition, partition_model
-from .options import BalanceOptions, TempBalanceOptions, check_range, to_float
+from .options import BalanceOptions, TempBalanceOptions
+from .values import check_range, to_float
 
 __all__ = [
     "build_param_groups",
@@ -225,7 +226,8 @@ def create_tempbalance_optimizer(
     from transformers import TrainingArguments
 
     if isinstance(optimizer_cls, TrainingArguments):
-        from .options import resolve_options, tb_source
+        from .arguments import tb_source
+        from .options import resolve_options
 
         args, tb_args = optimizer_cls, optimizer_kwargs.pop("tb_args", None)
         if optimizer_kwargs or lr is not None:

@@ -2,10 +2,11 @@
 
 Two layers, without importing torch or transformers (so ``--help`` answers at once):
 
-* `TempBalanceArguments`: every option as a ``tb_*`` field with help text, so `transformers.HfArgumentParser` turns
-  them into command-line flags (``--tb_mapping sigmoid``) and YAML keys. Every field defaults to ``None``, meaning
-  *unset*: what you set is kept exactly as you set it (numbers converted to Python numbers), and `resolve_options`
-  fills the rest from ``tb_preset`` and then from the defaults below.
+* `tb_hf.arguments.TempBalanceArguments`: every option as a ``tb_*`` field with help text, so
+  `transformers.HfArgumentParser` turns them into command-line flags (``--tb_mapping sigmoid``) and YAML keys. Every
+  field defaults to ``None``, meaning *unset*: what you set is kept exactly as you set it (numbers converted to
+  Python numbers, `tb_hf.values`), and `resolve_options` fills the rest from ``tb_preset`` and then from the
+  defaults below.
 * `TempBalanceOptions`: frozen and typed, one object per concern (`SpectralOptions`: how α is measured;
   `BalanceOptions`: which units share a factor and how α becomes a factor; `ScheduleOptions`: when α is
   recomputed), built once by `resolve_options` and passed down to the engine, the balancing, the schedule, the
@@ -20,10 +21,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
-import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
+
+from .values import FACTOR_RANGES, check_factor_options, check_int, check_range, choice, flag, integer, real, to_float
+from .values import update_steps as _update_steps
 
 __all__ = [
     "BALANCED",
@@ -39,11 +41,11 @@ __all__ = [
     "BalanceOptions",
     "ScheduleOptions",
     "SpectralOptions",
-    "TempBalanceArguments",
     "TempBalanceOptions",
     "check_factor_options",
     "check_int",
     "check_range",
+    "explicit_options",
     "resolve_options",
     "to_float",
 ]
@@ -74,16 +76,6 @@ MIN_EVALS_RANGE = (2, 10**7)
 MIN_EVALS_WHY = " (a fit needs two eigenvalues; matrices with fewer are not fitted)"
 #: Largest FARMS window (rows): far above any matrix side in use.
 MAX_FARMS_WINDOW = 10**6
-
-#: Sane ranges of the factor options (name, low, high, low open): factors stay within 1e-3..1e3 of the base
-#: learning rate. Model Balancing used s in 0.25..2 and τ = 10; TempBalance 0.5..1.5.
-FACTOR_RANGES = (
-    ("lr_min", 0.0, 100.0, True),
-    ("lr_max", 0.0, 100.0, True),
-    ("tau", 0.0, 1000.0, True),
-    ("s_low", 0.0, 6.0, False),
-    ("s_high", 0.0, 6.0, False),
-)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -292,154 +284,40 @@ PRESET_SHAPE = ("tb_mapping", "tb_balance")
 
 
 # --------------------------------------------------------------------------------------------------
-# Checks and conversions
-
-
-def to_float(name: str, value) -> float:
-    """``value`` as a Python float: any real number (a numpy or 0-d torch scalar too, which a checkpoint could not
-    store); a bool, a string or anything else is a ValueError naming ``name``."""
-    if _is_scalar_tensor(value):
-        value = value.item()
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or _is_numpy_bool(value):
-        raise ValueError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
-    return float(value)
-
-
-def _parses_as_float(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _is_numpy_bool(value) -> bool:
-    return type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")
-
-
-def _is_scalar_tensor(value) -> bool:
-    return type(value).__name__ in ("Tensor", "Parameter") and getattr(value, "ndim", None) == 0
-
-
-def check_range(name: str, value, low: float, high: float, *, low_open: bool = False, why: str = "") -> float:
-    """``value`` as a float, or a ValueError naming ``name`` unless it is a finite number in [low, high] ((low, high]
-    with ``low_open``). The message states the range, so a typo or an absurd setting is caught before training."""
-    bracket = "(" if low_open else "["
-    message = f"{name} must be a finite number in {bracket}{low:g}, {high:g}]{why}, got {value!r}"
-    if isinstance(value, str) and _parses_as_float(value):
-        message += (
-            " (text, not a number: in YAML write 0.8 or 8.0e-1, since YAML 1.1 reads 8e-1 without a dot as text)"
-        )
-    try:
-        number = to_float(name, value)
-    except ValueError:
-        raise ValueError(message) from None
-    if not (math.isfinite(number) and (number > low if low_open else number >= low) and number <= high):
-        raise ValueError(message)
-    return number
-
-
-def check_int(name: str, value, low: int, high: int, *, why: str = "") -> int:
-    """``value`` as an int, or a ValueError naming ``name`` and the range [low, high]. Any integer type counts (a
-    numpy integer from a config or a sweep grid, a 0-d integer tensor); bool does not, nor does a float, even 50.0."""
-    if _is_scalar_tensor(value) and not value.is_floating_point() and not value.is_complex():
-        value = value.item()
-    if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and low <= value <= high):
-        raise ValueError(f"{name} must be an integer in [{low}, {high}]{why}, got {value!r}")
-    return int(value)
-
-
-def check_factor_options(mapping: str, *, prefix: str = "", **values: float) -> None:
-    """Raise a ValueError naming the option (``prefix`` + name, e.g. ``tb_sigmoid_``) for an unknown mapping,
-    a non-finite value or one outside `FACTOR_RANGES`."""
-    if mapping not in MAPPINGS:
-        raise ValueError(f"mapping must be one of {MAPPINGS}, got {mapping!r}")
-    for name, low, high, low_open in FACTOR_RANGES:
-        if name in values:
-            check_range(f"{prefix}{name}", values[name], low, high, low_open=low_open)
-    if "lr_min" in values and "lr_max" in values and not values["lr_min"] <= values["lr_max"]:
-        raise ValueError(f"{prefix}lr_min must be <= {prefix}lr_max, got {values['lr_min']} and {values['lr_max']}")
-
-
-def _choice(allowed):
-    def check(name, value):
-        if value not in allowed:
-            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-        return value
-
-    return check
-
-
-def _flag(name, value):
-    if _is_scalar_tensor(value) and str(value.dtype) == "torch.bool":
-        value = bool(value.item())
-    if _is_numpy_bool(value):
-        value = bool(value)
-    if not isinstance(value, bool):  # a string such as "false" would count as True
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-    return value
-
-
-def _real(low, high, *, low_open=False, why=""):
-    return lambda name, value: check_range(name, value, low, high, low_open=low_open, why=why)
-
-
-def _integer(low, high, *, why="", optional=False):
-    def check(name, value):
-        return None if optional and value is None else check_int(name, value, low, high, why=why)
-
-    return check
-
-
-def _update_steps(name, value):
-    if _is_scalar_tensor(value) and not value.is_floating_point() and str(value.dtype) != "torch.bool":
-        value = value.item()
-    if isinstance(value, str):
-        text = value.strip()
-    elif isinstance(value, numbers.Integral) and not isinstance(value, bool):  # numpy integers too
-        text = str(int(value))
-    else:
-        text = None
-    # ASCII digits only: '²' and other Unicode digits pass str.isdigit() but not int()
-    if text is None or (text not in ("auto", "once") and not (re.fullmatch(r"[0-9]+", text) and int(text) > 0)):
-        raise ValueError(f"{name} must be 'auto', 'once' or a positive integer, got {value!r}")
-    return text if text in ("auto", "once") else str(int(text))
-
-
 #: Each option's check, which also converts it (numbers to Python numbers, integers to int).
 _CHECKS = {
-    "tb_xmin_method": _choice(XMIN_METHODS),
-    "tb_xmin_pos": _real(1, 100, low_open=True, why=" (2: top half, 1.5: top third)"),
-    "tb_min_evals": _integer(*MIN_EVALS_RANGE, why=MIN_EVALS_WHY),
-    "tb_filter_zeros": _flag,
-    "tb_estimator": _choice(ESTIMATORS),
-    "tb_farms_window": _integer(1, MAX_FARMS_WINDOW, why=" (window rows; None: per model)", optional=True),
-    "tb_farms_aspect_ratio": _real(0, 100, low_open=True),
-    "tb_farms_grid": _integer(1, 64, why=" (up to P x P windows)"),
-    "tb_esd_dtype": _choice(ESD_DTYPE_CHOICES),
-    "tb_metric": _choice(METRICS),
-    "tb_lora_view": _choice(LORA_VIEWS),
-    "tb_lora_average": _choice(LORA_AVERAGES),
-    "tb_unit": _choice(UNIT_KINDS),
-    "tb_balance": _choice(BALANCED),
-    "tb_mapping": _choice(MAPPINGS),
-    "tb_llrd_decay": _real(0, 1, low_open=True, why=" (1: no depth profile)"),
-    "tb_head_lr_ratio": _real(0, 100, low_open=True, why=" (the head's rate / the top block's)"),
-    "tb_embeddings_lr_ratio": _real(0, 100, low_open=True, why=" (a multiple of the embeddings' rate)"),
-    "tb_lr_min": _real(0, 100, low_open=True),
-    "tb_lr_max": _real(0, 100, low_open=True),
-    "tb_sigmoid_tau": _real(0, 1000, low_open=True),
-    "tb_sigmoid_s_low": _real(0, 6),
-    "tb_sigmoid_s_high": _real(0, 6),
-    "tb_se_threshold": _real(0, 100, low_open=True, why=" (standard errors)"),
-    "tb_normalize": _flag,
-    "tb_wd_min_ratio": _real(0, 100, why=" (a multiple of weight_decay)"),
-    "tb_wd_max_ratio": _real(0, 100, why=" (a multiple of weight_decay)"),
-    "tb_permute_factors": _flag,
+    "tb_xmin_method": choice(XMIN_METHODS),
+    "tb_xmin_pos": real(1, 100, low_open=True, why=" (2: top half, 1.5: top third)"),
+    "tb_min_evals": integer(*MIN_EVALS_RANGE, why=MIN_EVALS_WHY),
+    "tb_filter_zeros": flag,
+    "tb_estimator": choice(ESTIMATORS),
+    "tb_farms_window": integer(1, MAX_FARMS_WINDOW, why=" (window rows; None: per model)", optional=True),
+    "tb_farms_aspect_ratio": real(0, 100, low_open=True),
+    "tb_farms_grid": integer(1, 64, why=" (up to P x P windows)"),
+    "tb_esd_dtype": choice(ESD_DTYPE_CHOICES),
+    "tb_metric": choice(METRICS),
+    "tb_lora_view": choice(LORA_VIEWS),
+    "tb_lora_average": choice(LORA_AVERAGES),
+    "tb_unit": choice(UNIT_KINDS),
+    "tb_balance": choice(BALANCED),
+    "tb_mapping": choice(MAPPINGS),
+    "tb_llrd_decay": real(0, 1, low_open=True, why=" (1: no depth profile)"),
+    "tb_head_lr_ratio": real(0, 100, low_open=True, why=" (the head's rate / the top block's)"),
+    "tb_embeddings_lr_ratio": real(0, 100, low_open=True, why=" (a multiple of the embeddings' rate)"),
+    "tb_lr_min": real(0, 100, low_open=True),
+    "tb_lr_max": real(0, 100, low_open=True),
+    "tb_sigmoid_tau": real(0, 1000, low_open=True),
+    "tb_sigmoid_s_low": real(0, 6),
+    "tb_sigmoid_s_high": real(0, 6),
+    "tb_se_threshold": real(0, 100, low_open=True, why=" (standard errors)"),
+    "tb_normalize": flag,
+    "tb_wd_min_ratio": real(0, 100, why=" (a multiple of weight_decay)"),
+    "tb_wd_max_ratio": real(0, 100, why=" (a multiple of weight_decay)"),
+    "tb_permute_factors": flag,
     "tb_update_steps": _update_steps,
-    "tb_max_overhead": _real(0, 1, low_open=True, why=" (0.03 = 3% of training time)"),
-    "tb_auto_interval": _integer(1, 10**9, optional=True),
-    "tb_async": _flag,
+    "tb_max_overhead": real(0, 1, low_open=True, why=" (0.03 = 3% of training time)"),
+    "tb_auto_interval": integer(1, 10**9, optional=True),
+    "tb_async": flag,
 }
 assert set(_CHECKS) == set(OPTION_FIELDS), "every option has its check"
 
@@ -591,218 +469,3 @@ def _unused_because(name: str, v: dict, balance: BalanceOptions) -> str | None:
     if name == "tb_lora_average" and v["tb_unit"] != "block":
         return "tb_unit='block' (it says which matrices of a block set its alpha)"
     return None
-
-
-# --------------------------------------------------------------------------------------------------
-# The flags
-
-
-def _option(name: str, help: str, *, choices=None):
-    """A ``tb_*`` field: unset (None) by default; its help names the default (and the presets that set it)."""
-    default = DEFAULTS[name]
-    setters = [preset for preset, values in PRESETS.items() if name in values and values[name] != default]
-    default_text = f"Default: {default!r}" + (f" (or the preset's: {', '.join(setters)})" if setters else "") + "."
-    metadata = {"help": f"{help} {default_text}"}
-    if choices is not None:
-        metadata["choices"] = list(choices)
-    if isinstance(default, bool):  # a flag: --tb_async alone means true (HfArgumentParser gives bool | None none)
-        metadata.update(nargs="?", const=True)
-    return field(default=None, metadata=metadata)
-
-
-@dataclass
-class TempBalanceArguments:
-    """The TempBalance options alone (for `tb-hf analyze`, the callback, or your own argument parser).
-
-    Every field defaults to None, *unset*: `resolve_options` fills it from ``tb_preset``, else from the default its
-    help names. The options in force are `tb_options` (typed, resolved), and ``to_dict()`` shows them.
-    """
-
-    # The profile: what shares a factor, the base rates under it, and how alpha sets it.
-    tb_preset: str | None = field(
-        default=None,
-        metadata={
-            "help": "A named profile, one per method of the project's study: 'tempbalance' (the defaults), "
-            "'model-balancing' (sigmoid map, tb_xmin_pos 1.5), 'llrd' (layer-wise lr decay 0.9, no spectral pass), "
-            "'llrd-alpha' (tb_llrd_decay 0.9 x a linear alpha map in 0.65..1.35), 'se' (the standard-error map in "
-            "0.5..2) or 'alphadecay' (weight decay x alpha's map into 0.75..1.25). It fills the options you leave "
-            "unset; an option you set keeps your value, except that tb_mapping and tb_balance must agree with it.",
-            "choices": list(PRESETS),
-        },
-    )
-    tb_unit: str | None = _option(
-        "tb_unit",
-        "What shares one learning-rate factor: a transformer 'block' (its alpha is the mean over its matrices) or "
-        "each analysed 'matrix' module.",
-        choices=UNIT_KINDS,
-    )
-    tb_balance: str | None = _option(
-        "tb_balance",
-        "What alpha balances: the learning rate ('lr', TempBalance), the weight decay ('weight_decay', AlphaDecay: a "
-        "unit's decay is weight_decay * a linear map of alpha into tb_wd_min_ratio..tb_wd_max_ratio, more decay for "
-        "higher alpha), or 'both'.",
-        choices=BALANCED,
-    )
-    tb_mapping: str | None = _option(
-        "tb_mapping",
-        "Metric -> learning-rate factor: 'none' (factor 1: the depth profile alone, as LLRD; no spectral pass unless "
-        "weight decay is balanced), 'linear' (TempBalance, tb_lr_min..tb_lr_max), 'sigmoid' (Model Balancing's "
-        "TB_Sigmoid, tb_sigmoid_*) or 'se' (alpha differences in units of their standard error, within "
-        "tb_lr_min..tb_lr_max; see tb_se_threshold).",
-        choices=MAPPINGS,
-    )
-    tb_llrd_decay: float | None = _option(
-        "tb_llrd_decay",
-        "Depth profile under the alpha factors (layer-wise lr decay): the unit in block b of a stack of L gets base "
-        "rate learning_rate * decay^(L-1-b), the embeddings decay^L, the head and final norm 1, and the alpha factor "
-        "multiplies that. 1: no depth profile (TempBalance).",
-    )
-    tb_head_lr_ratio: float | None = _option(
-        "tb_head_lr_ratio",
-        "The learning rate of the parameters above the blocks (classification head, pooler, final norm) relative to "
-        "the top block's, for every profile (as LoRA+ gives LoRA's B matrices their own rate).",
-    )
-    tb_embeddings_lr_ratio: float | None = _option(
-        "tb_embeddings_lr_ratio",
-        "A multiplier on the embeddings' learning rate (on top of the depth profile, which puts them one below the "
-        "first block), for every profile.",
-    )
-    # The learning-rate map's parameters.
-    tb_lr_min: float | None = _option(
-        "tb_lr_min", "Linear map: factor of the lowest-alpha unit ('se' map: the lower bound)."
-    )
-    tb_lr_max: float | None = _option(
-        "tb_lr_max", "Linear map: factor of the highest-alpha unit ('se' map: the upper bound)."
-    )
-    tb_sigmoid_tau: float | None = _option("tb_sigmoid_tau", "Sigmoid map: temperature tau.")
-    tb_sigmoid_s_low: float | None = _option(
-        "tb_sigmoid_s_low", "Sigmoid map: scale below the mean alpha (factor >= 10^(-s_low/2))."
-    )
-    tb_sigmoid_s_high: float | None = _option(
-        "tb_sigmoid_s_high", "Sigmoid map: scale above the mean alpha (factor <= 10^(s_high/2))."
-    )
-    tb_se_threshold: float | None = _option(
-        "tb_se_threshold",
-        "Standard-error map (tb_mapping='se'): a unit whose alpha is within this many standard errors of the mean "
-        "alpha gets factor 1; beyond, its factor moves towards tb_lr_max (above) or tb_lr_min (below) as "
-        "tanh(excess / threshold).",
-    )
-    tb_normalize: bool | None = _option("tb_normalize", "Rescale factors so their parameter-count-weighted mean is 1.")
-    tb_wd_min_ratio: float | None = _option(
-        "tb_wd_min_ratio", "Weight-decay balancing: ratio of the lowest-alpha unit's weight decay."
-    )
-    tb_wd_max_ratio: float | None = _option(
-        "tb_wd_max_ratio", "Weight-decay balancing: ratio of the highest-alpha unit's weight decay."
-    )
-    tb_permute_factors: bool | None = _option(
-        "tb_permute_factors",
-        "Control experiment, not for training: give each fitted unit the factor computed for another, by a random "
-        "permutation seeded with the TrainingArguments seed (the same at every update). With tb_update_steps='once' "
-        "it tests whether alpha's ordering of the units matters, or only that the learning rates differ.",
-    )
-    # How alpha is measured.
-    tb_metric: str | None = _option("tb_metric", "Spectral metric that drives the factors.", choices=METRICS)
-    tb_xmin_method: str | None = _option(
-        "tb_xmin_method",
-        "How xmin of the power-law fit is chosen: 'median' (xmin = evals[floor(N / tb_xmin_pos)], TempBalance) or "
-        "'ks' (Kolmogorov-Smirnov scan over every cut, WeightWatcher).",
-        choices=XMIN_METHODS,
-    )
-    tb_xmin_pos: float | None = _option(
-        "tb_xmin_pos", "Position of xmin for 'median': 2 fits the top half, 1.5 the top third (Model Balancing)."
-    )
-    tb_min_evals: int | None = _option(
-        "tb_min_evals", "Matrices with fewer eigenvalues are not fitted (their unit keeps factor 1)."
-    )
-    tb_filter_zeros: bool | None = _option(
-        "tb_filter_zeros", "Drop eigenvalues <= 1e-5 before fitting (WeightWatcher's convention)."
-    )
-    tb_estimator: str | None = _option(
-        "tb_estimator",
-        "'plain': ESD of the whole matrix; 'farms': pooled ESD of fixed-aspect-ratio windows, which removes the bias "
-        "that matrix shape puts into alpha.",
-        choices=ESTIMATORS,
-    )
-    tb_farms_window: int | None = _option(
-        "tb_farms_window",
-        "FARMS window rows r. None: one size for the whole model, as in the FARMS paper: half the smallest side "
-        "among the analysed matrices (so q, k and v of a block are windowed alike).",
-    )
-    tb_farms_aspect_ratio: float | None = _option("tb_farms_aspect_ratio", "FARMS window columns / rows (Q).")
-    tb_farms_grid: int | None = _option("tb_farms_grid", "FARMS grid: up to P x P window positions.")
-    tb_esd_dtype: str | None = _option(
-        "tb_esd_dtype",
-        "Precision of the eigen-solve: 'auto' = float64 on CUDA (it costs about the same as float32 there, and "
-        "matches WeightWatcher to rounding), float32 elsewhere.",
-        choices=ESD_DTYPE_CHOICES,
-    )
-    tb_lora_view: str | None = _option(
-        "tb_lora_view",
-        "With peft LoRA, analyse the 'effective' weight W0 + scaling*B@A (what the forward pass uses) or the "
-        "'delta' alone.",
-        choices=LORA_VIEWS,
-    )
-    tb_lora_average: str | None = _option(
-        "tb_lora_average",
-        "With peft LoRA and block units: a block's alpha is the mean over its 'adapted' matrices (Model Balancing; "
-        "frozen matrices do not move) or over 'all' its matrices.",
-        choices=LORA_AVERAGES,
-    )
-    # When alpha is recomputed.
-    tb_update_steps: str | None = _option(
-        "tb_update_steps",
-        "When to recompute alpha (always once before the first step). An integer N: every N optimizer steps, "
-        "exactly. 'once': never again (the step-0 factors hold for the whole run). 'auto': Model Balancing's "
-        "min(100, max(1, steps_per_epoch // 10)), but never more often than tb_max_overhead allows, judged from the "
-        "measured cost of the first pass and of the first steps.",
-    )
-    tb_max_overhead: float | None = _option(
-        "tb_max_overhead",
-        "Budget for tb_update_steps='auto': spectral passes may cost at most this fraction of the training time "
-        "(0.03: 3 percent). The pass before the first step is always made.",
-    )
-    tb_auto_interval: int | None = _option(
-        "tb_auto_interval",
-        "Replay a tb_update_steps='auto' run exactly: use this interval (the one the run recorded as "
-        "tb_update_interval) instead of deciding it from timed steps. Only with tb_update_steps='auto'.",
-    )
-    tb_async: bool | None = _option(
-        "tb_async",
-        "Compute passes after the first in a background thread on a snapshot of the weights taken at step s, and "
-        "apply the factors at the fixed step s + lag (waiting if late), so training does not stop for the "
-        "eigen-solves. Off by default: on a CPU-only machine the thread competes with training.",
-    )
-
-    def __post_init__(self):
-        if hasattr(super(), "__post_init__"):
-            super().__post_init__()  # TrainingArguments' checks, when mixed into TempBalanceConfig
-        for name, value in explicit_options(self).items():  # Python numbers: checkpoints must store them
-            setattr(self, name, value)
-        self.tb_options  # noqa: B018 - every refusal now, at construction, not at the first training step
-
-    @property
-    def tb_options(self) -> TempBalanceOptions:
-        """The options in force (`resolve_options`), from the fields as they are now (a hyperparameter search sets
-        fields after construction: they are resolved again)."""
-        return resolve_options(self, weight_decay=getattr(self, "weight_decay", None))
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as a dict, the ``tb_*`` options as resolved (what the run uses; None for an option this
-        configuration does not use), so the dict can be passed back as arguments."""
-        parent = getattr(super(), "to_dict", None)
-        out = parent() if parent is not None else {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return {**out, **self.tb_options.in_use()}
-
-
-def tb_source(args=None, tb_args=None):
-    """Where the options come from: the ``tb_*`` fields ``args`` sets (when it is a `TempBalanceConfig`) with those
-    ``tb_args`` sets on top (a `TempBalanceArguments` or a whole `TempBalanceConfig`; `TempBalanceOptions` replace
-    them all), or None: the defaults."""
-    base = args if isinstance(args, TempBalanceArguments) else None
-    if tb_args is None:
-        return base
-    if not isinstance(tb_args, TempBalanceArguments | TempBalanceOptions):
-        raise TypeError(f"tb_args must be TempBalanceArguments or TempBalanceConfig, got {type(tb_args).__name__}")
-    if base is None or isinstance(tb_args, TempBalanceOptions):
-        return tb_args
-    return TempBalanceArguments(**{**explicit_options(base), **explicit_options(tb_args)})

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .history import read_history
-from .spectral import PowerLawFit
+from .powerlaw import PowerLawFit
 
 __all__ = [
     "plot_alpha",

@@ -37,9 +37,10 @@ import torch
 from setfit import Trainer as SetFitTrainer
 from setfit.trainer import BCSentenceTransformersTrainer
 
+from .arguments import TempBalanceArguments
 from .balancer import Balancer
 from .optim import tempbalance_param_groups
-from .options import TempBalanceArguments, TempBalanceOptions
+from .options import TempBalanceOptions
 from .trainer import TempBalanceMixin
 
 __all__ = ["TempBalanceSetFitTrainer"]

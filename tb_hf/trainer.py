@@ -10,11 +10,12 @@ from transformers import Trainer
 from transformers.utils import logging
 
 from . import state as tb_state
+from .arguments import TempBalanceArguments, tb_source
 from .balancer import Balancer
 from .callback import TempBalanceCallback
 from .checks import validate
 from .optim import optimizer_from_args
-from .options import TempBalanceArguments, TempBalanceOptions, explicit_options, resolve_options, tb_source
+from .options import TempBalanceOptions, explicit_options, resolve_options
 
 logger = logging.get_logger(__name__)
 

@@ -40,7 +40,8 @@ from typing import Any
 
 from transformers.utils import logging
 
-from .options import PRESETS, TempBalanceArguments
+from .arguments import TempBalanceArguments
+from .options import PRESETS
 
 logger = logging.get_logger(__name__)
 

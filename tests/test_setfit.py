@@ -129,7 +129,7 @@ def test_the_recipe_trains_setfits_body_with_a_profile(tiny_body, tmp_path):
     [
         (["--task_name", "stsb", "--max_train_samples", "8"], "--method setfit classifies, and stsb is a regression"),
         (["--task_name", "sst2", "--setfit_end_to_end"], "--setfit_end_to_end trains a differentiable head"),
-        (["--task_name", "sst2", "--llrd_decay", "0.8"], "--tb_preset llrd --tb_llrd_decay"),
+        (["--task_name", "sst2", "--llrd_decay", "0.8"], r"use --tb_llrd_decay \(with --tb_preset llrd"),
     ],
 )
 def test_the_recipe_refuses_what_setfit_cannot_take_before_training(tiny_body, tmp_path, flags, words):

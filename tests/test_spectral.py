@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tb_hf import spectral
+from tb_hf import powerlaw
 from tb_hf.spectral import MatrixKey, analyze, esd, farms_esd, farms_grid, fit_power_law
 
 
@@ -158,14 +159,14 @@ def test_ks_scan_equals_weightwatcher_fit_on_eigenvalues(ww, monkeypatch):
         assert fit.xmin == pytest.approx(reference.xmin, rel=1e-12)
         assert fit.ks_distance == pytest.approx(reference.D, abs=1e-9)
         # many small chunks give the same answer: memory stays bounded without changing the result
-        monkeypatch.setattr(spectral, "_KS_CHUNK_ELEMENTS", 5000)
+        monkeypatch.setattr(powerlaw, "_KS_CHUNK_ELEMENTS", 5000)
         assert fit_power_law(evals, xmin_method="ks") == fit
         monkeypatch.undo()
 
 
 def test_ks_scan_large_spectrum_bounded_memory(monkeypatch):
     """N = 11008 (LLaMA-7B's MLP width): the scan runs in chunks and still finds the true α."""
-    monkeypatch.setattr(spectral, "_KS_CHUNK_ELEMENTS", 1 << 22)  # 32 MiB chunks instead of the full 970 MB
+    monkeypatch.setattr(powerlaw, "_KS_CHUNK_ELEMENTS", 1 << 22)  # 32 MiB chunks instead of the full 970 MB
     fit = fit_power_law(pareto(3.0, 11008, 7), xmin_method="ks")
     assert fit.ok and fit.num_evals == 11008
     assert abs(fit.alpha - 3.0) < 4 * 2 / math.sqrt(fit.num_tail) + 0.02
