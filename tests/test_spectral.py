@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from tb_hf import spectral
 from tb_hf import powerlaw
 from tb_hf.spectral import MatrixKey, analyze, esd, farms_esd, farms_grid, fit_power_law
 
