@@ -1117,6 +1117,79 @@ for _preset in ("llrd-alpha", "alphadecay", "llrd"):
     case(f"analyze: tb_preset={_preset!r} shows what training does", "correct")(_fn)
 
 
+# --------------------------------------------------------------------------------------------------
+# Profiles, their search and SetFit
+
+
+@case("profile: tb_head_lr_ratio = 0", "error", "tb_head_lr_ratio", "(0, 100]")
+def _():
+    _config(tb_head_lr_ratio=0.0)
+
+
+@case("profile: search space of an unknown preset", "error", "preset must be one of", "'llrd'")
+def _():
+    from tb_hf.tuning import search_space
+
+    search_space("llrd+alpha")
+
+
+@case("profile: folds above a class's size", "error", "folds=5", "class 1", "(3)")
+def _():
+    from tb_hf.tuning import tuning_splits
+
+    tuning_splits([0] * 10 + [1] * 3, folds=5)
+
+
+@case("profile: a search space naming an option the trainer lacks", "error", "llrd_decay", "does not have")
+def _():
+    from tb_hf import TempBalanceTrainer
+    from tb_hf.testing import ARCHS, dataset_for
+
+    model = ARCHS["bert"][0]()
+    args = _config(max_steps=2, report_to="none", use_cpu=True)
+    trainer = TempBalanceTrainer(model_init=lambda: ARCHS["bert"][0](), args=args, train_dataset=dataset_for(model),
+                                 eval_dataset=dataset_for(model, n=8))  # fmt: skip
+    trainer.hyperparameter_search(hp_space=lambda trial: {"llrd_decay": 0.8}, backend="optuna", n_trials=1)
+
+
+@case("profile: recipe --search_profile with --method llrd", "error", "--search_profile", "--method tempbalance")
+def _():
+    _recipe("--task_name", "sst2", "--glue_dir", str(GLUE), "--method", "llrd", "--search_profile", "llrd",
+            "--output_dir", str(_tmp()))  # fmt: skip
+
+
+@case("setfit: recipe on a regression task", "error", "--method setfit classifies", "stsb")
+def _():
+    _recipe("--task_name", "stsb", "--glue_dir", str(GLUE), "--method", "setfit", "--max_train_samples", "8",
+            "--output_dir", str(_tmp()))  # fmt: skip
+
+
+@case("setfit: a misspelled SetFit option", "error", "unrecognized", "--setfit_num_iteration")
+def _():
+    _recipe("--task_name", "sst2", "--glue_dir", str(GLUE), "--method", "setfit", "--setfit_num_iteration", "5",
+            "--output_dir", str(_tmp()))  # fmt: skip
+
+
+@case("setfit: a profile on a body without transformer blocks", "error", "no transformer blocks")
+def _():
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import StaticEmbedding
+    from setfit import SetFitModel, TrainingArguments
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+
+    from tb_hf import TempBalanceArguments
+    from tb_hf.setfit import TempBalanceSetFitTrainer
+
+    body = SentenceTransformer(modules=[StaticEmbedding(Tokenizer(WordLevel({"[UNK]": 0}, unk_token="[UNK]")),
+                                                        embedding_dim=8)])  # fmt: skip
+    train = Dataset.from_dict({"text": ["a", "b"] * 4, "label": [0, 1] * 4})
+    TempBalanceSetFitTrainer(model=SetFitModel(model_body=body, model_head=None),
+                             args=TrainingArguments(output_dir=str(_tmp()), report_to="none"), train_dataset=train,
+                             tb_args=TempBalanceArguments(tb_preset="llrd"))  # fmt: skip
+
+
 class _Capture(logging.Handler):
     def __init__(self):
         super().__init__(logging.WARNING)
