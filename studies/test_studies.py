@@ -48,7 +48,6 @@ def test_every_packed_run_is_finished_under_its_config(path, monkeypatch):
     packed = sweep.archive.load(out)
     assert packed and set(packed) <= set(runs)
     assert {name: sweep.status(runs[name]) for name in packed} == dict.fromkeys(packed, "done")
-    assert not list(out.glob("runs/**/result.json"))  # every committed run is packed
 
 
 @pytest.mark.parametrize("path", STAGES, ids=_id)

@@ -58,6 +58,12 @@ def _is_block_list(module: nn.Module, min_len: int = 2) -> bool:
     )
 
 
+def _is_deep(module: nn.Module) -> bool:
+    """A composite of composites (a transformer block: attention and MLP modules), not a small stack of layers (an MLP
+    head, a convolutional feature-encoder layer)."""
+    return any(next(child.children(), None) is not None for child in module.children())
+
+
 def find_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The transformer blocks of ``model``, as ``(module path, block)`` pairs in model order.
 
@@ -83,6 +89,9 @@ def find_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
                 visit(child, path, min_len)
 
     visit(model, "", 2)
+    deep = {path.rsplit(".", 1)[0] for path, block in blocks if _is_deep(block)}
+    if deep:  # transformer blocks hold attention and MLP modules: lists of plain MLPs beside them are heads
+        blocks = [(path, block) for path, block in blocks if path.rsplit(".", 1)[0] in deep]
     if not blocks:
         # A one-layer model, or ALBERT's single shared layer group: a list holding one composite block.
         visit(model, "", 1)

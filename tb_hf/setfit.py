@@ -65,6 +65,27 @@ class TempBalanceSetFitTrainer(SetFitTrainer):
         body = self.st_trainer
         body.__class__ = _ProfiledBodyTrainer  # SetFit builds its body trainer itself: give it the mixin
         body._tb_setup(tb_args)
+        if body.tb_options.balance.head_lr_ratio != 1:
+            raise ValueError(
+                "tb_head_lr_ratio has nothing to act on in SetFit: the body's pooler is unused and SetFit trains its "
+                "head at its own head_learning_rate (TrainingArguments(head_learning_rate=...)): leave it unset."
+            )
+
+    def hyperparameter_search(self, hp_space=None, *args, **kwargs):
+        """`setfit.Trainer.hyperparameter_search`, where the ``tb_*`` values a trial sets (e.g. from
+        `tb_hf.tuning.hp_space`) train that trial's body; SetFit applies the others."""
+        body = self.st_trainer
+
+        def split(trial):
+            params = hp_space(trial) if hp_space is not None else {}
+            body._tb_trial = {k: v for k, v in params.items() if k.startswith("tb_")}
+            body.tb_options  # noqa: B018 - the trial's options checked now
+            return {k: v for k, v in params.items() if not k.startswith("tb_")}
+
+        try:
+            return super().hyperparameter_search(split if hp_space is not None else None, *args, **kwargs)
+        finally:
+            body._tb_trial = {}
 
     @property
     def tempbalance(self):

@@ -88,6 +88,8 @@ class TempBalanceMixin:
 
     #: Options a subclass fixes over the user's (`tb_hf.baselines.LLRDTrainer`: ``{"tb_preset": "llrd", ...}``).
     _tb_fixed: dict = {}
+    #: The ``tb_*`` values of the hyperparameter-search trial in progress: they win over ``tb_args``.
+    _tb_trial: dict = {}
 
     def __init__(self, *args, tb_args: TempBalanceArguments | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -115,9 +117,12 @@ class TempBalanceMixin:
         """The options in force (`tb_hf.options.resolve_options`), from ``tb_args``, else the ``tb_*`` fields of
         ``args`` as they are now (a hyperparameter-search trial sets them), else the defaults."""
         source = tb_source(self.args, self.tempbalance.user_options)
+        if self._tb_trial:
+            given = explicit_options(source) if isinstance(source, TempBalanceArguments) else {}
+            source = TempBalanceArguments(**{**given, **self._tb_trial})
         if self._tb_fixed:
             source = self._with_fixed(source)
-        return resolve_options(source, weight_decay=self.args.weight_decay)
+        return resolve_options(source, weight_decay=getattr(self.args, "weight_decay", None))
 
     def _with_fixed(self, source) -> TempBalanceArguments:
         given = explicit_options(source) if isinstance(source, TempBalanceArguments) else {}
@@ -152,11 +157,11 @@ class TempBalanceMixin:
 
     def hyperparameter_search(self, hp_space=None, *args, **kwargs):
         """`transformers.Trainer.hyperparameter_search`, where every ``tb_*`` value (and ``learning_rate``) a trial
-        sets is the one that trains that trial: the options are resolved again per trial (a ``tb_preset`` a trial
-        sets fills what that trial leaves unset), every trial starts from the ``tb_*`` values the arguments had before
-        the search (nothing of an earlier trial's settings stays), and a name the arguments do not have is refused
-        before the trial trains (the Trainer alone would only warn and ignore it). `tb_hf.tuning.hp_space` gives the
-        study's search spaces."""
+        sets is the one that trains that trial: the trial's values win over ``tb_args`` and the arguments, the options
+        are resolved again per trial (a ``tb_preset`` a trial sets fills what that trial leaves unset), nothing of an
+        earlier trial's settings stays, and a name the arguments do not have is refused before the trial trains (the
+        Trainer alone would only warn and ignore it). The ``tb_*`` fields are as before the search afterwards: apply
+        the best trial with ``tb_hf.tuning.hp_space(...).settings(best.hyperparameters)``."""
         fields = set(type(self.args).__dataclass_fields__)
 
         def checked(trial):
@@ -164,18 +169,22 @@ class TempBalanceMixin:
             unknown = sorted(set(params) - fields)
             if unknown:
                 tb = sorted(f for f in fields if f.startswith("tb_"))
+                use = f"its fields (the tb_* options are {tb})" if tb else "a tb_hf.TempBalanceConfig as args"
                 raise ValueError(
                     f"The search space sets {unknown}, which {type(self.args).__name__} does not have: the trial "
-                    f"would train without them. Use its fields (the tb_* options are {tb}), e.g. "
-                    "tb_hf.tuning.hp_space(...)."
+                    f"would train without them. Use {use}, e.g. with tb_hf.tuning.hp_space(...)."
                 )
+            self._tb_trial = {k: v for k, v in params.items() if k.startswith("tb_")}
             return params
 
-        self._tb_before_search = {name: getattr(self.args, name) for name in fields if name.startswith("tb_")}
+        before = {name: getattr(self.args, name) for name in fields if name.startswith("tb_")}
+        self._tb_before_search, self._tb_trial = before, {}
         try:
             return super().hyperparameter_search(checked if hp_space is not None else None, *args, **kwargs)
         finally:
-            self._tb_before_search = None
+            for name, value in before.items():
+                setattr(self.args, name, value)
+            self._tb_before_search, self._tb_trial = None, {}
 
     def _hp_search_setup(self, trial):
         if getattr(self, "_tb_before_search", None) and trial is not None:

@@ -45,7 +45,7 @@ from .options import PRESETS
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["ProfileSearch", "Split", "hp_space", "search_profile", "search_space", "tuning_splits"]
+__all__ = ["ProfileSearch", "ProfileSpace", "Split", "hp_space", "search_profile", "search_space", "tuning_splits"]
 
 
 def _range(r: float) -> dict[str, float]:
@@ -86,16 +86,30 @@ def _label(setting: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in setting.items())
 
 
-def hp_space(preset: str, *, learning_rates: Sequence[float] | None = None) -> Callable[[Any], dict[str, Any]]:
-    """``hp_space`` for `transformers.Trainer.hyperparameter_search(backend="optuna", ...)` with a tb_hf trainer: each
-    trial picks one setting of `search_space` (a categorical choice named after the preset), so the trial's
-    ``tb_*`` values (and ``learning_rate``) are exactly one of the study's settings."""
-    settings = {_label(s): s for s in search_space(preset, learning_rates=learning_rates)}
+class ProfileSpace:
+    """An ``hp_space`` for `transformers.Trainer.hyperparameter_search(backend="optuna", ...)` with a tb_hf trainer
+    (`hp_space`): each trial picks one setting of `search_space` (a categorical choice named after the preset), so the
+    trial's ``tb_*`` values (and ``learning_rate``) are exactly one of the study's settings."""
 
-    def space(trial) -> dict[str, Any]:
-        return dict(settings[trial.suggest_categorical(preset, list(settings))])
+    def __init__(self, preset: str, learning_rates: Sequence[float] | None = None):
+        self.preset = preset
+        self.choices = {_label(s): s for s in search_space(preset, learning_rates=learning_rates)}
 
-    return space
+    def __call__(self, trial) -> dict[str, Any]:
+        return dict(self.choices[trial.suggest_categorical(self.preset, list(self.choices))])
+
+    def settings(self, hyperparameters: dict[str, Any]) -> dict[str, Any]:
+        """The options of a trial from its ``hyperparameters`` (a `transformers.trainer_utils.BestRun`'s): apply them
+        with ``dataclasses.replace(args, **space.settings(best.hyperparameters))``."""
+        label = hyperparameters.get(self.preset)
+        if label not in self.choices:
+            raise ValueError(f"{hyperparameters!r} holds no setting of this space (its choices: {list(self.choices)})")
+        return dict(self.choices[label])
+
+
+def hp_space(preset: str, *, learning_rates: Sequence[float] | None = None) -> ProfileSpace:
+    """The `ProfileSpace` of ``preset`` (and ``learning_rates``) for ``hyperparameter_search(hp_space=...)``."""
+    return ProfileSpace(preset, learning_rates)
 
 
 @dataclass(frozen=True)
@@ -122,6 +136,7 @@ def tuning_splits(
         ValueError: For both or an impossible split: more folds than a class has examples (each fold must hold
             every class), fewer than 2 folds, or a holdout that leaves nothing to train on.
     """
+    labels = labels.tolist() if hasattr(labels, "tolist") else list(labels)  # a tensor or array of labels
     n = len(labels)
     if folds is not None and holdout is not None:
         raise ValueError("give folds or holdout, not both")
@@ -149,9 +164,11 @@ def tuning_splits(
         raise ValueError(f"folds must be a whole number >= 2, got {folds!r}")
     smallest = min(by_class.items(), key=lambda item: len(item[1]))
     if not is_regression and folds > len(smallest[1]):
+        fewest = len(smallest[1])
+        use = f"Use folds <= {fewest}" if fewest >= 2 else "Cross-validation needs 2 examples of every class: add some"
         raise ValueError(
-            f"folds={folds} is more than class {smallest[0]!r} has examples ({len(smallest[1])}): every fold must "
-            f"hold every class. Use folds <= {len(smallest[1])}, or more training examples."
+            f"folds={folds} is more than class {smallest[0]!r} has examples ({fewest}): every fold must hold every "
+            f"class. {use}, or use a holdout (tuning_splits(labels, holdout=...)) with more training examples."
         )
     if folds > n:
         raise ValueError(f"folds={folds} is more than the {n} examples")
@@ -167,6 +184,17 @@ def tuning_splits(
         )
         for held in range(folds)
     ]
+
+
+def _check_splits(splits: Sequence[Split], n: int) -> None:
+    if not splits:
+        raise ValueError("splits is empty: give at least one Split (tuning_splits(...) makes them)")
+    for k, split in enumerate(splits):
+        if not split.train or not split.eval:
+            raise ValueError(f"split {k} has an empty {'training' if not split.train else 'evaluation'} part")
+        bad = [i for i in (*split.train, *split.eval) if not (isinstance(i, int) and 0 <= i < n)]
+        if bad:
+            raise ValueError(f"split {k} holds indices outside the {n} training examples: {bad[:5]}")
 
 
 @dataclass
@@ -203,6 +231,7 @@ def search_profile(
     folds: int | None = None,
     holdout: int | None = None,
     label_column: str = "labels",
+    is_regression: bool | None = None,
     metric: str = "eval_loss",
     direction: str | None = None,
     trainer_cls=None,
@@ -220,6 +249,8 @@ def search_profile(
         preset: The preset whose parameter is searched (`search_space`).
         learning_rates: Learning rates to try each setting at (`search_space`).
         splits: Explicit splits; else `tuning_splits` of the labels with ``folds`` / ``holdout`` and ``args.seed``.
+        is_regression: Whether the labels are numbers to regress on (no classes to stratify by); default: any label
+            that is a float with a fractional part says so.
         metric: The key of ``trainer.evaluate()`` to compare (``eval_loss`` by default; with ``compute_metrics``
             e.g. ``eval_accuracy``).
         direction: ``"minimize"`` or ``"maximize"``; default: minimize a loss, maximize anything else.
@@ -246,8 +277,11 @@ def search_profile(
                 "pass label_column=..., or splits=tuning_splits(...)"
             )
         labels = train_dataset[label_column]
-        regression = bool(labels) and isinstance(labels[0], float) and not float(labels[0]).is_integer()
-        splits = tuning_splits(labels, folds=folds, holdout=holdout, seed=args.seed, is_regression=regression)
+        labels = labels.tolist() if hasattr(labels, "tolist") else list(labels)
+        if is_regression is None:
+            is_regression = any(isinstance(x, float) and not x.is_integer() for x in labels)
+        splits = tuning_splits(labels, folds=folds, holdout=holdout, seed=args.seed, is_regression=is_regression)
+    _check_splits(splits, len(train_dataset))
     for setting in settings:  # every setting is checked before the first training
         dataclasses.replace(args, **setting)
     trainer_cls = trainer_cls or TempBalanceTrainer

@@ -350,3 +350,17 @@ def test_weight_decay_and_learning_rate_of_the_groups_are_checked():
             create_tempbalance_optimizer(model, torch.optim.AdamW, lr=1e-3, weight_decay=bad)
     with pytest.raises(ValueError, match="lr must be a finite number"):
         create_tempbalance_optimizer(model, torch.optim.AdamW, lr=float("nan"))
+
+
+def test_a_list_of_mlp_heads_beside_transformer_blocks_is_not_a_stack():
+    """Multi-task heads nn.Sequential(Linear, Tanh, Linear) x 3 beside a BERT trained at x0.25/x0.5/x1 under LLRD 0.5
+    and were balanced as units (second outside probe)."""
+    from tb_hf.blocks import find_blocks, positions
+
+    model = ARCHS["bert"][0]()
+    model.heads = torch.nn.ModuleList(
+        torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.Tanh(), torch.nn.Linear(32, 2)) for _ in range(3)
+    )
+    assert [p for p, _ in find_blocks(model)] == ["bert.encoder.layer.0", "bert.encoder.layer.1"]
+    pos = positions(model)
+    assert {pos[f"heads.{i}.0.weight"] for i in range(3)} == {pos["classifier.weight"]}  # all at the top

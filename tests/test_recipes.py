@@ -146,6 +146,38 @@ def test_run_glue_chooses_the_profile_on_the_training_subset(tmp_path, tokenizer
 
 
 @needs_glue
+def test_the_profile_search_is_checked_against_its_data_before_a_model_loads(tmp_path, monkeypatch):
+    """--search_metric, --search_folds above a class's size and --tb_llrd_decay beside --search_profile llrd failed
+    after the model loaded (or trained the search's choice without a word); the sweep checks the same per run."""
+    calls = []
+    monkeypatch.setattr(run_glue, "main", lambda *a, **k: calls.append(a))
+    base = ["--task_name", "sst2", "--glue_dir", str(GLUE_DIR), "--search_profile", "llrd", "--output_dir", "x"]
+    for flags, words in [
+        (["--shots_per_class", "3", "--search_folds", "4"], "--search_folds: folds=4 is more than class"),
+        (
+            ["--shots_per_class", "8", "--search_metric", "accuracy"],
+            r"--search_metric accuracy: sst2's evaluation gives",
+        ),
+        (["--shots_per_class", "8", "--tb_llrd_decay", "0.3"], "chooses --tb_llrd_decay itself"),
+    ]:
+        with pytest.raises(SystemExit):
+            run_glue.cli(base + flags)
+        with pytest.raises(ValueError, match=words):  # the same refusal, as the sweep's check raises it
+            margs, dargs, targs = run_glue.parse_args(base + flags)
+            data = run_glue.prepare_data(dargs, targs)
+            run_glue.check_method_data(margs, data.task, data.train["label"])
+    assert calls == []  # refused before main, so before any model loads
+    config = {
+        "output_dir": str(tmp_path / "sweep"), "tasks": {"stsb": {"max_train_samples": [8]}}, "seeds": [1],
+        "methods": ["setfit"], "baseline": "setfit", "args": {"glue_dir": str(GLUE_DIR)},
+    }  # fmt: skip
+    runs = sweep.expand_grid(config)
+    parsed = validate(config, runs)
+    with pytest.raises(ValueError, match="--method setfit classifies, and stsb is a regression task"):
+        sweep.grid.check_data(runs, parsed)
+
+
+@needs_glue
 def test_same_seed_same_subset(tmp_path, tokenizer):
     picks = []
     for seed in (13, 13, 37):

@@ -144,3 +144,33 @@ def test_setfit_options_with_another_method_and_a_misspelled_one_are_refused():
         run_glue.parse_args(["--output_dir", "x", "--method", "ft", "--setfit_num_iterations", "5"])
     with pytest.raises(SystemExit):  # argparse: unrecognized arguments ... (did you mean --setfit_num_epochs?)
         run_glue.parse_args(["--output_dir", "x", "--method", "setfit", "--setfit_num_epoch", "2"])
+
+
+def test_trainer_flags_setfit_ignores_are_refused_and_weight_decay_is_its_l2_weight():
+    from recipes.glue import run_glue
+
+    with pytest.raises(ValueError, match=r"--learning_rate \(use --setfit_body_learning_rate\), --max_steps would be"):
+        run_glue.parse_args(["--output_dir", "x", "--method", "setfit", "--learning_rate", "0.5", "--max_steps", "1"])
+    margs, _, targs = run_glue.parse_args(["--output_dir", "x", "--method", "setfit", "--weight_decay", "0.05"])
+    assert margs.method == "setfit" and targs.weight_decay == 0.05  # passed on as SetFit's l2_weight
+
+
+def test_setfit_scores_map_the_heads_classes_when_the_subset_lacks_one(tiny_body, tmp_path):
+    """A 3-class file whose first 8 rows hold two classes: predict_proba has 2 columns, and their argmax was read as
+    label ids, so 'pos' was scored as 'neu' (second outside probe)."""
+    import csv
+
+    rows = [("bad film", "neg"), ("great film", "pos")] * 4 + [("a film", "neu"), ("bad", "neg"), ("great", "pos")] * 4
+    for name, part in (("train.csv", rows), ("dev.csv", rows[8:])):
+        with open(tmp_path / name, "w", newline="") as f:
+            csv.writer(f).writerows([("text", "label"), *part])
+    results = _recipe(tiny_body, tmp_path / "out", "--train_file", str(tmp_path / "train.csv"), "--validation_file",
+                      str(tmp_path / "dev.csv"), "--text_columns", "text", "--subset_strategy", "first",
+                      "--save_model", size=("--max_train_samples", "8"))  # fmt: skip
+    from setfit import SetFitModel
+
+    model = SetFitModel.from_pretrained(str(tmp_path / "out"))  # --save_model saved it
+    predicted = model.predict([t for t, _ in rows[8:]])
+    names = sorted({label for _, label in rows})  # the recipe's ids: the class names in order
+    truth = [names.index(label) for _, label in rows[8:]]
+    assert results["eval_accuracy"] == pytest.approx(sum(int(p) == t for p, t in zip(predicted, truth)) / len(truth))

@@ -128,3 +128,47 @@ def test_search_profile_cross_validates_every_setting_on_the_training_data(tmp_p
         search_profile(_model, _args(tmp_path, tb_update_steps="4"), train, preset="llrd", folds=2)
     with pytest.raises(ValueError, match="folds=9 is more than class"):
         search_profile(_model, _args(tmp_path), train, preset="llrd", folds=9)
+
+
+def test_the_trials_values_win_over_tb_args_and_the_best_trial_can_be_applied(tmp_path):
+    """With tb_args=llrd 0.5 every trial trained 0.5 whatever it set, and the best trial's label could not be turned
+    back into settings; the arguments kept the last trial's values (second outside probe)."""
+    import dataclasses
+
+    from tb_hf import TempBalanceArguments
+
+    model = _model()
+    recorder = GroupsAtStart()
+    trainer = TempBalanceTrainer(model_init=_model, args=_args(tmp_path), train_dataset=dataset_for(model),
+                                 eval_dataset=dataset_for(model, n=8, seed=1), callbacks=[recorder],
+                                 tb_args=TempBalanceArguments(tb_preset="llrd", tb_llrd_decay=0.5))  # fmt: skip
+    space = hp_space("llrd")
+    grid = optuna.samplers.GridSampler({"llrd": list(space.choices)})
+    best = trainer.hyperparameter_search(hp_space=space, backend="optuna", n_trials=4, direction="minimize",
+                                         sampler=grid)  # fmt: skip
+    trained = sorted(o.balance.llrd_decay for o, _, _ in recorder.trials)
+    assert trained == [0.8, 0.85, 0.9, 0.95]  # each trial its own decay, not tb_args' 0.5
+    assert trainer.args.tb_llrd_decay is None  # the arguments as before the search
+    chosen = space.settings(best.hyperparameters)
+    assert chosen["tb_preset"] == "llrd" and chosen["tb_llrd_decay"] in trained
+    applied = dataclasses.replace(trainer.args, **chosen)
+    assert applied.tb_options.balance.llrd_decay == chosen["tb_llrd_decay"]
+
+
+def test_search_profile_checks_its_splits_and_regression_labels(tmp_path):
+    from tb_hf.tuning import Split
+
+    model = _model()
+    train = dataset_for(model, n=8)
+    for splits, words in [
+        ([], "splits is empty"),
+        ([Split((0, 1, 2), ())], "empty evaluation part"),
+        ([Split((0, 1, 99), (3,))], "indices outside the 8 training examples"),
+    ]:
+        with pytest.raises(ValueError, match=words):
+            search_profile(_model, _args(tmp_path), train, preset="llrd", splits=splits)
+    with pytest.raises(ValueError, match="Cross-validation needs 2 examples of every class"):
+        tuning_splits([0, 0, 0, 1], folds=2)
+    labels = torch.tensor([0, 1] * 4)  # a torch-formatted label column
+    assert len(tuning_splits(labels, folds=2)) == 2
+    assert len(tuning_splits([0.0, 5.0, 3.2, 1.0] * 2, folds=2, is_regression=True)) == 2

@@ -360,6 +360,8 @@ def parse_args(
     if unknown:
         parser.error(unrecognized_message(parser, unknown, from_config))
     _check_method_options(model_args, training_args)
+    if model_args.method == "setfit":
+        _check_setfit_flags(argv, from_config)
     import torch
 
     if "--dataloader_pin_memory" not in argv and not torch.cuda.is_available():
@@ -392,6 +394,12 @@ def _check_method_options(model_args: ModelArguments, training_args: TempBalance
     if search is not None:  # every setting the search will train, checked with the other options now
         from tb_hf.tuning import search_space
 
+        searched = sorted({k for setting in search_space(search) for k in setting if k != "tb_preset"} & set(given))
+        if searched:
+            raise ValueError(
+                f"--search_profile {search} chooses {', '.join(f'--{k}' for k in searched)} itself, and the run sets "
+                f"{', '.join(f'--{k} {given[k]}' for k in searched)}: drop one of the two."
+            )
         for setting in search_space(search):
             dataclasses.replace(training_args, **setting)
     if model_args.method == "llrd":
@@ -419,6 +427,47 @@ def _check_method_options(model_args: ModelArguments, training_args: TempBalance
         logger.warning(
             f"--llrd_decay not used: it only applies with --method llrd, and --method is {model_args.method!r}."
         )
+
+
+#: Trainer flags that SetFit's training does not read -> the SetFit option to use instead (None: none here).
+SETFIT_IGNORES = {
+    "--learning_rate": "--setfit_body_learning_rate", "--num_train_epochs": "--setfit_num_epochs",
+    "--per_device_train_batch_size": "--setfit_batch_size", "--max_steps": None, "--warmup_steps": None,
+    "--lr_scheduler_type": None, "--gradient_accumulation_steps": None, "--optim": None,
+}  # fmt: skip
+
+
+def _check_setfit_flags(argv: list[str], from_config: dict[str, str]) -> None:
+    """--method setfit trains with SetFit's own options: a Trainer flag it would ignore is refused, naming the SetFit
+    option to use (--weight_decay is passed on as SetFit's l2_weight; --seed, --max_seq_length and the data flags
+    apply as for every method)."""
+    given = [flag for flag in SETFIT_IGNORES if flag in argv or flag in from_config]
+    if given:
+        hints = [f"{flag} (use {SETFIT_IGNORES[flag]})" if SETFIT_IGNORES[flag] else flag for flag in given]
+        raise ValueError(
+            f"--method setfit trains with SetFit's own options, so {', '.join(hints)} would be ignored: drop them "
+            "(in a sweep, give them in the other methods' method_args)."
+        )
+
+
+def check_method_data(model_args: ModelArguments, task, train_labels) -> None:
+    """What a run's method needs of its data, checked once the training subset is known and before a model loads
+    (the sweep checks it for every run before the first): SetFit classifies; the profile search's folds and metric
+    must fit the subset and the task."""
+    from recipes.metrics import metric_names
+
+    if model_args.method == "setfit" and task.is_regression:
+        raise ValueError(f"--method setfit classifies, and {task.name} is a regression task: use another --method.")
+    if model_args.search_profile is not None:
+        from tb_hf.tuning import tuning_splits
+
+        allowed = ["eval_loss", *(f"eval_{m}" for m in metric_names(task.metric_config))]
+        if model_args.search_metric not in allowed:
+            raise ValueError(f"--search_metric {model_args.search_metric}: {task.name}'s evaluation gives {allowed}.")
+        try:
+            tuning_splits(list(train_labels), folds=model_args.search_folds, is_regression=task.is_regression)
+        except ValueError as err:
+            raise ValueError(f"--search_folds: {err}") from None
 
 
 def _on_terminal() -> bool:
@@ -591,8 +640,7 @@ def main(
     data = data or prepare_data(data_args, training_args)
     raw, task, indices, subset_seed = data.raw, data.task, data.indices, data.subset_seed
     train_raw, eval_raw = data.train, data.eval
-    if model_args.method == "setfit" and task.is_regression:
-        raise ValueError(f"--method setfit classifies, and {task.name} is a regression task: use another --method.")
+    check_method_data(model_args, task, train_raw["label"])
     if model is not None and model_args.method != "setfit" and model.config.num_labels != task.num_labels:
         raise ValueError(
             f"The model has {model.config.num_labels} labels but task {task.name} needs {task.num_labels}."
@@ -682,7 +730,7 @@ def main(
     )
     search = None
     if model_args.search_profile is not None:  # the preset's parameter chosen on the training subset alone
-        search = _search_profile(model_args, training_args, model, train_ds, common)
+        search = _search_profile(model_args, training_args, model, train_ds, common, task.is_regression)
         training_args = common["args"] = search.apply(training_args)
     if model_args.method == "tempbalance":
         trainer = TempBalanceTrainer(**common)
@@ -762,7 +810,7 @@ def _main_setfit(model_args, data_args, training_args, data, model_path, start, 
         output_dir=training_args.output_dir, seed=training_args.seed, max_length=data_args.max_seq_length,
         num_iterations=m.setfit_num_iterations, end_to_end=m.setfit_end_to_end,
         head_learning_rate=m.setfit_head_learning_rate, report_to="none", save_strategy="no",
-        show_progress_bar=False, logging_strategy="no",
+        show_progress_bar=False, logging_strategy="no", l2_weight=training_args.weight_decay or None,
     )  # fmt: skip
     for name, default in (("body_learning_rate", 2e-5), ("num_epochs", 1), ("batch_size", 16)):
         value = getattr(m, f"setfit_{name}")
@@ -783,6 +831,11 @@ def _main_setfit(model_args, data_args, training_args, data, model_path, start, 
     trainer.train()
     train_seconds = time.time() - trained
     probabilities = np.asarray(model.predict_proba(setfit_texts(data.eval, task.text_columns, sep), as_numpy=True))
+    classes = getattr(model.model_head, "classes_", None)  # scikit-learn's head knows only the classes it saw
+    if classes is not None and len(classes) != task.num_labels:
+        full = np.zeros((len(probabilities), task.num_labels))
+        full[:, np.asarray(classes, dtype=int)] = probabilities
+        probabilities = full
     scores = glue_compute_metrics(task.metric_config)(EvalPrediction(probabilities, np.asarray(data.eval["label"])))
     eval_metrics = {f"eval_{k}": float(v) for k, v in scores.items()} | {"eval_samples": len(data.eval)}
     key = f"eval_{task.main_metric}"
@@ -799,10 +852,12 @@ def _main_setfit(model_args, data_args, training_args, data, model_path, start, 
         for name, values in (("train", train_metrics), ("eval", eval_metrics), ("all", all_results)):
             with open(Path(training_args.output_dir) / f"{name}_results.json", "w") as f:
                 json.dump(values, f, indent=2)
+        if m.save_model:
+            model.save_pretrained(training_args.output_dir)
     return all_results
 
 
-def _search_profile(model_args: ModelArguments, training_args, model, train_ds, common: dict):
+def _search_profile(model_args: ModelArguments, training_args, model, train_ds, common: dict, is_regression: bool):
     """--search_profile: tb_hf.tuning.search_profile over the training subset (the model's starting weights copied
     for every fold), with the recipe's collator and metrics."""
     import copy
@@ -813,7 +868,7 @@ def _search_profile(model_args: ModelArguments, training_args, model, train_ds, 
     extra = {k: common[k] for k in ("processing_class", "data_collator", "compute_metrics")}
     found = search_profile(lambda: copy.deepcopy(template), training_args, train_ds, preset=model_args.search_profile,
                            folds=model_args.search_folds, label_column="label", metric=model_args.search_metric,
-                           **extra)  # fmt: skip
+                           is_regression=is_regression, **extra)  # fmt: skip
     logger.info(f"profile search: chose {found.best} in {found.seconds:.0f} s ({model_args.search_metric})")
     return found
 
@@ -825,6 +880,7 @@ def cli(argv: list[str] | None = None) -> dict:
     try:
         model_args, data_args, training_args = parse_args(argv, parser)
         data = prepare_data(data_args, training_args)
+        check_method_data(model_args, data.task, data.train["label"])
         resolve_model(model_args.model_name_or_path, "--model_name_or_path")
     except ValueError as err:
         parser.error(str(err))

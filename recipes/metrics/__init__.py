@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["GLUE_METRIC_PATH", "glue_compute_metrics", "load_metric"]
+__all__ = ["GLUE_METRIC_PATH", "glue_compute_metrics", "load_metric", "metric_names"]
 
 GLUE_METRIC_PATH = str(Path(__file__).parent / "glue_metric" / "glue_metric.py")
 
@@ -16,6 +16,17 @@ def load_metric(config_name: str, **kwargs):
     import evaluate
 
     return evaluate.load(GLUE_METRIC_PATH, config_name, **kwargs)
+
+
+def metric_names(config_name: str) -> list[str]:
+    """The keys `glue_compute_metrics` returns for a metric config (``combined_score`` where there are several)."""
+    if config_name == "cola":
+        return ["matthews_correlation"]
+    if config_name in ("stsb", "regression"):
+        return ["pearson", "spearmanr", "combined_score"]
+    if config_name in ("mrpc", "qqp"):
+        return ["accuracy", "f1", "combined_score"]
+    return ["accuracy"]
 
 
 def glue_compute_metrics(config_name: str, *, is_regression: bool = False):

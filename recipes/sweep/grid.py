@@ -329,7 +329,7 @@ def check_data(runs: list[Run], parsed: dict[str, tuple]) -> dict[str, list[str]
         ValueError: listing every problem and how many runs it concerns.
     """
     from recipes.data import load_task, one_class_warning, select_train_indices
-    from recipes.glue.run_glue import select_holdout_indices
+    from recipes.glue.run_glue import check_method_data, select_holdout_indices
 
     groups: dict[tuple, list[tuple[Run, object, object]]] = {}
     for run in runs:
@@ -363,14 +363,20 @@ def check_data(runs: list[Run], parsed: dict[str, tuple]) -> dict[str, list[str]
                         seed=seed, is_regression=task.is_regression,
                     )  # fmt: skip
                     note = one_class_warning(labels, indices, task)
+                    subset_labels = [labels[i] for i in indices]
                     if data.eval_on_train_holdout is not None:
                         select_holdout_indices(
                             labels, indices, data.eval_on_train_holdout, seed=seed, is_regression=task.is_regression
                         )
                 except ValueError as err:
+                    problem, subset_labels = f"{run.task}: {err}", None
+                subsets[how] = (problem, note, subset_labels)
+            problem, note, subset_labels = subsets[how]
+            if problem is None:  # what the run's method needs of this subset (SetFit classifies, search folds fit)
+                try:
+                    check_method_data(parsed[run.name][0], task, subset_labels)
+                except ValueError as err:
                     problem = f"{run.task}: {err}"
-                subsets[how] = (problem, note)
-            problem, note = subsets[how]
             if problem is not None:
                 problems.setdefault(problem, []).append(run.name)
             if note is not None:
