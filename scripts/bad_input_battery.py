@@ -1190,6 +1190,86 @@ def _():
                              tb_args=TempBalanceArguments(tb_preset="llrd"))  # fmt: skip
 
 
+@case("profile: a search trial's decay with tb_args given", "correct")
+def _():
+    import optuna
+
+    from tb_hf import TempBalanceArguments, TempBalanceTrainer
+    from tb_hf.testing import ARCHS, dataset_for
+    from tb_hf.tuning import hp_space
+
+    seen = []
+
+    class Seen(__import__("transformers").TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            seen.append(args.tb_options.balance.llrd_decay)
+
+    model = ARCHS["bert"][0]()
+    trainer = TempBalanceTrainer(
+        model_init=lambda: ARCHS["bert"][0](),
+        args=_config(max_steps=1, report_to="none"),
+        train_dataset=dataset_for(model),
+        eval_dataset=dataset_for(model, n=8),
+        callbacks=[Seen()],
+        tb_args=TempBalanceArguments(tb_preset="llrd", tb_llrd_decay=0.5),
+    )
+    space = hp_space("llrd")
+    trainer.hyperparameter_search(
+        hp_space=space,
+        backend="optuna",
+        n_trials=2,
+        sampler=optuna.samplers.GridSampler({"llrd": list(space.choices)[:2]}),
+    )
+    assert sorted(seen) == [0.8, 0.85], seen  # the trials' decays, not tb_args' 0.5
+
+
+@case("profile: recipe --search_folds above a class's size", "error", "--search_folds", "more than class")
+def _():
+    _recipe(
+        "--task_name",
+        "sst2",
+        "--glue_dir",
+        str(GLUE),
+        "--search_profile",
+        "llrd",
+        "--shots_per_class",
+        "3",
+        "--search_folds",
+        "4",
+        "--output_dir",
+        str(_tmp()),
+    )
+
+
+@case("setfit: recipe with --learning_rate", "error", "--learning_rate", "--setfit_body_learning_rate")
+def _():
+    _recipe(
+        "--task_name",
+        "sst2",
+        "--glue_dir",
+        str(GLUE),
+        "--method",
+        "setfit",
+        "--learning_rate",
+        "0.5",
+        "--output_dir",
+        str(_tmp()),
+    )
+
+
+@case("LLRD: MLP heads in a ModuleList beside the blocks", "correct")
+def _():
+    import torch
+
+    from tb_hf.blocks import positions
+    from tb_hf.testing import ARCHS
+
+    model = ARCHS["bert"][0]()
+    model.heads = torch.nn.ModuleList(torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.Tanh()) for _ in range(3))
+    kinds = {positions(model)[f"heads.{i}.0.weight"].kind for i in range(3)}
+    assert kinds == {"head"}, kinds
+
+
 class _Capture(logging.Handler):
     def __init__(self):
         super().__init__(logging.WARNING)
