@@ -1213,3 +1213,16 @@ def test_fraction_curve_trend_and_plot_from_a_sweep_with_several_fractions(tmp_p
     sweep.aggregate(one)
     left = {p.name for p in Path(one["output_dir"]).iterdir()}
     assert "summary.md" in left and not left & {"curve.csv", "curve.md", "curve.png"}
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "recipes" / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_sweep_starts_with_its_command_and_every_run_parses(path):
+    head = path.read_text().split("\n#\n", 1)[0]  # the commands before the first blank comment line
+    assert head.startswith("# python") and f"# python -m recipes.sweep recipes/sweeps/{path.name}" in head
+    config = sweep.load_config(path)
+    runs = sweep.expand_grid(config)
+    assert runs
+    sweep.validate(config, runs)  # every run's arguments parse as run_glue's
+    if path.name in ("roberta_glue.yaml", "minilm_fractions.yaml"):  # data-fraction sweeps: the report draws the curve
+        sizes = {(r.task, r.size) for r in runs}
+        assert all(len({s for t, s in sizes if t == task}) >= 3 for task, _ in sizes)
