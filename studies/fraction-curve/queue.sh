@@ -64,6 +64,7 @@ run_config() {  # run_config CONFIG: its sweep, then pack and commit what finish
 }
 
 if [ "${1:-}" = "status" ]; then
+  shopt -s nullglob
   setup_code >/dev/null 2>&1
   for cfg in "$REPO"/$STUDY_REL/*.yaml; do
     rel=$STUDY_REL/$(basename "$cfg")
