@@ -32,7 +32,7 @@ from transformers.utils import logging
 from .options import MAPPINGS, METRICS, BalanceOptions
 from .spectral import LayerSpectrum, MatrixKey
 from .state import BASE_LR, BASE_WD, FACTOR, UNIT, WD_FACTOR
-from .values import check_factor_options, check_range
+from .values import FACTOR_RANGES, check_range
 
 logger = logging.get_logger(__name__)
 
@@ -139,8 +139,14 @@ def unit_alpha_se(spectra: Mapping[str, LayerSpectrum], units: Iterable[_UnitLik
 # Factor per unit
 
 
-def _check_factor_options(mapping: str, lr_min: float, lr_max: float, tau: float, s_low: float, s_high: float):
-    check_factor_options(mapping, lr_min=lr_min, lr_max=lr_max, tau=tau, s_low=s_low, s_high=s_high)
+def _check_factor_options(mapping: str, **values: float) -> None:
+    """A ValueError naming the option for an unknown mapping, a non-finite value or one outside `FACTOR_RANGES`."""
+    if mapping not in MAPPINGS:
+        raise ValueError(f"mapping must be one of {MAPPINGS}, got {mapping!r}")
+    for name, low, high, low_open in FACTOR_RANGES:
+        check_range(name, values[name], low, high, low_open=low_open)
+    if not values["lr_min"] <= values["lr_max"]:
+        raise ValueError(f"lr_min must be <= lr_max, got {values['lr_min']} and {values['lr_max']}")
 
 
 def _sigmoid(x: float) -> float:
@@ -267,7 +273,7 @@ def compute_factors(
     Returns:
         Unit name → factor, in the order of ``metrics``.
     """
-    _check_factor_options(mapping, lr_min, lr_max, tau, s_low, s_high)
+    _check_factor_options(mapping, lr_min=lr_min, lr_max=lr_max, tau=tau, s_low=s_low, s_high=s_high)
     if mapping == "se":
         check_range("se_threshold", se_threshold, 0, 100, low_open=True)
     fitted = {name: float(value) for name, value in metrics.items() if math.isfinite(value)}

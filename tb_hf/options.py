@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from .values import FACTOR_RANGES, check_factor_options, check_int, check_range, choice, flag, integer, real, to_float
+from .values import FACTOR_RANGES, check_int, check_range, choice, flag, integer, real, to_float
 from .values import update_steps as _update_steps
 
 __all__ = [
@@ -42,7 +42,6 @@ __all__ = [
     "ScheduleOptions",
     "SpectralOptions",
     "TempBalanceOptions",
-    "check_factor_options",
     "check_int",
     "check_range",
     "explicit_options",

@@ -8,7 +8,7 @@ import numbers
 import re
 
 __all__ = [
-    "FACTOR_RANGES", "check_factor_options", "check_int", "check_range", "choice", "flag", "integer", "real",
+    "FACTOR_RANGES", "check_int", "check_range", "choice", "flag", "integer", "real",
     "to_float", "update_steps",
 ]  # fmt: skip
 
@@ -75,20 +75,6 @@ def check_int(name: str, value, low: int, high: int, *, why: str = "") -> int:
     if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and low <= value <= high):
         raise ValueError(f"{name} must be an integer in [{low}, {high}]{why}, got {value!r}")
     return int(value)
-
-
-def check_factor_options(mapping: str, *, prefix: str = "", **values: float) -> None:
-    """Raise a ValueError naming the option (``prefix`` + name, e.g. ``tb_sigmoid_``) for an unknown mapping,
-    a non-finite value or one outside `FACTOR_RANGES`."""
-    from .options import MAPPINGS
-
-    if mapping not in MAPPINGS:
-        raise ValueError(f"mapping must be one of {MAPPINGS}, got {mapping!r}")
-    for name, low, high, low_open in FACTOR_RANGES:
-        if name in values:
-            check_range(f"{prefix}{name}", values[name], low, high, low_open=low_open)
-    if "lr_min" in values and "lr_max" in values and not values["lr_min"] <= values["lr_max"]:
-        raise ValueError(f"{prefix}lr_min must be <= {prefix}lr_max, got {values['lr_min']} and {values['lr_max']}")
 
 
 def choice(allowed):
