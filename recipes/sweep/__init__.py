@@ -91,13 +91,13 @@ from .grid import (
 )
 from .launch import execute, is_done, status
 from .provenance import fingerprints
-from .report import aggregate, markdown_table, plot_scores
+from .report import aggregate, markdown_table, plot_curve, plot_scores
 from .results import collect, collect_alpha
-from .stats import alpha_spread, contrast_frame, curves, pooled, summarize
+from .stats import alpha_spread, contrast_frame, curves, pooled, size_curve, size_trend, summarize
 
 __all__ = [
     "RESULT_FILE", "SIZES", "Run", "aggregate", "alpha_spread", "check_data", "collect", "collect_alpha",
     "contrast_frame", "contrasts", "curves", "execute", "expand_grid", "fingerprints", "is_done", "load_config",
-    "main", "markdown_table", "plot_scores", "pooled", "recipe_method", "run_key", "select_runs", "status",
-    "summarize", "validate",
+    "main", "markdown_table", "plot_curve", "plot_scores", "pooled", "recipe_method", "run_key", "select_runs",
+    "size_curve", "size_trend", "status", "summarize", "validate",
 ]  # fmt: skip
