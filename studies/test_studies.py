@@ -60,3 +60,30 @@ def test_aggregating_the_archive_gives_the_committed_tables(path, tmp_path, monk
     sweep.aggregate(config | {"output_dir": str(tmp_path)}, sweep.expand_grid(config))
     committed = {name: (out / name).read_bytes() for name in TABLES if (out / name).is_file()}
     assert {name: (tmp_path / name).read_bytes() for name in TABLES if (tmp_path / name).is_file()} == committed
+
+
+def test_paired_verdict_on_made_up_scores(tmp_path):
+    """studies/paired_verdict.py: the numbers of a known set of paired differences."""
+    import csv
+    import math
+
+    import paired_verdict
+
+    rows = []
+    for seed, (a, b) in enumerate([(0.70, 0.60), (0.72, 0.70), (0.65, 0.66), (0.80, 0.70)]):
+        for method, score in (("new", a), ("old", b)):
+            rows.append({"task": "sst2", "method": method, "seed": seed, "final": score, "run_seconds": 10 + seed})
+    path = tmp_path / "results.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    scores, seconds = paired_verdict.read(str(path))
+    (task, r), (pooled, p) = paired_verdict.table(scores, "new", "old")
+    diffs = [10.0, 2.0, -1.0, 10.0]
+    assert task == "sst2" and r["n"] == 4 and r["mean"] == pytest.approx(5.25)
+    assert r["std"] == pytest.approx(math.sqrt(sum((d - 5.25) ** 2 for d in diffs) / 3))
+    assert (r["wins"], r["losses"], r["ties"]) == (3, 1, 0) and r["low"] < r["mean"] < r["high"]
+    assert r["detectable"] > r["high"] - r["mean"]  # wider than the interval's half: power 80%, not 50%
+    assert p == r and seconds["new"] == [10, 11, 12, 13]
+    assert "**new − old**" in paired_verdict.markdown(scores, "new - old")
